@@ -1,0 +1,1 @@
+"""The engine appliance agent: datapath setup, flow telemetry, rule-set enforcement."""

@@ -1,0 +1,149 @@
+"""Kernel feature probe and the flow-accounting tables.
+
+Kernels differ (PLATFORM.md): this one has ``br_netfilter`` but no ``nf_conntrack_bridge``; Debian's
+stock kernel has both as modules.  ``probe()`` finds out what works; ``install_flow_accounting()``
+loads the tables that make the kernel track bridged flows with byte/packet counters:
+
+- ``bridge vigil_flow`` prerouting marks each packet with its ingress port number (1, 2), because
+  the ingress bridge port is no longer known once br_netfilter hands the packet to ``inet`` hooks;
+- ``inet vigil_flow`` forward copies that mark into the conntrack entry of a new flow (a ``ct``
+  expression is also what makes conntrack track flows in this namespace at all);
+- with bridge conntrack, the bridge table does both itself.
+
+These tables only mark and count: they never drop.  Enforcement lives in ``bridge vigil``.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FLOW_TABLE = "vigil_flow"
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def nft(script: str, check_only: bool = False, timeout: float = 30.0) -> None:
+    """Run an nft script as one transaction (``nft -f -``)."""
+    argv = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]
+    try:
+        r = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise NftError("the nft command is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise NftError(f"nft did not finish within {timeout}s") from None
+    if r.returncode != 0:
+        raise NftError(r.stderr.strip() or f"nft exited {r.returncode}")
+
+
+@dataclass
+class KernelFeatures:
+    conntrack: bool
+    conntrack_acct: bool
+    br_netfilter: bool
+    bridge_conntrack: bool
+    nflog: bool
+    flow_source: str  # "bridge-conntrack", "br_netfilter-conntrack" or "none"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _write(path: str, value: str) -> bool:
+    try:
+        Path(path).write_text(value)
+        return True
+    except OSError:
+        return False
+
+
+def probe() -> KernelFeatures:
+    conntrack = _read("/proc/sys/net/netfilter/nf_conntrack_acct") is not None
+    acct = _read("/proc/sys/net/netfilter/nf_conntrack_acct") == "1"
+    brnf = _read("/proc/sys/net/bridge/bridge-nf-call-iptables") is not None
+    try:
+        nft("table bridge vigil_probe { chain c { ct state established accept; }; }", check_only=True)
+        bridge_ct = True
+    except NftError:
+        bridge_ct = False
+    try:
+        nft("table bridge vigil_probe { chain c { log group 7 queue-threshold 1; }; }", check_only=True)
+        nflog = True
+    except NftError:
+        nflog = False
+    if bridge_ct:
+        source = "bridge-conntrack"
+    elif conntrack and brnf:
+        source = "br_netfilter-conntrack"
+    else:
+        source = "none"
+    return KernelFeatures(conntrack, acct, brnf, bridge_ct, nflog, source)
+
+
+def port_marks(ports: list[str]) -> dict[str, int]:
+    """Ingress port -> mark (1-based, in configured order)."""
+    return {p: i + 1 for i, p in enumerate(ports)}
+
+
+def flow_accounting_script(features: KernelFeatures, ports: list[str]) -> str:
+    marks = ", ".join(f'"{p}" : {m}' for p, m in port_marks(ports).items())
+    drop_old = (f"table bridge {FLOW_TABLE} {{}}\ndelete table bridge {FLOW_TABLE}\n"
+                f"table inet {FLOW_TABLE} {{}}\ndelete table inet {FLOW_TABLE}\n")
+    if features.flow_source == "bridge-conntrack":
+        return drop_old + f"""table bridge {FLOW_TABLE} {{
+  chain prerouting {{
+    type filter hook prerouting priority -300; policy accept;
+    meta mark set iifname map {{ {marks} }}
+    ct state new ct mark set meta mark
+  }}
+}}
+"""
+    return drop_old + f"""table bridge {FLOW_TABLE} {{
+  chain prerouting {{
+    type filter hook prerouting priority -300; policy accept;
+    meta mark set iifname map {{ {marks} }}
+  }}
+}}
+table inet {FLOW_TABLE} {{
+  chain forward {{
+    type filter hook forward priority -150; policy accept;
+    ct state new ct mark set meta mark
+  }}
+}}
+"""
+
+
+def install_flow_accounting(features: KernelFeatures, ports: list[str]) -> None:
+    if features.flow_source == "none":
+        raise NftError("this kernel offers no flow accounting for bridged traffic "
+                       "(neither nf_conntrack_bridge nor br_netfilter with conntrack)")
+    if not features.conntrack_acct and not _write("/proc/sys/net/netfilter/nf_conntrack_acct", "1"):
+        raise NftError("cannot enable net.netfilter.nf_conntrack_acct")
+    features.conntrack_acct = True
+    if features.flow_source == "br_netfilter-conntrack":
+        if _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
+            _write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
+        if _read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != "1":
+            _write("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1")
+    nft(flow_accounting_script(features, ports))
+    log.info("flow accounting installed (%s) on ports %s", features.flow_source, ", ".join(ports))
+
+
+def remove_flow_accounting() -> None:
+    try:
+        nft(f"table bridge {FLOW_TABLE} {{}}\ndelete table bridge {FLOW_TABLE}\n"
+            f"table inet {FLOW_TABLE} {{}}\ndelete table inet {FLOW_TABLE}\n")
+    except NftError as exc:
+        log.warning("could not remove flow accounting tables: %s", exc)

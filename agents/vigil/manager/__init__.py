@@ -1,0 +1,1 @@
+"""The management host: ingest, policy, rule sets, collector, verdict service."""

@@ -1,0 +1,40 @@
+"""Configuration of vigil-manager (``/etc/vigil/manager.yaml``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common import InfluxConfig, LogConfig, MqttConfig
+from ..engine.config import check_id
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # MQTT v5 shared subscription: several manager processes split the flow batches between them.
+    shared_subscription: bool = True
+    share_group: str = "vigil"
+    top_talkers: int = 10
+    # Ports always reported as their own service; others only while among the busiest.
+    service_ports: list[int] = field(default_factory=list)
+    top_services: int = 20
+    max_service_series: int = 2000
+
+    def __post_init__(self):
+        if not 1 <= self.top_talkers <= 100:
+            raise ValueError("top_talkers: must be 1..100")
+        for p in self.service_ports:
+            if not 0 < p < 65536:
+                raise ValueError(f"service_ports: {p} is not a port number")
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    manager_id: str = "manager"
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    influx: InfluxConfig = field(default_factory=InfluxConfig)
+    state_dir: Path = Path("/var/lib/vigil/manager")
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        check_id(self.manager_id, "manager_id")

@@ -1,0 +1,137 @@
+"""Engine flow batches and statuses -> InfluxDB points with bounded cardinality.
+
+Per batch (one engine interval) the manager writes, never one series per flow:
+
+- ``engine_traffic,engine=E``: bytes/packets per direction, flows, new and ended flows;
+- ``service_traffic,engine=E,proto=P,port=N``: per destination service.  A port gets its own
+  series when it is well known (< 1024), configured, or among the busiest of the interval — and
+  at most ``max_service_series`` distinct (proto, port) pairs ever; the rest fold into ``other``;
+- ``top_talkers,engine=E,rank=R``: the N busiest sources of the interval, address as a field;
+- ``flow_batches,engine=E``: seq, record count, gaps and duplicates seen;
+- ``engine_status,engine=E``: mode, learning progress, tracked flows.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ..counters import Counters
+from ..influx import line
+from .config import IngestConfig
+
+log = logging.getLogger(__name__)
+
+_SUMS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
+
+
+@dataclass
+class _SeqState:
+    last: int = 0
+    seen_recent: set[int] = field(default_factory=set)
+
+
+class FlowAggregator:
+    def __init__(self, cfg: IngestConfig, counters: Counters):
+        self.cfg = cfg
+        self.counters = counters
+        self._services: set[tuple[str, int]] = set()
+        self._seq: dict[str, _SeqState] = defaultdict(_SeqState)
+        self._lock = threading.Lock()
+
+    def check_seq(self, engine: str, seq: int) -> str:
+        """'new', 'duplicate' (already ingested) — and counts gaps."""
+        with self._lock:
+            st = self._seq[engine]
+            if seq in st.seen_recent or (st.last and seq <= st.last - 10_000):
+                self.counters.inc("flow_batches_duplicate")
+                return "duplicate"
+            if st.last and seq > st.last + 1:
+                self.counters.inc("flow_batch_gaps", seq - st.last - 1)
+            if seq > st.last:
+                st.last = seq
+            st.seen_recent.add(seq)
+            if len(st.seen_recent) > 4096:
+                floor = st.last - 2048
+                st.seen_recent = {s for s in st.seen_recent if s > floor}
+            return "new"
+
+    def _service_key(self, proto: str, port: int, busiest: set[tuple[str, int]]) -> str:
+        key = (proto, port)
+        if key in self._services:
+            return str(port)
+        if port < 1024 or port in self.cfg.service_ports or key in busiest:
+            if len(self._services) < self.cfg.max_service_series:
+                self._services.add(key)
+                return str(port)
+            self.counters.inc("service_series_capped")
+        return "other"
+
+    def batch_points(self, msg: dict) -> list[str]:
+        engine = str(msg.get("engine") or msg.get("sender"))
+        ts_ns = int(msg.get("interval", {}).get("end", msg["ts"])) * 1_000_000
+        flows = msg.get("flows") or []
+        total = dict.fromkeys(_SUMS, 0)
+        new_flows = ended = 0
+        svc: dict[tuple[str, int], dict] = defaultdict(lambda: {**dict.fromkeys(_SUMS, 0), "flows": 0,
+                                                               "clients": set()})
+        talkers: dict[str, int] = defaultdict(int)
+        for f in flows:
+            try:
+                vals = [int(f.get(k, 0) or 0) for k in _SUMS]
+                proto, dport, src = str(f.get("proto", "")), int(f.get("dport", 0) or 0), str(f.get("src", ""))
+            except (TypeError, ValueError):
+                self.counters.inc("flow_records_malformed")
+                continue
+            for k, v in zip(_SUMS, vals):
+                total[k] += v
+            if f.get("new"):
+                new_flows += 1
+            if f.get("end"):
+                ended += 1
+            s = svc[(proto, dport)]
+            for k, v in zip(_SUMS, vals):
+                s[k] += v
+            s["flows"] += 1
+            s["clients"].add(src)
+            talkers[src] += vals[0] + vals[1]
+        points = [line("engine_traffic", {"engine": engine},
+                       {**total, "flows": len(flows), "new_flows": new_flows, "ended_flows": ended,
+                        "tracked": int(msg.get("flows_tracked", 0) or 0),
+                        "evicted_total": int(msg.get("evicted_total", 0) or 0)}, ts_ns)]
+        busiest = set(heapq.nlargest(self.cfg.top_services, svc,
+                                     key=lambda k: svc[k]["orig_bytes"] + svc[k]["resp_bytes"]))
+        folded: dict[tuple[str, str], dict] = {}
+        for (proto, port), s in svc.items():
+            tag = self._service_key(proto, port, busiest)
+            acc = folded.setdefault((proto, tag), {**dict.fromkeys(_SUMS, 0), "flows": 0, "clients": set()})
+            for k in _SUMS:
+                acc[k] += s[k]
+            acc["flows"] += s["flows"]
+            acc["clients"] |= s["clients"]
+        for (proto, tag), s in folded.items():
+            fields = {k: s[k] for k in _SUMS}
+            fields["flows"] = s["flows"]
+            fields["clients"] = len(s["clients"])
+            points.append(line("service_traffic", {"engine": engine, "proto": proto, "port": tag}, fields, ts_ns))
+        top = heapq.nlargest(self.cfg.top_talkers, talkers.items(), key=lambda kv: kv[1])
+        for rank, (src, nbytes) in enumerate(top, 1):
+            points.append(line("top_talkers", {"engine": engine, "rank": rank}, {"src": src, "bytes": nbytes}, ts_ns))
+        points.append(line("flow_batches", {"engine": engine},
+                           {"seq": int(msg.get("seq", 0)), "records": len(flows),
+                            "poll_ms": float(msg.get("poll_ms", 0.0) or 0.0)}, ts_ns))
+        return points
+
+
+def status_points(msg: dict) -> list[str]:
+    engine = str(msg.get("engine") or msg.get("sender"))
+    learning = msg.get("learning") or {}
+    fields = {"state": str(msg.get("state", "")), "mode": str(msg.get("mode", "")),
+              "learning_progress": float(learning.get("progress", 0.0) or 0.0),
+              "flows_tracked": int(msg.get("flows_tracked", 0) or 0)}
+    gen = msg.get("ruleset_generation")
+    if isinstance(gen, int):
+        fields["ruleset_generation"] = gen
+    return [line("engine_status", {"engine": engine}, fields, int(msg["ts"]) * 1_000_000)]

@@ -1,0 +1,202 @@
+"""One MQTT v5 client for every Vigil process (paho-mqtt 2.x, callback API v2).
+
+- subscriptions are (re)made in ``on_connect``, so they survive reconnects;
+- a last-will is set before connecting (retained ``offline`` status for devices);
+- reconnects back off between ``reconnect_min`` and ``reconnect_max``;
+- an authentication or authorisation refusal stops retrying with one clear log line;
+- a handler that raises is logged and counted; it never kills the network thread.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from .common import MqttConfig
+from .counters import Counters
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[paho.MQTTMessage], None]
+
+# CONNACK reason codes after which retrying cannot help.
+_FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid",
+                  "Banned", "Bad authentication method"}
+
+
+@dataclass
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttClient:
+    def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters | None = None,
+                 will: Will | None = None, on_connected: Callable[[], None] | None = None,
+                 session_expiry: int = 0):
+        self.cfg = cfg
+        self.client_id = client_id
+        self.counters = counters or Counters()
+        self._subs: list[tuple[str, int, Handler]] = []
+        self._on_connected = on_connected
+        self.connected = threading.Event()
+        self.fatal: str | None = None
+        self._session_expiry = session_expiry
+        transport = cfg.transport
+        self._c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                              protocol=paho.MQTTv5, transport=transport)
+        # 0 = unlimited client-side queue: the caller bounds what it keeps (never paho silently)
+        self._c.max_queued_messages_set(0)
+        self._c.max_inflight_messages_set(100)
+        self._c.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min)), max_delay=int(cfg.reconnect_max))
+        if cfg.username:
+            self._c.username_pw_set(cfg.username, cfg.secret())
+        if cfg.tls:
+            self._c.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                            keyfile=str(cfg.key_file) if cfg.key_file else None,
+                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if will is not None:
+            self._c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._c.on_connect = self._handle_connect
+        self._c.on_disconnect = self._handle_disconnect
+        self._c.on_message = self._handle_unmatched
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; paho's loop thread reconnects with backoff."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry
+        host = str(self.cfg.path) if self.cfg.transport == "unix" else self.cfg.host
+        try:
+            self._c.connect_async(host, self.cfg.port, keepalive=self.cfg.keepalive,
+                                  clean_start=self._session_expiry == 0, properties=props)
+        except (OSError, ValueError) as exc:
+            log.warning("mqtt: cannot start connecting to %s: %s", host, exc)
+        self._c.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self._c.disconnect()
+        except Exception:  # already disconnected
+            pass
+        self._c.loop_stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    # -- API -------------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Register a handler; the subscription is made now if connected and on every reconnect."""
+        self._subs.append((topic_filter, qos, handler))
+        self._c.message_callback_add(_match_filter(topic_filter), self._guard(handler, topic_filter))
+        if self.connected.is_set():
+            self._c.subscribe(topic_filter, qos=qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                properties: Properties | None = None) -> paho.MQTTMessageInfo:
+        info = self._c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
+            self.counters.inc("mqtt_publish_errors")
+        return info
+
+    def publish_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                     timeout: float = 5.0, properties: Properties | None = None) -> bool:
+        """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
+        if not self.connected.is_set():
+            return False
+        info = self.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    @property
+    def paho(self) -> paho.Client:
+        return self._c
+
+    # -- callbacks -------------------------------------------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason, properties):
+        if reason.is_failure:
+            name = str(reason)
+            if name in _FATAL_CONNACK:
+                self.fatal = name
+                log.error("mqtt: broker refused %s: %s — not retrying; check credentials and ACL",
+                          self.client_id, name)
+                client.disconnect()
+                threading.Thread(target=client.loop_stop, daemon=True).start()
+            else:
+                log.warning("mqtt: connect refused: %s", name)
+            self.counters.inc("mqtt_connect_refused")
+            return
+        log.info("mqtt: connected as %s", self.client_id)
+        self.counters.inc("mqtt_connects")
+        for topic_filter, qos, _ in self._subs:
+            client.subscribe(topic_filter, qos=qos)
+        self.connected.set()
+        if self._on_connected is not None:
+            try:
+                self._on_connected()
+            except Exception:
+                log.exception("mqtt: on_connected hook failed")
+
+    def _handle_disconnect(self, client, userdata, flags, reason, properties):
+        if self.connected.is_set():
+            log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason)
+            self.counters.inc("mqtt_disconnects")
+        self.connected.clear()
+
+    def _handle_unmatched(self, client, userdata, msg):
+        self.counters.inc("mqtt_unmatched_messages")
+
+    def _guard(self, handler: Handler, topic_filter: str):
+        def run(client, userdata, msg):
+            try:
+                handler(msg)
+            except Exception:
+                self.counters.inc("handler_errors")
+                log.exception("mqtt: handler for %s failed on %s", topic_filter, msg.topic)
+        return run
+
+
+def _match_filter(topic_filter: str) -> str:
+    """paho matches callbacks against the topic, without the ``$share/group/`` prefix."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
+def new_client_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def response_properties(response_topic: str, correlation: bytes) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = response_topic
+    props.CorrelationData = correlation
+    return props
+
+
+def reply_properties(msg: paho.MQTTMessage) -> tuple[str | None, Properties | None]:
+    """Where to answer an MQTT v5 request, and the properties carrying its correlation data."""
+    p = getattr(msg, "properties", None)
+    topic = getattr(p, "ResponseTopic", None) if p else None
+    if not topic:
+        return None, None
+    out = Properties(PacketTypes.PUBLISH)
+    corr = getattr(p, "CorrelationData", None)
+    if corr is not None:
+        out.CorrelationData = corr
+    return topic, out
+

@@ -7,6 +7,7 @@ forwarding path: if this process dies, the bridge keeps forwarding.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -19,11 +20,17 @@ from ..counters import Counters
 from ..daemon import StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
 from . import datapath
+from .api import EngineContext
 from .config import EngineConfig
 from .conntrack import ConntrackReader
 from .flows import FlowTable
 
 log = logging.getLogger(__name__)
+
+# (config section, "module:factory"): each factory takes (section_config, EngineContext) and returns
+# a part; a section that is absent or has enabled: false is not started.
+PARTS: list[tuple[str, str]] = [
+]
 
 
 class Learning:
@@ -88,7 +95,18 @@ class EngineService:
         marks = datapath.port_marks(cfg.bridge.ports)
         self.table = FlowTable({m: p for p, m in marks.items()}, max_flows=cfg.flows.max_flows)
         self.reader: ConntrackReader | None = None
-        self._lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.ctx = EngineContext(cfg, self.mqtt, self.counters, self.state_dir, self.stop_event,
+                                 mode=lambda: self.learning.mode)
+        self.parts = []
+        for section, target in PARTS:
+            sub = getattr(cfg, section, None)
+            if sub is None or not getattr(sub, "enabled", True):
+                continue
+            mod, _, factory = target.partition(":")
+            part = getattr(importlib.import_module(mod), factory)(sub, self.ctx)
+            self.parts.append(part)
+            self.ctx.parts[part.name] = part
 
     # -- status ---------------------------------------------------------------------------
     def status_body(self, state: str = "running") -> dict:
@@ -105,6 +123,7 @@ class EngineService:
             "tags": self.cfg.tags,
             "version": __version__,
             "counters": {**self.counters.snapshot(), "flows_evicted": self.table.evicted},
+            **{p.name: _safe_status(p) for p in self.parts},
         }
 
     def publish_status(self, state: str = "running") -> None:
@@ -145,7 +164,10 @@ class EngineService:
             datapath.install_flow_accounting(self.features, list(self.cfg.bridge.ports))
         except datapath.NftError as exc:
             raise StartupError(f"flow accounting: {exc}") from None
+        self.ctx.features = self.features
         self.reader = ConntrackReader()
+        for p in self.parts:
+            p.start()
         self.mqtt.start()
         interval = self.cfg.flows.interval
         next_poll = time.monotonic() + interval
@@ -164,14 +186,26 @@ class EngineService:
                     next_poll += interval
                     if next_poll < now:  # we fell behind (suspend, overload): skip, do not burst
                         next_poll = now + interval
+                for p in self.parts:
+                    try:
+                        p.tick()
+                    except Exception:
+                        self.counters.inc(f"part_errors_{p.name}")
+                        log.exception("part %s failed in tick", p.name)
                 if now >= next_status:
                     self.publish_status()
                     next_status = now + self.cfg.status_interval
-                stop.wait(max(0.0, min(next_poll, next_status) - time.monotonic()))
+                stop.wait(max(0.0, min(next_poll, next_status, time.monotonic() + 1.0) - time.monotonic()))
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
+        self.stop_event.set()
+        for p in reversed(self.parts):
+            try:
+                p.close()
+            except Exception:
+                log.exception("part %s failed to close", p.name)
         # A clean stop says so (retained) rather than leaving the last-will to the broker.
         if self.mqtt.connected.is_set():
             self.mqtt.publish_wait(self.status_topic,
@@ -180,6 +214,13 @@ class EngineService:
         self.mqtt.stop()
         if self.reader is not None:
             self.reader.close()
+
+
+def _safe_status(part) -> dict:
+    try:
+        return part.status()
+    except Exception as exc:
+        return {"error": str(exc)}
 
 
 def main(argv: list[str] | None = None) -> int:

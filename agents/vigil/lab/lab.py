@@ -111,6 +111,7 @@ class Lab:
             "mqtt": self.mosquitto.mqtt_config(),
             "influx": {"url": self.influx.url, "database": "vigil", "flush_interval": 0.2},
             "state_dir": str(self.run_dir / "state" / "manager"),
+            "control_socket": str(self.run_dir / "manager.sock"),
             "log": {"level": "INFO"},
         }
         _merge(cfg, overrides)

@@ -33,7 +33,10 @@ class ManagerConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     state_dir: Path = Path("/var/lib/vigil/manager")
+    control_socket: Path = Path("/run/vigil/manager.sock")
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # Each further part of the manager has its own section here (policy, collector, verdicts);
+    # a part whose section is absent or has enabled: false is not started.
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):

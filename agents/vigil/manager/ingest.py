@@ -18,6 +18,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .. import payload, topics
 from ..counters import Counters
 from ..influx import line
 from .config import IngestConfig
@@ -135,3 +136,77 @@ def status_points(msg: dict) -> list[str]:
     if isinstance(gen, int):
         fields["ruleset_generation"] = gen
     return [line("engine_status", {"engine": engine}, fields, int(msg["ts"]) * 1_000_000)]
+
+
+class IngestComponent:
+    """Engine flow batches (shared subscription) and statuses -> InfluxDB."""
+
+    name = "ingest"
+
+    def __init__(self, cfg: IngestConfig, ctx):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.counters = ctx.counters
+        self.aggregator = FlowAggregator(cfg, ctx.counters)
+        self.engines: dict[str, dict] = {}
+        flows = topics.engine("+", "flows")
+        if cfg.shared_subscription:
+            flows = topics.shared(flows, cfg.share_group)
+        ctx.mqtt.subscribe(flows, self.on_flows, qos=1)
+        ctx.mqtt.subscribe(topics.engine("+", "status"), self.on_status, qos=1)
+        ctx.control.register("engines.list", self.list_engines)
+
+    def start(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {"engines": len(self.engines)}
+
+    def list_engines(self) -> list[dict]:
+        return [self.engines[k] for k in sorted(self.engines)]
+
+    def _decode(self, msg, kind: str) -> dict | None:
+        try:
+            return payload.decode(msg.payload, kind)
+        except payload.PayloadError as exc:
+            self.counters.inc(f"payload_rejected_{exc.reason}")
+            self.counters.inc("payload_rejected")
+            log.warning("rejected payload on %s: %s", msg.topic, exc)
+            return None
+
+    def on_flows(self, msg) -> None:
+        data = self._decode(msg, "flows")
+        if data is None:
+            return
+        dev = topics.device_of(msg.topic)
+        if dev is None or data.get("engine", dev[1]) != dev[1]:
+            self.counters.inc("payload_rejected_wrong_sender")
+            log.warning("flow batch on %s claims engine %r; ignored", msg.topic, data.get("engine"))
+            return
+        if not isinstance(data.get("seq"), int) or not isinstance(data.get("flows", []), list):
+            self.counters.inc("payload_rejected_bad_fields")
+            log.warning("flow batch on %s lacks an integer seq or a flows list", msg.topic)
+            return
+        if self.aggregator.check_seq(dev[1], data["seq"]) == "duplicate":
+            return
+        data["engine"] = dev[1]
+        self.ctx.writer.write(self.aggregator.batch_points(data))
+        self.counters.inc("flow_batches_ingested")
+        self.counters.inc("flow_records_ingested", len(data.get("flows", [])))
+
+    def on_status(self, msg) -> None:
+        if not msg.payload:  # a cleared retained status
+            return
+        data = self._decode(msg, "status")
+        if data is None:
+            return
+        dev = topics.device_of(msg.topic)
+        data["engine"] = dev[1] if dev else data.get("sender")
+        self.engines[data["engine"]] = data
+        self.ctx.writer.write(status_points(data))

@@ -1,0 +1,37 @@
+"""Interfaces between the engine agent's parts (telemetry, enforcement, detection).
+
+The engine builds each part with an ``EngineContext`` and drives it: ``start()`` once the kernel
+was probed, ``tick()`` about once a second from the supervisor loop, ``close()`` on shutdown, and
+``status()`` merged into the retained status under the part's name.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..counters import Counters
+from ..mqtt import MqttClient
+from .config import EngineConfig
+
+
+@dataclass
+class EngineContext:
+    cfg: EngineConfig
+    mqtt: MqttClient
+    counters: Counters
+    state_dir: Path
+    stop: threading.Event
+    mode: Callable[[], str]                       # "learning" or "enforcing", current
+    features: Any = None                          # datapath.KernelFeatures once probed
+    parts: dict[str, Any] = field(default_factory=dict)  # name -> part, for parts that cooperate
+
+
+class Part(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+    def tick(self) -> None: ...
+    def close(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C")
     dn = sub.add_parser("down", help="remove a lab and everything it started")
     dn.add_argument("--name", default="vigil")
-    sub.add_parser("clean", help="remove every lab under " + str(DEFAULT_RUN_ROOT))
+    cl = sub.add_parser("clean", help="remove labs whose owner process is gone (a killed run's leftovers)")
+    cl.add_argument("--all", action="store_true", help="also labs whose owner still runs")
     sub.add_parser("status", help="list labs on this machine")
     args = p.parse_args(argv)
     setup_logging("WARNING")
@@ -113,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "clean":
         for name in _labs():
-            Lab(name).down()
+            lab = Lab(name)
+            if args.all or not lab.owner_alive():
+                print(f"vigil-lab: removing lab {name}")
+                lab.down()
         return 0
     if args.cmd == "status":
         for name in _labs():
-            print(name)
+            print(name, "(running)" if Lab(name).owner_alive() else "(stale: its owner is gone)")
         return 0
     return 2
 

@@ -39,6 +39,7 @@ class Lab:
     def up(self, services: bool = True) -> "Lab":
         self.down()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "owner.pid").write_text(str(os.getpid()))
         self.topo.up()
         if services:
             self.mosquitto = Mosquitto(self.run_dir).start()
@@ -55,6 +56,14 @@ class Lab:
         kill_leftovers(self.run_dir)
         self.topo.down()
         remove_tree(self.run_dir)
+
+    def owner_alive(self) -> bool:
+        """Whether the process that built this lab still runs (a stale lab's owner is gone)."""
+        try:
+            pid = int((self.run_dir / "owner.pid").read_text())
+        except (OSError, ValueError):
+            return False
+        return pid != os.getpid() and os.path.exists(f"/proc/{pid}")
 
     def __enter__(self) -> "Lab":
         return self.up()

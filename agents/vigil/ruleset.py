@@ -1,0 +1,417 @@
+"""Rule sets between manager and engines: format, validation, canonical JSON and Ed25519 signing.
+
+The contract is in docs/DESIGN-NOTES.md ("Rule sets").  The manager builds a snapshot or a delta
+with ``snapshot_body`` / ``delta_body`` and turns it into signed MQTT bytes with ``encode_signed``;
+an engine turns bytes back into a checked ``Snapshot`` / ``Delta`` with ``decode_snapshot`` /
+``decode_delta``, which raise ``payload.PayloadError`` with a short reason (counted by callers):
+
+``unsigned``, ``bad-signature``, ``unknown-key``, ``bad-alg``, ``wrong-engine``, ``bad-field``,
+``bad-entry``, ``duplicate-entry``, ``bad-generation`` (plus the envelope reasons of payload.py).
+
+Signature: ``{"alg": "ed25519", "key_id": ..., "sig": base64}`` over ``canonical(msg)`` of the
+whole message without ``signature`` (envelope fields included).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import payload
+from .payload import PayloadError
+
+ACTIONS = ("drop", "allow")
+SCOPES = ("ip", "cidr", "flow")
+MODES = ("learning", "enforcing")
+FLOW_PROTOS = ("tcp", "udp", "sctp")
+MAX_TEXT = 1024          # id, origin, reason
+MAX_TTL = 10 * 365 * 86400
+
+PRIVATE_KEY_FILE = "signing.key"
+PUBLIC_KEY_FILE = "signing.pub"
+
+
+# -- canonical JSON and keys ------------------------------------------------------------------
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    """The bytes that are signed: ``obj`` without ``signature``, keys sorted, no whitespace, ASCII."""
+    body = {k: v for k, v in obj.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """First 16 hex digits of sha256(raw 32-byte public key)."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """PKCS8 PEM, unencrypted, mode 0600, written atomically."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    _write_atomic(Path(path), pem, 0o600)
+
+
+def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write_atomic(Path(path), pem, 0o644)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Raises ValueError (with the path) if the file is missing, unreadable or not an Ed25519 key."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot load private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key ({type(key).__name__})")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot load public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key ({type(key).__name__})")
+    return key
+
+
+def generate_keypair(state_dir: Path) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    """Create ``signing.key`` / ``signing.pub`` in ``state_dir`` unless they exist; return the pair.
+
+    Idempotent: the manager calls it at every start; an existing key is loaded, never replaced.
+    """
+    state_dir = Path(state_dir)
+    priv_path, pub_path = state_dir / PRIVATE_KEY_FILE, state_dir / PUBLIC_KEY_FILE
+    if priv_path.exists():
+        priv = load_private_key(priv_path)
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        priv = Ed25519PrivateKey.generate()
+        save_private_key(priv, priv_path)
+    pub = priv.public_key()
+    if not pub_path.exists() or _pub_differs(pub_path, pub):
+        save_public_key(pub, pub_path)
+    return priv, pub
+
+
+load_or_create_keypair = generate_keypair
+
+
+def _pub_differs(path: Path, pub: Ed25519PublicKey) -> bool:
+    try:
+        return key_id(load_public_key(path)) != key_id(pub)
+    except ValueError:
+        return True
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+def sign(msg: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Return ``msg`` with a ``signature`` over its canonical form (any old signature replaced)."""
+    sig = key.sign(canonical(msg))
+    out = {k: v for k, v in msg.items() if k != "signature"}
+    out["signature"] = {"alg": "ed25519", "key_id": key_id(key), "sig": base64.b64encode(sig).decode("ascii")}
+    return out
+
+
+def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
+    """Raise PayloadError unless ``msg`` carries a valid signature by ``key``."""
+    sig = msg.get("signature")
+    if sig is None:
+        raise PayloadError("unsigned", "no signature field")
+    if not isinstance(sig, dict) or not isinstance(sig.get("sig"), str):
+        raise PayloadError("bad-signature", "signature must be an object with a base64 'sig'")
+    if sig.get("alg") != "ed25519":
+        raise PayloadError("bad-alg", f"signature alg {sig.get('alg')!r} (expected ed25519)")
+    expected = key_id(key)
+    if sig.get("key_id") != expected:
+        raise PayloadError("unknown-key", f"signed by key {sig.get('key_id')!r}, configured key is {expected}")
+    try:
+        raw = base64.b64decode(sig["sig"], validate=True)
+    except (ValueError, TypeError):
+        raise PayloadError("bad-signature", "sig is not base64") from None
+    try:
+        key.verify(raw, canonical(msg))
+    except InvalidSignature:
+        raise PayloadError("bad-signature", "signature does not match the content") from None
+
+
+def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519PrivateKey,
+                  ts: int | None = None) -> bytes:
+    """The MQTT payload: envelope (schema, ts, sender) + body, signed. ``kind``: ruleset or ruleset-delta."""
+    msg = json.loads(payload.encode(kind, sender, body, ts=ts))
+    return json.dumps(sign(msg, key), separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+# -- entries ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    action: str             # drop | allow
+    scope: str              # ip | cidr | flow
+    value: str              # normalised (see normalise_value)
+    ttl: int | None         # seconds remaining when issued; None: no expiry
+    origin: str = ""
+    reason: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.action, self.scope, self.value)
+
+    @property
+    def family(self) -> int:
+        """4 or 6 (for a flow: the family of its addresses)."""
+        if self.scope == "flow":
+            return ipaddress.ip_address(self.value.split("|", 1)[0]).version
+        return ipaddress.ip_network(self.value, strict=False).version
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalise_value(scope: str, value: Any) -> str:
+    """Canonical text of a value, or ValueError.
+
+    ip: an address (``10.0.0.1``, ``2001:db8::1``); cidr: a network, host bits cleared
+    (``10.0.0.7/24`` -> ``10.0.0.0/24``); flow: ``src|dst|proto|dport`` with src and dst of one
+    family, proto tcp/udp/sctp, dport 1-65535.
+    """
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise ValueError("value must be a non-empty string")
+    if scope == "ip":
+        return str(ipaddress.ip_address(value))
+    if scope == "cidr":
+        if "/" not in value:
+            raise ValueError(f"cidr value {value!r} has no prefix length")
+        return str(ipaddress.ip_network(value, strict=False))
+    if scope == "flow":
+        parts = value.split("|")
+        if len(parts) != 4:
+            raise ValueError(f"flow value {value!r} is not src|dst|proto|dport")
+        src, dst = ipaddress.ip_address(parts[0]), ipaddress.ip_address(parts[1])
+        if src.version != dst.version:
+            raise ValueError(f"flow value {value!r} mixes IPv4 and IPv6")
+        proto = parts[2].lower()
+        if proto not in FLOW_PROTOS:
+            raise ValueError(f"flow proto {parts[2]!r} not one of {', '.join(FLOW_PROTOS)}")
+        if not parts[3].isdigit() or not 1 <= int(parts[3]) <= 65535:
+            raise ValueError(f"flow dport {parts[3]!r} not 1-65535")
+        return f"{src}|{dst}|{proto}|{int(parts[3])}"
+    raise ValueError(f"scope {scope!r} not one of {', '.join(SCOPES)}")
+
+
+def _text(obj: dict, key: str, required: bool) -> str:
+    v = obj.get(key)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str) or (required and not v) or len(v) > MAX_TEXT:
+        raise ValueError(f"{key} must be a {'non-empty ' if required else ''}string of at most {MAX_TEXT} characters")
+    return v
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_entry(obj: Any) -> Entry:
+    """Check one entry of a snapshot or a delta's ``add``; PayloadError("bad-entry") if wrong."""
+    try:
+        if not isinstance(obj, dict):
+            raise ValueError(f"entry is {type(obj).__name__}, not an object")
+        action, scope = obj.get("action"), obj.get("scope")
+        if action not in ACTIONS:
+            raise ValueError(f"action {action!r} not one of {', '.join(ACTIONS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope {scope!r} not one of {', '.join(SCOPES)}")
+        if action == "allow" and scope == "flow":
+            raise ValueError("allow entries are ip or cidr (flow-level allow is not supported)")
+        value = normalise_value(scope, obj.get("value"))
+        ttl = obj.get("ttl")
+        if ttl is not None and (not _int(ttl) or not 0 <= ttl <= MAX_TTL):
+            raise ValueError(f"ttl must be null or an integer 0-{MAX_TTL} (seconds), got {ttl!r}")
+        return Entry(id=_text(obj, "id", True), action=action, scope=scope, value=value, ttl=ttl,
+                     origin=_text(obj, "origin", False), reason=_text(obj, "reason", False))
+    except ValueError as exc:
+        raise PayloadError("bad-entry", f"{exc} in {_short(obj)}") from None
+
+
+def parse_removal(obj: Any) -> tuple[str, str, str]:
+    """A delta's ``remove`` item -> entry key (action, scope, normalised value)."""
+    try:
+        if not isinstance(obj, dict):
+            raise ValueError(f"removal is {type(obj).__name__}, not an object")
+        action, scope = obj.get("action"), obj.get("scope")
+        if action not in ACTIONS:
+            raise ValueError(f"action {action!r} not one of {', '.join(ACTIONS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope {scope!r} not one of {', '.join(SCOPES)}")
+        return (action, scope, normalise_value(scope, obj.get("value")))
+    except ValueError as exc:
+        raise PayloadError("bad-entry", f"{exc} in {_short(obj)}") from None
+
+
+def _short(obj: Any) -> str:
+    text = json.dumps(obj, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _entries(items: Any, field_name: str) -> list[Entry]:
+    if not isinstance(items, list):
+        raise PayloadError("bad-field", f"{field_name} must be a list")
+    out, seen = [], set()
+    for item in items:
+        e = parse_entry(item)
+        if e.key in seen:
+            raise PayloadError("duplicate-entry", f"{field_name} holds {e.action} {e.scope} {e.value} twice")
+        seen.add(e.key)
+        out.append(e)
+    return out
+
+
+# -- snapshots and deltas ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    engine: str
+    generation: int
+    issued_at: int            # epoch ms
+    mode: str | None
+    entries: tuple[Entry, ...]
+    key_id: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    engine: str
+    base_generation: int
+    generation: int
+    issued_at: int
+    mode: str | None
+    add: tuple[Entry, ...]
+    remove: tuple[tuple[str, str, str], ...]
+    key_id: str = ""
+
+
+def entry(id: str, action: str, scope: str, value: str, ttl: int | None, origin: str = "",
+          reason: str = "") -> dict[str, Any]:
+    """Build one entry dict (checked; the value is normalised)."""
+    e = parse_entry({"id": id, "action": action, "scope": scope, "value": value, "ttl": ttl,
+                     "origin": origin, "reason": reason})
+    return e.to_dict()
+
+
+def removal(action: str, scope: str, value: str) -> dict[str, str]:
+    a, s, v = parse_removal({"action": action, "scope": scope, "value": value})
+    return {"action": a, "scope": s, "value": v}
+
+
+def snapshot_body(engine: str, generation: int, entries: Iterable[dict[str, Any] | Entry],
+                  mode: str | None = None, issued_at: int | None = None) -> dict[str, Any]:
+    """The body of a snapshot (pass to ``encode_signed("ruleset", ...)``); checked here too."""
+    body = {"engine": engine, "generation": generation,
+            "issued_at": payload.now_ms() if issued_at is None else issued_at, "mode": mode,
+            "entries": [e.to_dict() if isinstance(e, Entry) else dict(e) for e in entries]}
+    _check_head(body, engine)
+    _entries(body["entries"], "entries")
+    return body
+
+
+def delta_body(engine: str, base_generation: int, generation: int,
+               add: Iterable[dict[str, Any] | Entry] = (), remove: Iterable[dict[str, str]] = (),
+               mode: str | None = None, issued_at: int | None = None) -> dict[str, Any]:
+    body = {"engine": engine, "base_generation": base_generation, "generation": generation,
+            "issued_at": payload.now_ms() if issued_at is None else issued_at, "mode": mode,
+            "add": [e.to_dict() if isinstance(e, Entry) else dict(e) for e in add],
+            "remove": [dict(r) for r in remove]}
+    _check_delta(body, engine)
+    return body
+
+
+def _check_head(msg: dict[str, Any], engine_id: str | None) -> None:
+    eng = msg.get("engine")
+    if not isinstance(eng, str) or not eng:
+        raise PayloadError("bad-field", "engine must be a non-empty string")
+    if engine_id is not None and eng != engine_id:
+        raise PayloadError("wrong-engine", f"rule set is for engine {eng!r}, this is {engine_id!r}")
+    gen = msg.get("generation")
+    if not _int(gen) or gen < 0:
+        raise PayloadError("bad-generation", f"generation must be a non-negative integer, got {gen!r}")
+    if not _int(msg.get("issued_at")):
+        raise PayloadError("bad-field", "issued_at must be an integer (epoch ms)")
+    if msg.get("mode") not in (None, *MODES):
+        raise PayloadError("bad-field", f"mode {msg.get('mode')!r} not one of learning, enforcing, null")
+
+
+def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry], list[tuple[str, str, str]]]:
+    _check_head(msg, engine_id)
+    base = msg.get("base_generation")
+    if not _int(base) or base < 0 or base >= msg["generation"]:
+        raise PayloadError("bad-generation",
+                           f"base_generation {base!r} must be an integer below generation {msg['generation']}")
+    add = _entries(msg.get("add", []), "add")
+    rem = msg.get("remove", [])
+    if not isinstance(rem, list):
+        raise PayloadError("bad-field", "remove must be a list")
+    return add, [parse_removal(r) for r in rem]
+
+
+def decode_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Snapshot:
+    """Bytes from the ruleset topic -> checked Snapshot. ``key`` None skips the signature check
+    (only for tools that merely display a rule set; an engine always passes its key)."""
+    msg = payload.decode(raw, "ruleset")
+    if key is not None:
+        verify(msg, key)
+    _check_head(msg, engine_id)
+    entries = _entries(msg.get("entries"), "entries")
+    return Snapshot(engine=msg["engine"], generation=msg["generation"], issued_at=msg["issued_at"],
+                    mode=msg.get("mode"), entries=tuple(entries),
+                    key_id=(msg.get("signature") or {}).get("key_id", "") if isinstance(msg.get("signature"), dict) else "")
+
+
+def decode_delta(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Delta:
+    msg = payload.decode(raw, "ruleset-delta")
+    if key is not None:
+        verify(msg, key)
+    add, rem = _check_delta(msg, engine_id)
+    return Delta(engine=msg["engine"], base_generation=msg["base_generation"], generation=msg["generation"],
+                 issued_at=msg["issued_at"], mode=msg.get("mode"), add=tuple(add), remove=tuple(rem),
+                 key_id=(msg.get("signature") or {}).get("key_id", "") if isinstance(msg.get("signature"), dict) else "")
+
+
+def remaining_ttl(e: Entry, issued_at_ms: int, now_ms: int | None = None) -> float | None:
+    """Seconds left of ``e`` now: ttl minus the time since issue (never negative clock skew:
+    a manager clock ahead of ours does not lengthen entries). None: no expiry."""
+    if e.ttl is None:
+        return None
+    now_ms = payload.now_ms() if now_ms is None else now_ms
+    return e.ttl - max(0, now_ms - issued_at_ms) / 1000.0

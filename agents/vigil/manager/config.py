@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..common import InfluxConfig, LogConfig, MqttConfig
 from ..engine.config import check_id
+from .verdicts.config import VerdictsConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ManagerConfig:
     state_dir: Path = Path("/var/lib/vigil/manager")
     control_socket: Path = Path("/run/vigil/manager.sock")
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    verdicts: VerdictsConfig | None = None
     # Each further part of the manager has its own section here (policy, collector, verdicts);
     # a part whose section is absent or has enabled: false is not started.
     log: LogConfig = field(default_factory=LogConfig)

@@ -1,0 +1,122 @@
+"""Format detection and dispatch: one message (or multi-line record) in, one ``Event`` out.
+
+``parse(message)`` never raises: a parser that fails on odd input is counted in ``ParseStats`` and
+the message is kept as a raw ``syslog`` event with its header fields, so nothing is lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+
+from ..event import Event, severity_from_syslog
+from ..syslog import Header, parse_header
+from . import cef, checkpoint, modsecurity, snort, suricata
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "checkpoint", "snort", "modsecurity", "suricata", "cef", "syslog")
+
+_SNORT_FULL = re.compile(r"\s*\[\*\*\] \[\d+:\d+:\d+\]")
+_SNORT_BODY = re.compile(r"\[\d+:\d+:\d+\] ")
+
+
+class ParseStats:
+    """Counts per source type, failures per parser (a failure still yields a raw event)."""
+
+    def __init__(self):
+        self.parsed: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.empty = 0
+
+
+def _raw(header: Header | None, body: str, raw: str) -> Event:
+    if header is None:
+        return Event("syslog", "raw", raw)
+    ev = Event("syslog", f"syslog-{header.kind}", raw, time=header.time, device=header.host)
+    if header.severity is not None:
+        ev.severity = severity_from_syslog(header.severity)
+    ev.extra = {"app": header.app, "procid": header.procid, "msgid": header.msgid,
+                "facility": header.facility, "msg": body}
+    if header.sd:
+        ev.extra["sd"] = header.sd
+    return ev
+
+
+def _json(obj, header: Header | None, raw: str, ref: float | None) -> Event | None:
+    if not isinstance(obj, dict):
+        return None
+    inner = suricata.unwrap(obj)
+    if suricata.looks_like(inner):
+        ev = suricata.parse(inner, raw)
+    elif "transaction" in obj and isinstance(obj["transaction"], dict):
+        ev = modsecurity.parse_json(obj, raw)
+    elif any(k in obj for k in ("sid", "rule", "src_ap", "pkt_num")) and ("msg" in obj or "rule" in obj):
+        ev = snort.parse_json(obj, raw, ref)
+    else:
+        return None
+    if header is not None:
+        ev.device = ev.device or header.host
+        ev.time = ev.time if ev.time is not None else header.time
+    return ev
+
+
+def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint: str) -> Event | None:
+    if not body and header is not None and header.sd is None:
+        return None
+    if body.startswith("{") and hint in ("auto", "suricata", "modsecurity", "snort"):
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        ev = _json(obj, header, raw, ref)
+        if ev is not None:
+            return ev
+    if hint in ("auto", "checkpoint") and checkpoint.looks_like(header, body):
+        return checkpoint.parse(header, body, raw)
+    if hint in ("auto", "cef") and cef.looks_like(body):
+        return cef.parse(body, raw, header.time if header else None, header.host if header else None)
+    if hint in ("auto", "modsecurity"):
+        if modsecurity.looks_like_errorlog(body):
+            return modsecurity.parse_errorlog(header, body, raw, ref)
+        if modsecurity.AUDIT_BOUNDARY.match(body.split("\n", 1)[0].strip()):
+            return modsecurity.parse_native(body)
+    if hint in ("auto", "snort"):
+        if header is None:
+            if body[:1].isdigit():
+                ev = snort.parse_fast(body, ref) or snort.parse_csv(body, ref)
+                if ev:
+                    return ev
+            elif _SNORT_FULL.match(body):
+                return snort.parse_full(body.strip("\n"), ref)
+        elif _SNORT_BODY.match(body):
+            return snort.parse_syslog(header, body, raw)
+    return None
+
+
+def parse(message: str, ref: float | None = None, hint: str = "auto",
+          stats: ParseStats | None = None) -> Event | None:
+    """Parse one syslog message or one multi-line record.  None only for a blank message."""
+    raw = message.rstrip("\r\n")
+    if not raw.strip():
+        if stats:
+            stats.empty += 1
+        return None
+    header, body = parse_header(raw, ref)
+    if header is None and raw.startswith(" "):
+        body = raw.strip()
+    try:
+        ev = _detect(header, body, raw, ref, hint)
+    except Exception as exc:  # a parser bug must not lose the message or stop the collector
+        kind = hint if hint != "auto" else "auto"
+        if stats:
+            stats.errors[kind] += 1
+        log.debug("parser failed (%s) on %.200r: %s", kind, raw, exc)
+        ev = _raw(header, body, raw)
+        ev.extra["parse_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    if ev is None:
+        ev = _raw(header, body, raw)
+    if stats:
+        stats.parsed[ev.source_type] += 1
+    return ev

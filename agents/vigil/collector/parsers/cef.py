@@ -1,0 +1,114 @@
+"""ArcSight Common Event Format: ``CEF:Version|Vendor|Product|Version|SignatureID|Name|Severity|ext``.
+
+Header fields escape ``|`` and ``\\``; extension values escape ``=``, ``\\`` and newlines.  Real
+senders vary: ``CEF: 0`` with a space, the ``CEF:`` prefix missing, an unescaped pipe inside an
+extension value, word severities (``Low``, ``Very-High``), keys with dots, brackets or commas.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from ..event import CRITICAL, HIGH, LOW, MEDIUM, Event, norm_action, proto_name, severity_from_word, to_port
+
+START = re.compile(r"(?:CEF: ?)?\d{1,2}\|")
+_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z0-9_.,\[\]:-]+)=")
+_UNESC = re.compile(r"\\(.)")
+_ESC_MAP = {"n": "\n", "r": "\r", "=": "=", "\\": "\\", "|": "|"}
+_ALIASES = {
+    "sourceAddress": "src", "destinationAddress": "dst", "sourcePort": "spt", "destinationPort": "dpt",
+    "transportProtocol": "proto", "deviceAction": "act", "deviceHostName": "dvchost",
+    "deviceAddress": "dvc", "deviceEventCategory": "cat", "deviceReceiptTime": "rt",
+}
+
+
+def looks_like(body: str) -> bool:
+    if body.startswith("CEF:"):
+        return True
+    return bool(START.match(body)) and body.count("|") >= 7
+
+
+def _unesc(s: str) -> str:
+    return _UNESC.sub(lambda m: _ESC_MAP.get(m.group(1), "\\" + m.group(1)), s) if "\\" in s else s
+
+
+def split_header(s: str) -> list[str]:
+    """Seven header fields and the extension; pipes escaped with a backslash do not split."""
+    parts, cur, i, n = [], [], 0, len(s)
+    while i < n and len(parts) < 7:
+        c = s[i]
+        if c == "\\" and i + 1 < n:
+            cur.append(s[i + 1] if s[i + 1] in "|\\" else s[i:i + 2])
+            i += 2
+            continue
+        if c == "|":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append(s[i:] if len(parts) == 7 else "".join(cur))
+    return parts
+
+
+def extension(s: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    keys = list(_KEY.finditer(s))
+    for i, m in enumerate(keys):
+        # a "key=" preceded by a backslash-escaped char is a value, not a key (handled by lookbehind)
+        end = keys[i + 1].start() if i + 1 < len(keys) else len(s)
+        v = s[m.end():end].rstrip()
+        k = m.group(1)
+        if k not in out:
+            out[k] = _unesc(v)
+    return out
+
+
+def _severity(s: str) -> int | None:
+    s = s.strip()
+    if s.isdigit():
+        n = int(s)
+        return LOW if n <= 3 else MEDIUM if n <= 6 else HIGH if n <= 8 else CRITICAL if n <= 10 else None
+    return severity_from_word(s)
+
+
+def _time(v: str | None) -> float | None:
+    if not v:
+        return None
+    v = v.strip()
+    if v.isdigit():
+        n = int(v)
+        return n / 1000.0 if n > 10**11 else float(n)
+    for fmt in ("%b %d %Y %H:%M:%S.%f", "%b %d %Y %H:%M:%S", "%b %d %H:%M:%S"):
+        try:
+            dt = datetime.strptime(v, fmt)
+        except ValueError:
+            continue
+        if dt.year == 1900:
+            return None
+        return dt.replace(tzinfo=timezone.utc).timestamp()
+    return None
+
+
+def parse(body: str, raw: str, header_time: float | None = None, header_host: str | None = None) -> Event:
+    text = body
+    if body.startswith("CEF:"):
+        text = body[4:].lstrip(" ")
+    h = split_header(text)
+    while len(h) < 8:
+        h.append("")
+    version, vendor, product, dversion, sig_id, name, sev, ext = h
+    kv = {(_ALIASES.get(k, k)): v for k, v in extension(ext).items()} if ext else {}
+    ev = Event("cef", "cef", raw, time=_time(kv.get("rt")) or header_time)
+    ev.device = kv.get("dvchost") or kv.get("dvc") or header_host
+    ev.src, ev.dst = kv.get("src") or None, kv.get("dst") or None
+    ev.sport, ev.dport = to_port(kv.get("spt")), to_port(kv.get("dpt"))
+    ev.proto = proto_name(kv.get("proto"))
+    ev.action = norm_action(kv.get("act"))
+    ev.severity = _severity(sev)
+    ev.sig_id = sig_id or None
+    ev.sig_name = name or None
+    ev.category = kv.get("cat") or None
+    ev.extra = {"vendor": vendor, "product": product, "version": dversion, "cef_version": version,
+                "kv": kv}
+    return ev

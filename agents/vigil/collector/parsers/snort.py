@@ -1,0 +1,128 @@
+"""Snort alerts: alert_fast, alert_full (multi-line), syslog, alert_csv and Snort 3 alert_json."""
+from __future__ import annotations
+
+import csv
+import re
+
+from ..event import Event, proto_name, severity_from_priority, to_port
+from ..syslog import Header, bsd_time, iso_time
+
+_TS = r"(\d\d)/(\d\d)(?:/(\d\d))?-(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+_ALERT = (r"\[(\d+):(\d+):(\d+)\] (.*?)(?: \[\*\*\])?"
+          r"(?: ?\[Classification: ([^\]]*)\])?(?: ?\[Priority: (\d+)\])?")
+_ADDR = r"(?: ?\{(\w+)\} ([0-9A-Fa-f.:]+?)(?::(\d+))? -> ([0-9A-Fa-f.:]+?)(?::(\d+))?)?\s*"
+FAST = re.compile(_TS + r"\s+\[\*\*\] " + _ALERT + _ADDR + "$")
+SYSLOG_BODY = re.compile(_ALERT + _ADDR + "$")
+CSV_START = re.compile(_TS + r" ?,\d+,\d+,\d+,")
+_FULL_HEAD = re.compile(r"\[\*\*\] \[(\d+):(\d+):(\d+)\] (.*?) \[\*\*\]")
+_FULL_CLASS = re.compile(r"(?:\[Classification: ([^\]]*)\] ?)?\[Priority: (\d+)\]")
+_FULL_ADDR = re.compile(_TS + r" ([0-9A-Fa-f.:]+?)(?::(\d+))? -> ([0-9A-Fa-f.:]+?)(?::(\d+))?\s*$")
+_MON = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def _time(mo, dd, yy, h, mi, s, frac, ref):
+    if not 1 <= int(mo) <= 12:
+        return None
+    year = None if yy is None else str(2000 + int(yy))
+    return bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, frac, ref)
+
+
+def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dport) -> Event:
+    ev.sig_id = f"{gid}:{sid}:{rev}"
+    ev.sig_name = msg.strip() or None
+    ev.category = cls or None
+    ev.severity = severity_from_priority(prio) if prio is not None else None
+    ev.proto = proto_name(proto)
+    ev.src, ev.sport, ev.dst, ev.dport = src, to_port(sport), dst, to_port(dport)
+    ev.action = "alert"
+    return ev
+
+
+def parse_fast(line: str, ref: float | None) -> Event | None:
+    m = FAST.match(line)
+    if not m:
+        return None
+    g = m.groups()
+    ev = Event("snort", "snort-fast", line, time=_time(*g[:7], ref))
+    return _fill(ev, *g[7:])
+
+
+def parse_syslog(header: Header, body: str, raw: str) -> Event | None:
+    m = SYSLOG_BODY.match(body)
+    if not m:
+        return None
+    ev = Event("snort", "snort-syslog", raw, time=header.time, device=header.host)
+    return _fill(ev, *m.groups())
+
+
+def parse_full(record: str, ref: float | None) -> Event | None:
+    lines = record.split("\n")
+    m = _FULL_HEAD.match(lines[0].strip())
+    if not m:
+        return None
+    ev = Event("snort", "snort-full", record)
+    gid, sid, rev, msg = m.groups()
+    cls = prio = proto = src = sport = dst = dport = None
+    for ln in lines[1:]:
+        ln = ln.rstrip()
+        mc = _FULL_CLASS.match(ln)
+        if mc and prio is None:
+            cls, prio = mc.groups()
+            continue
+        ma = _FULL_ADDR.match(ln)
+        if ma and src is None:
+            g = ma.groups()
+            ev.time = _time(*g[:7], ref)
+            src, sport, dst, dport = g[7:]
+            continue
+        if src is not None and proto is None and ln:
+            proto = ln.split(" ", 1)[0]
+    return _fill(ev, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dport)
+
+
+def parse_csv(line: str, ref: float | None) -> Event | None:
+    """Default alert_csv column order: timestamp, sig_generator, sig_id, sig_rev, msg, proto, src,
+    srcport, dst, dstport, ethsrc, ethdst, ...."""
+    m = CSV_START.match(line)
+    if not m:
+        return None
+    row = next(csv.reader([line]), [])
+    if len(row) < 10:
+        return None
+    ev = Event("snort", "snort-csv", line, time=_time(*m.groups(), ref))
+    return _fill(ev, row[1], row[2], row[3], row[4], None, None, row[5] or None, row[6] or None,
+                 row[7] or None, row[8] or None, row[9] or None)
+
+
+def _split_ap(ap):
+    if not isinstance(ap, str) or not ap:
+        return None, None
+    host, _, port = ap.rpartition(":")
+    if not host or not port.isdigit():
+        return ap, None
+    return host, port
+
+
+def parse_json(obj: dict, raw: str, ref: float | None) -> Event:
+    """Snort 3 alert_json (default and extended field sets)."""
+    ev = Event("snort", "snort-json", raw)
+    ts = obj.get("timestamp")
+    if isinstance(ts, str):
+        m = re.match(_TS, ts.strip())
+        ev.time = _time(*m.groups(), ref) if m else iso_time(ts)
+    src, sport = obj.get("src_addr"), obj.get("src_port")
+    dst, dport = obj.get("dst_addr"), obj.get("dst_port")
+    if src is None:
+        src, sport = _split_ap(obj.get("src_ap"))
+        dst, dport = _split_ap(obj.get("dst_ap"))
+    gid, sid, rev = obj.get("gid"), obj.get("sid"), obj.get("rev")
+    if sid is None and isinstance(obj.get("rule"), str):
+        parts = obj["rule"].split(":")
+        if len(parts) == 3:
+            gid, sid, rev = parts
+    _fill(ev, gid, sid, rev, str(obj.get("msg") or ""), obj.get("class"), obj.get("priority"),
+          obj.get("proto"), src, sport, dst, dport)
+    if obj.get("action") is not None:
+        ev.action = {"allow": "alert", "would_block": "alert", "block": "block", "drop": "block",
+                     "reject": "block"}.get(str(obj["action"]), str(obj["action"]))
+    return ev

@@ -1,0 +1,61 @@
+"""Suricata EVE JSON (any event_type; alert, anomaly and flow get their own fields).  Also accepts
+an Elasticsearch search hit that wraps the event in ``_source`` (SELKS exports)."""
+from __future__ import annotations
+
+from ..event import INFO, LOW, Event, norm_action, proto_name, severity_from_priority, to_port
+from ..syslog import iso_time
+
+
+def looks_like(obj: dict) -> bool:
+    return isinstance(obj.get("event_type"), str)
+
+
+def unwrap(obj: dict) -> dict:
+    src = obj.get("_source")
+    return src if isinstance(src, dict) and "event_type" in src else obj
+
+
+def parse(obj: dict, raw: str) -> Event:
+    et = str(obj.get("event_type"))
+    ev = Event("suricata", f"suricata-{et}", raw)
+    ts = obj.get("timestamp") or obj.get("@timestamp")
+    if isinstance(ts, str):
+        ev.time = iso_time(ts.strip())
+    host = obj.get("host")
+    if isinstance(host, dict):
+        host = host.get("name") or host.get("hostname")
+    ev.device = str(host) if isinstance(host, (str, int)) and host != "" else None
+    ev.src = _s(obj.get("src_ip"))
+    ev.dst = _s(obj.get("dest_ip"))
+    ev.sport = to_port(obj.get("src_port"))
+    ev.dport = to_port(obj.get("dest_port"))
+    ev.proto = proto_name(obj.get("proto"))
+    ev.category = et
+    alert = obj.get("alert")
+    if et == "alert" and isinstance(alert, dict):
+        ev.sig_id = _s(alert.get("signature_id"))
+        ev.sig_name = _s(alert.get("signature"))
+        ev.category = _s(alert.get("category")) or "alert"
+        ev.severity = severity_from_priority(alert.get("severity"))
+        act = norm_action(alert.get("action"))
+        ev.action = "alert" if act == "allow" else act or "alert"
+    elif et == "anomaly" and isinstance(obj.get("anomaly"), dict):
+        an = obj["anomaly"]
+        ev.sig_name = _s(an.get("event"))
+        ev.category = "anomaly-" + str(an.get("type") or "unknown")
+        ev.severity = LOW
+    elif et == "flow" and isinstance(obj.get("flow"), dict):
+        fl = obj["flow"]
+        ev.action = _s(fl.get("action")) or None
+        ev.extra["flow_state"] = fl.get("state")
+        ev.extra["flow_reason"] = fl.get("reason")
+        ev.severity = INFO
+    else:
+        ev.severity = INFO
+    if isinstance(obj.get("app_proto"), str):
+        ev.extra["app_proto"] = obj["app_proto"]
+    return ev
+
+
+def _s(v) -> str | None:
+    return None if v is None or v == "" else str(v)

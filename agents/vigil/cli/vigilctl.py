@@ -17,6 +17,7 @@ from ..control import ControlError, call
 # modules with register(subparsers) -> adds commands whose handler is func(args, client)
 GROUPS = [
     "vigil.cli.engines",
+    "vigil.cli.hashes",
 ]
 
 

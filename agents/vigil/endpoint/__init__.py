@@ -1,0 +1,1 @@
+"""vigil-endpoint: execution control on a Linux host (fanotify permission events)."""

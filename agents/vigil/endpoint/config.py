@@ -1,0 +1,64 @@
+"""Configuration of vigil-endpoint (``/etc/vigil/endpoint.yaml``)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..common import LogConfig, MqttConfig
+from ..engine.config import check_id
+
+MODES = ("monitor", "block-malicious", "lockdown")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    endpoint_id: str = "endpoint"
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    mode: Literal["monitor", "block-malicious", "lockdown"] = "monitor"
+    # Mount points to watch (FAN_MARK_MOUNT: the whole mount each path is on).
+    mounts: list[Path] = field(default_factory=lambda: [Path("/")])
+    # Also watch plain opens on those mounts to catch programs run through the dynamic loader
+    # (`ld-linux-x86-64.so.2 ./prog` mmaps prog instead of exec'ing it); costs one readlink per open.
+    cover_loader: bool = True
+    # Paths never decided (answered allow at once, never hashed): the agent's own files, its logs.
+    exclude_paths: list[Path] = field(default_factory=list)
+    # The longest the kernel is kept waiting for a verdict from the manager; then the mode's default.
+    decision_deadline: float = 0.5
+    # Files larger than this are not hashed in the decision path; the mode's default applies.
+    max_hash_bytes: int = 256 * 1024 * 1024
+    cache_entries: int = 20000
+    # Events are sent in batches at this interval; at most max_pending wait (oldest dropped, counted).
+    batch_interval: float = 2.0
+    max_pending_events: int = 5000
+    status_interval: float = 30.0
+    # The address reported to the manager (for quarantine); default: the local end of the MQTT link.
+    address: str | None = None
+    sample_max_bytes: int = 16 * 1024 * 1024
+    state_dir: Path = Path("/var/lib/vigil/endpoint")
+    control_socket: Path = Path("/run/vigil/endpoint.sock")
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        check_id(self.endpoint_id, "endpoint_id")
+        if not self.mounts:
+            raise ValueError("mounts: at least one mount point is needed")
+        for m in self.mounts:
+            if not m.is_absolute():
+                raise ValueError(f"mounts: {m} is not an absolute path")
+        if not 0.01 <= self.decision_deadline <= 10:
+            raise ValueError("decision_deadline: must be 0.01..10 seconds")
+        if self.cache_entries < 16:
+            raise ValueError("cache_entries: must be at least 16")
+        if self.batch_interval <= 0 or self.status_interval <= 0:
+            raise ValueError("batch_interval: intervals must be > 0")
+        if self.max_pending_events < 10:
+            raise ValueError("max_pending_events: must be at least 10")
+        if self.max_hash_bytes < 1024:
+            raise ValueError("max_hash_bytes: must be at least 1024")
+
+    def excluded(self) -> list[str]:
+        """Exclusions plus the agent's own installation (its interpreter and package files)."""
+        own = {str(Path(sys.prefix).resolve()), str(Path(__file__).resolve().parent.parent)}
+        return sorted({str(p) for p in self.exclude_paths} | own | {str(self.state_dir)})

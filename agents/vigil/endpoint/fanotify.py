@@ -1,0 +1,101 @@
+"""A small ctypes binding of fanotify(7): init, mark a mount, read events, answer permission events.
+
+Only what the agent needs: a ``FAN_CLASS_CONTENT`` group, ``FAN_MARK_MOUNT`` marks for
+``FAN_OPEN_EXEC_PERM`` (and optionally ``FAN_OPEN_PERM``), and ``FAN_ALLOW``/``FAN_DENY`` answers.
+When the group's fd is closed (or its process dies) the kernel drops the marks and allows any event
+still waiting, so a crashed agent never leaves the host unable to run programs.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import struct
+from dataclasses import dataclass
+
+FAN_CLOEXEC = 0x01
+FAN_NONBLOCK = 0x02
+FAN_CLASS_CONTENT = 0x04
+FAN_UNLIMITED_QUEUE = 0x10
+
+FAN_MARK_ADD = 0x01
+FAN_MARK_REMOVE = 0x02
+FAN_MARK_MOUNT = 0x10
+
+FAN_OPEN_PERM = 0x00010000
+FAN_OPEN_EXEC_PERM = 0x00040000
+FAN_Q_OVERFLOW = 0x00004000
+
+FAN_ALLOW = 0x01
+FAN_DENY = 0x02
+FAN_NOFD = -1
+FANOTIFY_METADATA_VERSION = 3
+
+AT_FDCWD = -100
+_META = struct.Struct("=IBBHQii")     # event_len, vers, reserved, metadata_len, mask, fd, pid
+_RESPONSE = struct.Struct("=iI")      # fd, response
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_init.restype = ctypes.c_int
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+_libc.fanotify_mark.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+@dataclass(slots=True)
+class Event:
+    mask: int
+    fd: int
+    pid: int
+
+
+class Fanotify:
+    def __init__(self, queue_unlimited: bool = False):
+        flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK
+        if queue_unlimited:
+            flags |= FAN_UNLIMITED_QUEUE
+        fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_init: {os.strerror(err)}")
+        self.fd = fd
+        self.marks: list[tuple[str, int]] = []
+
+    def mark_mount(self, path: str, mask: int) -> None:
+        if _libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_MOUNT, mask, AT_FDCWD, path.encode()) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark {path}: {os.strerror(err)}")
+        self.marks.append((path, mask))
+
+    def read(self, bufsize: int = 64 * 1024) -> list[Event]:
+        """Events waiting now (an empty list when none: the fd is non-blocking)."""
+        try:
+            buf = os.read(self.fd, bufsize)
+        except BlockingIOError:
+            return []
+        return parse(buf)
+
+    def respond(self, fd: int, allow: bool) -> None:
+        os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # the kernel removes the marks and allows anything still pending
+            self.fd = -1
+
+
+def parse(buf: bytes) -> list[Event]:
+    out, off = [], 0
+    while off + _META.size <= len(buf):
+        event_len, vers, _, _meta_len, mask, fd, pid = _META.unpack_from(buf, off)
+        if vers != FANOTIFY_METADATA_VERSION or event_len < _META.size:
+            raise ValueError(f"fanotify: unexpected metadata version {vers} or length {event_len}")
+        out.append(Event(mask, fd, pid))
+        off += event_len
+    return out
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """PR_SET_PDEATHSIG: the decider dies with the agent, taking its fanotify group with it."""
+    _libc.prctl(1, sig, 0, 0, 0)

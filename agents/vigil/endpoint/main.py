@@ -1,0 +1,342 @@
+"""vigil-endpoint: execution control on one host.
+
+The agent is two processes.  The *decider* (decider.py) owns the fanotify group and answers every
+exec; this process — the agent — talks MQTT to the manager (verdict requests with correlation data,
+verdict pushes, sample uploads), batches execution reports, publishes a retained status with a
+last-will, and serves the local console over its control socket.  If the agent dies the decider
+dies with it (PR_SET_PDEATHSIG) and the kernel allows whatever was waiting.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__, payload, topics
+from ..config import to_dict
+from ..control import ControlServer
+from ..counters import Counters
+from ..daemon import StartupError, main as daemon_main
+from ..mqtt import MqttClient, Will, new_client_id, response_properties
+from .config import EndpointConfig
+
+log = logging.getLogger(__name__)
+
+RECENT = 200
+
+
+class EndpointService:
+    def __init__(self, cfg: EndpointConfig):
+        self.cfg = cfg
+        self.counters = Counters()
+        self.host = socket.gethostname()
+        self.mode = cfg.mode
+        self.status_topic = topics.endpoint(cfg.endpoint_id, "status")
+        self.response_topic = topics.endpoint(cfg.endpoint_id, "verdict/response")
+        will = Will(self.status_topic, payload.encode("endpoint-status", cfg.endpoint_id, {"state": "offline"}))
+        self.mqtt = MqttClient(cfg.mqtt, new_client_id(f"endpoint-{cfg.endpoint_id}"), self.counters, will=will,
+                               on_connected=self._on_connected)
+        self.control = ControlServer(cfg.control_socket)
+        self.control.register("endpoint.status", self.console_status)
+        self.control.register("endpoint.recent", self.recent_decisions)
+        self._events: collections.deque = collections.deque()
+        self._events_lock = threading.Lock()
+        self._recent: collections.deque = collections.deque(maxlen=RECENT)
+        self._paths: collections.OrderedDict[str, str] = collections.OrderedDict()  # sha -> last path
+        self._asks: dict[bytes, tuple[str, float]] = {}   # correlation -> (sha, sent monotonic)
+        self._asks_lock = threading.Lock()
+        self._corr = 0
+        self._stats: dict[str, Any] = {}
+        self._stats_event = threading.Event()
+        self.decider: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self._stop = threading.Event()
+
+    # -- the decider process ----------------------------------------------------------------
+    def start_decider(self, timeout: float = 10.0) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        conf = {"mode": self.mode, "decision_deadline": self.cfg.decision_deadline,
+                "max_hash_bytes": self.cfg.max_hash_bytes, "cache_entries": self.cfg.cache_entries,
+                "excluded": self.cfg.excluded(), "mounts": [str(m) for m in self.cfg.mounts],
+                "cover_loader": self.cfg.cover_loader, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
+        self.decider = subprocess.Popen([sys.executable, "-m", "vigil.endpoint.decider", json.dumps(conf)],
+                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        ours.settimeout(timeout)
+        try:
+            first = json.loads(ours.recv(1 << 16) or b"{}")
+        except (socket.timeout, ValueError) as exc:
+            self.decider.kill()
+            raise StartupError(f"the decider process did not start: {exc}") from None
+        if first.get("t") != "ready":
+            self.decider.wait(5)
+            raise StartupError(f"cannot watch executions: {first.get('error', first)}")
+        ours.settimeout(None)
+        self.sock = ours
+        log.info("decider %d watching %s in %s mode", first["pid"], ", ".join(first["mounts"]), self.mode)
+        threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
+
+    def to_decider(self, msg: dict) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            sock.send(json.dumps(msg, separators=(",", ":")).encode())
+        except OSError:
+            self.counters.inc("decider_send_errors")
+
+    def _read_decider(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                raw = sock.recv(1 << 20)
+            except OSError:
+                return
+            if not raw:
+                return
+            try:
+                msg = json.loads(raw)
+                t = msg["t"]
+                if t == "ev":
+                    self._on_decision(msg)
+                elif t == "ask":
+                    self._ask(msg["sha256"], msg.get("size"), msg.get("path", ""))
+                elif t == "stats":
+                    self._stats = msg
+                    self._stats_event.set()
+            except (ValueError, KeyError, TypeError):
+                self.counters.inc("decider_bad_messages")
+
+    def _on_decision(self, ev: dict) -> None:
+        ev.pop("t", None)
+        self.counters.inc(f"executions_{ev['action']}")
+        if ev.get("sha256"):
+            self._paths[ev["sha256"]] = ev.get("path", "")
+            self._paths.move_to_end(ev["sha256"])
+            if len(self._paths) > 4096:
+                self._paths.popitem(last=False)
+        self._recent.append(ev)
+        with self._events_lock:
+            self._events.append(ev)
+            if len(self._events) > self.cfg.max_pending_events:
+                self._events.popleft()
+                self.counters.inc("events_dropped")
+
+    # -- verdicts over MQTT ----------------------------------------------------------------
+    def _ask(self, sha: str, size: int | None, path: str) -> None:
+        if not self.mqtt.connected.is_set():
+            self.counters.inc("verdict_requests_offline")
+            self.to_decider({"t": "verdict", "sha256": sha, "error": "offline"})
+            return
+        with self._asks_lock:
+            self._corr += 1
+            corr = self._corr.to_bytes(8, "big")
+            self._asks[corr] = (sha, time.monotonic())
+        body = {"sha256": sha, "size": size, "path": path}
+        self.mqtt.publish(topics.endpoint(self.cfg.endpoint_id, "verdict/request"),
+                          payload.encode("verdict-request", self.cfg.endpoint_id, body), qos=1,
+                          properties=response_properties(self.response_topic, corr))
+        self.counters.inc("verdict_requests")
+
+    def _on_response(self, msg) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        with self._asks_lock:
+            ask = self._asks.pop(corr, None) if corr else None
+        if ask is None:
+            self.counters.inc("verdict_responses_unmatched")  # late (after the deadline) or not ours
+            return
+        sha = ask[0]
+        try:
+            r = payload.decode(msg.payload, "verdict-response")
+            if r.get("status") != "ok":
+                raise payload.PayloadError("error-status", str(r.get("error")))
+            if r.get("sha256") != sha or r.get("verdict") not in ("benign", "malicious", "grayware", "unknown"):
+                raise payload.PayloadError("bad-verdict", f"{r.get('sha256')} {r.get('verdict')!r}")
+        except payload.PayloadError as exc:
+            self.counters.inc(f"verdict_responses_rejected_{exc.reason}")
+            self.to_decider({"t": "verdict", "sha256": sha, "error": f"manager: {exc.reason}"})
+            return
+        self.counters.inc("verdict_responses")
+        self.to_decider({"t": "verdict", "sha256": sha, "verdict": r["verdict"], "source": r.get("source", ""),
+                         "ttl": float(r.get("ttl") or 60)})
+
+    def _on_push(self, msg) -> None:
+        try:
+            p = payload.decode(msg.payload, "verdicts")
+            items = [v for v in p.get("verdicts", []) if isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                     and v.get("verdict") in ("benign", "malicious", "grayware", "unknown")]
+        except (payload.PayloadError, AttributeError, TypeError) as exc:
+            self.counters.inc(f"verdict_pushes_rejected_{getattr(exc, 'reason', 'bad')}")
+            return
+        self.counters.inc("verdict_pushes", len(items))
+        if items:
+            self.to_decider({"t": "push", "verdicts": [{"sha256": v["sha256"], "verdict": v["verdict"],
+                                                        "source": str(v.get("source", "")),
+                                                        "ttl": float(v.get("ttl") or 60)} for v in items]})
+
+    def _on_sample_request(self, msg) -> None:
+        threading.Thread(target=self._send_sample, args=(msg.payload,), name="sample", daemon=True).start()
+
+    def _send_sample(self, raw: bytes) -> None:
+        topic = topics.endpoint(self.cfg.endpoint_id, "sample")
+        try:
+            req = payload.decode(raw, "sample-request")
+            sha = req["sha256"]
+            cap = min(int(req.get("max_bytes") or self.cfg.sample_max_bytes), self.cfg.sample_max_bytes)
+        except (payload.PayloadError, KeyError, TypeError, ValueError) as exc:
+            self.counters.inc("sample_requests_rejected")
+            log.warning("bad sample request: %s", exc)
+            return
+
+        def refuse(error: str) -> None:
+            self.counters.inc(f"samples_refused_{error}")
+            self.mqtt.publish(topic, payload.encode("sample", self.cfg.endpoint_id,
+                                                    {"sha256": sha, "status": "error", "error": error}))
+
+        path = self._paths.get(sha)
+        if not path:
+            return refuse("unknown-hash")
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > cap:
+                    return refuse("too-large")
+                data = f.read(cap + 1)
+        except OSError:
+            return refuse("unreadable")
+        if len(data) > cap:
+            return refuse("too-large")
+        if hashlib.sha256(data).hexdigest() != sha:
+            return refuse("changed")
+        self.mqtt.publish(topic, payload.encode("sample", self.cfg.endpoint_id, {
+            "sha256": sha, "size": len(data), "path": path, "data": base64.b64encode(data).decode()}))
+        self.counters.inc("samples_sent")
+        log.info("sent sample %s (%d bytes) to the manager", sha, len(data))
+
+    # -- status and events -------------------------------------------------------------------
+    def address(self) -> str | None:
+        if self.cfg.address:
+            return self.cfg.address
+        try:
+            sock = self.mqtt.paho.socket()
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                return sock.getsockname()[0]
+        except OSError:
+            pass
+        return None
+
+    def _on_connected(self) -> None:
+        self.publish_status()
+
+    def publish_status(self) -> None:
+        body = {"state": "online", "mode": self.mode, "version": __version__, "host": self.host,
+                "address": self.address(), "mounts": [str(m) for m in self.cfg.mounts],
+                "counters": self.counters.snapshot()}
+        self.mqtt.publish(self.status_topic, payload.encode("endpoint-status", self.cfg.endpoint_id, body),
+                          qos=1, retain=True)
+
+    def flush_events(self) -> None:
+        if not self.mqtt.connected.is_set():
+            return  # kept (bounded) until the broker is back
+        with self._events_lock:
+            batch = list(self._events)
+            self._events.clear()
+        if not batch:
+            return
+        for i in range(0, len(batch), 500):
+            body = {"host": self.host, "address": self.address(), "mode": self.mode, "events": batch[i:i + 500]}
+            self.mqtt.publish(topics.endpoint(self.cfg.endpoint_id, "events"),
+                              payload.encode("endpoint-events", self.cfg.endpoint_id, body), qos=1)
+        self.counters.inc("events_sent", len(batch))
+
+    def decider_stats(self, timeout: float = 1.0) -> dict[str, Any]:
+        self._stats_event.clear()
+        self.to_decider({"t": "stats?"})
+        if not self._stats_event.wait(timeout):
+            return {"error": "the decider did not answer"}
+        return {k: v for k, v in self._stats.items() if k != "t"}
+
+    def console_status(self) -> dict[str, Any]:
+        return {"endpoint": self.cfg.endpoint_id, "host": self.host, "mode": self.mode,
+                "mqtt_connected": self.mqtt.connected.is_set(), "address": self.address(),
+                "mounts": [str(m) for m in self.cfg.mounts], "decision_deadline": self.cfg.decision_deadline,
+                "decider_pid": self.decider.pid if self.decider else None, "decider": self.decider_stats(),
+                "counters": self.counters.snapshot(), "rss_kb": _rss_kb(), "events_waiting": len(self._events)}
+
+    def recent_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
+        if not isinstance(limit, int) or limit < 1:
+            limit = 20
+        return list(self._recent)[-limit:]
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.start_decider()
+        eid = self.cfg.endpoint_id
+        self.mqtt.subscribe(self.response_topic, self._on_response)
+        self.mqtt.subscribe(topics.VERDICTS, self._on_push)
+        self.mqtt.subscribe(topics.endpoint(eid, "sample/request"), self._on_sample_request)
+        self.control.start()
+        self.mqtt.start()
+        next_batch = time.monotonic() + self.cfg.batch_interval
+        next_status = time.monotonic() + self.cfg.status_interval
+        try:
+            while not stop.wait(min(self.cfg.batch_interval, 1.0)):
+                now = time.monotonic()
+                if self.decider.poll() is not None:
+                    self.counters.inc("decider_restarts")
+                    log.error("the decider exited (%s); restarting it", self.decider.returncode)
+                    self.start_decider()
+                if now >= next_batch:
+                    self.flush_events()
+                    next_batch = now + self.cfg.batch_interval
+                if now >= next_status:
+                    self.publish_status()
+                    next_status = now + self.cfg.status_interval
+                with self._asks_lock:
+                    for corr in [c for c, (_, t) in self._asks.items() if now - t > 30]:
+                        del self._asks[corr]
+                if self.mqtt.fatal:
+                    raise StartupError(f"MQTT broker refused the endpoint: {self.mqtt.fatal}")
+        finally:
+            if self.decider is not None and self.decider.poll() is None:
+                self.decider.terminate()
+                try:
+                    self.decider.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.decider.kill()
+            self.flush_events()
+            self.mqtt.publish_wait(self.status_topic, payload.encode("endpoint-status", eid, {"state": "offline"}),
+                                   retain=True, timeout=2)
+            self.mqtt.stop()
+            self.control.stop()
+            log.info("counters at exit: %s", self.counters.snapshot())
+
+
+def _rss_kb() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon_main("endpoint", EndpointConfig, EndpointService, argv,
+                       description="Vigil endpoint agent: allow or block every execution by its verdict")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,18 @@ Per batch (one engine interval) the manager writes, never one series per flow:
   at most ``max_service_series`` distinct (proto, port) pairs ever; the rest fold into ``other``;
 - ``top_talkers,engine=E,rank=R``: the N busiest sources of the interval, address as a field;
 - ``flow_batches,engine=E``: seq, record count, gaps and duplicates seen;
-- ``engine_status,engine=E``: mode, learning progress, tracked flows.
+- ``engine_status,engine=E``: mode, learning progress, tracked flows;
+- ``engine_events,engine=E,type=T``: engine protocol events (type folded into ``other`` beyond
+  ``max_event_types``), details as string fields.
+
+A batch's points carry the interval end plus ``seq mod 10^6`` nanoseconds as their timestamp, so
+the chunks of one interval stay distinct points and a batch written twice (a QoS 1 redelivery)
+overwrites itself instead of counting twice.
+
+The ingest component is the process's single subscriber of flows, statuses and events (paho keeps
+one callback per topic filter); it hands each accepted message to the consumers registered in
+``ctx.consumers`` (the policy component).  Flows come through an MQTT v5 shared subscription when
+configured, so that several manager processes split the batches between them.
 """
 from __future__ import annotations
 
@@ -72,7 +83,7 @@ class FlowAggregator:
 
     def batch_points(self, msg: dict) -> list[str]:
         engine = str(msg.get("engine") or msg.get("sender"))
-        ts_ns = int(msg.get("interval", {}).get("end", msg["ts"])) * 1_000_000
+        ts_ns = int(msg.get("interval", {}).get("end", msg["ts"])) * 1_000_000 + int(msg.get("seq", 0)) % 1_000_000
         flows = msg.get("flows") or []
         total = dict.fromkeys(_SUMS, 0)
         new_flows = ended = 0
@@ -149,12 +160,18 @@ class IngestComponent:
         self.counters = ctx.counters
         self.aggregator = FlowAggregator(cfg, ctx.counters)
         self.engines: dict[str, dict] = {}
+        self._event_types: set[str] = set()
+        if not hasattr(ctx, "consumers"):
+            ctx.consumers = {"flows": [], "status": [], "events": []}
+        ctx.ingest_hub = True
         flows = topics.engine("+", "flows")
         if cfg.shared_subscription:
             flows = topics.shared(flows, cfg.share_group)
         ctx.mqtt.subscribe(flows, self.on_flows, qos=1)
         ctx.mqtt.subscribe(topics.engine("+", "status"), self.on_status, qos=1)
-        ctx.control.register("engines.list", self.list_engines)
+        ctx.mqtt.subscribe(topics.engine("+", "events"), self.on_events, qos=1)
+        if "engines.list" not in ctx.control.methods:  # the policy component's list is richer
+            ctx.control.register("engines.list", self.list_engines)
 
     def start(self) -> None:
         pass
@@ -196,9 +213,48 @@ class IngestComponent:
         if self.aggregator.check_seq(dev[1], data["seq"]) == "duplicate":
             return
         data["engine"] = dev[1]
-        self.ctx.writer.write(self.aggregator.batch_points(data))
+        if self.cfg.write_points:
+            self.ctx.writer.write(self.aggregator.batch_points(data))
         self.counters.inc("flow_batches_ingested")
         self.counters.inc("flow_records_ingested", len(data.get("flows", [])))
+        self._dispatch("flows", dev[1], data)
+
+    def _dispatch(self, kind: str, engine: str, data: dict) -> None:
+        for fn in self.ctx.consumers.get(kind, ()):
+            try:
+                fn(engine, data)
+            except Exception:
+                self.counters.inc(f"consumer_errors_{kind}")
+                log.exception("consumer of %s from %s failed", kind, engine)
+
+    def on_events(self, msg) -> None:
+        data = self._decode(msg, "events")
+        if data is None:
+            return
+        dev = topics.device_of(msg.topic)
+        if dev is None:
+            return
+        events = data.get("events") if isinstance(data.get("events"), list) else [data]
+        points = []
+        for i, ev in enumerate(events):
+            if not isinstance(ev, dict):
+                self.counters.inc("engine_events_malformed")
+                continue
+            etype = str(ev.get("type") or ev.get("kind") or "event")[:60]
+            if etype not in self._event_types:
+                if len(self._event_types) < self.cfg.max_event_types:
+                    self._event_types.add(etype)
+                else:
+                    etype = "other"
+            fields = {k: (v if isinstance(v, (int, float, bool)) else str(v)[:500])
+                      for k, v in ev.items() if k not in ("type", "kind") and v is not None}
+            ts = ev.get("ts") if isinstance(ev.get("ts"), int) else data["ts"]
+            points.append(line("engine_events", {"engine": dev[1], "type": etype},
+                               fields or {"count": 1}, int(ts) * 1_000_000 + i))
+        if self.cfg.write_points and points:
+            self.ctx.writer.write(points)
+        self.counters.inc("engine_events_ingested", len(points))
+        self._dispatch("events", dev[1], data)
 
     def on_status(self, msg) -> None:
         if not msg.payload:  # a cleared retained status
@@ -209,4 +265,6 @@ class IngestComponent:
         dev = topics.device_of(msg.topic)
         data["engine"] = dev[1] if dev else data.get("sender")
         self.engines[data["engine"]] = data
-        self.ctx.writer.write(status_points(data))
+        if self.cfg.write_points:
+            self.ctx.writer.write(status_points(data))
+        self._dispatch("status", data["engine"], data)

@@ -1,0 +1,227 @@
+"""Per-engine baselines of normal traffic, learned in traffic time.
+
+While the engine learns, every statistic is a running mean/variance (Welford), so the baseline is
+the plain average of all the learning intervals.  After learning it keeps adapting as an
+exponentially weighted moving average (``alpha``), and much more slowly (``alpha_suspicious``) in
+an interval in which a detection fired, so that an attacker cannot teach the baseline that attacks
+are normal (the scheme Slips uses for its per-profile time windows).
+
+Learned per engine:
+
+- services that receive answered traffic (destination, protocol, port) and from where (up to
+  ``max_sources`` sources each, plus a count), with bytes per flow;
+- per-interval totals per second: new flows, packets, bytes, rejected and half-open ratios;
+- per-interval maxima over sources (what the busiest normal source does): distinct hosts contacted,
+  distinct ports on one host, failed connections to one host, new connections to one service,
+  packets per second.  Detection thresholds derive from these.
+
+Everything is in traffic time: only intervals that carried flows count.  State is JSON under
+``state_dir/baselines/<engine>.json``, written atomically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RATE_METRICS = ("new_flows_ps", "pkts_ps", "bytes_ps", "rejected_ratio", "halfopen_ratio")
+SOURCE_METRICS = ("src_hosts", "src_ports_per_host", "src_failed_per_host", "src_new_per_service", "src_pps")
+
+
+@dataclass
+class Stat:
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0          # Welford's sum of squared deviations (learning); EWMA variance after
+    max: float = 0.0
+    ewma: bool = False
+
+    def update(self, x: float, alpha: float | None = None) -> None:
+        """Welford while ``alpha`` is None (learning); EWMA with ``alpha`` afterwards."""
+        self.n += 1
+        self.max = max(self.max, x)
+        if alpha is None or not self.ewma and self.n <= 1:
+            d = x - self.mean
+            self.mean += d / self.n
+            self.m2 += d * (x - self.mean)
+            return
+        if not self.ewma:  # switch from Welford: carry the learned variance over
+            self.m2 = self.var
+            self.ewma = True
+        d = x - self.mean
+        self.mean += alpha * d
+        self.m2 = (1 - alpha) * (self.m2 + alpha * d * d)
+
+    @property
+    def var(self) -> float:
+        if self.ewma:
+            return self.m2
+        return self.m2 / (self.n - 1) if self.n > 1 else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 0.0))
+
+    def to_json(self) -> list:
+        return [self.n, self.mean, self.m2, self.max, self.ewma]
+
+    @classmethod
+    def from_json(cls, v: list) -> "Stat":
+        return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]), bool(v[4]))
+
+
+class Baseline:
+    def __init__(self, engine: str, max_services: int = 5000, max_sources: int = 32):
+        self.engine = engine
+        self.max_services = max_services
+        self.max_sources = max_sources
+        self.learned_seconds = 0.0
+        self.intervals = 0
+        self.rates: dict[str, Stat] = {m: Stat() for m in RATE_METRICS}
+        self.sources: dict[str, Stat] = {m: Stat() for m in SOURCE_METRICS}
+        # "proto/dst/dport" -> {"flows": n, "bytes": Stat, "sources": [..], "sources_n": n, "learned": bool}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.services_capped = 0
+        self.dirty = False
+
+    # -- learning -------------------------------------------------------------------------
+    def observe(self, summary: "IntervalSummary", learning: bool, alpha: float, alpha_suspicious: float,
+                suspicious: bool) -> None:
+        a = None if learning else (alpha_suspicious if suspicious else alpha)
+        secs = max(summary.seconds, 1e-3)
+        if summary.flows == 0:
+            return
+        self.intervals += 1
+        if learning:
+            self.learned_seconds += secs
+        total_new = max(summary.new_flows, 1)
+        vals = {"new_flows_ps": summary.new_flows / secs, "pkts_ps": summary.pkts / secs,
+                "bytes_ps": summary.bytes / secs, "rejected_ratio": summary.rejected / total_new,
+                "halfopen_ratio": summary.halfopen / total_new}
+        for m, x in vals.items():
+            self.rates[m].update(x, a)
+        for m, x in summary.source_max.items():
+            self.sources[m].update(x, a)
+        if not suspicious:
+            for key, (nbytes, flows, srcs) in summary.services.items():
+                self._service(key, nbytes, flows, srcs, learning, a)
+        self.dirty = True
+
+    def _service(self, key: str, nbytes: int, flows: int, srcs: set[str], learning: bool, alpha) -> None:
+        s = self.services.get(key)
+        if s is None:
+            if len(self.services) >= self.max_services:
+                self.services_capped += 1
+                return
+            s = self.services[key] = {"flows": 0, "bytes": Stat(), "sources": [], "sources_n": 0,
+                                      "learned": learning}
+        s["flows"] += flows
+        s["bytes"].update(nbytes / max(flows, 1), alpha)
+        for src in srcs:
+            if src not in s["sources"]:
+                s["sources_n"] += 1
+                if len(s["sources"]) < self.max_sources:
+                    s["sources"].append(src)
+
+    def known_service(self, key: str) -> bool:
+        s = self.services.get(key)
+        return s is not None and s["learned"]
+
+    def threshold(self, metric: str, floor: float, k: float, factor: float, min_intervals: int) -> float:
+        """max(floor, mean + k*std, factor * max seen) once enough intervals were learned."""
+        st = self.sources[metric]
+        if st.n < min_intervals:
+            return floor
+        return max(floor, st.mean + k * st.std, factor * st.max)
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"engine": self.engine, "learned_seconds": self.learned_seconds, "intervals": self.intervals,
+                "rates": {m: s.to_json() for m, s in self.rates.items()},
+                "sources": {m: s.to_json() for m, s in self.sources.items()},
+                "services": {k: {**v, "bytes": v["bytes"].to_json()} for k, v in self.services.items()},
+                "services_capped": self.services_capped}
+
+    @classmethod
+    def from_json(cls, d: dict, **kw) -> "Baseline":
+        b = cls(str(d["engine"]), **kw)
+        b.learned_seconds = float(d.get("learned_seconds", 0.0))
+        b.intervals = int(d.get("intervals", 0))
+        for m, v in (d.get("rates") or {}).items():
+            if m in b.rates:
+                b.rates[m] = Stat.from_json(v)
+        for m, v in (d.get("sources") or {}).items():
+            if m in b.sources:
+                b.sources[m] = Stat.from_json(v)
+        for k, v in (d.get("services") or {}).items():
+            b.services[k] = {**v, "bytes": Stat.from_json(v["bytes"])}
+        b.services_capped = int(d.get("services_capped", 0))
+        return b
+
+    def report(self) -> dict:
+        return {"engine": self.engine, "learned_seconds": round(self.learned_seconds, 1),
+                "intervals": self.intervals,
+                "rates": {m: {"mean": round(s.mean, 3), "std": round(s.std, 3), "max": round(s.max, 3)}
+                          for m, s in self.rates.items()},
+                "sources": {m: {"mean": round(s.mean, 3), "std": round(s.std, 3), "max": round(s.max, 3)}
+                            for m, s in self.sources.items()},
+                "services": {k: {"flows": v["flows"], "sources": v["sources"], "sources_n": v["sources_n"],
+                                 "bytes_per_flow": round(v["bytes"].mean, 1), "learned": v["learned"]}
+                             for k, v in sorted(self.services.items())}}
+
+
+@dataclass
+class IntervalSummary:
+    """What one interval (flow batch) of an engine looked like, for the baseline."""
+    seconds: float
+    flows: int
+    new_flows: int
+    pkts: int
+    bytes: int
+    rejected: int
+    halfopen: int
+    source_max: dict[str, float]
+    services: dict[str, tuple[int, int, set[str]]]   # key -> (bytes, new flows, sources)
+
+
+class BaselineStore:
+    def __init__(self, directory: Path, **kw):
+        self.dir = directory
+        self.kw = kw
+        self.baselines: dict[str, Baseline] = {}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for p in self.dir.glob("*.json"):
+            try:
+                b = Baseline.from_json(json.loads(p.read_text()), **kw)
+                self.baselines[b.engine] = b
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("baseline file %s unreadable (%s); that engine starts learning afresh", p, exc)
+
+    def get(self, engine: str) -> Baseline:
+        b = self.baselines.get(engine)
+        if b is None:
+            b = self.baselines[engine] = Baseline(engine, **self.kw)
+        return b
+
+    def save(self) -> int:
+        n = 0
+        for b in list(self.baselines.values()):
+            if not b.dirty:
+                continue
+            path = self.dir / f"{b.engine}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(b.to_json()))
+            os.replace(tmp, path)
+            b.dirty = False
+            n += 1
+        return n
+
+    def reset(self, engine: str) -> None:
+        self.baselines.pop(engine, None)
+        (self.dir / f"{engine}.json").unlink(missing_ok=True)

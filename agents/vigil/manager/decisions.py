@@ -1,0 +1,392 @@
+"""The decision store: what is blocked, where, why and until when (DESIGN.md "Decisions and rule sets").
+
+One SQLite database under the manager's state_dir holds
+
+- ``decisions``: id, scope, value, action, origin, reason, created/expires (UTC epoch seconds),
+  offence count, targets (``[]`` = every engine, else engine ids and ``tag:<tag>``), state
+  (``active``, ``expired``, ``removed``) and ``would_block_on`` — the engines that were learning
+  when the decision was made: on those it is only reported, never enforced;
+- ``offences``: per (scope, value) how often it offended and when last, for the duration ladder;
+- ``allowlist``: operator entries (configured entries — management network, gateways — live in
+  the config and are merged in memory);
+- ``suppress``: values an operator unblocked, and until when detections may not block them again.
+
+Rules, in order: an allowlisted value is never blocked (whatever the origin); a suppressed value is
+not blocked again by a non-operator origin; a proposal for a value that already has an active
+decision with the same targets merges into it (no new offence, so one long scan is one offence);
+otherwise the offence count rises and the ladder picks the duration unless the request names one.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .. import ruleset
+from ..counters import Counters
+
+log = logging.getLogger(__name__)
+
+OPERATOR = "operator"
+
+
+@dataclass
+class Decision:
+    id: str
+    scope: str
+    value: str
+    action: str
+    origin: str
+    reason: str
+    created: float
+    expires: float | None
+    offences: int = 1
+    engines: list[str] = field(default_factory=list)
+    state: str = "active"
+    would_block_on: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    updated: float = 0.0
+
+    def targets(self, engine: str, tags: Iterable[str] = ()) -> bool:
+        if not self.engines:
+            return True
+        tags = set(tags)
+        return any(t == engine or (t.startswith("tag:") and t[4:] in tags) for t in self.engines)
+
+    def active_at(self, now: float) -> bool:
+        return self.state == "active" and (self.expires is None or self.expires > now)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["remaining"] = None if self.expires is None else max(0.0, round(self.expires - time.time(), 1))
+        return d
+
+
+class Rejected(Exception):
+    """A proposal that was not turned into a decision; ``reason``: allowlisted, suppressed, invalid."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+def parse_targets(engines: Iterable[str] | None) -> list[str]:
+    out = []
+    for t in engines or []:
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"engine target {t!r} is not a string")
+        name = t[4:] if t.startswith("tag:") else t
+        if not name or len(name) > 64 or not all(c.isalnum() or c in "._-" for c in name):
+            raise ValueError(f"engine target {t!r} is not an engine id or tag:<tag>")
+        out.append(t)
+    return sorted(set(out))
+
+
+def covers(net: ipaddress._BaseNetwork, scope: str, value: str) -> bool:
+    """Does the allowlisted network ``net`` cover a value of ``scope``?
+
+    An ip or flow is covered when its (source) address lies inside; a cidr when it overlaps at all
+    (blocking a /16 that contains a gateway would block the gateway)."""
+    try:
+        if scope == "ip":
+            a = ipaddress.ip_address(value)
+            return a.version == net.version and a in net
+        if scope == "flow":
+            src, dst = value.split("|")[:2]
+            a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+            return a.version == net.version and a in net
+        n = ipaddress.ip_network(value, strict=False)
+        return n.version == net.version and n.overlaps(net)
+    except ValueError:
+        return False
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+  id TEXT PRIMARY KEY, scope TEXT, value TEXT, action TEXT, origin TEXT, reason TEXT,
+  created REAL, expires REAL, offences INTEGER, engines TEXT, state TEXT, would_block_on TEXT,
+  evidence TEXT, updated REAL);
+CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
+CREATE TABLE IF NOT EXISTS offences (scope TEXT, value TEXT, count INTEGER, last REAL,
+  PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS allowlist (id TEXT PRIMARY KEY, value TEXT UNIQUE, note TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS suppress (scope TEXT, value TEXT, until REAL, PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class DecisionStore:
+    """Thread-safe (MQTT thread, control socket threads, supervisor loop share it)."""
+
+    def __init__(self, path: Path, counters: Counters, ladder: list[float], offence_memory: float,
+                 unblock_suppress: float, static_allow: Iterable[str] = (), max_active: int = 100_000,
+                 clock: Callable[[], float] = time.time):
+        self.counters = counters
+        self.ladder = list(ladder)
+        self.offence_memory = offence_memory
+        self.unblock_suppress = unblock_suppress
+        self.max_active = max_active
+        self.clock = clock
+        self._lock = threading.RLock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.static_allow = [ipaddress.ip_network(v, strict=False) for v in static_allow]
+        self.active: dict[str, Decision] = {}
+        for row in self._db.execute("SELECT * FROM decisions WHERE state='active'"):
+            d = self._row(row)
+            self.active[d.id] = d
+        self._allow_rows: dict[str, dict] = {}
+        for aid, value, note, created in self._db.execute("SELECT id, value, note, created FROM allowlist"):
+            self._allow_rows[aid] = {"id": aid, "value": value, "note": note, "created": created,
+                                     "source": "operator"}
+        self.version = 0  # bumped on every change that can alter a rule set
+
+    # -- persistence helpers --------------------------------------------------------------
+    @staticmethod
+    def _row(row) -> Decision:
+        (id_, scope, value, action, origin, reason, created, expires, offences, engines, state,
+         wbo, evidence, updated) = row
+        return Decision(id_, scope, value, action, origin, reason, created, expires, offences,
+                        json.loads(engines or "[]"), state, json.loads(wbo or "[]"),
+                        json.loads(evidence or "{}"), updated or created)
+
+    def _save(self, d: Decision) -> None:
+        d.updated = self.clock()
+        self._db.execute("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         (d.id, d.scope, d.value, d.action, d.origin, d.reason, d.created, d.expires,
+                          d.offences, json.dumps(d.engines), d.state, json.dumps(d.would_block_on),
+                          json.dumps(d.evidence, default=str)[:8000], d.updated))
+        self.version += 1
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
+    # -- allowlist ------------------------------------------------------------------------
+    def allow_networks(self) -> list[ipaddress._BaseNetwork]:
+        with self._lock:
+            return self.static_allow + [ipaddress.ip_network(r["value"], strict=False)
+                                        for r in self._allow_rows.values()]
+
+    def allowlisted(self, scope: str, value: str) -> ipaddress._BaseNetwork | None:
+        for net in self.allow_networks():
+            if covers(net, scope, value):
+                return net
+        return None
+
+    def allow_list(self) -> list[dict]:
+        with self._lock:
+            out = [{"id": f"config-{i}", "value": str(n), "note": "configuration", "created": None,
+                    "source": "config"} for i, n in enumerate(self.static_allow)]
+            return out + sorted(self._allow_rows.values(), key=lambda r: r["created"])
+
+    def allow_add(self, value: str, note: str = "") -> dict:
+        net = ipaddress.ip_network(value, strict=False)  # ValueError for bad input
+        with self._lock:
+            for r in self._allow_rows.values():
+                if r["value"] == str(net):
+                    return r
+            r = {"id": "a-" + uuid.uuid4().hex[:10], "value": str(net), "note": note[:200],
+                 "created": self.clock(), "source": "operator"}
+            self._db.execute("INSERT INTO allowlist VALUES (?,?,?,?)", (r["id"], r["value"], r["note"], r["created"]))
+            self._allow_rows[r["id"]] = r
+            # Existing decisions the new entry covers stop at once (allowlists override everything).
+            for d in list(self.active.values()):
+                if covers(net, d.scope, d.value):
+                    self._end(d, "removed")
+                    self.counters.inc("decisions_ended_by_allowlist")
+            self.version += 1
+            return r
+
+    def allow_delete(self, key: str) -> dict:
+        with self._lock:
+            for aid, r in list(self._allow_rows.items()):
+                if key in (aid, r["value"]):
+                    self._db.execute("DELETE FROM allowlist WHERE id=?", (aid,))
+                    del self._allow_rows[aid]
+                    self.version += 1
+                    return r
+        raise KeyError(key)
+
+    # -- decisions ------------------------------------------------------------------------
+    def duration_for(self, offences: int) -> float:
+        return self.ladder[min(max(offences, 1), len(self.ladder)) - 1]
+
+    def propose(self, scope: str, value: str, origin: str, reason: str, duration: float | None = None,
+                engines: Iterable[str] = (), evidence: dict | None = None,
+                learning: Iterable[str] = ()) -> Decision:
+        """Record a decision or merge into an existing one; raises Rejected or ValueError.
+
+        ``learning``: the engines this decision targets that are learning now (would-block there).
+        """
+        value = ruleset.normalise_value(scope, value)
+        targets = parse_targets(engines)
+        if duration is not None and not 0 < duration <= ruleset.MAX_TTL:
+            raise ValueError(f"duration {duration!r} must be > 0 and at most {ruleset.MAX_TTL} seconds")
+        origin = (origin or "unknown")[:120]
+        now = self.clock()
+        with self._lock:
+            net = self.allowlisted(scope, value)
+            if net is not None:
+                self.counters.inc("decisions_rejected_allowlisted")
+                raise Rejected("allowlisted", f"{value} is allowlisted ({net})")
+            if origin != OPERATOR:
+                row = self._db.execute("SELECT until FROM suppress WHERE scope=? AND value=?",
+                                       (scope, value)).fetchone()
+                if row and row[0] > now:
+                    self.counters.inc("decisions_rejected_suppressed")
+                    raise Rejected("suppressed", f"{value} was unblocked by an operator; not re-blocked "
+                                                 f"for another {row[0] - now:.0f}s")
+            for d in self.active.values():
+                if d.scope == scope and d.value == value and d.engines == targets and d.active_at(now):
+                    # Same thing still blocked: merge. An operator's explicit duration may extend it.
+                    changed = False
+                    if origin == OPERATOR and duration is not None:
+                        d.expires = max(d.expires or 0, now + duration) if d.expires is not None else None
+                        changed = True
+                    d.evidence = {**d.evidence, **(evidence or {}), "merged": d.evidence.get("merged", 0) + 1}
+                    self._save(d)
+                    if not changed:
+                        self.version -= 1  # evidence only: the rule sets do not change
+                    self.counters.inc("decisions_merged")
+                    return d
+            if len(self.active) >= self.max_active:
+                self.counters.inc("decisions_rejected_full")
+                raise Rejected("full", f"{len(self.active)} active decisions: the store is full")
+            row = self._db.execute("SELECT count, last FROM offences WHERE scope=? AND value=?",
+                                   (scope, value)).fetchone()
+            count = row[0] if row and now - row[1] <= self.offence_memory else 0
+            count += 1
+            self._db.execute("INSERT OR REPLACE INTO offences VALUES (?,?,?,?)", (scope, value, count, now))
+            if duration is None:
+                duration = self.duration_for(count)
+            d = Decision(id="d-" + uuid.uuid4().hex[:12], scope=scope, value=value, action="drop",
+                         origin=origin, reason=(reason or origin)[:500], created=now,
+                         expires=now + duration, offences=count, engines=targets,
+                         would_block_on=[] if origin == OPERATOR else sorted(set(learning)),
+                         evidence=dict(evidence or {}))
+            self.active[d.id] = d
+            self._save(d)
+            self.counters.inc("decisions_created")
+            log.info("decision %s: %s %s %s for %.0fs (offence %d, origin %s, targets %s%s): %s",
+                     d.id, d.action, d.scope, d.value, duration, count, origin, targets or "all",
+                     f", would-block on {d.would_block_on}" if d.would_block_on else "", d.reason)
+            return d
+
+    def _find(self, key: str) -> list[Decision]:
+        """Active decisions by id or by value."""
+        if key in self.active:
+            return [self.active[key]]
+        return [d for d in self.active.values() if d.value == key or d.value == _norm_any(key)]
+
+    def _end(self, d: Decision, state: str) -> None:
+        d.state = state
+        self.active.pop(d.id, None)
+        self._save(d)
+
+    def unblock(self, key: str, suppress: float | None = None) -> list[Decision]:
+        """End active decisions by id or value; detections may not re-block the value for a while."""
+        suppress = self.unblock_suppress if suppress is None else suppress
+        with self._lock:
+            found = self._find(key)
+            if not found:
+                raise KeyError(key)
+            now = self.clock()
+            for d in found:
+                self._end(d, "removed")
+                if suppress > 0:
+                    self._db.execute("INSERT OR REPLACE INTO suppress VALUES (?,?,?)",
+                                     (d.scope, d.value, now + suppress))
+                log.info("decision %s on %s removed by an operator; re-blocking suppressed for %.0fs",
+                         d.id, d.value, suppress)
+            self.counters.inc("decisions_unblocked", len(found))
+            return found
+
+    def extend(self, key: str, seconds: float) -> list[Decision]:
+        if not 0 < seconds <= ruleset.MAX_TTL:
+            raise ValueError(f"duration {seconds!r} must be > 0 and at most {ruleset.MAX_TTL} seconds")
+        with self._lock:
+            found = self._find(key)
+            if not found:
+                raise KeyError(key)
+            now = self.clock()
+            for d in found:
+                if d.expires is not None:
+                    d.expires = max(d.expires, now) + seconds
+                self._save(d)
+            return found
+
+    def expire(self) -> int:
+        """Mark decisions past their expiry as expired; returns how many."""
+        now = self.clock()
+        with self._lock:
+            gone = [d for d in self.active.values() if d.expires is not None and d.expires <= now]
+            for d in gone:
+                self._end(d, "expired")
+            if gone:
+                self.counters.inc("decisions_expired", len(gone))
+            self._db.execute("DELETE FROM suppress WHERE until < ?", (now,))
+            return len(gone)
+
+    def list(self, state: str | None = "active", engine: str | None = None, origin: str | None = None,
+             value: str | None = None, limit: int = 1000, would_block: bool | None = None) -> list[Decision]:
+        with self._lock:
+            if state == "active":
+                rows = list(self.active.values())
+            else:
+                q, args = "SELECT * FROM decisions", []
+                if state and state != "all":
+                    q += " WHERE state=?"
+                    args.append(state)
+                q += " ORDER BY created DESC LIMIT ?"
+                args.append(max(limit * 4, limit))
+                rows = [self._row(r) for r in self._db.execute(q, args)]
+        out = []
+        for d in rows:
+            if engine and not (d.targets(engine) or engine in d.engines):
+                continue
+            if origin and not d.origin.startswith(origin):
+                continue
+            if value and value not in (d.value, d.id):
+                continue
+            if would_block is not None and bool(d.would_block_on) != would_block:
+                continue
+            out.append(d)
+        out.sort(key=lambda d: d.created, reverse=True)
+        return out[:limit]
+
+    def enforced_for(self, engine: str, tags: Iterable[str] = ()) -> list[Decision]:
+        """The active decisions that the rule set of ``engine`` carries."""
+        now = self.clock()
+        tags = list(tags)
+        with self._lock:
+            return [d for d in self.active.values() if d.active_at(now) and d.targets(engine, tags)
+                    and engine not in d.would_block_on]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _norm_any(value: str) -> str:
+    for scope in ("ip", "cidr", "flow"):
+        try:
+            return ruleset.normalise_value(scope, value)
+        except ValueError:
+            continue
+    return value

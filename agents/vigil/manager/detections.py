@@ -1,0 +1,252 @@
+"""Flow batches -> detections (scans, floods, brute force, new services) for one engine.
+
+One pass over the flow records of an interval builds per-source aggregates; the last
+``window`` seconds of intervals are kept so that a slow scan spread over several intervals still
+adds up.  Thresholds are the larger of a configured floor and what the engine's baseline says the
+busiest normal source does (``Baseline.threshold``), so a network whose normal traffic is busier
+raises them on its own.
+
+A *failed* connection is one the server never completed: a TCP flow that conntrack never marked
+assured (SYN unanswered, answered by RST, or half-open), or one the engine labels with a rejected
+or half-open ``conn_state``; a UDP flow with no answer.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .baselines import Baseline, IntervalSummary
+
+# conn_state as the engine reports it (Zeek's conn.log letters, engine/flows.py)
+_FAILED_STATES = {"S0", "REJ", "SH", "RSTOS0", "RSTRH", "SHR"}
+_HALFOPEN_STATES = {"S0", "SH"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str            # horizontal-scan, vertical-scan, flood, brute-force, new-service
+    scope: str           # ip or flow
+    value: str
+    src: str
+    reason: str
+    evidence: dict[str, Any]
+
+
+class _Src:
+    __slots__ = ("hosts", "ports", "failed_dst", "new_svc", "bytes_svc", "pkts", "bytes")
+
+    def __init__(self):
+        self.hosts: dict[tuple, set] = defaultdict(set)    # (proto, dport) -> failed dsts
+        self.ports: dict[str, set] = defaultdict(set)      # dst -> failed dports
+        self.failed_dst: dict[str, int] = defaultdict(int)  # dst -> failed new flows
+        self.new_svc: dict[tuple, int] = defaultdict(int)   # (dst, proto, dport) -> new flows
+        self.bytes_svc: dict[tuple, int] = defaultdict(int)
+        self.pkts = 0
+        self.bytes = 0
+
+
+def _failed(f: dict) -> tuple[bool, bool]:
+    """(failed, half-open) for one record."""
+    cs = f.get("conn_state")
+    if cs:
+        cs = str(cs)
+        return cs in _FAILED_STATES, cs in _HALFOPEN_STATES
+    proto = f.get("proto")
+    if proto == "tcp":
+        if f.get("assured"):
+            return False, False
+        st = f.get("state", "")
+        return True, st in ("syn_sent", "syn_recv", "syn_sent2") or not f.get("replied")
+    if proto == "udp":
+        no_answer = not f.get("replied") and not f.get("resp_pkts_total", f.get("resp_pkts"))
+        return no_answer, False
+    return False, False
+
+
+@dataclass
+class Thresholds:
+    window: float = 10.0
+    hscan_hosts: int = 8          # distinct hosts on one port with failed connections
+    vscan_ports: int = 12         # distinct ports on one host with failed connections
+    flood_failed: int = 400       # failed connections from one source to one host in the window
+    flood_pps: float = 4000.0     # packets/s of small packets (< flood_max_pkt_bytes) from one source
+    flood_max_pkt_bytes: int = 200
+    brute_new: int = 25           # new connections from one source to one service in the window
+    brute_max_bytes: int = 20000  # ... each carrying on average fewer bytes than this
+    k: float = 6.0
+    factor: float = 2.0
+    min_intervals: int = 10
+    new_service: bool = True
+
+
+class Detector:
+    """Per-engine detector; ``evaluate`` is called once per flow batch."""
+
+    def __init__(self, engine: str, th: Thresholds):
+        self.engine = engine
+        self.th = th
+        self.window: deque[tuple[float, dict[str, _Src]]] = deque()
+        self.traffic_time = 0.0
+
+    def summarise(self, flows: Iterable[dict], seconds: float) -> tuple[dict[str, _Src], IntervalSummary]:
+        by_src: dict[str, _Src] = {}
+        n = new = pkts = nbytes = rejected = halfopen = 0
+        services: dict[str, list] = {}
+        for f in flows:
+            n += 1
+            try:
+                src = f["src"]
+                dst = f["dst"]
+                proto = f["proto"]
+                dport = int(f.get("dport") or 0)
+                p = int(f.get("orig_pkts") or 0) + int(f.get("resp_pkts") or 0)
+                b = int(f.get("orig_bytes") or 0) + int(f.get("resp_bytes") or 0)
+            except (KeyError, TypeError, ValueError):
+                continue
+            s = by_src.get(src)
+            if s is None:
+                s = by_src[src] = _Src()
+            s.pkts += p
+            s.bytes += b
+            pkts += p
+            nbytes += b
+            is_new = bool(f.get("new"))
+            failed, half = _failed(f)
+            if is_new:
+                new += 1
+                svc = (dst, proto, dport)
+                s.new_svc[svc] += 1
+                s.bytes_svc[svc] += int(f.get("orig_bytes_total", f.get("orig_bytes")) or 0) + \
+                    int(f.get("resp_bytes_total", f.get("resp_bytes")) or 0)
+                if failed:
+                    rejected += not half
+                    halfopen += half
+                    s.hosts[(proto, dport)].add(dst)
+                    s.ports[dst].add(dport)
+                    s.failed_dst[dst] += 1
+            if not failed and proto in ("tcp", "udp") and (f.get("replied") or f.get("resp_pkts")):
+                key = f"{proto}/{dst}/{dport}"
+                acc = services.get(key)
+                if acc is None:
+                    acc = services[key] = [0, 0, set()]
+                acc[0] += b
+                acc[1] += is_new
+                if len(acc[2]) < 64:
+                    acc[2].add(src)
+        secs = max(seconds, 1e-3)
+        smax = {"src_hosts": 0.0, "src_ports_per_host": 0.0, "src_failed_per_host": 0.0,
+                "src_new_per_service": 0.0, "src_pps": 0.0}
+        for s in by_src.values():
+            if s.hosts:
+                smax["src_hosts"] = max(smax["src_hosts"], max(len(v) for v in s.hosts.values()))
+            if s.ports:
+                smax["src_ports_per_host"] = max(smax["src_ports_per_host"], max(len(v) for v in s.ports.values()))
+            if s.failed_dst:
+                smax["src_failed_per_host"] = max(smax["src_failed_per_host"], max(s.failed_dst.values()))
+            if s.new_svc:
+                smax["src_new_per_service"] = max(smax["src_new_per_service"], max(s.new_svc.values()))
+            smax["src_pps"] = max(smax["src_pps"], s.pkts / secs)
+        summary = IntervalSummary(seconds=secs, flows=n, new_flows=new, pkts=pkts, bytes=nbytes,
+                                  rejected=rejected, halfopen=halfopen, source_max=smax,
+                                  services={k: (v[0], v[1], v[2]) for k, v in services.items()})
+        return by_src, summary
+
+    def evaluate(self, flows: list[dict], seconds: float, baseline: Baseline,
+                 learned: bool) -> tuple[list[Finding], IntervalSummary]:
+        """Findings for this interval. ``learned``: the baseline's learning phase is over (new-service)."""
+        th = self.th
+        by_src, summary = self.summarise(flows, seconds)
+        if summary.flows:
+            self.traffic_time += summary.seconds
+        self.window.append((self.traffic_time, by_src))
+        while self.window and self.window[0][0] <= self.traffic_time - th.window:
+            self.window.popleft()
+        t_hosts = baseline.threshold("src_hosts", th.hscan_hosts, th.k, th.factor, th.min_intervals)
+        t_ports = baseline.threshold("src_ports_per_host", th.vscan_ports, th.k, th.factor, th.min_intervals)
+        t_failed = baseline.threshold("src_failed_per_host", th.flood_failed, th.k, th.factor, th.min_intervals)
+        t_new = baseline.threshold("src_new_per_service", th.brute_new, th.k, th.factor, th.min_intervals)
+        t_pps = baseline.threshold("src_pps", th.flood_pps, th.k, th.factor, th.min_intervals)
+        win = f"{min(th.window, self.traffic_time):.0f}s"
+        out: list[Finding] = []
+        older = [b for _, b in list(self.window)[:-1]]
+        for src, cur in by_src.items():
+            parts = [cur] + [b[src] for b in older if src in b]
+            hosts: dict[tuple, set] = defaultdict(set)
+            ports: dict[str, set] = defaultdict(set)
+            failed_dst: dict[str, int] = defaultdict(int)
+            new_svc: dict[tuple, int] = defaultdict(int)
+            bytes_svc: dict[tuple, int] = defaultdict(int)
+            for p in parts:
+                for k, v in p.hosts.items():
+                    hosts[k] |= v
+                for k, v in p.ports.items():
+                    ports[k] |= v
+                for k, v in p.failed_dst.items():
+                    failed_dst[k] += v
+                for k, v in p.new_svc.items():
+                    new_svc[k] += v
+                for k, v in p.bytes_svc.items():
+                    bytes_svc[k] += v
+            if hosts:
+                (proto, dport), dsts = max(hosts.items(), key=lambda kv: len(kv[1]))
+                all_dsts = set().union(*hosts.values())
+                if len(dsts) >= t_hosts or len(all_dsts) >= max(t_hosts * 2, t_hosts + 8):
+                    n = max(len(dsts), len(all_dsts))
+                    out.append(Finding("horizontal-scan", "ip", src, src,
+                                       f"horizontal scan: {src} tried {n} hosts without completing a "
+                                       f"connection (busiest: {proto}/{dport} on {len(dsts)}) in {win}; "
+                                       f"threshold {t_hosts:.0f}",
+                                       {"hosts": n, "port": f"{proto}/{dport}", "threshold": t_hosts}))
+            if ports:
+                dst, dports = max(ports.items(), key=lambda kv: len(kv[1]))
+                if len(dports) >= t_ports:
+                    out.append(Finding("vertical-scan", "ip", src, src,
+                                       f"vertical scan: {src} tried {len(dports)} ports on {dst} without "
+                                       f"completing a connection in {win}; threshold {t_ports:.0f}",
+                                       {"dst": dst, "ports": len(dports), "threshold": t_ports}))
+            if failed_dst:
+                dst, nfail = max(failed_dst.items(), key=lambda kv: kv[1])
+                if nfail >= t_failed:
+                    out.append(Finding("flood", "ip", src, src,
+                                       f"flood: {src} opened {nfail} connections to {dst} that never "
+                                       f"completed in {win}; threshold {t_failed:.0f}",
+                                       {"dst": dst, "failed": nfail, "threshold": t_failed}))
+                    continue
+            secs = max(summary.seconds, 1e-3)
+            pps = cur.pkts / secs
+            if pps >= t_pps and cur.pkts and cur.bytes / cur.pkts < th.flood_max_pkt_bytes:
+                out.append(Finding("flood", "ip", src, src,
+                                   f"flood: {src} sent {pps:.0f} small packets/s "
+                                   f"({cur.bytes / cur.pkts:.0f} bytes each); threshold {t_pps:.0f}/s",
+                                   {"pps": round(pps), "threshold": t_pps}))
+                continue
+            if new_svc:
+                svc, nnew = max(new_svc.items(), key=lambda kv: kv[1])
+                avg = bytes_svc[svc] / max(nnew, 1)
+                if nnew >= t_new and avg < th.brute_max_bytes:
+                    dst, proto, dport = svc
+                    out.append(Finding("brute-force", "ip", src, src,
+                                       f"brute force: {src} opened {nnew} short connections to "
+                                       f"{proto}/{dport} on {dst} in {win} ({avg:.0f} bytes each); "
+                                       f"threshold {t_new:.0f}",
+                                       {"service": f"{proto}/{dst}/{dport}", "connections": nnew,
+                                        "threshold": t_new}))
+        if learned and th.new_service:
+            seen: set[str] = set()
+            for f in flows:
+                if not f.get("new") or f.get("proto") not in ("tcp", "udp"):
+                    continue
+                if _failed(f)[0] or not (f.get("replied") or f.get("resp_pkts")):
+                    continue
+                key = f"{f['proto']}/{f['dst']}/{int(f.get('dport') or 0)}"
+                if key in seen or baseline.known_service(key):
+                    continue
+                seen.add(key)
+                value = f"{f['src']}|{f['dst']}|{f['proto']}|{int(f.get('dport') or 0)}"
+                out.append(Finding("new-service", "flow", value, f["src"],
+                                   f"new service: {f['src']} reached {f['proto']}/{f.get('dport')} on "
+                                   f"{f['dst']}, which never received traffic while the engine learned",
+                                   {"service": key}))
+        return out, summary

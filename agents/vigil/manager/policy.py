@@ -1,0 +1,472 @@
+"""The policy component: baselines, detections, the decision store and one signed rule set per engine.
+
+Built first among the manager's components, it becomes ``ctx.decisions``: every other component
+(collector correlations, endpoint quarantine, the verdict service) proposes blocks through
+``propose(DecisionRequest)``.  It reads flow batches, statuses and engine events from the ingest
+component in the same process (one MQTT subscription per topic per process), or subscribes itself
+when the process runs no ingest.  With ``partition_count`` > 1, several policy processes split the
+engines between them by a hash of the engine id.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import payload, ruleset, topics
+from ..control import ControlError
+from ..influx import line
+from .api import DecisionRequest
+from .baselines import BaselineStore
+from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets
+from .detections import Detector, Thresholds
+from .fleet import Fleet, Publisher, snapshot_generation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    enabled: bool = True
+    # "engine": a detection blocks on the engine that saw it; "global": on every engine.
+    target: str = "engine"
+    window: float = 10.0
+    hscan_hosts: int = 8
+    vscan_ports: int = 12
+    flood_failed: int = 400
+    flood_pps: float = 4000.0
+    brute_new: int = 25
+    brute_max_bytes: int = 20000
+    k: float = 6.0
+    factor: float = 2.0
+    min_intervals: int = 10
+    new_service: bool = True
+    new_service_min_learned: float = 60.0   # traffic seconds learned before unknown services count
+    events: bool = True                     # engine protocol events -> decisions
+    event_min_severity: str = "high"
+
+    def __post_init__(self):
+        if self.target not in ("engine", "global"):
+            raise ValueError("target: must be engine or global")
+        if self.window <= 0:
+            raise ValueError("window: must be > 0 seconds")
+        for k in ("hscan_hosts", "vscan_ports", "flood_failed", "brute_new"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be at least 1")
+        if self.event_min_severity not in _SEVERITY:
+            raise ValueError(f"event_min_severity: one of {', '.join(_SEVERITY)}")
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(window=self.window, hscan_hosts=self.hscan_hosts, vscan_ports=self.vscan_ports,
+                          flood_failed=self.flood_failed, flood_pps=self.flood_pps, brute_new=self.brute_new,
+                          brute_max_bytes=self.brute_max_bytes, k=self.k, factor=self.factor,
+                          min_intervals=self.min_intervals, new_service=self.new_service)
+
+
+_SEVERITY = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    enabled: bool = True
+    ladder: list[float] = field(default_factory=lambda: [600.0, 3600.0, 86400.0, 604800.0])
+    offence_memory: float = 30 * 86400.0
+    unblock_suppress: float = 3600.0
+    # management network, gateways: never blocked, published as allow entries
+    allowlist: list[str] = field(default_factory=list)
+    max_active_decisions: int = 100_000
+    baseline_alpha: float = 0.01
+    baseline_alpha_suspicious: float = 0.001
+    baseline_save_interval: float = 30.0
+    resync_after: float = 10.0
+    partition_index: int = 0
+    partition_count: int = 1
+    # where else to put the public half of the signing key (for roles/lab to hand to engines)
+    public_key_file: Path | None = None
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+    def __post_init__(self):
+        import ipaddress
+        if not self.ladder or any(d <= 0 or d > ruleset.MAX_TTL for d in self.ladder):
+            raise ValueError("ladder: a non-empty list of durations in seconds, each > 0")
+        if list(self.ladder) != sorted(self.ladder):
+            raise ValueError("ladder: durations must not decrease")
+        for v in self.allowlist:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                raise ValueError(f"allowlist: {v!r} is not an address or CIDR") from None
+        if not 0 < self.baseline_alpha <= 1 or not 0 < self.baseline_alpha_suspicious <= self.baseline_alpha:
+            raise ValueError("baseline_alpha: 0 < baseline_alpha_suspicious <= baseline_alpha <= 1")
+        if not 0 <= self.partition_index < self.partition_count:
+            raise ValueError("partition_index: must be 0..partition_count-1")
+        if self.unblock_suppress < 0 or self.offence_memory <= 0:
+            raise ValueError("unblock_suppress: must not be negative (offence_memory > 0)")
+
+
+def _invalid(exc: Exception) -> ControlError:
+    return ControlError("invalid", str(exc).strip("'\""))
+
+
+class PolicyComponent:
+    name = "policy"
+
+    def __init__(self, cfg: PolicyConfig, ctx):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.counters = ctx.counters
+        self._lock = threading.RLock()
+        self.store = DecisionStore(ctx.state_dir / "decisions.sqlite", ctx.counters, cfg.ladder,
+                                   cfg.offence_memory, cfg.unblock_suppress, cfg.allowlist,
+                                   cfg.max_active_decisions)
+        self.fleet = Fleet(self.store, ctx.counters)
+        self.baselines = BaselineStore(ctx.state_dir / "baselines")
+        self.detectors: dict[str, Detector] = {}
+        self.key, pub = ruleset.generate_keypair(ctx.state_dir)
+        if cfg.public_key_file is not None:
+            cfg.public_key_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ctx.state_dir / ruleset.PUBLIC_KEY_FILE, cfg.public_key_file)
+        log.info("rule sets signed with key %s (public key %s)", ruleset.key_id(self.key),
+                 ctx.state_dir / ruleset.PUBLIC_KEY_FILE)
+        self.publisher = Publisher(ctx.manager_id, self.fleet, self.store, self.key, ctx.mqtt, ctx.counters,
+                                   resync_after=cfg.resync_after)
+        self._published_version = -1
+        self._last_save = time.monotonic()
+        self._last_sync = 0.0
+        self._recent: dict[tuple, float] = {}
+        ctx.decisions = self
+        # the ingest component of this process hands us what it receives (see start())
+        if not hasattr(ctx, "consumers"):
+            ctx.consumers = {"flows": [], "status": [], "events": []}
+        ctx.consumers["flows"].append(self.on_flows)
+        ctx.consumers["status"].append(self.on_status)
+        ctx.consumers["events"].append(self.on_events)
+        ctx.mqtt.subscribe(topics.engine("+", "ruleset/state"), self._on_ruleset_state, qos=1)
+        ctx.mqtt.subscribe(topics.engine("+", "ruleset"), self._on_retained_snapshot, qos=1)
+        c = ctx.control
+        c.register("engines.list", self.list_engines)
+        c.register("engines.mode", self.set_mode)
+        c.register("engines.report", self.learning_report)
+        c.register("engines.baseline", self.baseline)
+        c.register("decisions.list", self.list_decisions)
+        c.register("decisions.add", self.add_decision)
+        c.register("decisions.delete", self.delete_decision)
+        c.register("decisions.extend", self.extend_decision)
+        c.register("allowlist.list", self.store.allow_list)
+        c.register("allowlist.add", self.allow_add)
+        c.register("allowlist.delete", self.allow_delete)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if not getattr(self.ctx, "ingest_hub", False):
+            # No ingest in this process: subscribe ourselves (not shared: this process owns its
+            # partition of engines and needs every batch of them).
+            self.ctx.mqtt.subscribe(topics.engine("+", "flows"), self._raw("flows", self.on_flows), qos=1)
+            self.ctx.mqtt.subscribe(topics.engine("+", "status"), self._raw("status", self.on_status), qos=1)
+            self.ctx.mqtt.subscribe(topics.engine("+", "events"), self._raw("events", self.on_events), qos=1)
+
+    def _raw(self, kind: str, fn):
+        def handle(msg):
+            if not msg.payload:
+                return
+            dev = topics.device_of(msg.topic)
+            if dev is None:
+                return
+            try:
+                data = payload.decode(msg.payload, kind)
+            except payload.PayloadError as exc:
+                self.counters.inc(f"payload_rejected_{exc.reason}")
+                return
+            fn(dev[1], data)
+        return handle
+
+    def tick(self) -> None:
+        self.store.expire()
+        now = time.monotonic()
+        if self.store.version != self._published_version or now - self._last_sync >= 5.0:
+            self._published_version = self.store.version
+            self._last_sync = now
+            self.publisher.sync_all()
+        if now - self._last_save >= self.cfg.baseline_save_interval:
+            self._last_save = now
+            with self._lock:
+                self.baselines.save()
+
+    def close(self) -> None:
+        with self._lock:
+            self.baselines.save()
+        self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"active_decisions": len(self.store.active), "engines": len(self.fleet.engines),
+                "key_id": ruleset.key_id(self.key)}
+
+    def mine(self, engine: str) -> bool:
+        n = self.cfg.partition_count
+        return n == 1 or zlib.crc32(engine.encode()) % n == self.cfg.partition_index
+
+    # -- inputs ---------------------------------------------------------------------------
+    def on_status(self, engine: str, msg: dict) -> None:
+        if self.mine(engine):
+            self.fleet.on_status(engine, msg)
+            # a (re)started engine: make sure it gets the current rule set promptly
+            self._published_version = -1
+
+    def _on_ruleset_state(self, msg) -> None:
+        dev = topics.device_of(msg.topic)
+        if not msg.payload or dev is None or not self.mine(dev[1]):
+            return
+        try:
+            data = payload.decode(msg.payload, "ruleset-state")
+        except payload.PayloadError as exc:
+            self.counters.inc(f"payload_rejected_{exc.reason}")
+            return
+        self.fleet.on_ruleset_state(dev[1], data)
+
+    def _on_retained_snapshot(self, msg) -> None:
+        dev = topics.device_of(msg.topic)
+        if not msg.payload or dev is None or not self.mine(dev[1]) or not msg.retain:
+            return
+        gen = snapshot_generation(msg.payload)
+        if gen is not None:
+            self.publisher.forget_retained(dev[1], gen)
+
+    def on_flows(self, engine: str, msg: dict) -> None:
+        if not self.mine(engine):
+            self.counters.inc("policy_batches_other_partition")
+            return
+        flows = msg.get("flows") or []
+        iv = msg.get("interval") or {}
+        try:
+            seconds = max(0.001, (int(iv["end"]) - int(iv["start"])) / 1000.0)
+        except (KeyError, TypeError, ValueError):
+            seconds = 1.0
+        view = self.fleet.view(engine)
+        if view.mode is None and msg.get("mode") in ruleset.MODES:
+            view.mode = msg["mode"]
+        elif msg.get("mode") in ruleset.MODES:
+            view.mode = msg["mode"]
+        learning = view.effective_mode == "learning"
+        with self._lock:
+            det = self.detectors.get(engine)
+            if det is None:
+                det = self.detectors[engine] = Detector(engine, self.cfg.detection.thresholds())
+            base = self.baselines.get(engine)
+            learned = (not learning and base.learned_seconds >= self.cfg.detection.new_service_min_learned)
+            findings, summary = det.evaluate(flows, seconds, base, learned)
+            base.observe(summary, learning, self.cfg.baseline_alpha, self.cfg.baseline_alpha_suspicious,
+                         suspicious=bool(findings))
+        self.counters.inc("policy_batches")
+        if not self.cfg.detection.enabled:
+            return
+        for fnd in findings:
+            self._propose_finding(engine, fnd, learning)
+
+    def _propose_finding(self, engine: str, fnd, learning: bool) -> None:
+        key = (engine, fnd.kind, fnd.value)
+        now = time.monotonic()
+        if now - self._recent.get(key, -1e9) < self.cfg.detection.window:
+            return
+        self._recent[key] = now
+        if len(self._recent) > 100_000:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < self.cfg.detection.window}
+        targets = [] if self.cfg.detection.target == "global" else [engine]
+        self.counters.inc(f"detections_{fnd.kind.replace('-', '_')}")
+        self.propose(DecisionRequest(scope=fnd.scope, value=fnd.value, origin=f"flow-anomaly:{fnd.kind}",
+                                     reason=fnd.reason, engines=targets,
+                                     evidence={**fnd.evidence, "engine": engine}))
+
+    def on_events(self, engine: str, msg: dict) -> None:
+        """Engine protocol events: each with a source address and a severity at or above the
+        configured one (or ``"action": "block"``) becomes a decision on that engine."""
+        if not self.mine(engine) or not self.cfg.detection.events:
+            return
+        events = msg.get("events")
+        if not isinstance(events, list):
+            events = [msg]
+        floor = _SEVERITY[self.cfg.detection.event_min_severity]
+        for ev in events:
+            if not isinstance(ev, dict):
+                self.counters.inc("engine_events_malformed")
+                continue
+            src = ev.get("src") or ev.get("source")
+            sev = _SEVERITY.get(str(ev.get("severity", "")).lower(), -1)
+            if not src or (sev < floor and ev.get("action") not in ("block", "drop")):
+                continue
+            kind = str(ev.get("type") or ev.get("kind") or "event")[:60]
+            reason = str(ev.get("reason") or ev.get("message") or ev.get("detail") or kind)[:400]
+            scope = ev.get("scope") if ev.get("scope") in ruleset.SCOPES else "ip"
+            value = ev.get("value") if scope != "ip" and isinstance(ev.get("value"), str) else src
+            dur = ev.get("duration")
+            self.propose(DecisionRequest(scope=scope, value=str(value), origin=f"engine-local:{kind}",
+                                         reason=f"engine {engine}: {reason}", engines=[engine],
+                                         duration=float(dur) if isinstance(dur, (int, float)) and dur > 0 else None,
+                                         evidence={"engine": engine, "event": {k: ev[k] for k in list(ev)[:20]}}))
+
+    # -- the decision sink ----------------------------------------------------------------
+    def _learning_targets(self, targets: list[str]) -> list[str]:
+        learning = self.fleet.learning_engines()
+        if not targets:
+            return sorted(learning)
+        out = []
+        for e in learning:
+            v = self.fleet.view(e)
+            if any(t == e or (t.startswith("tag:") and t[4:] in v.tags) for t in targets):
+                out.append(e)
+        return sorted(out)
+
+    def propose(self, req: DecisionRequest) -> dict[str, Any]:
+        """Record a proposal; returns {"status": created|merged|rejected, ...}. Never raises."""
+        try:
+            targets = parse_targets(req.engines)
+            before = len(self.store.active)
+            d = self.store.propose(req.scope, req.value, req.origin, req.reason, req.duration, targets,
+                                   req.evidence, learning=self._learning_targets(targets)
+                                   if req.origin != OPERATOR else ())
+        except Rejected as exc:
+            log.info("proposal %s %s from %s not taken: %s", req.scope, req.value, req.origin, exc)
+            return {"status": "rejected", "reason": exc.reason, "error": str(exc)}
+        except ValueError as exc:
+            self.counters.inc("decisions_rejected_invalid")
+            log.warning("invalid proposal from %s (%s %r): %s", req.origin, req.scope, req.value, exc)
+            return {"status": "rejected", "reason": "invalid", "error": str(exc)}
+        created = len(self.store.active) > before
+        if created:
+            self._write_point(d, "created")
+            if time.monotonic() - self._last_sync >= 0.2:
+                self._sync_now()  # a new block goes out now, not at the next tick
+        return {"status": "created" if created else "merged", "decision": d.as_dict()}
+
+    def _write_point(self, d: Decision, event: str) -> None:
+        try:
+            self.ctx.writer.write([line("decisions", {"origin": d.origin.split(":")[0], "event": event},
+                                        {"id": d.id, "scope": d.scope, "value": d.value, "reason": d.reason,
+                                         "origin_detail": d.origin, "offences": d.offences,
+                                         "duration": (d.expires - time.time()) if d.expires else -1.0,
+                                         "engines": ",".join(d.engines) or "*",
+                                         "would_block": ",".join(d.would_block_on)}, time.time_ns())])
+        except Exception:  # statistics must never stop a decision
+            log.exception("writing the decision point failed")
+
+    # -- control methods ------------------------------------------------------------------
+    def _check_engines(self, engines) -> list[str]:
+        try:
+            targets = parse_targets(engines if isinstance(engines, list) else
+                                    ([engines] if engines else []))
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        for t in targets:
+            if not t.startswith("tag:") and t not in self.fleet.engines:
+                raise ControlError("not-found", f"unknown engine {t!r} (known: "
+                                                f"{', '.join(sorted(self.fleet.engines)) or 'none'})")
+        return targets
+
+    def list_engines(self) -> list[dict]:
+        out = []
+        for e in self.fleet.list():
+            b = self.baselines.baselines.get(e["engine"])
+            e["learned_seconds"] = round(b.learned_seconds, 1) if b else 0.0
+            e["would_block"] = len([d for d in self.store.active.values() if e["engine"] in d.would_block_on])
+            e["enforced"] = len(self.store.enforced_for(e["engine"], e["tags"]))
+            out.append(e)
+        return out
+
+    def set_mode(self, engine: str, mode: str | None = None) -> dict:
+        if engine not in self.fleet.engines:
+            raise ControlError("not-found", f"unknown engine {engine!r}")
+        if mode in ("auto", "", None):
+            mode = None
+        try:
+            v = self.fleet.set_mode(engine, mode)
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        if mode == "enforcing":
+            # would-block decisions stay reports: enforcement starts with what is detected from now on
+            pass
+        self._published_version = -1
+        log.info("operator set the mode of %s to %s", engine, mode or "the engine's own")
+        return v.as_dict()
+
+    def learning_report(self, engine: str | None = None, limit: int = 1000) -> list[dict]:
+        if engine is not None:
+            self._check_engines([engine])
+        rows = self.store.list(state="all", limit=limit, would_block=True)
+        return [d.as_dict() for d in rows if engine is None or engine in d.would_block_on]
+
+    def baseline(self, engine: str) -> dict:
+        if engine not in self.baselines.baselines:
+            raise ControlError("not-found", f"no baseline for engine {engine!r}")
+        with self._lock:
+            return self.baselines.baselines[engine].report()
+
+    def list_decisions(self, state: str = "active", engine: str | None = None, origin: str | None = None,
+                       value: str | None = None, limit: int = 1000) -> list[dict]:
+        if state not in ("active", "expired", "removed", "all"):
+            raise ControlError("invalid", f"state {state!r}: one of active, expired, removed, all")
+        if engine is not None:
+            self._check_engines([engine])
+        return [d.as_dict() for d in self.store.list(state=state, engine=engine, origin=origin,
+                                                     value=value, limit=int(limit))]
+
+    def add_decision(self, scope: str, value: str, duration: float | None = None, reason: str = "",
+                     engines: list[str] | None = None) -> dict:
+        targets = self._check_engines(engines or [])
+        try:
+            value = ruleset.normalise_value(scope, value)
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        res = self.propose(DecisionRequest(scope=scope, value=value, origin=OPERATOR,
+                                           reason=reason or "added by an operator", duration=duration,
+                                           engines=targets))
+        if res["status"] == "rejected":
+            raise ControlError("invalid" if res["reason"] == "invalid" else "conflict", res["error"])
+        self._sync_now()
+        return res["decision"]
+
+    def delete_decision(self, key: str, suppress: float | None = None) -> list[dict]:
+        try:
+            found = self.store.unblock(key, suppress)
+        except KeyError:
+            raise ControlError("not-found", f"no active decision with id or value {key!r}") from None
+        for d in found:
+            self._write_point(d, "removed")
+        self._sync_now()
+        return [d.as_dict() for d in found]
+
+    def extend_decision(self, key: str, duration: float) -> list[dict]:
+        try:
+            found = self.store.extend(key, float(duration))
+        except KeyError:
+            raise ControlError("not-found", f"no active decision with id or value {key!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise _invalid(exc) from None
+        self._sync_now()
+        return [d.as_dict() for d in found]
+
+    def allow_add(self, value: str, note: str = "") -> dict:
+        try:
+            r = self.store.allow_add(value, note)
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        self._sync_now()
+        return r
+
+    def allow_delete(self, key: str) -> dict:
+        try:
+            r = self.store.allow_delete(key)
+        except KeyError:
+            raise ControlError("not-found", f"no operator allowlist entry {key!r}") from None
+        self._sync_now()
+        return r
+
+    def _sync_now(self) -> None:
+        """Operator changes go out at once (not at the next tick): an unblock must reach the
+        kernel within seconds."""
+        self._published_version = self.store.version
+        self._last_sync = time.monotonic()
+        self.publisher.sync_all()

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..common import InfluxConfig, LogConfig, MqttConfig
 from ..engine.config import check_id
 from .verdicts.config import VerdictsConfig
+from .policy import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class IngestConfig:
     service_ports: list[int] = field(default_factory=list)
     top_services: int = 20
     max_service_series: int = 2000
+    max_event_types: int = 200
+    # false in a policy-only process of a scaled-out manager: it reads every batch, writes nothing
+    write_points: bool = True
 
     def __post_init__(self):
         if not 1 <= self.top_talkers <= 100:
@@ -36,6 +40,7 @@ class ManagerConfig:
     state_dir: Path = Path("/var/lib/vigil/manager")
     control_socket: Path = Path("/run/vigil/manager.sock")
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    policy: PolicyConfig | None = None
     verdicts: VerdictsConfig | None = None
     # Each further part of the manager has its own section here (policy, collector, verdicts);
     # a part whose section is absent or has enabled: false is not started.

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # (config section, "module:factory"). The factory takes (section_config, context) and returns a
 # component. Order matters: policy first, so that later components can propose decisions.
 COMPONENTS: list[tuple[str, str]] = [
+    ("policy", "vigil.manager.policy:PolicyComponent"),
     ("ingest", "vigil.manager.ingest:IngestComponent"),
     ("verdicts", "vigil.manager.verdicts.service:VerdictService"),
 ]

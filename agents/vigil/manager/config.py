@@ -8,6 +8,7 @@ from ..common import InfluxConfig, LogConfig, MqttConfig
 from ..engine.config import check_id
 from .verdicts.config import VerdictsConfig
 from .policy import PolicyConfig
+from ..collector.config import CollectorConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ManagerConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     policy: PolicyConfig | None = None
     verdicts: VerdictsConfig | None = None
+    collector: CollectorConfig | None = None
     # Each further part of the manager has its own section here (policy, collector, verdicts);
     # a part whose section is absent or has enabled: false is not started.
     log: LogConfig = field(default_factory=LogConfig)

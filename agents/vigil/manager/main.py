@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # component. Order matters: policy first, so that later components can propose decisions.
 COMPONENTS: list[tuple[str, str]] = [
     ("policy", "vigil.manager.policy:PolicyComponent"),
+    ("collector", "vigil.collector.component:CollectorComponent"),
     ("ingest", "vigil.manager.ingest:IngestComponent"),
     ("verdicts", "vigil.manager.verdicts.service:VerdictService"),
 ]

@@ -1,0 +1,163 @@
+"""The collector as a manager component: listeners → parsers → InfluxDB and correlation → decisions.
+
+Threads: the asyncio listener thread (``server``) and one worker that parses, stores and
+correlates.  Decisions are handed to ``ctx.decisions`` from ``tick()`` (the manager's supervisor
+thread), so the decision sink never has to be thread-safe towards the collector.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..influx import line
+from ..manager.api import Context, DecisionRequest
+from .config import CollectorConfig
+from .correlation import Correlator, Firing, is_ip, load_rules
+from .event import SEVERITY_NAMES, Event
+from .parsers import ParseStats, parse
+from .server import SourceMap, SyslogServer
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT = "security_event"
+_TAG_ACTIONS = {"allow", "block", "alert"}
+
+
+def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
+    """One point; tags are few and bounded (type, format, severity, action class, named source)."""
+    tags = {"source_type": ev.source_type, "format": ev.format,
+            "severity": SEVERITY_NAMES[ev.severity] if ev.severity is not None else None,
+            "action": (ev.action if ev.action in _TAG_ACTIONS else "other") if ev.action else None,
+            "source": ev.source if ev.source != peer else None}
+    fields = {"peer": peer, "device": ev.device, "src": ev.src, "dst": ev.dst, "sport": ev.sport,
+              "dport": ev.dport, "proto": ev.proto, "action_raw": ev.action, "sig_id": ev.sig_id,
+              "sig_name": ev.sig_name, "category": ev.category,
+              "event_time": int(ev.time * 1000) if ev.time is not None else None,
+              "raw": ev.raw[:raw_max]}
+    return line(MEASUREMENT, tags, fields, ts_ns)
+
+
+class CollectorComponent:
+    name = "collector"
+
+    def __init__(self, cfg: CollectorConfig, ctx: Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.counters = ctx.counters
+        self.sources = SourceMap(cfg.sources)
+        self.rules = load_rules(cfg.rule_paths())
+        self.firings: deque[Firing] = deque(maxlen=10000)
+        self.correlator = Correlator(self.rules, self._on_fire, cfg.max_groups, ctx.counters)
+        self.server = SyslogServer(cfg, ctx.counters, self.sources)
+        self.stats = ParseStats()
+        self.proposed: deque[dict] = deque(maxlen=50)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
+        self._last_ns = 0
+        self._last_expire = time.monotonic()
+        ctx.control.register("collector.status", lambda **_: self.status())
+        log.info("collector: %d correlation rules loaded (%s)", len(self.rules),
+                 ", ".join(r.name for r in self.rules))
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker.start()
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop()
+        self._stop.set()
+        self._worker.join(5)
+        self.tick()   # propose what is still queued
+
+    def tick(self) -> None:
+        while self.firings:
+            self._propose(self.firings.popleft())
+        if time.monotonic() - self._last_expire > 10:
+            self.correlator.expire(time.time())
+            self._last_expire = time.monotonic()
+
+    # -- work ----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        q = self.server.queue
+        while not self._stop.is_set() or not q.empty():
+            try:
+                sender, msgs = q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(sender, msgs)
+            except Exception:        # never lose the worker to one bad batch
+                self.counters.inc("collector_worker_errors")
+                log.exception("collector: failed on a batch of %d messages from %s", len(msgs), sender)
+
+    def handle(self, sender: str, msgs: list[bytes], now: float | None = None) -> list[Event]:
+        src_cfg = self.sources.lookup(sender)
+        name = src_cfg.name if src_cfg else sender
+        hint = src_cfg.format if src_cfg else "auto"
+        out_lines = []
+        events = []
+        now = time.time() if now is None else now
+        for data in msgs:
+            text = data.decode("utf-8", errors="replace")
+            ev = parse(text, hint=hint, stats=self.stats)
+            if ev is None:
+                self.counters.inc("collector_empty_messages")
+                continue
+            ev.source = name
+            ts = time.time_ns()
+            if ts <= self._last_ns:            # unique timestamps: InfluxDB would merge equal points
+                ts = self._last_ns + 1
+            self._last_ns = ts
+            out_lines.append(event_line(ev, sender, ts, self.cfg.raw_max))
+            self.correlator.process(ev, now)
+            events.append(ev)
+        if out_lines:
+            self.ctx.writer.write(out_lines)
+            self.counters.inc("collector_events", len(out_lines))
+        return events
+
+    def _on_fire(self, f: Firing) -> None:
+        self.counters.inc("correlation_fired")
+        self.firings.append(f)
+
+    def _propose(self, f: Firing) -> None:
+        rule = f.rule
+        if not is_ip(f.group):
+            self.counters.inc("correlation_group_not_an_address")
+            log.warning("collector: rule %s fired for %r, which is not an address; no decision",
+                        rule.name, f.group)
+            return
+        req = DecisionRequest(scope="ip", value=f.group, origin=f"correlation:{rule.name}",
+                              reason=f"{rule.reason} ({f.count} in {rule.window:g}s)",
+                              duration=rule.duration,
+                              evidence={"rule": rule.name, "type": rule.type, "group_by": rule.group_by,
+                                        "count": f.count, "window": rule.window, "events": f.events})
+        try:
+            self.ctx.decisions.propose(req)
+        except Exception:
+            self.counters.inc("correlation_propose_errors")
+            log.exception("collector: proposing a decision for rule %s failed", rule.name)
+            return
+        self.counters.inc("correlation_decisions_proposed")
+        self.proposed.append({"rule": rule.name, "value": f.group, "at": time.time()})
+        log.info("collector: rule %s fired for %s (%d events); decision proposed", rule.name, f.group, f.count)
+        try:
+            self.ctx.writer.write([line("correlation", {"rule": rule.name},
+                                        {"value": f.group, "count": f.count, "reason": req.reason},
+                                        time.time_ns())])
+        except ValueError:
+            pass
+
+    def status(self) -> dict[str, Any]:
+        return {"listening": {k: f"{h}:{p}" for k, (h, p) in self.server.bound.items()},
+                "connections": self.server.connections,
+                "queue": self.server.queue.qsize(),
+                "parsed": dict(self.stats.parsed), "parse_errors": dict(self.stats.errors),
+                "rules": {r.name: self.correlator.fired[r.name] for r in self.rules},
+                "correlation_groups": self.correlator.groups(),
+                "rate_limited_by_sender": dict(self.server.per_source_dropped),
+                "recent_decisions": list(self.proposed)}

@@ -1,0 +1,392 @@
+"""Correlation rules (YAML) and the engine that runs them over normalised events.
+
+A rule file holds ``rules:``, a list of rules.  Three types (full reference: docs/collector.md):
+
+- ``threshold``: ``count`` matching events within ``window`` seconds, per ``group_by`` value;
+- ``distinct``: ``count`` different values of the ``distinct`` field within ``window``, per group;
+- ``sequence``: the ``steps`` matched in order, all within ``window`` of the first, per group.
+
+When a rule fires for a group whose value is an IP address, the engine proposes a decision with
+origin ``correlation:<rule name>``.  Files are validated when loaded; a ``RuleError`` names the file
+and the key.  State is bounded: at most ``max_groups`` groups per rule (the stalest go first,
+counted), and everything older than a rule's window is forgotten on ``expire()``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .event import FIELDS, SEVERITY_NAMES, Event
+
+log = logging.getLogger(__name__)
+
+RULE_TYPES = ("threshold", "distinct", "sequence")
+DEFAULT_RULES = Path(__file__).parent / "rules"
+_RULE_KEYS = {"name", "type", "description", "match", "group_by", "window", "count", "distinct",
+              "steps", "duration", "reason", "cooldown", "enabled"}
+_COND_KEYS = {"regex", "any", "not", "min", "max", "exists"}
+
+
+class RuleError(ValueError):
+    pass
+
+
+# -- matching -------------------------------------------------------------------------------
+def _field_ok(name: str) -> bool:
+    return name in FIELDS or (name.startswith("extra.") and len(name) > 6)
+
+
+def _sev(v: Any) -> Any:
+    if isinstance(v, str) and v.lower() in SEVERITY_NAMES:
+        return SEVERITY_NAMES.index(v.lower())
+    return v
+
+
+class Matcher:
+    """A conjunction of field conditions; ``any: [...]`` inside a match is a disjunction of matchers."""
+
+    def __init__(self, spec: Any, where: str):
+        if not isinstance(spec, dict) or not spec:
+            raise RuleError(f"{where}: must be a non-empty mapping of field: condition")
+        self.tests: list[Callable[[Event], bool]] = []
+        for key, cond in spec.items():
+            if key == "any":
+                if not isinstance(cond, list) or not cond:
+                    raise RuleError(f"{where}.any: must be a non-empty list of matches")
+                subs = [Matcher(c, f"{where}.any[{i}]") for i, c in enumerate(cond)]
+                self.tests.append(lambda ev, subs=subs: any(s(ev) for s in subs))
+                continue
+            if not isinstance(key, str) or not _field_ok(key):
+                raise RuleError(f"{where}.{key}: unknown field (fields: {', '.join(FIELDS)}, extra.<name>)")
+            self.tests.append(self._condition(key, cond, f"{where}.{key}"))
+
+    def __call__(self, ev: Event) -> bool:
+        for t in self.tests:
+            if not t(ev):
+                return False
+        return True
+
+    @staticmethod
+    def _condition(name: str, cond: Any, where: str) -> Callable[[Event], bool]:
+        get = (lambda ev: ev.get(name)) if name.startswith("extra.") else (lambda ev: getattr(ev, name))
+        if name == "severity":
+            cond = {k: _sev(v) for k, v in cond.items()} if isinstance(cond, dict) else \
+                [_sev(v) for v in cond] if isinstance(cond, list) else _sev(cond)
+        if isinstance(cond, dict):
+            unknown = set(cond) - _COND_KEYS
+            if unknown or not cond:
+                raise RuleError(f"{where}: unknown condition {sorted(unknown)[0] if unknown else '(empty)'} "
+                                f"(conditions: {', '.join(sorted(_COND_KEYS))})")
+            parts: list[Callable[[Any], bool]] = []
+            if "regex" in cond:
+                try:
+                    rx = re.compile(str(cond["regex"]))
+                except re.error as exc:
+                    raise RuleError(f"{where}.regex: not a valid regular expression: {exc}") from None
+                parts.append(lambda v, rx=rx: v is not None and rx.search(str(v)) is not None)
+            if "any" in cond:
+                if not isinstance(cond["any"], list):
+                    raise RuleError(f"{where}.any: must be a list")
+                vals = {_norm(v) for v in cond["any"]}
+                parts.append(lambda v, vals=vals: _norm(v) in vals)
+            if "not" in cond:
+                bad = cond["not"] if isinstance(cond["not"], list) else [cond["not"]]
+                vals_not = {_norm(v) for v in bad}
+                parts.append(lambda v, vals=vals_not: _norm(v) not in vals)
+            for key, op in (("min", lambda a, b: a >= b), ("max", lambda a, b: a <= b)):
+                if key in cond:
+                    lim = cond[key]
+                    if isinstance(lim, bool) or not isinstance(lim, (int, float)):
+                        raise RuleError(f"{where}.{key}: must be a number")
+                    parts.append(lambda v, lim=lim, op=op: isinstance(v, (int, float)) and op(v, lim))
+            if "exists" in cond:
+                want = cond["exists"]
+                if not isinstance(want, bool):
+                    raise RuleError(f"{where}.exists: must be true or false")
+                parts.append(lambda v, want=want: (v is not None) == want)
+            return lambda ev: all(p(get(ev)) for p in parts)
+        if isinstance(cond, list):
+            vals = {_norm(v) for v in cond}
+            return lambda ev: _norm(get(ev)) in vals
+        if isinstance(cond, (str, int, float, bool)):
+            want = _norm(cond)
+            return lambda ev: _norm(get(ev)) == want
+        raise RuleError(f"{where}: a condition is a value, a list of values or a mapping")
+
+
+def _norm(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+# -- rules ----------------------------------------------------------------------------------
+@dataclass
+class Rule:
+    name: str
+    type: str
+    window: float
+    group_by: str = "src"
+    count: int = 1
+    match: Matcher | None = None
+    distinct: str | None = None
+    steps: list[Matcher] = field(default_factory=list)
+    duration: float | None = None
+    reason: str = ""
+    cooldown: float = 0.0
+    source: str = ""
+
+
+def _num(v: Any, where: str, minimum: float, integer: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise RuleError(f"{where}: must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if v < minimum:
+        raise RuleError(f"{where}: must be at least {minimum:g}, got {v!r}")
+    return v
+
+
+def parse_rules(data: Any, source: str) -> list[Rule]:
+    if not isinstance(data, dict) or set(data) != {"rules"} or not isinstance(data["rules"], list):
+        raise RuleError(f"{source}: (top level): must be a mapping with one key, rules: [list of rules]")
+    out: list[Rule] = []
+    names = set()
+    for i, spec in enumerate(data["rules"]):
+        where = f"{source}: rules[{i}]"
+        if not isinstance(spec, dict):
+            raise RuleError(f"{where}: must be a mapping")
+        unknown = set(spec) - _RULE_KEYS
+        if unknown:
+            raise RuleError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(_RULE_KEYS))})")
+        name = spec.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", name):
+            raise RuleError(f"{where}.name: required; lower-case letters, digits, '-', '_', '.' (max 64)")
+        where = f"{source}: rules[{i}] ({name})"
+        if name in names:
+            raise RuleError(f"{where}.name: duplicate rule name")
+        names.add(name)
+        if spec.get("enabled", True) is False:
+            continue
+        if not isinstance(spec.get("enabled", True), bool):
+            raise RuleError(f"{where}.enabled: must be true or false")
+        rtype = spec.get("type")
+        if rtype not in RULE_TYPES:
+            raise RuleError(f"{where}.type: must be one of {', '.join(RULE_TYPES)}, got {rtype!r}")
+        if "window" not in spec:
+            raise RuleError(f"{where}.window: required (seconds)")
+        rule = Rule(name, rtype, _num(spec["window"], f"{where}.window", 1), source=source)
+        rule.group_by = spec.get("group_by", "src")
+        if not isinstance(rule.group_by, str) or not _field_ok(rule.group_by):
+            raise RuleError(f"{where}.group_by: unknown field {rule.group_by!r}")
+        if "duration" in spec and spec["duration"] is not None:
+            rule.duration = _num(spec["duration"], f"{where}.duration", 1)
+        rule.reason = str(spec.get("reason") or spec.get("description") or name)
+        rule.cooldown = _num(spec.get("cooldown", rule.window), f"{where}.cooldown", 0)
+        if rtype == "sequence":
+            for k in ("match", "count", "distinct"):
+                if k in spec:
+                    raise RuleError(f"{where}.{k}: not used by a sequence rule (use steps)")
+            steps = spec.get("steps")
+            if not isinstance(steps, list) or len(steps) < 2:
+                raise RuleError(f"{where}.steps: a sequence needs a list of at least two steps")
+            for j, st in enumerate(steps):
+                if not isinstance(st, dict) or set(st) != {"match"}:
+                    raise RuleError(f"{where}.steps[{j}]: each step is a mapping with one key, match")
+                rule.steps.append(Matcher(st["match"], f"{where}.steps[{j}].match"))
+        else:
+            if "steps" in spec:
+                raise RuleError(f"{where}.steps: only a sequence rule has steps")
+            if "match" not in spec:
+                raise RuleError(f"{where}.match: required")
+            rule.match = Matcher(spec["match"], f"{where}.match")
+            if "count" not in spec:
+                raise RuleError(f"{where}.count: required")
+            rule.count = int(_num(spec["count"], f"{where}.count", 1, integer=True))
+            if rtype == "distinct":
+                d = spec.get("distinct")
+                if not isinstance(d, str) or not _field_ok(d):
+                    raise RuleError(f"{where}.distinct: required; the field whose different values are counted")
+                rule.distinct = d
+            elif "distinct" in spec:
+                raise RuleError(f"{where}.distinct: only a distinct rule counts distinct values")
+        out.append(rule)
+    return out
+
+
+def load_rules(paths: list[Path]) -> list[Rule]:
+    """Load rule files (a directory means every *.yaml in it, sorted). Names must be unique overall."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")))
+        else:
+            files.append(p)
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RuleError(f"{f}: cannot read: {exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f"line {mark.line + 1}: " if mark else ""
+            raise RuleError(f"{f}: not valid YAML: {at}{getattr(exc, 'problem', exc)}") from None
+        for r in parse_rules(data, str(f)):
+            if r.name in seen:
+                raise RuleError(f"{f}: rule {r.name!r} is also defined in {seen[r.name]}")
+            seen[r.name] = str(f)
+            rules.append(r)
+    return rules
+
+
+# -- engine ---------------------------------------------------------------------------------
+@dataclass
+class Firing:
+    rule: Rule
+    group: str
+    count: int
+    events: list[dict]
+
+
+def _brief(ev: Event) -> dict:
+    return {k: v for k, v in (("time", ev.time), ("source_type", ev.source_type), ("device", ev.device),
+                              ("src", ev.src), ("dst", ev.dst), ("dport", ev.dport), ("sig_id", ev.sig_id),
+                              ("sig_name", ev.sig_name), ("category", ev.category), ("action", ev.action))
+            if v is not None}
+
+
+class Correlator:
+    def __init__(self, rules: list[Rule], on_fire: Callable[[Firing], None], max_groups: int = 100_000,
+                 counters=None):
+        self.rules = rules
+        self.on_fire = on_fire
+        self.max_groups = max_groups
+        self.counters = counters
+        self.state: dict[str, OrderedDict] = {r.name: OrderedDict() for r in rules}
+        self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
+        self.fired: dict[str, int] = {r.name: 0 for r in rules}
+
+    def _inc(self, name: str, n: int = 1) -> None:
+        if self.counters is not None:
+            self.counters.inc(name, n)
+
+    def _group_state(self, rule: Rule, group: str, factory: Callable[[], Any]) -> Any:
+        st = self.state[rule.name]
+        s = st.get(group)
+        if s is None:
+            s = factory()
+            st[group] = s
+            if len(st) > self.max_groups:
+                st.popitem(last=False)
+                self._inc("correlation_groups_evicted")
+        else:
+            st.move_to_end(group)
+        return s
+
+    def process(self, ev: Event, now: float) -> list[Firing]:
+        fired: list[Firing] = []
+        for rule in self.rules:
+            if rule.type != "sequence" and not rule.match(ev):
+                continue
+            g = ev.get(rule.group_by)
+            if g is None or g == "":
+                continue
+            g = str(g)
+            until = self.cooldown[rule.name].get(g)
+            if until is not None:
+                if now < until:
+                    continue
+                del self.cooldown[rule.name][g]
+            f = getattr(self, "_" + rule.type)(rule, g, ev, now)
+            if f is not None:
+                self.fired[rule.name] += 1
+                if rule.cooldown:
+                    self.cooldown[rule.name][g] = now + rule.cooldown
+                self.state[rule.name].pop(g, None)
+                fired.append(f)
+                try:
+                    self.on_fire(f)
+                except Exception:
+                    self._inc("correlation_fire_errors")
+                    log.exception("correlation: acting on rule %s failed", rule.name)
+        return fired
+
+    def _threshold(self, rule: Rule, g: str, ev: Event, now: float) -> Firing | None:
+        q: deque = self._group_state(rule, g, lambda: deque(maxlen=rule.count))
+        q.append((now, ev))
+        while q and now - q[0][0] > rule.window:
+            q.popleft()
+        if len(q) >= rule.count:
+            return Firing(rule, g, len(q), [_brief(e) for _, e in list(q)[-5:]])
+        return None
+
+    def _distinct(self, rule: Rule, g: str, ev: Event, now: float) -> Firing | None:
+        val = ev.get(rule.distinct)
+        if val is None or val == "":
+            return None
+        seen: OrderedDict = self._group_state(rule, g, OrderedDict)
+        seen[val] = (now, ev)
+        seen.move_to_end(val)
+        while seen:
+            first = next(iter(seen.values()))
+            if now - first[0] <= rule.window:
+                break
+            seen.popitem(last=False)
+        if len(seen) > rule.count * 4:          # bound memory per group
+            seen.popitem(last=False)
+        if len(seen) >= rule.count:
+            return Firing(rule, g, len(seen), [_brief(e) for _, e in list(seen.values())[-5:]])
+        return None
+
+    def _sequence(self, rule: Rule, g: str, ev: Event, now: float) -> Firing | None:
+        matched = [i for i, m in enumerate(rule.steps) if m(ev)]
+        if not matched:
+            return None
+        # starts[i]: start time of the chain that has completed step i (the latest live one)
+        st = self._group_state(rule, g, lambda: [None] * len(rule.steps))
+        for i in reversed(matched):
+            if i == 0:
+                st[0] = (now, [ev])
+            elif st[i - 1] is not None and now - st[i - 1][0] <= rule.window:
+                st[i] = (st[i - 1][0], st[i - 1][1] + [ev])
+        last = st[-1]
+        if last is not None:
+            return Firing(rule, g, len(rule.steps), [_brief(e) for e in last[1]])
+        return None
+
+    def expire(self, now: float) -> None:
+        for rule in self.rules:
+            st = self.state[rule.name]
+            stale = []
+            for g, s in st.items():
+                if rule.type == "threshold":
+                    newest = s[-1][0] if s else None
+                elif rule.type == "distinct":
+                    newest = max((t for t, _ in s.values()), default=None)
+                else:
+                    newest = max((x[0] for x in s if x is not None), default=None)
+                if newest is None or now - newest > rule.window:
+                    stale.append(g)
+            for g in stale:
+                del st[g]
+            cd = self.cooldown[rule.name]
+            for g in [g for g, until in cd.items() if until <= now]:
+                del cd[g]
+
+    def groups(self) -> int:
+        return sum(len(s) for s in self.state.values())
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,138 @@
+"""Baselines (Welford then EWMA, persistence) and flow detections on synthetic batches."""
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from vigil.manager.baselines import Baseline, BaselineStore, Stat
+from vigil.manager.detections import Detector, Thresholds
+
+pytestmark = pytest.mark.unit
+
+CLIENTS = [f"10.77.0.{i}" for i in range(20, 30)]
+SERVER = "10.77.0.10"
+ATTACKER = "10.77.0.66"
+
+
+def flow(src, dst, dport, proto="tcp", new=True, conn_state="SF", pkts=(10, 8), nbytes=(800, 12000)):
+    return {"src": src, "dst": dst, "sport": random.randint(30000, 60000), "dport": dport, "proto": proto,
+            "new": new, "end": None, "conn_state": conn_state, "replied": conn_state != "S0",
+            "assured": conn_state in ("SF", "S1", "RST"), "orig_pkts": pkts[0], "resp_pkts": pkts[1],
+            "orig_bytes": nbytes[0], "resp_bytes": nbytes[1]}
+
+
+def normal_batch(rng: random.Random) -> list[dict]:
+    out = []
+    for c in CLIENTS:
+        for _ in range(rng.randint(0, 3)):
+            out.append(flow(c, SERVER, rng.choice([80, 443, 5201])))
+        if rng.random() < 0.05:  # the odd refused connection happens in normal traffic too
+            out.append(flow(c, SERVER, 8443, conn_state="REJ", pkts=(1, 1), nbytes=(60, 40)))
+    return out
+
+
+def learn(det: Detector, base: Baseline, intervals: int = 120, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    for _ in range(intervals):
+        _, summary = det.evaluate(normal_batch(rng), 1.0, base, learned=False)
+        base.observe(summary, learning=True, alpha=0.01, alpha_suspicious=0.001, suspicious=False)
+
+
+def test_welford_matches_statistics_and_ewma_adapts_slowly():
+    xs = [3.0, 5.0, 4.0, 10.0, 7.5, 6.0]
+    s = Stat()
+    for x in xs:
+        s.update(x)
+    assert s.mean == pytest.approx(statistics.mean(xs)) and s.var == pytest.approx(statistics.variance(xs))
+    fast, slow = Stat.from_json(s.to_json()), Stat.from_json(s.to_json())
+    for _ in range(10):
+        fast.update(100.0, alpha=0.1)
+        slow.update(100.0, alpha=0.001)
+    assert slow.mean < fast.mean < 100.0
+    assert slow.mean - s.mean < 1.0 and fast.mean - s.mean > 30
+
+
+def test_baseline_persists(tmp_path):
+    st = BaselineStore(tmp_path)
+    det, base = Detector("e1", Thresholds()), st.get("e1")
+    learn(det, base, 30)
+    assert base.known_service(f"tcp/{SERVER}/80") and not base.known_service(f"tcp/{SERVER}/22")
+    assert st.save() == 1
+    again = BaselineStore(tmp_path).get("e1")
+    assert again.to_json() == base.to_json()
+    assert again.services[f"tcp/{SERVER}/443"]["sources_n"] == len(CLIENTS)
+    (tmp_path / "e2.json").write_text("{not json")
+    assert "e2" not in BaselineStore(tmp_path).baselines  # unreadable: logged, starts afresh
+
+
+def _kinds(findings):
+    return sorted({f.kind for f in findings})
+
+
+def test_normal_traffic_after_learning_gives_no_findings():
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    rng = random.Random(99)  # other random normal traffic than was learned
+    for _ in range(300):
+        findings, _ = det.evaluate(normal_batch(rng), 1.0, base, learned=True)
+        assert findings == []
+
+
+def test_scans_floods_brute_force_and_new_services_are_found():
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    rng = random.Random(5)
+    vscan = normal_batch(rng) + [flow(ATTACKER, SERVER, p, conn_state="REJ", pkts=(1, 1), nbytes=(44, 40))
+                                 for p in range(1, 200)]
+    f, _ = det.evaluate(vscan, 1.0, base, learned=True)
+    assert _kinds(f) == ["vertical-scan"] and f[0].value == ATTACKER and "199 ports" in f[0].reason
+
+    det = Detector("e1", Thresholds())
+    hscan = [flow(ATTACKER, f"10.77.0.{h}", 80, conn_state="S0", pkts=(1, 0), nbytes=(44, 0))
+             for h in range(100, 160)]
+    f, _ = det.evaluate(hscan, 1.0, base, learned=True)
+    assert _kinds(f) == ["horizontal-scan"]
+
+    det = Detector("e1", Thresholds())
+    flood = [flow(ATTACKER, SERVER, 80, conn_state="SH", pkts=(1, 1), nbytes=(40, 44)) for _ in range(3000)]
+    f, _ = det.evaluate(flood, 1.0, base, learned=True)
+    assert _kinds(f) == ["flood"]
+
+    # brute force spread over several intervals still adds up within the window
+    det = Detector("e1", Thresholds())
+    found = []
+    for _ in range(5):
+        batch = normal_batch(rng) + [flow(ATTACKER, SERVER, 80, pkts=(6, 5), nbytes=(400, 700)) for _ in range(8)]
+        f, _ = det.evaluate(batch, 1.0, base, learned=True)
+        found += f
+    assert _kinds(found) == ["brute-force"] and found[0].value == ATTACKER
+
+    det = Detector("e1", Thresholds())
+    f, _ = det.evaluate([flow(CLIENTS[0], SERVER, 2222)], 1.0, base, learned=True)
+    assert _kinds(f) == ["new-service"] and f[0].value == f"{CLIENTS[0]}|{SERVER}|tcp|2222"
+    f, _ = det.evaluate([flow(CLIENTS[0], SERVER, 2222)], 1.0, base, learned=False)
+    assert f == []  # not while learning
+
+
+def test_thresholds_follow_a_busier_baseline():
+    th = Thresholds(vscan_ports=12)
+    det, base = Detector("e1", th), Baseline("e1")
+    rng = random.Random(3)
+    for _ in range(50):  # a monitoring host that normally probes 30 ports
+        batch = normal_batch(rng) + [flow("10.77.0.5", SERVER, p, conn_state="REJ", pkts=(1, 1), nbytes=(44, 40))
+                                     for p in range(1000, 1030)]
+        _, s = det.evaluate(batch, 1.0, base, learned=False)
+        base.observe(s, True, 0.01, 0.001, False)
+    assert base.threshold("src_ports_per_host", 12, th.k, th.factor, th.min_intervals) >= 60
+    det = Detector("e1", th)
+    f, _ = det.evaluate([flow("10.77.0.5", SERVER, p, conn_state="REJ") for p in range(1000, 1030)], 1.0, base, True)
+    assert f == []
+
+
+def test_malformed_records_are_skipped():
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    f, s = det.evaluate([{"src": "x"}, {"src": "y", "dst": "z", "proto": "tcp", "dport": "nan"},
+                         flow(CLIENTS[0], SERVER, 80)], 1.0, base, learned=False)
+    assert f == [] and s.flows == 3 and s.new_flows == 1

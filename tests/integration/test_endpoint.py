@@ -1,0 +1,272 @@
+"""The endpoint agent against the real kernel, a real broker and a real manager.
+
+Real fanotify on a tmpfs mounted for this module only (nothing else is ever marked), real Mosquitto
+and InfluxDB from the lab's services, a real vigil-manager running the verdict service with the
+shipped YARA rules and a hash list.  Every agent is stopped in ``finally``; the module checks after
+each test that no fanotify mark on the test mount survives.  Budget: about 40 s.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vigil.control import call
+from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, vigil_command
+
+pytestmark = pytest.mark.integration
+
+TRUE = Path("/bin/true").read_bytes()
+MARKER = b"VIGIL-TEST-MALWARE-5f1c0b9e"
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+def mount_id(path: Path) -> int | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        f = line.split()
+        if f[4] == str(path):
+            return int(f[0])
+    return None
+
+
+def fanotify_marks_on(mnt_id: int) -> list[str]:
+    """Processes holding a fanotify group with a mark on the given mount (from /proc/*/fdinfo)."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) != "anon_inode:[fanotify]":
+                continue
+            info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("fanotify mnt_id:") and int(line.split()[1].split(":")[1], 16) == mnt_id:
+                found.append(f"{fd}: {line}")
+    return found
+
+
+class Stack:
+    def __init__(self, run: Path):
+        self.run = run
+        self.mnt = run / "mnt"
+        self.bad_list = run / "bad.txt"
+        self.good_list = run / "good.txt"
+        self.procs: list[ManagedProcess] = []
+        self.manager: ManagedProcess | None = None
+
+    def binary(self, name: str, extra: bytes) -> tuple[Path, str]:
+        """/bin/true with trailing bytes: it runs, and its hash is ours alone."""
+        p = self.mnt / name
+        data = TRUE + extra
+        p.write_bytes(data)
+        p.chmod(0o755)
+        return p, hashlib.sha256(data).hexdigest()
+
+    def start_manager(self) -> None:
+        cfg = {"manager_id": "m", "mqtt": self.mosquitto.mqtt_config(),
+               "influx": {"url": self.influx.url, "flush_interval": 0.5},
+               "state_dir": str(self.run / "state"), "control_socket": str(self.run / "manager.sock"),
+               "verdicts": {"known_bad": [str(self.bad_list)], "known_good": [str(self.good_list)],
+                            "sample_wait": 10, "analyses_per_minute": 600, "clamd_socket": None,
+                            "quarantine": {"enabled": True, "allow_networks": ["127.0.0.0/8"], "duration": 600}}}
+        path = self.run / "manager.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self.manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(path)], self.run).start()
+        deadline = time.monotonic() + 15
+        while "mqtt: connected" not in self.manager.log_text():
+            assert self.manager.alive(), self.manager.log_text()
+            assert time.monotonic() < deadline, self.manager.log_text()
+            time.sleep(0.05)
+
+    def ctl(self, method: str, **params):
+        return call(self.run / "manager.sock", method, timeout=10, **params)
+
+    def vigilctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*vigil_command("vigilctl"), "--socket", str(self.run / "manager.sock"), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    @contextlib.contextmanager
+    def agent(self, mode: str, name: str, **over):
+        cfg = {"endpoint_id": name, "mqtt": self.mosquitto.mqtt_config(), "mode": mode, "mounts": [str(self.mnt)],
+               "state_dir": str(self.run / f"state-{name}"), "control_socket": str(self.run / f"{name}.sock"),
+               "batch_interval": 0.3, "decision_deadline": 0.5}
+        cfg.update(over)
+        path = self.run / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        p = ManagedProcess(name, [*vigil_command("vigil-endpoint"), "-c", str(path)], self.run).start()
+        try:
+            deadline = time.monotonic() + 15
+            while "mqtt: connected" not in p.log_text():
+                assert p.alive(), p.log_text()
+                assert time.monotonic() < deadline, p.log_text()
+                time.sleep(0.05)
+            p.sock = self.run / f"{name}.sock"
+            yield p
+        finally:
+            p.stop(timeout=5)
+            assert not fanotify_marks_on(self.mnt_id), "a fanotify mark outlived the agent"
+
+
+def execute(path: Path, via_loader: bool = False) -> int | str:
+    argv = [LOADER, str(path)] if via_loader else [str(path)]
+    try:
+        r = subprocess.run(argv, capture_output=True, timeout=10)
+    except PermissionError as exc:
+        assert exc.errno == errno.EPERM
+        return "EPERM"
+    if via_loader and b"Operation not permitted" in r.stderr:
+        return "EPERM"
+    return r.returncode
+
+
+def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    run = Path("/run/vigil-lab") / f"ep{uuid.uuid4().hex[:6]}"
+    s = Stack(run)
+    s.mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", f"vigil-test-{run.name}", str(s.mnt)],
+                   check=True)
+    try:
+        assert os.path.ismount(s.mnt)
+        s.mnt_id = mount_id(s.mnt)
+        s.mosquitto = Mosquitto(run).start()
+        s.influx = InfluxDB(run).start()
+        s.procs += [s.mosquitto.proc, s.influx.proc]
+        s.benign, s.benign_sha = s.binary("benign", b"benign")
+        s.listed, s.listed_sha = s.binary("listed-bad", b"listed-bad")
+        s.good_list.write_text(f"{s.benign_sha} test-benign\n")
+        s.bad_list.write_text(f"# intelligence feed\n{s.listed_sha} test-listed\nnot-a-hash\n")
+        s.start_manager()
+        yield s
+    finally:
+        if s.manager is not None:
+            s.manager.stop()
+        for p in reversed(s.procs):
+            p.stop()
+        subprocess.run(["umount", "-l", str(s.mnt)], check=False)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_block_malicious_denies_listed_and_yara_allows_unknown(stack):
+    yara_bin, yara_sha = stack.binary("yara-hit", MARKER + b"-1")
+    unknown, _ = stack.binary("unknown-1", uuid.uuid4().bytes)
+    with stack.agent("block-malicious", "bm") as agent:
+        assert execute(stack.benign) == 0
+        assert execute(stack.listed) == "EPERM"
+        assert execute(stack.listed, via_loader=True) == "EPERM"   # ld.so ./file is covered too
+        assert execute(stack.benign, via_loader=True) == 0
+        assert execute(unknown) == 0
+        # unknown at first: runs, the manager asks for the sample, YARA matches, the verdict is pushed
+        assert execute(yara_bin) == 0
+        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                   "YARA verdict")
+        wait_until(lambda: execute(yara_bin) == "EPERM", 5, "pushed verdict reaching the endpoint")
+        rec = stack.ctl("verdicts.get", sha256=yara_sha)["record"]
+        assert rec["source"] == "yara:Vigil_Test_Marker"
+        # execution reports reach the manager; malicious ones become quarantine proposals
+        wait_until(lambda: stack.ctl("manager.status")["counters"].get("quarantine_proposed", 0) >= 2, 5,
+                   "quarantine proposals")
+        hist = stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]
+        assert any(h["kind"] == "blocked" and h["source"] == "bm" for h in hist)
+        out = subprocess.run([*vigil_command("vigil-endpoint-console"), "--socket", str(agent.sock)],
+                             capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        assert "mode: block-malicious" in out.stdout and "connected" in out.stdout
+        assert "yara:Vigil_Test_Marker" in out.stdout and "list:bad.txt" in out.stdout
+
+
+def test_lockdown_denies_unknown_and_malicious(stack):
+    unknown, unknown_sha = stack.binary("unknown-2", uuid.uuid4().bytes)
+    yara_bin, yara_sha = stack.binary("yara-hit-2", MARKER + b"-2")
+    with stack.agent("lockdown", "ld"):
+        assert execute(stack.benign) == 0
+        assert execute(stack.listed) == "EPERM"
+        assert execute(unknown) == "EPERM"
+        assert execute(yara_bin) == "EPERM"
+        # the denied file's sample still reaches the analysis
+        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                   "YARA verdict for a blocked file")
+        unknowns = json.loads(stack.vigilctl("--json", "hashes", "unknowns").stdout)
+        assert unknown_sha in {u["sha256"] for u in unknowns}
+
+
+def test_monitor_only_reports(stack):
+    with stack.agent("monitor", "mon") as agent:
+        assert execute(stack.listed) == 0
+        assert execute(stack.benign) == 0
+        recent = call(agent.sock, "endpoint.recent", limit=5)
+        assert [e["action"] for e in recent if e["sha256"] == stack.listed_sha] == ["would-block"]
+        wait_until(lambda: any(h["kind"] == "would-block" and h["source"] == "mon"
+                               for h in stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]),
+                   5, "would-block report at the manager")
+
+
+def test_operator_override_reaches_endpoint(stack):
+    target, sha = stack.binary("override", uuid.uuid4().bytes)
+    with stack.agent("block-malicious", "ov"):
+        assert execute(target) == 0
+        r = stack.vigilctl("hashes", "block", sha, "--reason", "seen in incident 42")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: execute(target) == "EPERM", 5, "operator block reaching the endpoint")
+        show = stack.vigilctl("hashes", "show", sha)
+        assert "MALICIOUS" in show.stdout and "seen in incident 42" in show.stdout
+        assert stack.vigilctl("hashes", "allow", sha).returncode == 0
+        wait_until(lambda: execute(target) == 0, 5, "operator allow reaching the endpoint")
+        assert stack.vigilctl("hashes", "block", "not-a-hash").returncode == 2
+
+
+def test_manager_down_falls_back_within_deadline(stack):
+    deadline = 0.3
+    a, _ = stack.binary("fallback-a", uuid.uuid4().bytes)
+    b, _ = stack.binary("fallback-b", uuid.uuid4().bytes)
+    try:
+        stack.manager.signal(signal.SIGKILL)
+        stack.manager.proc.wait(5)
+        with stack.agent("lockdown", "fl", decision_deadline=deadline) as agent:
+            t = time.monotonic()
+            assert execute(a) == "EPERM"
+            lockdown_took = time.monotonic() - t
+            st = call(agent.sock, "endpoint.status")
+            assert st["decider"]["counters"]["timeouts"] == 1
+        with stack.agent("block-malicious", "fb", decision_deadline=deadline):
+            t = time.monotonic()
+            assert execute(b) == 0
+            allowed_took = time.monotonic() - t
+            assert execute(stack.listed) == 0   # nothing cached, nobody to ask: unknown, allowed
+        assert deadline <= lockdown_took < deadline + 0.4
+        assert deadline <= allowed_took < deadline + 0.4
+    finally:
+        stack.start_manager()
+
+
+def test_agent_killed_leaves_no_fanotify_group(stack):
+    with stack.agent("lockdown", "kl") as agent:
+        st = call(agent.sock, "endpoint.status")
+        decider = st["decider_pid"]
+        assert fanotify_marks_on(stack.mnt_id)
+        agent.signal(signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{decider}").exists() or
+                   "zombie" in Path(f"/proc/{decider}/status").read_text(), 5, "decider exit")
+        wait_until(lambda: not fanotify_marks_on(stack.mnt_id), 5, "marks released")
+        assert execute(stack.benign) == 0

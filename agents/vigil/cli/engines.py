@@ -1,19 +1,52 @@
-"""vigilctl engines: the fleet as the manager sees it."""
+"""vigilctl engines: the fleet as the manager sees it; mode switch; learning report."""
 from __future__ import annotations
 
+from .decisions import COLUMNS as DECISION_COLUMNS, _rows as decision_rows
 from .output import emit, ts
 
 
 def register(sub) -> None:
     p = sub.add_parser("engines", help="list engines: online, mode, learning progress, rule-set generation")
+    s = p.add_subparsers(dest="action", metavar="ACTION")
     p.set_defaults(func=cmd_list)
+    s.add_parser("list", help="list engines (the default)").set_defaults(func=cmd_list)
+    m = s.add_parser("mode", help="switch an engine to learning or enforcing (auto: its own clock)")
+    m.add_argument("engine")
+    m.add_argument("mode", choices=["learning", "enforcing", "auto"])
+    m.set_defaults(func=cmd_mode)
+    r = s.add_parser("report", help="learning report: what enforcement would have blocked")
+    r.add_argument("engine", nargs="?")
+    r.set_defaults(func=cmd_report)
+    b = s.add_parser("baseline", help="the learned baseline of an engine")
+    b.add_argument("engine")
+    b.set_defaults(func=cmd_baseline)
 
 
 def cmd_list(args, client) -> None:
     engines = client("engines.list")
     for e in engines:
-        e["seen"] = ts(e.get("ts"))
-        e["learning_pct"] = f"{100 * (e.get('learning') or {}).get('progress', 0):.0f}%"
-    emit(args, engines, [("ENGINE", "engine"), ("STATE", "state"), ("MODE", "mode"),
-                         ("LEARNING", "learning_pct"), ("GENERATION", "ruleset_generation"),
-                         ("FLOWS", "flows_tracked"), ("VERSION", "version"), ("LAST SEEN", "seen")])
+        e["seen"] = ts(e.get("ts") or (e.get("last_status") or 0) * 1000)
+        e["learning_pct"] = f"{100 * float((e.get('learning') or {}).get('progress', 0) or 0):.0f}%"
+        if "online" not in e:
+            e["online"] = e.get("state") == "running"
+        e["generation"] = f"{e.get('ruleset_generation')}/{e['published_generation']}" \
+            if "published_generation" in e else e.get("ruleset_generation")
+    emit(args, engines, [("ENGINE", "engine"), ("ONLINE", "online"), ("STATE", "state"), ("MODE", "mode"),
+                         ("LEARNING", "learning_pct"), ("GENERATION", "generation"),
+                         ("BLOCKS", "enforced"), ("WOULD-BLOCK", "would_block"), ("VERSION", "version"),
+                         ("LAST SEEN", "seen")])
+
+
+def cmd_mode(args, client) -> None:
+    e = client("engines.mode", engine=args.engine, mode=None if args.mode == "auto" else args.mode)
+    emit(args, e, [("ENGINE", "engine"), ("MODE", "mode"), ("OVERRIDE", "mode_override"),
+                   ("REPORTED", "reported_mode")])
+
+
+def cmd_report(args, client) -> None:
+    params = {"engine": args.engine} if args.engine else {}
+    emit(args, decision_rows(client("engines.report", **params)), DECISION_COLUMNS)
+
+
+def cmd_baseline(args, client) -> None:
+    emit(args, client("engines.baseline", engine=args.engine))

@@ -17,6 +17,8 @@ from ..control import ControlError, call
 # modules with register(subparsers) -> adds commands whose handler is func(args, client)
 GROUPS = [
     "vigil.cli.engines",
+    "vigil.cli.decisions",
+    "vigil.cli.allowlist",
     "vigil.cli.hashes",
 ]
 

@@ -68,7 +68,7 @@ class DetectionConfig:
                           min_intervals=self.min_intervals, new_service=self.new_service)
 
 
-_SEVERITY = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+_SEVERITY = {"info": 0, "low": 1, "medium": 2, "warning": 2, "high": 3, "critical": 4}
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,9 @@ class PolicyComponent:
                 continue
             src = ev.get("src") or ev.get("source")
             sev = _SEVERITY.get(str(ev.get("severity", "")).lower(), -1)
-            if not src or (sev < floor and ev.get("action") not in ("block", "drop")):
+            if not src or ev.get("action") == "none":  # "none": the engine's own never-block list
+                continue
+            if sev < floor and ev.get("action") not in ("block", "drop", "blocked"):
                 continue
             kind = str(ev.get("type") or ev.get("kind") or "event")[:60]
             reason = str(ev.get("reason") or ev.get("message") or ev.get("detail") or kind)[:400]

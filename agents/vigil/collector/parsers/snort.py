@@ -86,7 +86,10 @@ def parse_csv(line: str, ref: float | None) -> Event | None:
     m = CSV_START.match(line)
     if not m:
         return None
-    row = next(csv.reader([line]), [])
+    try:
+        row = next(csv.reader([line.replace("\r", " ")]), [])
+    except csv.Error:
+        return None
     if len(row) < 10:
         return None
     ev = Event("snort", "snort-csv", line, time=_time(*m.groups(), ref))

@@ -1,0 +1,181 @@
+"""Correlation rules: loading and validation, and each rule type's behaviour."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vigil.collector.correlation import DEFAULT_RULES, Correlator, RuleError, load_rules, parse_rules
+from vigil.collector.event import Event
+from vigil.collector.parsers import parse
+
+pytestmark = pytest.mark.unit
+
+
+def rules(yaml_text: str, tmp_path: Path, name: str = "r.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml_text)
+    return load_rules([p])
+
+
+def waf(src: str, cat: str = "attack-sqli", sig: str = "942100") -> Event:
+    return Event("modsecurity", "modsecurity-apache", "x", src=src, category=cat, sig_id=sig, action="alert")
+
+
+def test_default_rules_load():
+    names = [r.name for r in load_rules([DEFAULT_RULES])]
+    assert {"waf-sqli-burst", "ids-many-signatures", "scan-then-sqli"} <= set(names)
+
+
+def test_threshold_fires_once_per_window_per_group(tmp_path):
+    rs = rules("""rules:
+  - {name: sqli, type: threshold, match: {category: attack-sqli}, group_by: src, count: 3, window: 60}
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    for t in (0, 10, 20):
+        c.process(waf("10.0.0.1"), t)
+        c.process(waf("10.0.0.2"), t * 10)      # 0, 100, 200: never 3 within 60 s
+    assert [(f.rule.name, f.group, f.count) for f in fired] == [("sqli", "10.0.0.1", 3)]
+    for t in (21, 22, 23):                        # cooldown (= window) suppresses refiring
+        c.process(waf("10.0.0.1"), t)
+    assert len(fired) == 1
+    for t in (90, 91, 92):
+        c.process(waf("10.0.0.1"), t)
+    assert len(fired) == 2
+
+
+def test_threshold_ignores_other_events_and_missing_group(tmp_path):
+    rs = rules("""rules:
+  - {name: t, type: threshold, match: {category: attack-sqli}, count: 2, window: 60}
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    c.process(waf("10.0.0.1", cat="attack-xss"), 0)
+    c.process(waf("10.0.0.1", cat="attack-xss"), 1)
+    c.process(Event("modsecurity", "x", "x", category="attack-sqli"), 2)
+    c.process(Event("modsecurity", "x", "x", category="attack-sqli"), 3)
+    assert fired == []
+
+
+def test_distinct_counts_different_values(tmp_path):
+    rs = rules("""rules:
+  - name: many
+    type: distinct
+    match: {severity: {min: medium}}
+    distinct: sig_id
+    count: 3
+    window: 100
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    for t, sig in ((0, "a"), (1, "a"), (2, "b"), (3, "b")):
+        c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id=sig, severity=2), t)
+    assert not fired
+    c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id="c", severity=1), 4)   # below min
+    assert not fired
+    c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id="c", severity=3), 5)
+    assert [f.count for f in fired] == [3]
+
+
+def test_distinct_window_slides(tmp_path):
+    rs = rules("""rules:
+  - {name: d, type: distinct, match: {source_type: snort}, distinct: dst, count: 3, window: 10}
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    for t, dst in ((0, "1"), (5, "2"), (11, "3")):   # "1" is out of the window when "3" comes
+        c.process(Event("snort", "f", "x", src="10.0.0.9", dst=dst), t)
+    assert not fired
+    c.process(Event("snort", "f", "x", src="10.0.0.9", dst="4"), 12)
+    assert fired
+
+
+def test_sequence_across_source_types_with_real_lines(tmp_path):
+    """Snort scan alert then ModSecurity SQLi from the same source within the window."""
+    rs = [r for r in load_rules([DEFAULT_RULES]) if r.name == "scan-then-sqli"]
+    fired = []
+    c = Correlator(rs, fired.append)
+    scan = parse("11/23-10:00:00.000001  [**] [1:1917:6] SCAN UPnP service discover attempt [**] "
+                 "[Classification: Detection of a Network Scan] [Priority: 3] {TCP} 10.77.0.66:1035 -> "
+                 "10.77.0.10:80", ref=1700000000)
+    sqli = parse('[Mon Nov 23 10:05:00.1 2026] [security2:error] [pid 1:tid 2] [client 10.77.0.66:4000] '
+                 '[client 10.77.0.66] ModSecurity: Warning. [id "942100"] [tag "attack-sqli"]')
+    other = parse('[Mon Nov 23 10:05:00.1 2026] [security2:error] [pid 1:tid 2] [client 10.77.0.99:4000] '
+                  '[client 10.77.0.99] ModSecurity: Warning. [id "942100"] [tag "attack-sqli"]')
+    c.process(sqli, 0)          # wrong order: nothing
+    c.process(scan, 10)
+    c.process(other, 20)        # another source: nothing
+    assert not fired
+    c.process(sqli, 10 + 599)
+    assert [(f.rule.name, f.group, len(f.events)) for f in fired] == [("scan-then-sqli", "10.77.0.66", 2)]
+
+
+def test_sequence_window_is_measured_from_the_first_step(tmp_path):
+    rs = rules("""rules:
+  - name: s
+    type: sequence
+    window: 100
+    steps:
+      - match: {source_type: snort}
+      - match: {source_type: suricata}
+      - match: {source_type: modsecurity}
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    c.process(Event("snort", "f", "x", src="1.1.1.1"), 0)
+    c.process(Event("suricata", "f", "x", src="1.1.1.1"), 90)
+    c.process(Event("modsecurity", "f", "x", src="1.1.1.1"), 150)   # 150 s after the first step
+    assert not fired
+    c.process(Event("snort", "f", "x", src="1.1.1.1"), 160)
+    c.process(Event("suricata", "f", "x", src="1.1.1.1"), 170)
+    c.process(Event("modsecurity", "f", "x", src="1.1.1.1"), 180)
+    assert len(fired) == 1
+
+
+def test_state_is_bounded_and_expires(tmp_path):
+    rs = rules("""rules:
+  - {name: t, type: threshold, match: {source_type: modsecurity}, count: 100, window: 10}
+""", tmp_path)
+    c = Correlator(rs, lambda f: None, max_groups=50)
+    for i in range(200):
+        c.process(waf(f"10.0.{i // 250}.{i % 250}"), 0)
+    assert c.groups() == 50
+    c.expire(100)
+    assert c.groups() == 0
+
+
+@pytest.mark.parametrize("text,where", [
+    ("rules: [{name: a, type: nope, window: 1}]", "rules[0] (a).type"),
+    ("rules: [{name: a, type: threshold, window: 1, count: 2}]", "rules[0] (a).match: required"),
+    ("rules: [{name: a, type: threshold, window: 0, count: 2, match: {src: x}}]", "rules[0] (a).window"),
+    ("rules: [{name: a, type: threshold, window: 5, count: 2, match: {nosuch: x}}]", "rules[0] (a).match.nosuch"),
+    ("rules: [{name: a, type: threshold, window: 5, count: 2, match: {src: {regex: '('}}}]", "match.src.regex"),
+    ("rules: [{name: a, type: threshold, window: 5, count: 2.5, match: {src: x}}]", "(a).count"),
+    ("rules: [{name: a, type: distinct, window: 5, count: 2, match: {src: x}}]", "(a).distinct"),
+    ("rules: [{name: a, type: sequence, window: 5, steps: [{match: {src: x}}]}]", "(a).steps"),
+    ("rules: [{name: a, type: threshold, window: 5, count: 2, match: {src: x}, colour: red}]", "rules[0].colour"),
+    ("rules: [{name: A B, type: threshold}]", "rules[0].name"),
+    ("rules: [{name: a, type: threshold, window: 5, count: 2, match: {src: x}}, "
+     "{name: a, type: threshold, window: 5, count: 2, match: {src: x}}]", "rules[1] (a).name: duplicate"),
+    ("rule: []", "(top level)"),
+    ("rules: [", "not valid YAML"),
+])
+def test_validation_errors_name_file_and_key(tmp_path, text, where):
+    with pytest.raises(RuleError) as e:
+        rules(text, tmp_path, "bad-rules.yaml")
+    assert "bad-rules.yaml" in str(e.value) and where in str(e.value), str(e.value)
+
+
+def test_manager_config_rejects_a_bad_rule_file(tmp_path):
+    from vigil.config import ConfigError, loads
+    from vigil.manager.config import ManagerConfig
+    (tmp_path / "x.yaml").write_text("rules: [{name: a, type: threshold, window: -1}]")
+    with pytest.raises(ConfigError) as e:
+        loads(f"collector: {{tcp: '127.0.0.1:0', rule_files: ['{tmp_path}/x.yaml']}}", ManagerConfig, "m.yaml")
+    assert "m.yaml: collector" in str(e.value) and "x.yaml: rules[0] (a).window" in str(e.value)
+
+
+def test_parse_rules_rejects_non_mapping():
+    with pytest.raises(RuleError):
+        parse_rules([1, 2], "f")

@@ -1,0 +1,80 @@
+"""RFC 6587 framing and file record splitting."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vigil.collector.framing import StreamFramer, records
+
+pytestmark = pytest.mark.unit
+
+
+def test_octet_counting_and_lf_in_one_stream():
+    f = StreamFramer(1024)
+    out = f.feed(b"11 <13>hello A<13>lf frame\n5 <1>xy")
+    assert out == [b"<13>hello A", b"<13>lf frame", b"<1>xy"]
+
+
+def test_frames_split_across_reads():
+    f = StreamFramer(1024)
+    data = b"17 <34>1 - h a - - x<14>b\r\n"
+    got = []
+    for i in range(len(data)):
+        got += f.feed(data[i:i + 1])
+    assert got == [b"<34>1 - h a - - x", b"<14>b"]
+
+
+def test_message_containing_newline_survives_octet_counting():
+    f = StreamFramer(1024)
+    assert f.feed(b"9 line1\nl2\n") == [b"line1\nl2\n"[:9]]
+
+
+def test_oversized_octet_frame_is_skipped_without_buffering():
+    f = StreamFramer(512)
+    out = f.feed(b"100000 " + b"x" * 1000)
+    assert out == [] and f.oversized == 1 and len(f.buf) == 0
+    out = f.feed(b"x" * 99000 + b"<13>after\n")
+    assert out == [b"<13>after"]
+
+
+def test_oversized_lf_frame_is_discarded_up_to_its_newline():
+    f = StreamFramer(512)
+    assert f.feed(b"<13>" + b"y" * 600) == []
+    assert f.oversized == 1
+    assert f.feed(b"yyy\n<13>next\n") == [b"<13>next"]
+
+
+def test_bad_length_counts_as_malformed_and_resyncs():
+    f = StreamFramer(512)
+    assert f.feed(b"12x34 nonsense\n<13>ok\n") == [b"12x34 nonsense", b"<13>ok"]
+    assert f.malformed == 1
+
+
+def test_tail_returns_unterminated_last_frame():
+    f = StreamFramer(512)
+    assert f.feed(b"<13>no newline") == []
+    assert f.tail() == b"<13>no newline"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=300), max_size=20), st.integers(1, 64))
+def test_framer_never_raises_and_never_exceeds_cap(chunks, step):
+    f = StreamFramer(512)
+    data = b"".join(chunks)
+    for i in range(0, len(data), step):
+        for m in f.feed(data[i:i + step]):
+            assert len(m) <= 512
+    assert len(f.buf) <= 512 + 16
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=200).filter(lambda b: not b[:1].isdigit()), min_size=1, max_size=10))
+def test_octet_counted_roundtrip(msgs):
+    f = StreamFramer(4096)
+    stream = b"".join(b"%d %s" % (len(m), m) for m in msgs)
+    assert f.feed(stream) == msgs
+
+
+def test_records_groups_multiline_forms():
+    text = "a\n{\n  \"x\": 1\n}\n[**] [1:2:3] m [**]\n[Priority: 1]\n\nlast"
+    assert [(a, n) for a, n, _ in records(text)] == [(1, 1), (2, 3), (5, 2), (7, 1), (8, 1)]

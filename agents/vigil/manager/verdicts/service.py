@@ -361,11 +361,10 @@ class VerdictService:
         if self._quarantined.get(key, 0) > time.time():
             return
         self._quarantined[key] = time.time() + q.duration
-        name = rec.source.split(":", 1)[-1]
         reason = (f"endpoint {host} ({address}) {outcome} malicious file sha256:{rec.sha256} "
-                  f"[{rec.source}] at {path or '?'}")
+                  f"[{rec.source}{': ' + rec.detail if rec.detail else ''}] at {path or '?'}")
         req = DecisionRequest(
-            scope="ip", value=address, origin=f"endpoint:{name}", reason=reason, duration=q.duration,
+            scope="ip", value=address, origin=f"endpoint:{rec.source}", reason=reason, duration=q.duration,
             engines=list(q.engines),
             evidence={"quarantine": True, "allow_networks": list(q.allow_networks), "sha256": rec.sha256,
                       "verdict_source": rec.source, "endpoint": endpoint, "host": host, "path": path,

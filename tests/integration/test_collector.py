@@ -1,0 +1,209 @@
+"""The collector inside a real vigil-manager, with real Mosquitto and InfluxDB, fed over every
+transport: TCP (octet counting and LF framing), UDP and TLS with a CA made here by openssl.
+
+Real sample lines from ../shared/samples go in; their events must be stored in InfluxDB with the
+normalised fields; garbage on one connection must be counted without disturbing the others; and a
+burst of WAF SQL-injection alerts must become a decision in the policy, published to an
+enforcing engine's signed rule set.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from vigil import control, payload, ruleset, topics
+from vigil.influx import InfluxError
+from vigil.lab.services import free_port
+
+pytestmark = pytest.mark.integration
+
+ATTACKER = "10.77.0.66"
+POLICY = {"ladder": [300, 600], "allowlist": ["10.77.0.1/32"]}
+
+
+def make_pki(d: Path, cn: str = "127.0.0.1") -> dict[str, Path]:
+    """A throw-away CA and a server certificate for ``cn`` (also as IP SAN)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vigil-test-ca",
+         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(d / "server.key"),
+         "-out", str(d / "server.csr"))
+    (d / "ext.cnf").write_text(f"subjectAltName=IP:{cn}\nextendedKeyUsage=serverAuth\n")
+    ossl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+         "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.pem"))
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+def sample_lines(samples_dir: Path, rel: str) -> list[str]:
+    return [ln for ln in (samples_dir / rel).read_text(encoding="utf-8").split("\n") if ln.strip()]
+
+
+def octet(msgs: list[str]) -> bytes:
+    out = b""
+    for m in msgs:
+        b = m.encode()
+        out += b"%d " % len(b) + b
+    return out
+
+
+def sqli_line(i: int) -> str:
+    """An Apache error-log line as mod_security2 with CRS writes it (synthetic, not a sample)."""
+    return (f"<131>Nov 23 10:00:0{i % 10} www apache-error: [Mon Nov 23 10:00:0{i % 10}.{i:06d} 2026] "
+            f"[security2:error] [pid 10:tid 11] [client {ATTACKER}:{40000 + i}] [client {ATTACKER}] "
+            f"ModSecurity: Warning. detected SQLi using libinjection. [file \"/usr/share/modsecurity-crs/"
+            f"rules/REQUEST-942-APPLICATION-ATTACK-SQLI.conf\"] [line \"65\"] [id \"942100\"] "
+            f"[msg \"SQL Injection Attack Detected via libinjection\"] [severity \"CRITICAL\"] "
+            f"[tag \"attack-sqli\"] [hostname \"10.77.0.10\"] [uri \"/\"] [unique_id \"u{i}\"]")
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def count(lab, where: str) -> int:
+    try:
+        rows = lab.influx.query(f"SELECT count(raw) FROM security_event WHERE {where}")
+    except InfluxError:      # the database appears with the first write
+        return 0
+    return int(rows[0]["count"]) if rows else 0
+
+
+def test_collector_end_to_end(lab, samples_dir, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    tcp, udp, tls = free_port(), free_port(), free_port()
+    lab.start_manager(policy=POLICY, collector={
+        "tcp": f"127.0.0.1:{tcp}", "udp": f"127.0.0.1:{udp}", "tls": f"127.0.0.1:{tls}",
+        "tls_files": {"cert": str(pki["cert"]), "key": str(pki["key"])},
+        "max_message_size": 8192,
+        "sources": [{"name": "ids", "address": "127.0.0.2/32", "format": "snort"},
+                    {"name": "fw", "address": "127.0.0.3/32"}]})
+    lab.wait_log("manager", "collector: listening tls", timeout=20)
+    lab.wait_log("manager", "mqtt: connected", timeout=20)
+    sock_path = lab.run_dir / "manager.sock"
+
+    # an engine in enforcing mode, so that a decision becomes a drop entry in its rule set
+    peer = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    got: "queue.Queue[paho.MQTTMessage]" = queue.Queue()
+    peer.on_message = lambda c, u, m: got.put(m)
+    peer.connect("127.0.0.1", lab.mosquitto.port)
+    peer.loop_start()
+    try:
+        peer.subscribe(topics.engine("e1", "ruleset"), qos=1)
+        st = {"engine": "e1", "state": "running", "mode": "enforcing", "tags": [],
+              "learning": {"progress": 1.0}, "ruleset_generation": None}
+        peer.publish(topics.engine("e1", "status"), payload.encode("status", "e1", st), qos=1,
+                     retain=True).wait_for_publish(5)
+
+        snort = sample_lines(samples_dir, "snort/test-log-fast.log")
+        checkpoint = sample_lines(samples_dir, "checkpoint/test-checkpoint.log")
+        cefs = sample_lines(samples_dir, "cef/samples.log")
+        modsec = sample_lines(samples_dir, "modsecurity/modsecurity.log")
+
+        # TCP, octet counting, from the named IDS source
+        with socket.create_connection(("127.0.0.1", tcp), source_address=("127.0.0.2", 0)) as s:
+            s.sendall(octet(snort))
+        # TCP, LF framing, from the firewall; the last line without its LF (closed by EOF)
+        with socket.create_connection(("127.0.0.1", tcp), source_address=("127.0.0.3", 0)) as s:
+            s.sendall(("\n".join(checkpoint)).encode())
+        # UDP, one message per datagram
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for ln in cefs:
+                u.sendto(ln.encode(), ("127.0.0.1", udp))
+                time.sleep(0.002)
+        # TLS (RFC 5425 is octet counting), server verified against our CA
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+        with socket.create_connection(("127.0.0.1", tls)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(octet(modsec))
+                s.sendall(octet([sqli_line(i) for i in range(6)]))
+        # garbage: an oversized frame, binary noise, a bad TLS client; then a good line on the same TCP
+        with socket.create_connection(("127.0.0.1", tcp)) as s:
+            s.sendall(b"999999 " + b"A" * 20000)
+            s.sendall(b"A" * (999999 - 20000))
+            s.sendall(b"\x00\xff\xfe garbage \x01\n" + b"x" * 9000 + b"\n")
+            s.sendall(b"<13>Nov 23 10:00:00 host app: still alive\n")
+        with socket.create_connection(("127.0.0.1", tls)) as s:
+            s.sendall(b"this is not a TLS handshake\n" * 10)
+            s.settimeout(5)
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+
+        wait_for(lambda: count(lab, "source_type='snort'") == len(snort), 20, "snort events")
+        wait_for(lambda: count(lab, "source_type='checkpoint'") == len(checkpoint), 20, "checkpoint events")
+        wait_for(lambda: count(lab, "source_type='cef'") == len(cefs), 20, "cef events")
+        wait_for(lambda: count(lab, "source_type='modsecurity'") == len(modsec) + 6, 20, "modsecurity events")
+        wait_for(lambda: count(lab, "source_type='syslog'") >= 2, 20, "raw events")
+
+        # normalised fields arrive as fields, the named source as a tag
+        rows = lab.influx.query("SELECT src, dst, sport, dport, sig_id, sig_name, peer FROM security_event "
+                                "WHERE source_type='snort' AND \"source\"='ids'")
+        assert len(rows) == len(snort)
+        assert {r["peer"] for r in rows} == {"127.0.0.2"}
+        assert any(r["sig_id"] == "1:1917:6" and r["sig_name"] == "SCAN UPnP service discover attempt"
+                   and r["src"] == "192.168.15.10" and r["dport"] == 1900 for r in rows)
+        fw = lab.influx.query("SELECT src, dport FROM security_event WHERE \"source\"='fw' AND action='allow'")
+        assert len(fw) >= 5
+        raw = lab.influx.query("SELECT raw FROM security_event WHERE source_type='syslog'")
+        assert any("still alive" in r["raw"] for r in raw)
+
+        st = control.call(sock_path, "manager.status")
+        c = st["counters"]
+        assert c.get("syslog_oversized", 0) >= 2          # the 999999-byte frame and the 9000-byte line
+        assert c.get("syslog_tls_errors", 0) + c.get("syslog_tcp_connections", 0) >= 1
+        coll = st["components"]["collector"]
+        assert coll["rules"]["waf-sqli-burst"] >= 1
+
+        # the WAF burst became a decision with the rule as origin ...
+        ds = wait_for(lambda: [d for d in control.call(sock_path, "decisions.list")
+                               if d["value"] == ATTACKER and d["origin"] == "correlation:waf-sqli-burst"],
+                      15, "a correlation decision")
+        assert ds[0]["scope"] == "ip"
+        # ... and a drop entry in the enforcing engine's signed rule set
+        pub = ruleset.load_public_key(lab.run_dir / "state" / "manager" / "signing.pub")
+        deadline = time.monotonic() + 15
+        entries = []
+        while time.monotonic() < deadline and not entries:
+            try:
+                m = got.get(timeout=1)
+            except queue.Empty:
+                continue
+            snap = ruleset.decode_snapshot(m.payload, pub, "e1")
+            entries = [e for e in snap.entries if e.value == ATTACKER and e.action == "drop"]
+        assert entries, "the attacker's address never reached e1's rule set"
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+
+
+def test_collector_config_errors_name_the_key(lab, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {name: x, type: threshold, window: 10, count: 0, match: {src: a}}\n")
+    cfg = lab.write_config("manager", lab.manager_config(collector={"tcp": "127.0.0.1:0",
+                                                                    "rule_files": [str(bad)]}))
+    from vigil.lab.services import ManagedProcess  # noqa: F401  (the same command the lab uses)
+    import sys
+    r = subprocess.run([str(Path(sys.executable).parent / "vigil-manager"), "-c", str(cfg), "--check-config"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "bad.yaml: rules[0] (x).count: must be at least 1" in r.stderr + r.stdout

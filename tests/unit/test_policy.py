@@ -279,3 +279,14 @@ def test_partitioning_by_engine_id(tmp_path):
     engines = [f"e{i}" for i in range(20)]
     owners = [(a.mine(e), b.mine(e)) for e in engines]
     assert all(x != y for x, y in owners) and any(x for x, _ in owners) and any(y for _, y in owners)
+
+
+def test_would_block_from_learning_does_not_swallow_an_enforced_offence(tmp_path):
+    s = store(tmp_path)
+    wb = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "r", engines=["e1"], learning=["e1"])
+    again = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "r", engines=["e1"], learning=["e1"])
+    assert again.id == wb.id                                   # still learning: merged
+    now = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "r", engines=["e1"], learning=[])
+    assert now.id != wb.id and now.would_block_on == [] and now.offences == 2
+    assert [d.id for d in s.enforced_for("e1")] == [now.id]
+    assert [d.state for d in s.list(state="superseded")] == ["superseded"]

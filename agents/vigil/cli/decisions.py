@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_list, state="active", engine=None, origin=None, value=None, limit=1000)
 
     ls = s.add_parser("list", help="list decisions (active by default)")
-    ls.add_argument("--state", default="active", choices=["active", "expired", "removed", "all"])
+    ls.add_argument("--state", default="active", choices=["active", "expired", "removed", "superseded", "all"])
     ls.add_argument("--engine", help="only decisions that apply to this engine")
     ls.add_argument("--origin", help="only this origin (prefix, e.g. flow-anomaly)")
     ls.add_argument("--value", help="only this address, CIDR, flow or decision id")

@@ -100,6 +100,11 @@ class Baseline:
         self.intervals += 1
         if learning:
             self.learned_seconds += secs
+            if suspicious:
+                # an attack during learning must not become the norm: a would-block interval
+                # is left out of the learned averages altogether
+                self.dirty = True
+                return
         total_new = max(summary.new_flows, 1)
         vals = {"new_flows_ps": summary.new_flows / secs, "pkts_ps": summary.pkts / secs,
                 "bytes_ps": summary.bytes / secs, "rejected_ratio": summary.rejected / total_new,

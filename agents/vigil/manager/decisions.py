@@ -4,7 +4,7 @@ One SQLite database under the manager's state_dir holds
 
 - ``decisions``: id, scope, value, action, origin, reason, created/expires (UTC epoch seconds),
   offence count, targets (``[]`` = every engine, else engine ids and ``tag:<tag>``), state
-  (``active``, ``expired``, ``removed``) and ``would_block_on`` — the engines that were learning
+  (``active``, ``expired``, ``removed``, ``superseded``) and ``would_block_on`` — the engines that were learning
   when the decision was made: on those it is only reported, never enforced;
 - ``offences``: per (scope, value) how often it offended and when last, for the duration ladder;
 - ``allowlist``: operator entries (configured entries — management network, gateways — live in
@@ -252,8 +252,14 @@ class DecisionStore:
                     self.counters.inc("decisions_rejected_suppressed")
                     raise Rejected("suppressed", f"{value} was unblocked by an operator; not re-blocked "
                                                  f"for another {row[0] - now:.0f}s")
-            for d in self.active.values():
+            learning = sorted(set(learning)) if origin != OPERATOR else []
+            for d in list(self.active.values()):
                 if d.scope == scope and d.value == value and d.engines == targets and d.active_at(now):
+                    if origin != OPERATOR and not set(d.would_block_on) <= set(learning):
+                        # a would-block from the learning period, and its engine enforces now: the
+                        # new offence is a decision of its own (the old one stays in the report)
+                        self._end(d, "superseded")
+                        continue
                     # Same thing still blocked: merge. An operator's explicit duration may extend it.
                     changed = False
                     if origin == OPERATOR and duration is not None:
@@ -278,7 +284,7 @@ class DecisionStore:
             d = Decision(id="d-" + uuid.uuid4().hex[:12], scope=scope, value=value, action="drop",
                          origin=origin, reason=(reason or origin)[:500], created=now,
                          expires=now + duration, offences=count, engines=targets,
-                         would_block_on=[] if origin == OPERATOR else sorted(set(learning)),
+                         would_block_on=learning,
                          evidence=dict(evidence or {}))
             self.active[d.id] = d
             self._save(d)

@@ -408,8 +408,8 @@ class PolicyComponent:
 
     def list_decisions(self, state: str = "active", engine: str | None = None, origin: str | None = None,
                        value: str | None = None, limit: int = 1000) -> list[dict]:
-        if state not in ("active", "expired", "removed", "all"):
-            raise ControlError("invalid", f"state {state!r}: one of active, expired, removed, all")
+        if state not in ("active", "expired", "removed", "superseded", "all"):
+            raise ControlError("invalid", f"state {state!r}: one of active, expired, removed, superseded, all")
         if engine is not None:
             self._check_engines([engine])
         return [d.as_dict() for d in self.store.list(state=state, engine=engine, origin=origin,

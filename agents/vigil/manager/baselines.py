@@ -11,7 +11,7 @@ Learned per engine:
 - services that receive answered traffic (destination, protocol, port) and from where (up to
   ``max_sources`` sources each, plus a count), with bytes per flow;
 - per-interval totals per second: new flows, packets, bytes, rejected and half-open ratios;
-- per-interval maxima over sources (what the busiest normal source does): distinct hosts contacted,
+- maxima over sources within the detection window (what the busiest normal source does): distinct hosts contacted,
   distinct ports on one host, failed connections to one host, new connections to one service,
   packets per second.  Detection thresholds derive from these.
 

@@ -136,18 +136,7 @@ class Detector:
                 if len(acc[2]) < 64:
                     acc[2].add(src)
         secs = max(seconds, 1e-3)
-        smax = {"src_hosts": 0.0, "src_ports_per_host": 0.0, "src_failed_per_host": 0.0,
-                "src_new_per_service": 0.0, "src_pps": 0.0}
-        for s in by_src.values():
-            if s.hosts:
-                smax["src_hosts"] = max(smax["src_hosts"], max(len(v) for v in s.hosts.values()))
-            if s.ports:
-                smax["src_ports_per_host"] = max(smax["src_ports_per_host"], max(len(v) for v in s.ports.values()))
-            if s.failed_dst:
-                smax["src_failed_per_host"] = max(smax["src_failed_per_host"], max(s.failed_dst.values()))
-            if s.new_svc:
-                smax["src_new_per_service"] = max(smax["src_new_per_service"], max(s.new_svc.values()))
-            smax["src_pps"] = max(smax["src_pps"], s.pkts / secs)
+        smax = {"src_pps": max((s.pkts / secs for s in by_src.values()), default=0.0)}
         summary = IntervalSummary(seconds=secs, flows=n, new_flows=new, pkts=pkts, bytes=nbytes,
                                   rejected=rejected, halfopen=halfopen, source_max=smax,
                                   services={k: (v[0], v[1], v[2]) for k, v in services.items()})
@@ -170,6 +159,9 @@ class Detector:
         t_pps = baseline.threshold("src_pps", th.flood_pps, th.k, th.factor, th.min_intervals)
         win = f"{min(th.window, self.traffic_time):.0f}s"
         out: list[Finding] = []
+        smax = summary.source_max
+        for k in ("src_hosts", "src_ports_per_host", "src_failed_per_host", "src_new_per_service"):
+            smax[k] = 0.0
         older = [b for _, b in list(self.window)[:-1]]
         for src, cur in by_src.items():
             parts = [cur] + [b[src] for b in older if src in b]
@@ -189,6 +181,15 @@ class Detector:
                     new_svc[k] += v
                 for k, v in p.bytes_svc.items():
                     bytes_svc[k] += v
+            # what the busiest source did over the window: the baseline learns these
+            if hosts:
+                smax["src_hosts"] = max(smax["src_hosts"], max(len(v) for v in hosts.values()))
+            if ports:
+                smax["src_ports_per_host"] = max(smax["src_ports_per_host"], max(len(v) for v in ports.values()))
+            if failed_dst:
+                smax["src_failed_per_host"] = max(smax["src_failed_per_host"], max(failed_dst.values()))
+            if new_svc:
+                smax["src_new_per_service"] = max(smax["src_new_per_service"], max(new_svc.values()))
             if hosts:
                 (proto, dport), dsts = max(hosts.items(), key=lambda kv: len(kv[1]))
                 all_dsts = set().union(*hosts.values())

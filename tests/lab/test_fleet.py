@@ -1,0 +1,190 @@
+"""The fleet in the lab: two engines, one manager, real traffic and real attack tools.
+
+Learning with normal client traffic (curl, iperf3) -> a scan during learning is only reported
+(would-block) -> after learning, normal traffic alone gives no decision -> nmap, hydra (HTTP basic
+auth) and an hping3 flood from ``attacker`` are blocked on the engine that saw them, a repeat
+offence gets a longer block, ``client`` is never blocked, and an unblock through vigilctl goes out
+at once.  Where the engine's enforcement part is present, the kernel's block set is checked too.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vigil import ruleset, topics
+
+pytestmark = pytest.mark.lab
+
+VIGILCTL = str(Path(sys.executable).parent / "vigilctl")
+
+AUTH_SERVER = r'''
+import base64, http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"admin:s3cret-not-listed").decode()
+        self.send_response(200 if ok else 401)
+        if not ok:
+            self.send_header("WWW-Authenticate", 'Basic realm="lab"')
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"no")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+'''
+
+POLICY = {
+    "ladder": [20, 90, 600],
+    "unblock_suppress": 4,
+    "detection": {"window": 5, "new_service_min_learned": 3, "min_intervals": 3},
+}
+
+
+def ctl(lab, *args, check=True):
+    r = subprocess.run([VIGILCTL, "--socket", str(lab.run_dir / "manager.sock"), *args],
+                       capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise AssertionError(f"vigilctl {args}: {r.returncode} {r.stderr}")
+    return r
+
+
+def ctl_json(lab, *args):
+    return json.loads(ctl(lab, "--json", *args).stdout)
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def retained_snapshot(lab, engine, pub):
+    r = subprocess.run(["mosquitto_sub", "-p", str(lab.mosquitto.port), "-t", topics.engine(engine, "ruleset"),
+                        "-C", "1", "-W", "3"], capture_output=True, timeout=10)
+    if not r.stdout.strip():
+        return None
+    return ruleset.decode_snapshot(r.stdout.strip(), pub, engine)
+
+
+def drops(lab, engine, pub) -> set[str]:
+    s = retained_snapshot(lab, engine, pub)
+    return {e.value for e in s.entries if e.action == "drop"} if s else set()
+
+
+def kernel_blocks(lab, node) -> set[str] | None:
+    """Addresses in the engine's kernel block set; None when the enforcement part is absent."""
+    r = lab.run(node, ["nft", "-j", "list", "set", "bridge", "vigil", "block4"], check=False)
+    if r.returncode != 0:
+        return None
+    out = set()
+    for item in json.loads(r.stdout).get("nftables", []):
+        for el in (item.get("set") or {}).get("elem", []) or []:
+            v = el.get("elem", {}).get("val") if isinstance(el, dict) else el
+            if isinstance(v, dict) and "prefix" in v:
+                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            out.add(str(v))
+    return out
+
+
+def decision_for(lab, value, origin_prefix, since):
+    for d in ctl_json(lab, "decisions", "list", "--state", "all"):
+        if d["value"] == value and d["origin"].startswith(origin_prefix) and d["created"] >= since:
+            return d
+    return None
+
+
+def test_fleet_learns_then_blocks_attacks_on_the_engine_that_saw_them(lab2):
+    lab = lab2
+    A, C = lab.ip("attacker"), lab.ip("client")
+    S1, S2 = lab.ip("server"), lab.ip("server2")
+    lab.start_manager(policy=POLICY)
+    lab.wait_log("manager", "mqtt: connected")
+    pub = ruleset.load_public_key(lab.run_dir / "state" / "manager" / "signing.pub")
+    for node in ("engine", "engine2"):
+        lab.start_engine(node, learning={"period": 8})
+    # services: HTTP on both servers, HTTP basic auth on server, iperf3 on server
+    script = lab.run_dir / "auth_server.py"
+    script.write_text(AUTH_SERVER)
+    for host, ip in (("server", S1), ("server2", S2)):
+        lab.popen(host, ["python3", "-m", "http.server", "8080", "--bind", ip, "--directory", str(lab.run_dir)],
+                  name=f"http-{host}")
+    lab.popen("server", ["python3", str(script), S1, "8081"], name="auth")
+    lab.popen("server", ["iperf3", "-s", "-B", S1], name="iperf3")
+    time.sleep(0.5)
+    normal = (f"while true; do curl -s -o /dev/null http://{S1}:8080/; curl -s -o /dev/null http://{S2}:8080/; "
+              f"curl -s -o /dev/null -u admin:s3cret-not-listed http://{S1}:8081/; sleep 0.4; done")
+    lab.popen("client", ["sh", "-c", normal], name="normal")
+    lab.run("client", ["iperf3", "-c", S1, "-t", "2"], timeout=20)
+
+    # -- learning: a scan is only reported ----------------------------------------------------
+    wait_until(lambda: {e["engine"] for e in ctl_json(lab, "engines")} >= {"e1", "e2"}, 20, "both engines seen")
+    lab.run("attacker", ["nmap", "-sS", "-n", "-Pn", "-T4", "-p", "1-300", S1], timeout=60)
+    wb = wait_until(lambda: [d for d in ctl_json(lab, "engines", "report", "e1") if d["value"] == A], 10,
+                    "would-block report lists the attacker")
+    assert wb[0]["would_block_on"] == ["e1"]
+    assert A not in drops(lab, "e1", pub)                       # not enforced while learning
+    kb = kernel_blocks(lab, "engine")
+    enforcement = kb is not None
+    if enforcement:
+        assert A not in kb
+
+    # -- enforcing: normal traffic alone makes no decision ------------------------------------
+    wait_until(lambda: all(e["mode"] == "enforcing" for e in ctl_json(lab, "engines")), 40, "learning ends")
+    t_enf = time.time()
+    lab.run("client", ["iperf3", "-c", S1, "-t", "2"], timeout=20)
+    time.sleep(5)
+    after = [d for d in ctl_json(lab, "decisions", "list", "--state", "all") if d["created"] >= t_enf]
+    assert after == [], f"false positives on normal traffic: {after}"
+
+    # -- nmap against server (e1): blocked on e1, not on e2 ---------------------------------
+    t0 = time.time()
+    lab.run("attacker", ["nmap", "-sS", "-n", "-Pn", "-T4", "-p", "1-300", S1], timeout=60)
+    d1 = wait_until(lambda: decision_for(lab, A, "flow-anomaly:", t0), 10, "a decision on the nmap scan")
+    assert "scan" in d1["origin"] and d1["engines"] == ["e1"] and not d1["would_block_on"]
+    wait_until(lambda: A in drops(lab, "e1", pub), 5, "attacker in e1's rule set")
+    assert A not in drops(lab, "e2", pub)
+    if enforcement:
+        wait_until(lambda: A in (kernel_blocks(lab, "engine") or set()), 5, "attacker in e1's kernel set")
+
+    # -- unblock via vigilctl: out at once ----------------------------------------------------
+    t_unblock = time.monotonic()
+    ctl(lab, "decisions", "unblock", A)
+    wait_until(lambda: A not in drops(lab, "e1", pub), 2, "unblock in the rule set within 2 s")
+    if enforcement:
+        wait_until(lambda: A not in (kernel_blocks(lab, "engine") or set()), 2, "unblock in the kernel within 2 s")
+    unblock_s = time.monotonic() - t_unblock
+    time.sleep(POLICY["unblock_suppress"] + 0.5)
+
+    # -- hydra against HTTP basic auth on server: a repeat offence, longer block --------------
+    words = lab.run_dir / "words.txt"
+    words.write_text("\n".join(f"guess{i}" for i in range(150)) + "\n")
+    t1 = time.time()
+    lab.run("attacker", ["timeout", "20", "hydra", "-l", "admin", "-P", str(words), "-s", "8081", "-t", "4",
+                         "-f", S1, "http-get", "/"], timeout=30, check=False)
+    d2 = wait_until(lambda: decision_for(lab, A, "flow-anomaly:", t1), 10, "a decision on hydra")
+    assert d2["origin"] == "flow-anomaly:brute-force", d2
+    assert d2["offences"] > d1["offences"]
+    assert d2["expires"] - d2["created"] > d1["expires"] - d1["created"]   # the ladder climbed
+
+    # -- hping3 flood against server2 (e2): blocked on e2 ------------------------------------
+    t2 = time.time()
+    lab.run("attacker", ["timeout", "3", "hping3", "-S", "-p", "8080", "--flood", S2], timeout=15, check=False)
+    d3 = wait_until(lambda: [d for d in ctl_json(lab, "decisions", "list") if d["value"] == A
+                             and d["engines"] == ["e2"] and d["created"] >= t2], 10, "a decision on the flood")
+    assert d3[0]["origin"] in ("flow-anomaly:flood", "flow-anomaly:horizontal-scan", "flow-anomaly:vertical-scan"), d3
+    wait_until(lambda: A in drops(lab, "e2", pub), 5, "attacker in e2's rule set")
+
+    # -- the client is never blocked ----------------------------------------------------------
+    everything = ctl_json(lab, "decisions", "list", "--state", "all")
+    assert not [d for d in everything if d["value"].split("|")[0] == C], everything
+    print(f"\nenforcement part present: {enforcement}; unblock reached the rule set in {unblock_s:.2f}s")

@@ -65,8 +65,10 @@ def test_flow_table_reports_deltas_and_ends():
     assert r2[0]["orig_bytes"] == 150 and r2[0]["resp_bytes"] == 0 and r2[0]["orig_bytes_total"] == 250
     assert not r2[0]["new"]
     assert t.update([_ct(1, 250, 50, op=3)], now_ms=3000) == []  # nothing moved
-    r4 = t.update([], now_ms=4000)
-    assert r4[0]["end"] == 4000 and r4[0]["orig_bytes"] == 0
+    # absent from one dump: maybe its DESTROY event is still on the way; absent twice: ended
+    assert t.update([], now_ms=4000) == []
+    r4 = t.update([], now_ms=5000)
+    assert r4[0]["end"] == 5000 and r4[0]["orig_bytes"] == 0
     assert t.flows == {}
 
 

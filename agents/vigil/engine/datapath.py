@@ -97,47 +97,117 @@ def port_marks(ports: list[str]) -> dict[str, int]:
     return {p: i + 1 for i, p in enumerate(ports)}
 
 
-def flow_accounting_script(features: KernelFeatures, ports: list[str]) -> str:
+# Samples for protocol checks (nflog.py, checks.py): each rule has its own kernel rate limit, so a
+# flood of one kind cannot starve the others, and Python never sees more than the sum of the rates.
+# The prefix names the rule that sampled a packet.  Bridge prerouting sees frames before
+# br_netfilter defragments or conntrack judges them: impossible TCP flags (which conntrack marks
+# invalid and never tracks), ARP, DHCP and raw fragments are visible there.
+SAMPLE_RULES = (
+    ("tcp-null", "tcp flags & (fin|syn|rst|psh|ack|urg) == 0x0"),
+    ("tcp-xmas", "tcp flags & (fin|psh|urg) == fin|psh|urg"),
+    ("tcp-synfin", "tcp flags & (syn|fin) == syn|fin"),
+    ("tcp-synrst", "tcp flags & (syn|rst) == syn|rst"),
+    ("arp-reply", "arp operation reply"),
+    ("dhcp-server", "udp sport 67 udp dport 68"),
+    ("ip-frag", "ip frag-off & 0x3fff != 0"),
+    ("ip-options", "ip hdrlength != 5"),
+)
+# New flows (SYN without ACK, first packet of a conntrack entry): the scan detector's sub-second
+# signal besides conntrack NEW events.
+NEW_FLOW_SAMPLE = ("new-flow", "ct state new")
+# Which conntrack events the kernel generates for bridged flows: NEW (detector), REPLY and ASSURED
+# (answered / established, for the detector's success ratio), DESTROY (final counters).
+CT_EVENTS = "new,reply,assured,destroy"
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    group: int = 0          # 0: no sampling rules
+    rate: int = 100         # samples per second per rule
+    new_flow_rate: int = 200
+
+
+def _limit(rate: int) -> str:
+    return f"limit rate {rate}/second burst {max(5, rate)} packets"
+
+
+def flow_accounting_script(features: KernelFeatures, ports: list[str],
+                           samples: SampleSpec | None = None) -> str:
+    samples = samples or SampleSpec()
     marks = ", ".join(f'"{p}" : {m}' for p, m in port_marks(ports).items())
     drop_old = (f"table bridge {FLOW_TABLE} {{}}\ndelete table bridge {FLOW_TABLE}\n"
                 f"table inet {FLOW_TABLE} {{}}\ndelete table inet {FLOW_TABLE}\n")
+    sample_rules = ""
+    new_flow = ""
+    if samples.group and features.nflog:
+        sample_rules = "".join(f'    {match} {_limit(samples.rate)} log group {samples.group} prefix "{name}"\n'
+                               for name, match in SAMPLE_RULES)
+        name, match = NEW_FLOW_SAMPLE
+        new_flow = (f'    {match} {_limit(samples.new_flow_rate)} log group {samples.group} '
+                    f'prefix "{name}"\n')
+    ct_rule = f"    ct state new ct mark set meta mark ct event set {CT_EVENTS}\n"
     if features.flow_source == "bridge-conntrack":
         return drop_old + f"""table bridge {FLOW_TABLE} {{
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-    ct state new ct mark set meta mark
-  }}
+{sample_rules}{ct_rule}{new_flow}  }}
 }}
 """
     return drop_old + f"""table bridge {FLOW_TABLE} {{
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-  }}
+{sample_rules}  }}
 }}
 table inet {FLOW_TABLE} {{
   chain forward {{
     type filter hook forward priority -150; policy accept;
-    ct state new ct mark set meta mark
-  }}
+{ct_rule}{new_flow}  }}
 }}
 """
 
 
-def install_flow_accounting(features: KernelFeatures, ports: list[str]) -> None:
+# Per-protocol idle timeouts are the kernel's conntrack timeouts of this namespace: the kernel ages
+# flows out and the DESTROY event gives the final record.
+TIMEOUT_SYSCTLS = {
+    "tcp": ("nf_conntrack_tcp_timeout_established",),
+    "udp": ("nf_conntrack_udp_timeout_stream",),
+    "udp_unreplied": ("nf_conntrack_udp_timeout",),
+    "icmp": ("nf_conntrack_icmp_timeout", "nf_conntrack_icmpv6_timeout"),
+    "other": ("nf_conntrack_generic_timeout",),
+}
+
+
+def set_idle_timeouts(timeouts: dict[str, int]) -> dict[str, int]:
+    """Write the conntrack timeouts; returns what was applied (unwritable ones are logged)."""
+    applied = {}
+    for key, seconds in timeouts.items():
+        for name in TIMEOUT_SYSCTLS.get(key, ()):
+            if _write(f"/proc/sys/net/netfilter/{name}", str(int(seconds))):
+                applied[name] = int(seconds)
+            else:
+                log.warning("cannot set net.netfilter.%s (idle timeout for %s)", name, key)
+    return applied
+
+
+def install_flow_accounting(features: KernelFeatures, ports: list[str],
+                            samples: SampleSpec | None = None) -> None:
     if features.flow_source == "none":
         raise NftError("this kernel offers no flow accounting for bridged traffic "
                        "(neither nf_conntrack_bridge nor br_netfilter with conntrack)")
     if not features.conntrack_acct and not _write("/proc/sys/net/netfilter/nf_conntrack_acct", "1"):
         raise NftError("cannot enable net.netfilter.nf_conntrack_acct")
     features.conntrack_acct = True
+    # start/stop timestamps in conntrack entries and DESTROY events (flow start and end)
+    if not _write("/proc/sys/net/netfilter/nf_conntrack_timestamp", "1"):
+        log.warning("cannot enable net.netfilter.nf_conntrack_timestamp; flow start is first sight")
     if features.flow_source == "br_netfilter-conntrack":
         if _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
             _write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
         if _read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != "1":
             _write("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1")
-    nft(flow_accounting_script(features, ports))
+    nft(flow_accounting_script(features, ports, samples))
     log.info("flow accounting installed (%s) on ports %s", features.flow_source, ", ".join(ports))
 
 

@@ -1,17 +1,63 @@
-"""Turn successive conntrack dumps into per-interval flow records.
+"""Turn conntrack dumps and DESTROY events into per-interval flow records.
 
 The kernel keeps cumulative counters per flow; a record carries what changed since the previous
-dump (``orig_bytes`` ...) and the running totals (``orig_bytes_total`` ...).  A flow that has
-disappeared from the table is reported once more with ``end`` set.  At most ``max_flows`` flows are
-tracked; new flows beyond that are counted in ``evicted`` and not followed (the kernel still counts
-them; the manager sees the eviction counter).
+report (``orig_bytes`` ...) and the running totals (``orig_bytes_total`` ...).  A flow's last record
+has ``end`` set: from its DESTROY event (exact final counters, even for a flow that started and
+ended between two polls) or, when that event was lost, from its absence in the next dump.
+
+At most ``max_flows`` flows are followed between polls; a new flow beyond that is counted in
+``evicted`` and not followed (its DESTROY event still yields one final record, so bytes are not
+lost; the manager sees the counter).  Finished records waiting for the next batch are bounded the
+same way; what does not fit is counted in ``records_dropped``.
+
+``conn_state`` summarises a TCP flow the way Zeek's conn.log does, as far as conntrack can tell:
+
+====== =====================================================================================
+S0     attempt seen, no reply (half-open / unanswered)
+REJ    reply seen but never established, flow closed (SYN answered by RST, or a SYN scan's
+       probe of an open port that the scanner reset)
+SH     replied, handshake not completed yet (SYN-ACK seen, no final ACK)
+S1     established, not terminated
+SF     established and closed normally (FIN exchange; or ended by idle timeout)
+RST    established, then reset (conntrack does not record which side sent the RST, so Zeek's
+       RSTO/RSTR are reported together)
+OTH    anything else (e.g. picked up mid-stream)
+====== =====================================================================================
+
+For UDP and other protocols: S0 (no reply), S1 (replied, active), SF (replied, ended).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .conntrack import IPS_ASSURED, IPS_SEEN_REPLY, PROTO_NAMES, TCP_STATES, CtEntry
+
+_SYN_STATES = (0, 1, 9)   # none, syn_sent, syn_sent2
+_FIN_STATES = (4, 5, 6, 7)  # fin_wait, close_wait, last_ack, time_wait
+
+
+def conn_state(proto: int, tcp_state: int | None, status: int, ended: bool) -> str:
+    replied = bool(status & IPS_SEEN_REPLY)
+    assured = bool(status & IPS_ASSURED)
+    if proto != 6:
+        if not replied:
+            return "S0"
+        return "SF" if ended else "S1"
+    if tcp_state is None:
+        return "OTH"
+    if not replied:
+        return "S0" if tcp_state in _SYN_STATES or tcp_state == 8 else "OTH"
+    if tcp_state == 8:  # close: after a RST
+        return "RST" if assured else "REJ"
+    if tcp_state == 2:
+        return "SH"
+    if tcp_state in _FIN_STATES:
+        return "SF"
+    if tcp_state == 3:
+        return "SF" if ended else "S1"
+    return "OTH"
 
 
 @dataclass(slots=True)
@@ -19,6 +65,7 @@ class _Tracked:
     start_ms: int
     last: CtEntry
     reported: tuple[int, int, int, int] = (0, 0, 0, 0)  # counters at the last report
+    missing: bool = False  # absent from the last dump; ended if still absent in the next
 
 
 @dataclass
@@ -27,30 +74,71 @@ class FlowTable:
     max_flows: int = 200_000
     flows: dict[tuple, _Tracked] = field(default_factory=dict)
     evicted: int = 0
+    records_dropped: int = 0
+    ended_by_event: int = 0
+    ended_by_absence: int = 0
+    _pending: list[dict] = field(default_factory=list)
+    _destroyed: set = field(default_factory=set)  # keys destroyed since the dump began
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, entries: Iterable[CtEntry], now_ms: int) -> list[dict]:
-        """Apply one dump; returns the records of flows that moved or ended since the last one."""
+        """Apply one dump; returns finished records (from events) and those of flows that moved
+        or vanished since the last dump.
+
+        A flow absent from a dump is ended only when it is still absent from the next one and no
+        DESTROY event arrived meanwhile: the event thread may lag the dump by a moment, and the
+        event has the exact final counters."""
         seen: set[tuple] = set()
         records: list[dict] = []
+        with self._lock:
+            self._destroyed.clear()
         for e in entries:
             k = e.key
-            seen.add(k)
-            t = self.flows.get(k)
-            if t is None:
-                if len(self.flows) >= self.max_flows:
-                    self.evicted += 1
+            with self._lock:
+                if k in self._destroyed:  # its DESTROY overtook this dump
                     continue
-                t = self.flows[k] = _Tracked(start_ms=now_ms, last=e)
+                t = self.flows.get(k)
+                if t is None:
+                    if len(self.flows) >= self.max_flows:
+                        self.evicted += 1
+                        continue
+                    t = self.flows[k] = _Tracked(start_ms=_start_ms(e, now_ms), last=e)
+                seen.add(k)
+                t.last = e
+                t.missing = False
+                cur = (e.orig_pkts, e.orig_bytes, e.resp_pkts, e.resp_bytes)
+                if cur != t.reported:
+                    records.append(self._record(t, cur, now_ms, ended=False))
+                    t.reported = cur
+        with self._lock:
+            for k in [k for k in self.flows if k not in seen]:
+                t = self.flows[k]
+                if not t.missing:
+                    t.missing = True
+                    continue
+                del self.flows[k]
+                cur = (t.last.orig_pkts, t.last.orig_bytes, t.last.resp_pkts, t.last.resp_bytes)
+                records.append(self._record(t, cur, now_ms, ended=True))
+                self.ended_by_absence += 1
+            out, self._pending = self._pending, []
+        return out + records
+
+    def on_destroy(self, e: CtEntry, now_ms: int) -> None:
+        """A DESTROY event: the flow's final record, with the kernel's final counters."""
+        end_ms = e.stop_ns // 1_000_000 if e.stop_ns else now_ms
+        cur = (e.orig_pkts, e.orig_bytes, e.resp_pkts, e.resp_bytes)
+        with self._lock:
+            t = self.flows.pop(e.key, None)
+            if len(self._destroyed) < self.max_flows:
+                self._destroyed.add(e.key)
+            if t is None:
+                t = _Tracked(start_ms=_start_ms(e, now_ms), last=e)
             t.last = e
-            cur = (e.orig_pkts, e.orig_bytes, e.resp_pkts, e.resp_bytes)
-            if cur != t.reported:
-                records.append(self._record(t, cur, now_ms, ended=False))
-                t.reported = cur
-        for k in [k for k in self.flows if k not in seen]:
-            t = self.flows.pop(k)
-            cur = (t.last.orig_pkts, t.last.orig_bytes, t.last.resp_pkts, t.last.resp_bytes)
-            records.append(self._record(t, cur, now_ms, ended=True))
-        return records
+            self.ended_by_event += 1
+            if len(self._pending) >= self.max_flows:
+                self.records_dropped += 1
+                return
+            self._pending.append(self._record(t, cur, end_ms, ended=True))
 
     def _record(self, t: _Tracked, cur: tuple[int, int, int, int], now_ms: int, ended: bool) -> dict:
         e = t.last
@@ -61,14 +149,21 @@ class FlowTable:
             "family": e.family,
             "proto": PROTO_NAMES.get(e.proto, str(e.proto)),
             "src": e.src, "sport": e.sport, "dst": e.dst, "dport": e.dport,
-            "in_port": self.port_names.get(e.mark, ""),
+            "in_port": self.port_names.get(e.mark & 0xFF, ""),
+            "vlan": None,  # conntrack does not keep the 802.1Q tag; see DESIGN-NOTES
             "start": t.start_ms,
             "end": now_ms if ended else None,
+            "duration": round(max(0, now_ms - t.start_ms) / 1000.0, 3),
             "new": prev == (0, 0, 0, 0),
             "state": TCP_STATES.get(e.tcp_state, "") if e.tcp_state is not None else "",
+            "conn_state": conn_state(e.proto, e.tcp_state, e.status, ended),
             "replied": bool(e.status & IPS_SEEN_REPLY),
             "assured": bool(e.status & IPS_ASSURED),
             "orig_pkts": d[0], "orig_bytes": d[1], "resp_pkts": d[2], "resp_bytes": d[3],
             "orig_pkts_total": cur[0], "orig_bytes_total": cur[1],
             "resp_pkts_total": cur[2], "resp_bytes_total": cur[3],
         }
+
+
+def _start_ms(e: CtEntry, now_ms: int) -> int:
+    return e.start_ns // 1_000_000 if e.start_ns else now_ms

@@ -1,9 +1,12 @@
 """vigil-engine: the appliance agent.
 
-A small supervisor loop around replaceable parts: it probes the kernel, installs flow accounting,
-and every ``flows.interval`` reads the kernel's flow counters and publishes one batch; a retained
-status (with a last-will) tells everyone what the engine is doing.  Python never sits on the
-forwarding path: if this process dies, the bridge keeps forwarding.
+A small supervisor loop around replaceable parts: it probes the kernel, installs flow accounting
+and sampling rules, and every ``flows.interval`` dumps the kernel's conntrack counters and spools
+one batch (published in order, deleted on PUBACK); a retained status (with a last-will) tells
+everyone what the engine is doing.  Two reader threads follow the kernel between polls: conntrack
+events (final counters of ended flows; NEW/ASSURED for the scan detector) and NFLOG samples (protocol
+checks).  Python never sits on the forwarding path: if this process dies, the bridge keeps
+forwarding.
 """
 from __future__ import annotations
 
@@ -21,15 +24,20 @@ from ..daemon import StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
 from . import datapath
 from .api import EngineContext
+from .checks import ProtocolChecks, run_checks
 from .config import EngineConfig
-from .conntrack import ConntrackReader
+from .conntrack import EV_DESTROY, EV_NEW, IPS_ASSURED, IPS_SEEN_REPLY, ConntrackEvents, ConntrackReader
+from .detect import ScanDetector
 from .flows import FlowTable
+from .nflog import NflogReader
+from .spool import Spool, SpoolPublisher
 
 log = logging.getLogger(__name__)
 
 # (config section, "module:factory"): each factory takes (section_config, EngineContext) and returns
 # a part; a section that is absent or has enabled: false is not started.
 PARTS: list[tuple[str, str]] = [
+    ("enforcement", "vigil.engine.enforce:make"),
 ]
 
 
@@ -66,6 +74,41 @@ class Learning:
         _atomic_write(self.path, json.dumps({"elapsed": self.elapsed, "mode": self.mode}))
 
 
+class EventOutbox:
+    """Local events (checks, detector decisions) go out on ``events`` in small batches; at most
+    ``limit`` per flush, the rest counted as ``events_dropped``."""
+
+    def __init__(self, mqtt, topic: str, engine_id: str, counters: Counters, limit: int):
+        self.mqtt, self.topic, self.engine_id, self.counters, self.limit = mqtt, topic, engine_id, counters, limit
+        self._items: list[dict] = []
+        self._lock = threading.Lock()
+        self.urgent = threading.Event()
+
+    def emit(self, ev: dict) -> None:
+        ev.setdefault("ts", payload.now_ms())
+        with self._lock:
+            if len(self._items) >= self.limit:
+                self.counters.inc("events_dropped")
+                return
+            self._items.append(ev)
+        self.counters.inc("events")
+        if ev.get("action") in ("block", "would-block"):
+            self.urgent.set()
+
+    def flush(self, mode: str) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        self.urgent.clear()
+        if not items:
+            return
+        for ev in items:
+            ev.setdefault("mode", mode)
+        body = {"engine": self.engine_id, "events": items}
+        info = self.mqtt.publish(self.topic, payload.encode("events", self.engine_id, body), qos=1)
+        if info.rc not in (0, 4):
+            self.counters.inc("events_dropped", len(items))
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -93,8 +136,21 @@ class EngineService:
         self.mqtt = MqttClient(cfg.mqtt, f"engine-{cfg.engine_id}", self.counters, will=will,
                                on_connected=self.publish_status)
         marks = datapath.port_marks(cfg.bridge.ports)
-        self.table = FlowTable({m: p for p, m in marks.items()}, max_flows=cfg.flows.max_flows)
+        self.port_names = {m: p for p, m in marks.items()}
+        self.table = FlowTable(self.port_names, max_flows=cfg.flows.max_flows)
         self.reader: ConntrackReader | None = None
+        self.ct_events: ConntrackEvents | None = None
+        self.nflog: NflogReader | None = None
+        self.threads: list[threading.Thread] = []
+        self.spool = Spool(self.state_dir / "spool", int(cfg.flows.spool_max_mb * 1024 * 1024), self.counters)
+        self.publisher = SpoolPublisher(self.mqtt, topics.engine(cfg.engine_id, "flows"), self.spool,
+                                        self.counters)
+        self.outbox = EventOutbox(self.mqtt, topics.engine(cfg.engine_id, "events"), cfg.engine_id,
+                                  self.counters, cfg.samples.max_events_per_interval)
+        self.checks = ProtocolChecks(cfg.samples.copy_range, list(cfg.samples.dhcp_servers),
+                                     mode=lambda: self.learning.mode, port_names=self.port_names,
+                                     counters=self.counters)
+        self.timeouts_applied: dict[str, int] = {}
         self.stop_event = threading.Event()
         self.ctx = EngineContext(cfg, self.mqtt, self.counters, self.state_dir, self.stop_event,
                                  mode=lambda: self.learning.mode)
@@ -107,6 +163,9 @@ class EngineService:
             part = getattr(importlib.import_module(mod), factory)(sub, self.ctx)
             self.parts.append(part)
             self.ctx.parts[part.name] = part
+        self.detector = ScanDetector(cfg.detect, mode=lambda: self.learning.mode, emit=self.outbox.emit,
+                                     enforcer=lambda: self.ctx.parts.get("enforcement"),
+                                     counters=self.counters) if cfg.detect.enabled else None
 
     # -- status ---------------------------------------------------------------------------
     def status_body(self, state: str = "running") -> dict:
@@ -122,7 +181,16 @@ class EngineService:
             "flow_interval": self.cfg.flows.interval,
             "tags": self.cfg.tags,
             "version": __version__,
-            "counters": {**self.counters.snapshot(), "flows_evicted": self.table.evicted},
+            "counters": {**self.counters.snapshot(), "flows_evicted": self.table.evicted,
+                         "flow_records_dropped": self.table.records_dropped,
+                         "flows_ended_by_event": self.table.ended_by_event,
+                         "flows_ended_by_absence": self.table.ended_by_absence},
+            "telemetry": {"flow_source": self.features.flow_source if self.features else None,
+                          "ct_events": self.ct_events is not None,
+                          "samples": self.nflog is not None,
+                          "spool_batches": len(self.spool), "spool_bytes": self.spool.bytes,
+                          "seq": self.seq, "idle_timeouts": self.timeouts_applied},
+            "detector": self.detector.status() if self.detector else None,
             **{p.name: _safe_status(p) for p in self.parts},
         }
 
@@ -148,24 +216,29 @@ class EngineService:
             body = {"engine": self.cfg.engine_id, "seq": self.seq, "source": self.features.flow_source,
                     "interval": {"start": interval_start_ms, "end": now_ms}, "mode": self.learning.mode,
                     "flows_tracked": len(self.table.flows), "evicted_total": self.table.evicted,
+                    "dropped_batches_total": self.counters.get("flow_batches_dropped"),
                     "poll_ms": round(poll_s * 1000, 2), "flows": chunk}
-            self.mqtt.publish(topics.engine(self.cfg.engine_id, "flows"),
-                              payload.encode("flows", self.cfg.engine_id, body), qos=1)
+            # seq is persisted before the batch leaves, so a restart never reuses a number
+            _atomic_write(self.seq_path, str(self.seq))
+            self.publisher.submit(self.seq, payload.encode("flows", self.cfg.engine_id, body))
             self.counters.inc("flow_batches")
             self.counters.inc("flow_records", len(chunk))
-        _atomic_write(self.seq_path, str(self.seq))
         self.learning.save()
 
     # -- supervisor -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         self.features = datapath.probe()
         log.info("kernel features: %s", self.features.as_dict())
+        scfg = self.cfg.samples
+        spec = datapath.SampleSpec(scfg.group if scfg.enabled else 0, scfg.rate, scfg.new_flow_rate)
         try:
-            datapath.install_flow_accounting(self.features, list(self.cfg.bridge.ports))
+            datapath.install_flow_accounting(self.features, list(self.cfg.bridge.ports), spec)
         except datapath.NftError as exc:
             raise StartupError(f"flow accounting: {exc}") from None
+        self.timeouts_applied = datapath.set_idle_timeouts(dict(self.cfg.flows.idle_timeouts))
         self.ctx.features = self.features
-        self.reader = ConntrackReader()
+        self.reader = ConntrackReader(self.counters)
+        self._start_readers()
         for p in self.parts:
             p.start()
         self.mqtt.start()
@@ -195,12 +268,91 @@ class EngineService:
                 if now >= next_status:
                     self.publish_status()
                     next_status = now + self.cfg.status_interval
-                stop.wait(max(0.0, min(next_poll, next_status, time.monotonic() + 1.0) - time.monotonic()))
+                self.publisher.pump()
+                self.outbox.flush(self.learning.mode)
+                # wake early for an urgent event (a block decision) or to drain the spool
+                step = 0.2 if self.publisher.backlog else 1.0
+                self.outbox.urgent.wait(max(0.0, min(next_poll, next_status, time.monotonic() + step)
+                                            - time.monotonic()))
         finally:
             self.shutdown()
 
+    # -- kernel readers (threads) ---------------------------------------------------------------
+    def _start_readers(self) -> None:
+        try:
+            self.ct_events = ConntrackEvents(self.counters)
+        except OSError as exc:
+            log.error("conntrack events unavailable (%s): ended flows are found by polling only, "
+                      "and the scan detector is off", exc)
+            self.counters.inc("ct_events_unavailable")
+        if self.ct_events is not None:
+            self.threads.append(threading.Thread(target=self._ct_loop, name="ct-events", daemon=True))
+        scfg = self.cfg.samples
+        if scfg.enabled and self.features.nflog:
+            try:
+                self.nflog = NflogReader(scfg.group, scfg.copy_range, self.counters)
+            except OSError as exc:
+                log.error("NFLOG group %d unavailable (%s): protocol checks are off", scfg.group, exc)
+                self.counters.inc("nflog_unavailable")
+        if self.nflog is not None:
+            self.threads.append(threading.Thread(target=self._nflog_loop, name="nflog", daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def _ct_loop(self) -> None:
+        det = self.detector
+        while not self.stop_event.is_set():
+            try:
+                batch = self.ct_events.read(timeout=0.05)
+                now_ms = payload.now_ms()
+                for ev, e in batch:
+                    if ev == EV_DESTROY:
+                        self.table.on_destroy(e, now_ms)
+                        if det:
+                            det.on_destroy(e.key)
+                    elif det is None:
+                        continue
+                    elif ev == EV_NEW:
+                        det.on_new(e.key, e.src, e.dst, e.proto, e.dport)
+                    elif e.status & (IPS_ASSURED | IPS_SEEN_REPLY):
+                        det.on_answer(e.key, bool(e.status & IPS_ASSURED), e.proto)
+                if det:
+                    det.evaluate()
+            except Exception:
+                if self.stop_event.is_set():
+                    return
+                self.counters.inc("ct_event_errors")
+                log.exception("conntrack event reader failed; continuing")
+                time.sleep(0.5)
+
+    def _nflog_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                for sample in self.nflog.read(timeout=0.5):
+                    for ev in run_checks(self.checks, sample):
+                        self.outbox.emit(ev)
+            except Exception:
+                if self.stop_event.is_set():
+                    return
+                self.counters.inc("nflog_errors")
+                log.exception("NFLOG reader failed; continuing")
+                time.sleep(0.5)
+
     def shutdown(self) -> None:
         self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=2.0)
+        for r in (self.ct_events, self.nflog):
+            if r is not None:
+                try:
+                    r.close()
+                except OSError:
+                    pass
+        try:
+            self.publisher.pump()
+            self.outbox.flush(self.learning.mode)
+        except Exception:
+            log.exception("final flush failed")
         for p in reversed(self.parts):
             try:
                 p.close()

@@ -1,0 +1,136 @@
+"""A bounded on-disk buffer of flow batches, published in order with QoS 1.
+
+Every batch is written to ``<state_dir>/spool/<seq>.json`` before it is published and deleted only
+after the broker's PUBACK.  While the broker is unreachable batches accumulate on disk (they
+survive an engine restart too); on reconnect they go out oldest first.  A batch that does not fit
+under ``max_bytes`` is counted in ``batches_dropped`` and never silently lost.
+
+paho keeps unacknowledged QoS 1 messages and resends them after a reconnect, so a batch already
+handed to paho is not published again; the manager also drops duplicate ``seq`` values.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int, counters=None):
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.counters = counters
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.entries: OrderedDict[int, int] = OrderedDict()  # seq -> size, oldest first
+        self.bytes = 0
+        found = []
+        for p in self.dir.glob("*.json"):
+            try:
+                found.append((int(p.stem), p.stat().st_size))
+            except (ValueError, OSError):
+                self._count("spool_files_ignored")
+        for seq, size in sorted(found):
+            self.entries[seq] = size
+            self.bytes += size
+        for p in self.dir.glob("*.tmp"):
+            p.unlink(missing_ok=True)
+        if self.entries:
+            log.info("spool: %d batches (%d bytes) waiting from an earlier run", len(self.entries), self.bytes)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self.counters is not None:
+            self.counters.inc(name, n)
+
+    def _path(self, seq: int) -> Path:
+        return self.dir / f"{seq:012d}.json"
+
+    def put(self, seq: int, data: bytes) -> bool:
+        if self.bytes + len(data) > self.max_bytes:
+            self._count("flow_batches_dropped")
+            log.warning("spool full (%d bytes): batch %d dropped", self.bytes, seq)
+            return False
+        path = self._path(seq)
+        tmp = path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._count("flow_batches_dropped")
+            self._count("spool_write_errors")
+            log.error("spool: cannot write batch %d: %s", seq, exc)
+            return False
+        self.entries[seq] = len(data)
+        self.bytes += len(data)
+        return True
+
+    def read(self, seq: int) -> bytes | None:
+        try:
+            return self._path(seq).read_bytes()
+        except OSError as exc:
+            self._count("spool_read_errors")
+            log.error("spool: cannot read batch %d: %s; dropping it", seq, exc)
+            self.remove(seq)
+            self._count("flow_batches_dropped")
+            return None
+
+    def remove(self, seq: int) -> None:
+        size = self.entries.pop(seq, None)
+        if size is None:
+            return
+        self.bytes -= size
+        try:
+            self._path(seq).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("spool: cannot delete batch %d: %s", seq, exc)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class SpoolPublisher:
+    """Publishes spooled batches oldest first, at most ``max_inflight`` unacknowledged."""
+
+    def __init__(self, mqtt, topic: str, spool: Spool, counters, max_inflight: int = 20):
+        self.mqtt = mqtt
+        self.topic = topic
+        self.spool = spool
+        self.counters = counters
+        self.max_inflight = max_inflight
+        self.inflight: OrderedDict[int, object] = OrderedDict()  # seq -> paho MQTTMessageInfo
+
+    def submit(self, seq: int, data: bytes) -> None:
+        if self.spool.put(seq, data):
+            self.pump()
+
+    def pump(self) -> None:
+        """Delete acknowledged batches; publish the next ones if connected."""
+        for seq in [s for s, info in self.inflight.items() if info.is_published()]:
+            del self.inflight[seq]
+            self.spool.remove(seq)
+            self.counters.inc("flow_batches_acked")
+        if not self.mqtt.connected.is_set():
+            return
+        for seq in list(self.spool.entries):
+            if len(self.inflight) >= self.max_inflight:
+                break
+            if seq in self.inflight:
+                continue
+            data = self.spool.read(seq)
+            if data is None:
+                continue
+            info = self.mqtt.publish(self.topic, data, qos=1)
+            if info.rc not in (0, 4):  # 4: no connection; paho still queues it and resends
+                self.counters.inc("flow_batch_publish_errors")
+                break
+            self.inflight[seq] = info
+            self.counters.inc("flow_batches_sent")
+
+    @property
+    def backlog(self) -> int:
+        return len(self.spool)

@@ -81,45 +81,52 @@ def bsd_time(mon: str, day: str, year: str | None, hh: str, mm: str, ss: str, fr
         if not (1 <= d <= 31 and h < 24 and mi < 60 and s < 61):
             return None
         if year:
-            ts = calendar.timegm((int(year), month, d, h, mi, s, 0, 0, 0))
+            y = int(year)
+            if d > calendar.monthrange(y, month)[1]:
+                return None
+            ts = calendar.timegm((y, month, d, h, mi, s, 0, 0, 0))
         else:
-            now = datetime.fromtimestamp(ref if ref is not None else time.time(), timezone.utc)
+            now = ref if ref is not None else time.time()
+            y = _year_of(now)
             best = None
-            for y in (now.year - 1, now.year, now.year + 1):
-                try:
-                    cand = datetime(y, month, d, h, mi, s, tzinfo=timezone.utc)
-                except ValueError:  # Feb 29 in a non-leap year
+            for cand_y in (y, y - 1, y + 1):    # the year that puts the time nearest to now
+                if d > calendar.monthrange(cand_y, month)[1]:
                     continue
+                cand = calendar.timegm((cand_y, month, d, h, mi, s, 0, 0, 0))
                 if best is None or abs(cand - now) < abs(best - now):
                     best = cand
+                if abs(cand - now) <= 183 * 86400:
+                    break
             if best is None:
                 return None
-            ts = best.timestamp()
+            ts = best
     except (ValueError, OverflowError):
         return None
     return ts + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
+_year_cache: dict[int, int] = {}
+
+
+def _year_of(ts: float) -> int:
+    key = int(ts) // 3600
+    y = _year_cache.get(key)
+    if y is None:
+        if len(_year_cache) > 1000:
+            _year_cache.clear()
+        y = _year_cache[key] = time.gmtime(ts).tm_year
+    return y
+
+
+# One or more SD elements; quoted values may hold "]" and escapes.  Possessive quantifiers keep a
+# malformed (unterminated) element from backtracking.
+_SD = re.compile(r'(?:\[(?:[^\]"\\]++|\\.|"(?:[^"\\]++|\\.)*+")*+\])++')
+
+
 def _sd_end(s: str, i: int) -> int:
     """Index just past the structured data starting at s[i] == '['; -1 when it does not close."""
-    n = len(s)
-    while i < n and s[i] == "[":
-        i += 1
-        quoted = False
-        while i < n:
-            c = s[i]
-            if c == "\\" and quoted:
-                i += 2
-                continue
-            if c == '"':
-                quoted = not quoted
-            elif c == "]" and not quoted:
-                break
-            i += 1
-        if i >= n:
-            return -1
-        i += 1
-    return i
+    m = _SD.match(s, i)
+    return m.end() if m else -1
 
 
 def parse_header(line: str, ref: float | None = None) -> tuple[Header | None, str]:
@@ -154,7 +161,7 @@ def parse_header(line: str, ref: float | None = None) -> tuple[Header | None, st
                     body = body[1:]
                 return h, body
     # RFC 3164 / BSD
-    mb = _BSD_TIME.match(rest)
+    mb = _BSD_TIME.match(rest) if rest[:1].isalpha() else None
     ts = None
     if mb:
         ts = bsd_time(*mb.groups(), ref=ref)
@@ -163,7 +170,7 @@ def parse_header(line: str, ref: float | None = None) -> tuple[Header | None, st
     if mb:
         after = rest[mb.end():]
     else:
-        mi = _ISO_PREFIX.match(rest)
+        mi = _ISO_PREFIX.match(rest) if rest[4:5] == "-" else None
         if mi and (ts := iso_time(mi.group(1))) is not None:
             after = rest[mi.end():]
         elif pri is not None:

@@ -80,7 +80,7 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
     if hint in ("auto", "modsecurity"):
         if modsecurity.looks_like_errorlog(body):
             return modsecurity.parse_errorlog(header, body, raw, ref)
-        if modsecurity.AUDIT_BOUNDARY.match(body.split("\n", 1)[0].strip()):
+        if body.startswith("--") and modsecurity.AUDIT_BOUNDARY.match(body.split("\n", 1)[0].strip()):
             return modsecurity.parse_native(body)
     if hint in ("auto", "snort"):
         if header is None:

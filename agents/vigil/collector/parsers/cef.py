@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from ..event import CRITICAL, HIGH, LOW, MEDIUM, Event, norm_action, proto_name, severity_from_word, to_port
 
 START = re.compile(r"(?:CEF: ?)?\d{1,2}\|")
-_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z0-9_.,\[\]:-]+)=")
+_KEY_SPLIT = re.compile(r" +([\w.,\[\]:-]+)=")
 _UNESC = re.compile(r"\\(.)")
 _ESC_MAP = {"n": "\n", "r": "\r", "=": "=", "\\": "\\", "|": "|"}
 _ALIASES = {
@@ -34,6 +34,9 @@ def _unesc(s: str) -> str:
 
 def split_header(s: str) -> list[str]:
     """Seven header fields and the extension; pipes escaped with a backslash do not split."""
+    fast = s.split("|", 7)
+    if not any("\\" in p for p in fast[:7]):
+        return fast
     parts, cur, i, n = [], [], 0, len(s)
     while i < n and len(parts) < 7:
         c = s[i]
@@ -52,15 +55,15 @@ def split_header(s: str) -> list[str]:
 
 
 def extension(s: str) -> dict[str, str]:
+    """``key=value`` pairs; a key starts after whitespace, so an escaped ``\\=`` never starts one."""
     out: dict[str, str] = {}
-    keys = list(_KEY.finditer(s))
-    for i, m in enumerate(keys):
-        # a "key=" preceded by a backslash-escaped char is a value, not a key (handled by lookbehind)
-        end = keys[i + 1].start() if i + 1 < len(keys) else len(s)
-        v = s[m.end():end].rstrip()
-        k = m.group(1)
+    parts = _KEY_SPLIT.split(" " + s)
+    # parts: [text before the first key, key1, value1, key2, value2, ...]
+    for i in range(1, len(parts) - 1, 2):
+        k = parts[i]
         if k not in out:
-            out[k] = _unesc(v)
+            v = parts[i + 1]
+            out[k] = _unesc(v.rstrip()) if "\\" in v else v.rstrip()
     return out
 
 

@@ -14,8 +14,10 @@ import re
 from ..event import Event, norm_action, proto_name, severity_from_word, to_port
 from ..syslog import Header
 
-_KV_COLON = re.compile(r'([A-Za-z0-9_.\-]+?)::?"((?:[^"\\]|\\.)*)"')
-_KV_EQ = re.compile(r'([A-Za-z0-9_.\-]+)="((?:[^"\\]|\\.)*)"')
+_KV_COLON = re.compile(r'([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
+_KV_EQ = re.compile(r'([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
+_KV_START = re.compile(r'\[?[a-z_]+:"')
+_SD_ID = re.compile(r"\[[^\s\]]+@\d")
 _UNESC = re.compile(r'\\(["\\\]])')
 _NUM_SEV = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 
@@ -25,11 +27,14 @@ def looks_like(header: Header | None, body: str) -> bool:
         return True
     sd = header.sd if header is not None else None
     text = sd or body
-    return text.startswith("[Fields@1.3.6.1.4.1.2620") or bool(re.match(r'\[?[a-z_]+:"', text))
+    c = text[:1]
+    if c != "[" and not ("a" <= c <= "z" or c == "_"):
+        return False
+    return text.startswith("[Fields@1.3.6.1.4.1.2620") or _KV_START.match(text) is not None
 
 
 def fields(text: str) -> tuple[dict[str, str], int]:
-    if text.startswith("[Fields@") or re.match(r"\[[^\s\]]+@\d", text):
+    if text.startswith("[Fields@") or _SD_ID.match(text):
         matches = _KV_EQ.findall(text)
     else:
         matches = _KV_COLON.findall(text)

@@ -9,7 +9,7 @@ from ..event import CRITICAL, HIGH, INFO, LOW, MEDIUM, Event, severity_from_word
 from ..syslog import Header, MONTHS, bsd_time
 import calendar
 
-_BRACKET = re.compile(r'\[(file|line|id|rev|msg|data|severity|ver|maturity|accuracy|tag|hostname|uri|unique_id) "((?:[^"\\]|\\.)*)"\]')
+_BRACKET = re.compile(r'\[(file|line|id|rev|msg|data|severity|ver|maturity|accuracy|tag|hostname|uri|unique_id) "((?:[^"\\]++|\\.)*+)"\]')
 _CLIENT = re.compile(r"\[client ([^\]]+)\]")
 _APACHE_TIME = re.compile(r"\[(?:[A-Za-z]{3} )?([A-Za-z]{3}) (\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\]")
 _NGINX_TIME = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) ")
@@ -140,18 +140,33 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
 
 
 def _pick(messages: list[str]) -> tuple[dict, str]:
-    """The most telling rule message: the first attack-* one, else the first with an id."""
-    parsed = [(rule_fields(m), m) for m in messages if isinstance(m, str)]
-    for f, m in parsed:
+    """The most telling rule message: the first attack-* one (not the anomaly-score rules), else
+    the first with an id.  Messages are parsed only as far as needed."""
+    fallback = None
+    for m in messages:
+        if not isinstance(m, str):
+            continue
+        f = rule_fields(m)
         if any(t.startswith("attack-") for t in f["tags"]) and not f.get("id", "").startswith(("949", "959", "980")):
             return f, m
-    for f, m in parsed:
-        if f.get("id"):
-            return f, m
-    return ({"tags": []}, "") if not parsed else parsed[0]
+        if fallback is None or (not fallback[0].get("id") and f.get("id")):
+            fallback = (f, m)
+    return fallback or ({"tags": []}, "")
+
+
+_audit_time_cache: dict[str, float | None] = {}
 
 
 def _apache_audit_time(s: str) -> float | None:
+    t = _audit_time_cache.get(s, False)
+    if t is False:
+        if len(_audit_time_cache) > 4096:
+            _audit_time_cache.clear()
+        t = _audit_time_cache[s] = _audit_time(s)
+    return t
+
+
+def _audit_time(s: str) -> float | None:
     m = re.match(r"(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)? ([+-])(\d\d)(\d\d)", s or "")
     if not m:
         return None

@@ -26,6 +26,9 @@ class EngineContext:
     mode: Callable[[], str]                       # "learning" or "enforcing", current
     features: Any = None                          # datapath.KernelFeatures once probed
     parts: dict[str, Any] = field(default_factory=dict)  # name -> part, for parts that cooperate
+    # Sets the mode ("learning"/"enforcing") when the manager's rule set carries an operator's
+    # override; the engine fills it in (None: overrides are counted and logged, not applied).
+    set_mode: Callable[[str], None] | None = None
 
 
 class Part(Protocol):

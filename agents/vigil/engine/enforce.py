@@ -1,0 +1,407 @@
+"""The enforcement part of vigil-engine: signed rule sets from the manager into ``bridge vigil``.
+
+- Subscribes to ``vigil/v1/engine/{id}/ruleset`` (retained snapshot) and ``.../ruleset/delta``;
+  messages are handed to one worker thread (the MQTT loop never waits for the kernel) and applied
+  in arrival order.
+- A rule set is applied only if its Ed25519 signature checks against the configured manager key,
+  it is for this engine, well formed, and newer than the one held (a delta must build on exactly
+  the held generation).  Anything else is rejected with a logged, counted reason
+  (``ruleset_rejected_<reason>``) and the kernel keeps the last good rule set.
+- Every apply is one nft transaction (engine/nftables.py); the result goes out retained on
+  ``.../ruleset/state``; the rule set is kept in ``<state_dir>/ruleset.json`` with absolute
+  expiries and restored at start in one transaction, remaining lifetimes recomputed.
+- ``block_local(address, ttl, reason)`` puts the engine's own fast reactions into the local sets,
+  which rule sets never touch.
+- The table stays when the engine stops or dies: the kernel goes on enforcing and expiring.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import payload, ruleset, topics
+from ..payload import PayloadError
+from .api import EngineContext
+from .config import EnforcementConfig
+from . import nftables as nft
+from .enforce_plan import Held, PlanError, Policy
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "ruleset.json"
+LOCAL_FILE = "local-blocks.json"
+KEY_RETRY = 10.0
+PURGE_EVERY = 5.0
+
+
+class Enforcement:
+    name = "enforcement"
+
+    def __init__(self, cfg: EnforcementConfig, ctx: EngineContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.engine_id = ctx.cfg.engine_id
+        guards = [*cfg.management_networks, *cfg.gateways]
+        self.writer = nft.NftWriter(nft.make_backend(cfg.backend), guards)
+        self.policy = Policy(guards, cfg.max_elements)
+        self.lock = threading.RLock()
+        self.key = None
+        self.key_error: str | None = None
+        self._key_tried = 0.0
+        self._table_tried = 0.0
+        self.generation: int | None = None
+        self.issued_at: int | None = None
+        self.applied_at: int | None = None
+        self.mode: str | None = None
+        self.key_id: str | None = None
+        self.error: str | None = None
+        self.rejected: dict[str, int] = {}
+        self.ready = False
+        self.local: dict[str, float] = {}          # address -> expiry (epoch s)
+        self.local_reasons: dict[str, str] = {}
+        self.last_apply_ms: float | None = None
+        self._last_purge = 0.0
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.state_path = Path(ctx.state_dir) / STATE_FILE
+        self.local_path = Path(ctx.state_dir) / LOCAL_FILE
+        self.topic_snapshot = topics.engine(self.engine_id, "ruleset")
+        self.topic_delta = topics.engine(self.engine_id, "ruleset/delta")
+        self.topic_state = topics.engine(self.engine_id, "ruleset/state")
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._load_key()
+        self._ensure_table()
+        if self.ready:
+            self._restore()
+        self._worker = threading.Thread(target=self._work, name="enforcement", daemon=True)
+        self._worker.start()
+        self.ctx.mqtt.subscribe(self.topic_snapshot, lambda m: self._queue.put(("ruleset", m.payload)))
+        self.ctx.mqtt.subscribe(self.topic_delta, lambda m: self._queue.put(("ruleset-delta", m.payload)))
+        self.publish_state()
+
+    def tick(self) -> None:
+        now = time.time()
+        if self.key is None and now - self._key_tried >= KEY_RETRY:
+            self._load_key()
+        if not self.ready and now - self._table_tried >= KEY_RETRY:
+            self._ensure_table()
+            if self.ready:
+                self._restore()
+        if now - self._last_purge >= PURGE_EVERY:
+            self._last_purge = now
+            with self.lock:
+                gone = self.policy.purge(now)
+                for a in [a for a, e in self.local.items() if e <= now]:
+                    del self.local[a]
+                    self.local_reasons.pop(a, None)
+            if gone:
+                self.ctx.counters.inc("ruleset_entries_expired", gone)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        # The table is deliberately left in place: fail-open means the kernel keeps enforcing.
+
+    # -- setup ------------------------------------------------------------------------------
+    def _load_key(self) -> None:
+        self._key_tried = time.time()
+        path = self.cfg.manager_public_key
+        if path is None:
+            self.key_error = "no manager_public_key configured: every rule set is rejected"
+            if self.key is None and not getattr(self, "_warned_key", False):
+                log.warning("enforcement: %s", self.key_error)
+                self._warned_key = True
+            return
+        try:
+            self.key = ruleset.load_public_key(path)
+            self.key_error = None
+            log.info("enforcement: manager key %s loaded from %s", ruleset.key_id(self.key), path)
+        except ValueError as exc:
+            if self.key_error != str(exc):
+                log.error("enforcement: %s (rule sets are rejected until it can be read)", exc)
+            self.key_error = str(exc)
+
+    def _ensure_table(self) -> None:
+        self._table_tried = time.time()
+        try:
+            self.writer.ensure_table()
+            self.ready = True
+        except nft.NftError as exc:
+            self.ready = False
+            self.error = f"kernel: {exc}"
+            self.ctx.counters.inc("enforcement_table_errors")
+            log.error("enforcement: cannot create table bridge vigil: %s", exc)
+
+    def _restore(self) -> None:
+        now = time.time()
+        state = _read_json(self.state_path)
+        local = _read_json(self.local_path) or {}
+        held: list[Held] = []
+        if state is not None:
+            try:
+                if state.get("engine") != self.engine_id:
+                    raise ValueError(f"saved for engine {state.get('engine')!r}")
+                for d in state["entries"]:
+                    exp = d.get("expires")
+                    if exp is not None and not isinstance(exp, (int, float)):
+                        raise ValueError("expires must be a number or null")
+                    held.append(Held(ruleset.parse_entry({k: v for k, v in d.items() if k != "expires"}), exp))
+            except (ValueError, KeyError, TypeError, PayloadError) as exc:
+                self.ctx.counters.inc("ruleset_restore_errors")
+                log.error("enforcement: ignoring unusable %s: %s", self.state_path, exc)
+                state, held = None, []
+        loc: dict[str, float] = {}
+        for addr, exp in (local.items() if isinstance(local, dict) else []):
+            try:
+                a = str(ipaddress.ip_address(addr))
+            except ValueError:
+                continue
+            if isinstance(exp, (int, float)) and exp - now >= 0.001 and not self.policy.guarded_address(a):
+                loc[a] = float(exp)
+        extra = {nft.LOCAL[4]: [], nft.LOCAL[6]: []}
+        for a, exp in loc.items():
+            extra[nft.LOCAL[ipaddress.ip_address(a).version]].append((a, max(1, int((exp - now) * 1000))))
+        if state is None and not loc:
+            return
+        try:
+            with self.lock:
+                if state is not None:
+                    plan = self.policy.plan_restore(held, now)
+                    self.policy.apply(self.writer, plan, now, extra=extra)
+                    self.policy.commit(plan)
+                    self.generation = state.get("generation")
+                    self.issued_at = state.get("issued_at")
+                    self.applied_at = state.get("applied_at")
+                    self.mode = state.get("mode")
+                    self.key_id = state.get("key_id")
+                    dropped = plan.skipped.get("expired", 0)
+                else:
+                    self.writer.replace(extra)
+                    dropped = 0
+                self.local = loc
+            log.info("enforcement: restored generation %s (%d entries, %d expired while down, %d local blocks)",
+                     self.generation, len(self.policy.entries), dropped, len(loc))
+            self.ctx.counters.inc("ruleset_restores")
+        except (PlanError, nft.NftError) as exc:
+            self.ctx.counters.inc("ruleset_restore_errors")
+            self.error = f"restore: {exc}"
+            log.error("enforcement: restoring the saved rule set failed: %s", exc)
+
+    # -- rule sets --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            kind, raw = item
+            try:
+                self.handle(kind, raw)
+            except Exception:
+                self.ctx.counters.inc("enforcement_errors")
+                log.exception("enforcement: handling a %s failed", kind)
+
+    def handle(self, kind: str, raw: bytes) -> bool:
+        """Check and apply one snapshot (``ruleset``) or delta (``ruleset-delta``); True if applied."""
+        t0 = time.monotonic()
+        try:
+            if not raw:
+                raise PayloadError("empty", "empty payload (retained rule set cleared)")
+            if self.key is None:
+                raise PayloadError("no-key", self.key_error or "no manager key")
+            if not self.ready:
+                self._ensure_table()
+                if not self.ready:
+                    raise PayloadError("kernel", self.error or "table not available")
+            if kind == "ruleset":
+                rs = ruleset.decode_snapshot(raw, self.key, self.engine_id)
+                with self.lock:
+                    if self.generation is not None and rs.generation == self.generation:
+                        self.ctx.counters.inc("ruleset_same_generation")
+                        return False
+                    if self.generation is not None and rs.generation < self.generation:
+                        raise PayloadError("old-generation",
+                                           f"snapshot generation {rs.generation} is older than held {self.generation}")
+                    now = time.time()
+                    plan = self.policy.plan_snapshot(rs.entries, rs.issued_at, now)
+                    self.policy.apply(self.writer, plan, now)
+                    self.policy.commit(plan)
+            else:
+                rs = ruleset.decode_delta(raw, self.key, self.engine_id)
+                with self.lock:
+                    if self.generation is not None and rs.generation <= self.generation:
+                        raise PayloadError("old-generation",
+                                           f"delta generation {rs.generation} is not newer than held {self.generation}")
+                    if rs.base_generation != self.generation:
+                        raise PayloadError("base-mismatch",
+                                           f"delta builds on generation {rs.base_generation}, held is {self.generation}")
+                    now = time.time()
+                    plan = self.policy.plan_delta(rs.add, rs.remove, rs.issued_at, now)
+                    self.policy.apply(self.writer, plan, now)
+                    self.policy.commit(plan)
+        except PayloadError as exc:
+            self._reject(kind, exc.reason, str(exc))
+            return False
+        except PlanError as exc:
+            self._reject(kind, exc.reason, str(exc))
+            return False
+        except nft.NftError as exc:
+            self._reject(kind, "kernel", f"kernel refused the transaction: {exc}")
+            return False
+        with self.lock:
+            self.generation, self.issued_at = rs.generation, rs.issued_at
+            self.applied_at = payload.now_ms()
+            self.key_id = rs.key_id
+            self.mode = rs.mode
+            self.error = None
+            self.last_apply_ms = round((time.monotonic() - t0) * 1000, 2)
+            for reason, n in plan.skipped.items():
+                self.ctx.counters.inc(f"ruleset_entries_{reason.replace('-', '_')}", n)
+        self.ctx.counters.inc("ruleset_applied" if kind == "ruleset" else "ruleset_deltas_applied")
+        log.info("enforcement: applied %s generation %d in %.1f ms (%d entries; skipped %s)",
+                 "snapshot" if kind == "ruleset" else "delta", rs.generation, self.last_apply_ms,
+                 len(self.policy.entries), plan.skipped or "none")
+        if rs.mode is not None:
+            self._mode_override(rs.mode)
+        self._persist()
+        self.publish_state()
+        return True
+
+    def _reject(self, kind: str, reason: str, detail: str) -> None:
+        with self.lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.error = f"{kind} rejected: {detail}"
+        self.ctx.counters.inc(f"ruleset_rejected_{reason.replace('-', '_')}")
+        log.warning("enforcement: %s rejected (%s); keeping generation %s", kind, detail, self.generation)
+        self.publish_state()
+
+    def _mode_override(self, mode: str) -> None:
+        try:
+            current = self.ctx.mode()
+        except Exception:
+            current = None
+        if mode == current:
+            return
+        if self.ctx.set_mode is None:
+            self.ctx.counters.inc("mode_override_unsupported")
+            log.warning("enforcement: rule set asks for mode %s but this engine cannot switch modes", mode)
+            return
+        self.ctx.set_mode(mode)
+        self.ctx.counters.inc("mode_overrides")
+        log.info("enforcement: mode set to %s by the manager's rule set", mode)
+
+    # -- local blocks -----------------------------------------------------------------------
+    def block_local(self, address: str, ttl: float, reason: str) -> bool:
+        """Block ``address`` (both directions) for ``ttl`` seconds in the engine-local sets.
+
+        Returns False (counted) for an invalid or guarded address, a full local table, or a
+        kernel error.  Blocking again re-asserts the timeout."""
+        try:
+            a = ipaddress.ip_address(address)
+        except ValueError:
+            self.ctx.counters.inc("local_block_invalid")
+            return False
+        if self.policy.guarded_address(str(a)):
+            self.ctx.counters.inc("local_block_guarded")
+            log.warning("enforcement: not blocking %s locally: it is a management network or gateway", a)
+            return False
+        ttl = min(max(1.0, float(ttl)), float(self.cfg.max_local_ttl))
+        now = time.time()
+        with self.lock:
+            if str(a) not in self.local and len(self.local) >= self.cfg.max_local:
+                for k in [k for k, e in self.local.items() if e <= now]:
+                    del self.local[k]
+                if len(self.local) >= self.cfg.max_local:
+                    self.ctx.counters.inc("local_block_full")
+                    return False
+            try:
+                self.writer.update({nft.LOCAL[a.version]: [(str(a), int(ttl * 1000))]}, {})
+            except nft.NftError as exc:
+                self.ctx.counters.inc("local_block_errors")
+                log.error("enforcement: local block of %s failed: %s", a, exc)
+                return False
+            self.local[str(a)] = now + ttl
+            self.local_reasons[str(a)] = reason
+            snapshot = dict(self.local)
+        self.ctx.counters.inc("local_blocks")
+        log.info("enforcement: blocked %s locally for %.0fs (%s)", a, ttl, reason)
+        _write_json(self.local_path, snapshot)
+        return True
+
+    # -- state ------------------------------------------------------------------------------
+    def _persist(self) -> None:
+        with self.lock:
+            doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
+                   "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
+                   "key_id": self.key_id, "entries": [h.to_dict() for h in self.policy.entries.values()]}
+        try:
+            _write_json(self.state_path, doc)
+        except OSError as exc:
+            self.ctx.counters.inc("ruleset_persist_errors")
+            log.error("enforcement: cannot save %s: %s", self.state_path, exc)
+
+    def state_body(self) -> dict[str, Any]:
+        now = time.time()
+        with self.lock:
+            counts = self.policy.counts(now)
+            local = {4: 0, 6: 0}
+            for a, e in self.local.items():
+                if e > now:
+                    local[ipaddress.ip_address(a).version] += 1
+            counts.update({nft.LOCAL[4]: local[4], nft.LOCAL[6]: local[6]})
+            return {"engine": self.engine_id, "generation": self.generation, "applied_at": self.applied_at,
+                    "issued_at": self.issued_at, "counts": counts, "error": self.error,
+                    "rejected": dict(self.rejected), "key_id": self.key_id,
+                    "backend": self.writer.backend.name}
+
+    def publish_state(self) -> None:
+        try:
+            body = self.state_body()
+            self.ctx.mqtt.publish(self.topic_state, payload.encode("ruleset-state", self.engine_id, body),
+                                  qos=1, retain=True)
+        except Exception:
+            self.ctx.counters.inc("ruleset_state_errors")
+            log.exception("enforcement: cannot publish ruleset/state")
+
+    def status(self) -> dict[str, Any]:
+        body = self.state_body()
+        try:
+            drops = self.writer.drop_counters() if self.ready else {}
+        except nft.NftError as exc:
+            drops = {"error": str(exc)}
+        return {"generation": body["generation"], "applied_at": body["applied_at"], "counts": body["counts"],
+                "error": body["error"], "rejected": body["rejected"], "backend": body["backend"],
+                "last_apply_ms": self.last_apply_ms, "drops": drops, "table_ready": self.ready,
+                "key": self.key_error or (ruleset.key_id(self.key) if self.key else None)}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("enforcement: cannot read %s: %s", path, exc)
+        return None
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make(cfg: EnforcementConfig, ctx: EngineContext) -> Enforcement:
+    return Enforcement(cfg, ctx)

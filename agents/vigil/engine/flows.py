@@ -78,7 +78,10 @@ class FlowTable:
     ended_by_event: int = 0
     ended_by_absence: int = 0
     _pending: list[dict] = field(default_factory=list)
-    _destroyed: set = field(default_factory=set)  # keys destroyed since the dump began
+    # keys of destroyed flows -> dump generation; the kernel sends DESTROY just before it unlinks
+    # the entry, so the next dump may still list it: such entries are skipped, not re-counted
+    _destroyed: dict = field(default_factory=dict)
+    _gen: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, entries: Iterable[CtEntry], now_ms: int) -> list[dict]:
@@ -91,7 +94,8 @@ class FlowTable:
         seen: set[tuple] = set()
         records: list[dict] = []
         with self._lock:
-            self._destroyed.clear()
+            self._gen += 1
+            gen = self._gen
         for e in entries:
             k = e.key
             with self._lock:
@@ -121,6 +125,7 @@ class FlowTable:
                 records.append(self._record(t, cur, now_ms, ended=True))
                 self.ended_by_absence += 1
             out, self._pending = self._pending, []
+            self._destroyed = {k: g for k, g in self._destroyed.items() if g >= gen - 1}
         return out + records
 
     def on_destroy(self, e: CtEntry, now_ms: int) -> None:
@@ -130,7 +135,7 @@ class FlowTable:
         with self._lock:
             t = self.flows.pop(e.key, None)
             if len(self._destroyed) < self.max_flows:
-                self._destroyed.add(e.key)
+                self._destroyed[e.key] = self._gen
             if t is None:
                 t = _Tracked(start_ms=_start_ms(e, now_ms), last=e)
             t.last = e

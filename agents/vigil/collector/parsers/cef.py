@@ -101,7 +101,10 @@ def parse(body: str, raw: str, header_time: float | None = None, header_host: st
     while len(h) < 8:
         h.append("")
     version, vendor, product, dversion, sig_id, name, sev, ext = h
-    kv = {(_ALIASES.get(k, k)): v for k, v in extension(ext).items()} if ext else {}
+    kv = extension(ext) if ext else {}
+    for long_name, short in _ALIASES.items():     # full key names as the short ones
+        if long_name in kv:
+            kv.setdefault(short, kv.pop(long_name))
     ev = Event("cef", "cef", raw, time=_time(kv.get("rt")) or header_time)
     ev.device = kv.get("dvchost") or kv.get("dvc") or header_host
     ev.src, ev.dst = kv.get("src") or None, kv.get("dst") or None

@@ -8,11 +8,6 @@ from ..event import Event, proto_name, severity_from_priority, to_port
 from ..syslog import Header, bsd_time, iso_time
 
 _TS = r"(\d\d)/(\d\d)(?:/(\d\d))?-(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
-_ALERT = (r"\[(\d+):(\d+):(\d+)\] (.*?)(?: \[\*\*\])?"
-          r"(?: ?\[Classification: ([^\]]*)\])?(?: ?\[Priority: (\d+)\])?")
-_ADDR = r"(?: ?\{(\w+)\} ([0-9A-Fa-f.:]+?)(?::(\d+))? -> ([0-9A-Fa-f.:]+?)(?::(\d+))?)?\s*"
-FAST = re.compile(_TS + r"\s+\[\*\*\] " + _ALERT + _ADDR + "$")
-SYSLOG_BODY = re.compile(_ALERT + _ADDR + "$")
 CSV_START = re.compile(_TS + r" ?,\d+,\d+,\d+,")
 _FULL_HEAD = re.compile(r"\[\*\*\] \[(\d+):(\d+):(\d+)\] (.*?) \[\*\*\]")
 _FULL_CLASS = re.compile(r"(?:\[Classification: ([^\]]*)\] ?)?\[Priority: (\d+)\]")
@@ -38,21 +33,108 @@ def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dpor
     return ev
 
 
-def parse_fast(line: str, ref: float | None) -> Event | None:
-    m = FAST.match(line)
-    if not m:
+def _hostport(s: str) -> tuple[str | None, str | None]:
+    s = s.strip()
+    if not s:
+        return None, None
+    if s.startswith("["):                        # [v6]:port
+        host, _, port = s[1:].partition("]")
+        return host, port.lstrip(":") or None
+    if s.count(":") == 1:
+        host, _, port = s.partition(":")
+        return host, port
+    return s, None
+
+
+def _alert(text: str):
+    """``[gid:sid:rev] msg [**] [Classification: c] [Priority: p] {PROTO} a:p -> b:p`` (the
+    ``[**]`` and every bracketed part optional) -> the fields of ``_fill``; None if not an alert."""
+    if not text.startswith("["):
         return None
-    g = m.groups()
-    ev = Event("snort", "snort-fast", line, time=_time(*g[:7], ref))
-    return _fill(ev, *g[7:])
+    j = text.find("] ")
+    if j < 0:
+        j = len(text) - 1 if text.endswith("]") else -1
+        if j < 0:
+            return None
+    ids = text[1:j].split(":")
+    if len(ids) != 3 or not all(x.isdigit() for x in ids):
+        return None
+    rest = text[j + 2:]
+    k = rest.find(" [**]")
+    if k < 0:
+        cands = [x for x in (rest.find("[Classification: "), rest.find("[Priority: "), rest.find("{"))
+                 if x >= 0]
+        k = min(cands) if cands else len(rest)
+        msg, tail = rest[:k], rest[k:]
+    else:
+        msg, tail = rest[:k], rest[k + 5:]
+    cls = prio = proto = src = sport = dst = dport = None
+    i = tail.find("[Classification: ")
+    if i >= 0:
+        e = tail.find("]", i)
+        cls = tail[i + 17:e if e >= 0 else len(tail)]
+    i = tail.find("[Priority: ")
+    if i >= 0:
+        e = tail.find("]", i)
+        p = tail[i + 11:e if e >= 0 else len(tail)].strip()
+        prio = p if p.isdigit() else None
+    i = tail.find("{")
+    if i >= 0:
+        e = tail.find("}", i)
+        if e > i:
+            proto = tail[i + 1:e]
+            a, sep, b = tail[e + 1:].partition(" -> ")
+            src, sport = _hostport(a)
+            if sep:
+                dst, dport = _hostport(b)
+    return ids[0], ids[1], ids[2], msg.strip(), cls, prio, proto, src, sport, dst, dport
+
+
+def _ts_prefix(line: str):
+    """``MM/DD-HH:MM:SS.ffffff`` or ``MM/DD/YY-HH:MM:SS.ffffff`` at the start -> (parts, end)."""
+    if line[2:3] == "/" and line[5:6] == "-":
+        mo, dd, yy, rest, off = line[0:2], line[3:5], None, line[6:], 6
+    elif line[2:3] == "/" and line[5:6] == "/" and line[8:9] == "-":
+        mo, dd, yy, rest, off = line[0:2], line[3:5], line[6:8], line[9:], 9
+    else:
+        return None
+    if not (rest[2:3] == ":" and rest[5:6] == ":"):
+        return None
+    h, mi, sec = rest[0:2], rest[3:5], rest[6:8]
+    frac = None
+    end = off + 8
+    if rest[8:9] == ".":
+        k = 9
+        while k < len(rest) and k < 15 and rest[k].isdigit():
+            k += 1
+        frac = rest[9:k] or None
+        end = off + k
+    if not (mo + dd + h + mi + sec + (yy or "") + (frac or "")).isdigit():
+        return None
+    return (mo, dd, yy, h, mi, sec, frac), end
+
+
+def parse_fast(line: str, ref: float | None) -> Event | None:
+    ts = _ts_prefix(line)
+    if ts is None:
+        return None
+    parts, end = ts
+    body = line[end:].lstrip()
+    if not body.startswith("[**] "):
+        return None
+    fields = _alert(body[5:])
+    if fields is None:
+        return None
+    ev = Event("snort", "snort-fast", line, time=_time(*parts, ref))
+    return _fill(ev, *fields)
 
 
 def parse_syslog(header: Header, body: str, raw: str) -> Event | None:
-    m = SYSLOG_BODY.match(body)
-    if not m:
+    fields = _alert(body)
+    if fields is None:
         return None
     ev = Event("snort", "snort-syslog", raw, time=header.time, device=header.host)
-    return _fill(ev, *m.groups())
+    return _fill(ev, *fields)
 
 
 def parse_full(record: str, ref: float | None) -> Event | None:

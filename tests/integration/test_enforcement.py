@@ -73,9 +73,11 @@ def test_snapshot_delta_cidr_ipv6_flow_and_expiry(lab, pub):
     srv4, srv6 = lab.ip("server"), lab.ip("server", 6)
 
     # 1. snapshot: attacker blocked on IPv4 and IPv6; the client is untouched
-    g = pub.snapshot([drop(ATT4), drop(ATT6)])
+    g = pub.snapshot([drop(ATT4), drop(ATT6)], mode="enforcing")
     st = _applied(pub, g)
     assert st["counts"]["block4"] == 1 and st["counts"]["block6"] == 1
+    # the operator's mode in the rule set overrides the engine's learning clock
+    assert json.loads((lab.run_dir / "state" / "engine" / "learning.json").read_text())["mode"] == "enforcing"
     assert set(_kset(lab, "block4")) == {ATT4} and set(_kset(lab, "block6")) == {ATT6}
     assert not _ping(lab, "attacker", srv4) and not _tcp(lab, "attacker", srv4)
     assert not _ping(lab, "attacker", srv6, 6)

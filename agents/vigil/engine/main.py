@@ -153,7 +153,8 @@ class EngineService:
         self.timeouts_applied: dict[str, int] = {}
         self.stop_event = threading.Event()
         self.ctx = EngineContext(cfg, self.mqtt, self.counters, self.state_dir, self.stop_event,
-                                 mode=lambda: self.learning.mode)
+                                 mode=lambda: self.learning.mode,
+                                 set_mode=lambda m: (setattr(self.learning, "mode", m), self.learning.save()))
         self.parts = []
         for section, target in PARTS:
             sub = getattr(cfg, section, None)

@@ -171,7 +171,7 @@ def stack():
 def test_block_malicious_denies_listed_and_yara_allows_unknown(stack):
     yara_bin, yara_sha = stack.binary("yara-hit", MARKER + b"-1")
     unknown, _ = stack.binary("unknown-1", uuid.uuid4().bytes)
-    with stack.agent("block-malicious", "bm") as agent:
+    with stack.agent("block-malicious", "bm", cover_loader=True) as agent:
         assert execute(stack.benign) == 0
         assert execute(stack.listed) == "EPERM"
         assert execute(stack.listed, via_loader=True) == "EPERM"   # ld.so ./file is covered too

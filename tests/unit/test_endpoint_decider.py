@@ -164,10 +164,17 @@ def test_offline_answer_and_push(rig):
     d.on_messages()
     assert d.c["bad_messages"] == 1
     _msgs(agent)
-    fd2 = os.open(tmp / "p", os.O_RDONLY)
-    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd2, 1))
-    assert group.answers[-1] == (fd2, True)
-    assert [m["t"] for m in _msgs(agent)] == ["ev"]
+    for pid in (1, 2, 3):
+        fd2 = os.open(tmp / "p", os.O_RDONLY)
+        d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd2, pid))
+        assert group.answers[-1] == (fd2, True)
+    # allowed execs answered from the cache are summed per file and reported once per interval
+    assert _msgs(agent) == [] and d.summary
+    d.flush_summary()
+    (summary,) = _msgs(agent)
+    assert summary["t"] == "evs"
+    (ev,) = summary["events"]
+    assert (ev["count"], ev["pid"], ev["action"], ev["sha256"]) == (3, 3, "allowed", sha)
 
 
 def test_excluded_own_and_plain_opens_are_allowed_without_hashing(rig):

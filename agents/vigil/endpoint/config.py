@@ -20,8 +20,10 @@ class EndpointConfig:
     # Mount points to watch (FAN_MARK_MOUNT: the whole mount each path is on).
     mounts: list[Path] = field(default_factory=lambda: [Path("/")])
     # Also watch plain opens on those mounts to catch programs run through the dynamic loader
-    # (`ld-linux-x86-64.so.2 ./prog` mmaps prog instead of exec'ing it); costs one readlink per open.
-    cover_loader: bool = True
+    # (`ld-linux-x86-64.so.2 ./prog` opens and mmaps prog: no exec event). Off by default: every
+    # open on a watched mount then wakes the decider, which alone costs more than the CPU budget on
+    # a busy host (see bench/endpoint_budget.py --loader-coverage); on it closes the loader gap.
+    cover_loader: bool = False
     # Paths never decided (answered allow at once, never hashed): the agent's own files, its logs.
     exclude_paths: list[Path] = field(default_factory=list)
     # The longest the kernel is kept waiting for a verdict from the manager; then the mode's default.

@@ -8,7 +8,8 @@ never logs in the decision path and never blocks on its peer: a verdict it must 
 with a deadline while other events keep being answered.
 
 Messages (JSON, one per datagram).  To the agent: ``ready``/``fatal``, ``ask`` (sha256, size, path),
-``ev`` (one decision), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
+``ev`` (one decision), ``evs`` (allowed execs answered from the cache, summed per file over the
+report interval, each with a ``count``), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
 is unreachable), ``push`` (verdict changes), ``mode``, ``stats?``.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import fanotify as fan
 from .decide import IdentityCache, VerdictCache, decide
 
 LOADERS = ("ld-linux", "ld-musl", "ld.so", "ld64.so")
+VERDICTS = ("benign", "malicious", "grayware", "unknown")
 
 
 class Pending:
@@ -52,6 +54,20 @@ class Decider:
         self.verdicts = VerdictCache(int(cfg["cache_entries"]))
         self.pending: dict[str, list[Pending]] = defaultdict(list)
         self.c: dict[str, int] = defaultdict(int)
+        # Allowed execs answered from the cache are summed per (file, verdict) and sent once per
+        # report interval: waking the agent for each would cost more than the decision itself.
+        self.report_interval = float(cfg.get("report_interval", 2.0))
+        self.summary: dict[tuple, dict] = {}
+        self.next_report = 0.0
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._mode = mode
+        self.table = {v: decide(mode, v) for v in VERDICTS}   # the fast path's answers for this mode
 
     # -- plumbing to the agent (never blocks: a full socket drops the message and counts it) --
     def send(self, msg: dict) -> bool:
@@ -68,69 +84,70 @@ class Decider:
         poller.register(self.sock.fileno(), select.POLLIN)
         while True:
             timeout = None
-            if self.pending:
-                nearest = min(p.deadline for ps in self.pending.values() for p in ps)
-                timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
+            wake = [p.deadline for ps in self.pending.values() for p in ps]
+            if self.summary:
+                wake.append(self.next_report)
+            if wake:
+                timeout = max(0, int((min(wake) - time.monotonic()) * 1000) + 1)
             for fd, events in poller.poll(timeout):
                 if fd == self.fan.fd:
                     for ev in self.fan.read():
+                        self.c["events"] += 1
                         self.on_event(ev)
                 elif events & (select.POLLHUP | select.POLLERR):
                     return  # the agent is gone: closing the group allows everything pending
                 else:
                     self.on_messages()
+            now = time.monotonic()
             if self.pending:
-                self.expire(time.monotonic())
+                self.expire(now)
+            if self.summary and now >= self.next_report:
+                self.flush_summary()
 
     # -- permission events ----------------------------------------------------------------
     def on_event(self, ev: fan.Event) -> None:
         t0 = time.monotonic()
-        if ev.fd < 0:
+        fd = ev.fd
+        if fd < 0:
             self.c["queue_overflows"] += 1
             return
         keep_fd = False
         try:
             if ev.pid in self.own_pids:
                 self.c["own"] += 1
-                self.fan.respond(ev.fd, True)
+                self.fan.respond(fd, True)
                 return
             if ev.mask & fan.FAN_OPEN_EXEC_PERM:
                 via = "exec"
             elif self._is_loader(ev.pid):
                 via = "loader"
             else:
-                self.fan.respond(ev.fd, True)   # an ordinary open: not an execution
+                self.fan.respond(fd, True)   # an ordinary open: not an execution
                 return
-            st = os.fstat(ev.fd)
-            if not stat.S_ISREG(st.st_mode):
-                self.fan.respond(ev.fd, True)
-                return
-            try:
-                path = os.readlink(f"/proc/self/fd/{ev.fd}")
-            except OSError:
-                path = "?"
-            if path.startswith(self.excluded):
-                self.c["excluded"] += 1
-                self.fan.respond(ev.fd, True)
-                return
+            st = os.fstat(fd)
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            sha = self.ids.get(key)
-            if sha is None:
-                if st.st_size > self.max_hash:
-                    self.c["too_large"] += 1
-                    self.finish(Pending(ev.fd, ev.pid, path, "", st.st_size, t0, 0, via), "unknown",
-                                "too-large")
+            known = self.ids.get(key)        # (sha256 or "" when excluded, path)
+            if known is None:
+                known = self._identify(fd, st, key, t0, ev.pid, via)
+                if known is None:
                     return
-                sha = self._hash(ev.fd)
-                self.ids.put(key, sha)
-                self.c["hashed"] += 1
-            p = Pending(ev.fd, ev.pid, path, sha, st.st_size, t0, t0 + self.deadline, via)
+            sha, path = known
+            if not sha:
+                self.c["excluded"] += 1
+                self.fan.respond(fd, True)
+                return
             cached = self.verdicts.get(sha)
             if cached is not None:
-                self.finish(p, cached[0], cached[1])
+                allow, action = self.table[cached[0]]
+                if action == "allowed":      # the common case, kept short: answer, then sum it up
+                    self.fan.respond(fd, True)
+                    self.c["decisions_allowed"] += 1
+                    self._summarise(sha, path, cached, ev.pid, st.st_size, via, t0)
+                    return
+                self.finish(Pending(fd, ev.pid, path, sha, st.st_size, t0, 0, via), cached[0], cached[1], True)
                 return
             first = sha not in self.pending
-            self.pending[sha].append(p)
+            self.pending[sha].append(Pending(fd, ev.pid, path, sha, st.st_size, t0, t0 + self.deadline, via))
             keep_fd = True
             if first:
                 self.c["asked"] += 1
@@ -139,10 +156,48 @@ class Decider:
         except OSError:
             self.c["event_errors"] += 1
             if not keep_fd:
-                self._answer(ev.fd, True)
+                self._answer(fd, True)
         finally:
             if not keep_fd:
-                self._close(ev.fd)
+                self._close(fd)
+
+    def _identify(self, fd: int, st: os.stat_result, key, t0: float, pid: int, via: str):
+        """A file not seen before (or changed): its path, exclusion and hash, cached by identity."""
+        if not stat.S_ISREG(st.st_mode):
+            self.fan.respond(fd, True)
+            return None
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = "?"
+        if path.startswith(self.excluded):
+            self.ids.put(key, ("", path))
+            return ("", path)
+        if st.st_size > self.max_hash:
+            self.c["too_large"] += 1
+            self.finish(Pending(fd, pid, path, "", st.st_size, t0, 0, via), "unknown", "too-large")
+            return None
+        sha = self._hash(fd)
+        self.c["hashed"] += 1
+        self.ids.put(key, (sha, path))
+        return (sha, path)
+
+    def _summarise(self, sha: str, path: str, cached, pid: int, size: int, via: str, t0: float) -> None:
+        latency = int((time.monotonic() - t0) * 1e6)
+        key = (sha, path, cached[0], cached[1], via)
+        agg = self.summary.get(key)
+        if agg is None:
+            if not self.summary:
+                self.next_report = time.monotonic() + self.report_interval
+            self.summary[key] = {"t": "ev", "ts": int(time.time() * 1000), "action": "allowed",
+                                 "verdict": cached[0], "source": cached[1], "sha256": sha, "path": path,
+                                 "pid": pid, "size": size, "via": via, "mode": self.mode, "latency_us": latency,
+                                 "count": 1, "cached": True}
+        else:
+            agg["count"] += 1
+            agg["pid"] = pid
+            if latency > agg["latency_us"]:
+                agg["latency_us"] = latency
 
     def _is_loader(self, pid: int) -> bool:
         try:
@@ -162,13 +217,21 @@ class Decider:
             h.update(b)
             off += len(b)
 
-    def finish(self, p: Pending, verdict: str, source: str) -> None:
+    def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
-        self.send({"t": "ev", "ts": int(time.time() * 1000), "action": out.action, "verdict": verdict,
-                   "source": source, "sha256": p.sha, "path": p.path, "pid": p.pid, "size": p.size,
-                   "via": p.via, "mode": self.mode, "latency_us": int((time.monotonic() - p.t0) * 1e6)})
+        latency = int((time.monotonic() - p.t0) * 1e6)
+        ts = int(time.time() * 1000)
+        self.send({"t": "ev", "ts": ts, "action": out.action, "verdict": verdict, "source": source,
+                   "sha256": p.sha, "path": p.path, "pid": p.pid, "size": p.size, "via": p.via, "mode": self.mode,
+                   "latency_us": latency, "count": 1, "cached": cached})
+
+    def flush_summary(self) -> None:
+        events = list(self.summary.values())
+        self.summary.clear()
+        for i in range(0, len(events), 200):
+            self.send({"t": "evs", "events": events[i:i + 200]})
 
     def _answer(self, fd: int, allow: bool) -> None:
         try:
@@ -225,6 +288,8 @@ class Decider:
         elif t == "mode":
             if msg["mode"] in ("monitor", "block-malicious", "lockdown"):
                 self.mode = msg["mode"]
+        elif t == "flush":
+            self.flush_summary()
         elif t == "stats?":
             self.send({"t": "stats", "mode": self.mode, "counters": dict(self.c),
                        "identity_cache": len(self.ids), "verdict_cache": len(self.verdicts),

@@ -35,6 +35,20 @@ log = logging.getLogger(__name__)
 RECENT = 200
 
 
+class QuietControlServer(ControlServer):
+    """The control socket, polling for shutdown every 2 s instead of 0.5 s: on an idle host each
+    wake-up of a Python thread is a measurable share of the agent's 0.1 % CPU budget."""
+
+    def start(self) -> None:
+        super().start()
+        server = self._server
+        self._server.shutdown()          # stop the default 0.5 s poll loop...
+        self._thread.join()
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 2.0},
+                                        name="control", daemon=True)
+        self._thread.start()             # ...and serve with the slower one
+
+
 class EndpointService:
     def __init__(self, cfg: EndpointConfig):
         self.cfg = cfg
@@ -46,7 +60,7 @@ class EndpointService:
         will = Will(self.status_topic, payload.encode("endpoint-status", cfg.endpoint_id, {"state": "offline"}))
         self.mqtt = MqttClient(cfg.mqtt, new_client_id(f"endpoint-{cfg.endpoint_id}"), self.counters, will=will,
                                on_connected=self._on_connected)
-        self.control = ControlServer(cfg.control_socket)
+        self.control = QuietControlServer(cfg.control_socket)
         self.control.register("endpoint.status", self.console_status)
         self.control.register("endpoint.recent", self.recent_decisions)
         self._events: collections.deque = collections.deque()
@@ -70,7 +84,7 @@ class EndpointService:
         conf = {"mode": self.mode, "decision_deadline": self.cfg.decision_deadline,
                 "max_hash_bytes": self.cfg.max_hash_bytes, "cache_entries": self.cfg.cache_entries,
                 "excluded": self.cfg.excluded(), "mounts": [str(m) for m in self.cfg.mounts],
-                "cover_loader": self.cfg.cover_loader, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
+                "cover_loader": self.cfg.cover_loader, "report_interval": self.cfg.batch_interval, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
         self.decider = subprocess.Popen([sys.executable, "-m", "vigil.endpoint.decider", json.dumps(conf)],
                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -110,6 +124,9 @@ class EndpointService:
                 t = msg["t"]
                 if t == "ev":
                     self._on_decision(msg)
+                elif t == "evs":
+                    for ev in msg["events"]:
+                        self._on_decision(ev)
                 elif t == "ask":
                     self._ask(msg["sha256"], msg.get("size"), msg.get("path", ""))
                 elif t == "stats":
@@ -120,7 +137,7 @@ class EndpointService:
 
     def _on_decision(self, ev: dict) -> None:
         ev.pop("t", None)
-        self.counters.inc(f"executions_{ev['action']}")
+        self.counters.inc(f"executions_{ev['action']}", int(ev.get("count", 1)))
         if ev.get("sha256"):
             self._paths[ev["sha256"]] = ev.get("path", "")
             self._paths.move_to_end(ev["sha256"])
@@ -236,6 +253,7 @@ class EndpointService:
         return None
 
     def _on_connected(self) -> None:
+        set_nodelay(self.mqtt)
         self.publish_status()
 
     def publish_status(self) -> None:
@@ -291,7 +309,7 @@ class EndpointService:
         next_batch = time.monotonic() + self.cfg.batch_interval
         next_status = time.monotonic() + self.cfg.status_interval
         try:
-            while not stop.wait(min(self.cfg.batch_interval, 1.0)):
+            while not stop.wait(self.cfg.batch_interval):
                 now = time.monotonic()
                 if self.decider.poll() is not None:
                     self.counters.inc("decider_restarts")
@@ -321,6 +339,19 @@ class EndpointService:
             self.mqtt.stop()
             self.control.stop()
             log.info("counters at exit: %s", self.counters.snapshot())
+
+
+def set_nodelay(mqtt: MqttClient) -> bool:
+    """Disable Nagle on the broker link: paho does not, and a small request held until the peer's
+    delayed ACK adds ~40 ms to every verdict round trip."""
+    try:
+        sock = mqtt.paho.socket()
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return True
+    except OSError:
+        pass
+    return False
 
 
 def _rss_kb() -> int:

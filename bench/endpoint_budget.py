@@ -1,0 +1,201 @@
+"""Endpoint agent budgets (issue 7): exec latency with the agent, CPU and RSS at an ordinary rate.
+
+Runs the real agent (default production settings: loader coverage on, 2 s batches) on a tmpfs
+mounted for the run, with a real Mosquitto and a real vigil-manager with the verdict service.
+A second, unmarked tmpfs is the no-agent baseline, measured in the same run and interleaved with
+the measured execs so machine noise hits both alike.
+
+  1. cached verdict: the same binary exec'd again and again (marked vs unmarked mount);
+  2. verdict from the manager: a new binary per exec, so every exec hashes and asks over loopback MQTT;
+  3. sustained: 5 exec/s of cached binaries for --duration seconds; CPU of agent + decider from
+     /proc/<pid>/stat, RSS from /proc/<pid>/status.
+
+Budgets: cached p95 added ≤ 1 ms; manager p95 added ≤ 20 ms; CPU ≤ 0.1 % of one core; RSS ≤ 50 MB.
+Run as root:  flock /tmp/vigil-bench.lock .venv/bin/python bench/endpoint_budget.py [--duration 600]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from vigil.control import call
+from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, vigil_command
+
+TRUE = Path("/bin/true").read_bytes()
+
+
+def spawn_wait(path: str) -> float:
+    t = time.perf_counter()
+    pid = os.posix_spawn(path, [path], {})
+    os.waitpid(pid, 0)
+    return time.perf_counter() - t
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of every thread of ``pid`` from the scheduler (ns-exact, unlike tick-sampled
+    utime/stime, which charge a whole tick to whoever is running when it fires)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_log(p: ManagedProcess, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in p.log_text():
+        if not p.alive() or time.monotonic() > deadline:
+            raise SystemExit(f"{p.name} did not start:\n{p.log_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=600.0, help="sustained phase length, seconds")
+    ap.add_argument("--rate", type=float, default=5.0, help="sustained exec rate per second")
+    ap.add_argument("--loader-coverage", action="store_true",
+                    help="run the agent with cover_loader: true (also decide opens by the dynamic loader)")
+    ap.add_argument("--idle", type=float, default=30.0, help="idle phase length, seconds")
+    ap.add_argument("--cached-n", type=int, default=1000)
+    ap.add_argument("--manager-n", type=int, default=200)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (fanotify)", file=sys.stderr)
+        return 2
+    run = Path("/run/vigil-lab") / f"epb{uuid.uuid4().hex[:6]}"
+    marked, plain = run / "marked", run / "plain"
+    mounted, procs = [], []
+    try:
+        for m in (marked, plain):
+            m.mkdir(parents=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", f"vigil-bench-{m.name}", str(m)],
+                           check=True)
+            mounted.append(m)
+        mq = Mosquitto(run).start()
+        influx = InfluxDB(run).start()
+        procs += [mq.proc, influx.proc]
+        good = run / "good.txt"
+        for m in (marked, plain):
+            (m / "cached").write_bytes(TRUE)
+            (m / "cached").chmod(0o755)
+        import hashlib
+        good.write_text(hashlib.sha256(TRUE).hexdigest() + " bin-true\n")
+        mcfg = {"manager_id": "bench", "mqtt": mq.mqtt_config(), "influx": {"url": influx.url},
+                "state_dir": str(run / "state"), "control_socket": str(run / "manager.sock"),
+                "log": {"level": "WARNING"},
+                "verdicts": {"known_good": [str(good)], "clamd_socket": None}}
+        (run / "manager.yaml").write_text(yaml.safe_dump(mcfg))
+        manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(run / "manager.yaml")],
+                                 run).start()
+        procs.append(manager)
+        time.sleep(1.5)
+        ecfg = {"endpoint_id": "bench", "mqtt": mq.mqtt_config(), "mode": "block-malicious", "mounts": [str(marked)],
+                "state_dir": str(run / "state-ep"), "control_socket": str(run / "ep.sock"),
+                "cover_loader": args.loader_coverage}
+        (run / "endpoint.yaml").write_text(yaml.safe_dump(ecfg))
+        agent = ManagedProcess("endpoint", [*vigil_command("vigil-endpoint"), "-c", str(run / "endpoint.yaml")],
+                               run).start()
+        procs.append(agent)
+        wait_log(agent, "mqtt: connected")
+        decider = call(run / "ep.sock", "endpoint.status")["decider_pid"]
+
+        # 1. cached verdict, interleaved with the unmarked baseline
+        spawn_wait(str(marked / "cached"))   # first exec: hash + ask; cached from here on
+        with_agent, baseline = [], []
+        for _ in range(args.cached_n):
+            with_agent.append(spawn_wait(str(marked / "cached")))
+            baseline.append(spawn_wait(str(plain / "cached")))
+        # idle: what the agent costs with nothing to decide
+        idle0 = (cpu_seconds(agent.pid), cpu_seconds(decider))
+        time.sleep(args.idle)
+        idle = (cpu_seconds(agent.pid) - idle0[0], cpu_seconds(decider) - idle0[1])
+        # 3. sustained rate of cached execs
+        cpu0 = (cpu_seconds(agent.pid), cpu_seconds(decider))
+        t0 = time.monotonic()
+        n, rss_max = 0, (0.0, 0.0)
+        interval = 1.0 / args.rate
+        next_t = t0
+        while time.monotonic() - t0 < args.duration:
+            spawn_wait(str(marked / "cached"))
+            n += 1
+            if n % 50 == 0:
+                rss_max = (max(rss_max[0], rss_mb(agent.pid)), max(rss_max[1], rss_mb(decider)))
+            next_t += interval
+            time.sleep(max(0.0, next_t - time.monotonic()))
+        elapsed = time.monotonic() - t0
+        cpu_split = (cpu_seconds(agent.pid) - cpu0[0], cpu_seconds(decider) - cpu0[1])
+        cpu = sum(cpu_split)
+        rss_max = (max(rss_max[0], rss_mb(agent.pid)), max(rss_max[1], rss_mb(decider)))
+        # 2. verdict from the manager: a new hash every time
+        new_agent, new_base = [], []
+        for i in range(args.manager_n):
+            for m, out in ((marked, new_agent), (plain, new_base)):
+                p = m / f"new-{i}"
+                p.write_bytes(TRUE + uuid.uuid4().bytes)
+                p.chmod(0o755)
+                out.append(spawn_wait(str(p)))
+        st = call(run / "ep.sock", "endpoint.status")
+        timeouts = st["decider"]["counters"].get("timeouts", 0)
+
+        final = call(run / "ep.sock", "endpoint.status")
+
+        ms = 1000.0
+        print("vigil-endpoint budgets (shared, noisy 2-core machine; figures are indicative); "
+              f"loader coverage {'on' if args.loader_coverage else 'off (default)'}")
+        print(f"cached verdict, {args.cached_n} execs: p50 {pct(with_agent, 50) * ms:.3f} ms, p95 "
+              f"{pct(with_agent, 95) * ms:.3f} ms; baseline (no agent) p50 {pct(baseline, 50) * ms:.3f} ms, "
+              f"p95 {pct(baseline, 95) * ms:.3f} ms")
+        add_c = (pct(with_agent, 95) - pct(baseline, 95)) * ms
+        print(f"  added p95 {add_c:.3f} ms (ratio {pct(with_agent, 95) / pct(baseline, 95):.2f}x baseline; "
+              f"budget 1 ms -> {add_c / 1.0:.2f} of budget)")
+        add_m = (pct(new_agent, 95) - pct(new_base, 95)) * ms
+        print(f"verdict from the manager, {args.manager_n} new binaries: p50 {pct(new_agent, 50) * ms:.3f} ms, "
+              f"p95 {pct(new_agent, 95) * ms:.3f} ms; baseline p50 {pct(new_base, 50) * ms:.3f} ms, "
+              f"p95 {pct(new_base, 95) * ms:.3f} ms; deadline timeouts {timeouts}")
+        print(f"  added p95 {add_m:.3f} ms (ratio {pct(new_agent, 95) / pct(new_base, 95):.2f}x baseline; "
+              f"budget 20 ms -> {add_m / 20:.2f} of budget)")
+        cpu_pct = 100 * cpu / elapsed
+        print(f"sustained {n} execs in {elapsed:.0f} s ({n / elapsed:.2f}/s): agent+decider CPU {cpu:.2f} s = "
+              f"{cpu_pct:.4f} % of one core (agent {cpu_split[0]:.3f} s, decider {cpu_split[1]:.3f} s; "
+              f"budget 0.1 % -> {cpu_pct / 0.1:.2f} of budget)")
+        print(f"idle {args.idle:.0f} s: agent {idle[0]:.3f} s, decider {idle[1]:.3f} s CPU = "
+              f"{100 * sum(idle) / args.idle:.4f} % of one core")
+        print(f"  (CPU from /proc/<pid>/task/*/schedstat; a thread that exited during the run is not counted)")
+        print(f"RSS max: agent {rss_max[0]:.1f} MB + decider {rss_max[1]:.1f} MB = {sum(rss_max):.1f} MB "
+              f"(budget 50 MB -> {sum(rss_max) / 50:.2f} of budget)")
+        print(f"decider counters: {final['decider']['counters']}; events dropped "
+              f"{final['counters'].get('events_dropped', 0)}")
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        for m in mounted:
+            subprocess.run(["umount", "-l", str(m)], check=False)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

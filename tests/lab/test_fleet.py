@@ -8,6 +8,7 @@ at once.  Where the engine's enforcement part is present, the kernel's block set
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from vigil import ruleset, topics
+from vigil.engine.config import EngineConfig
 
 pytestmark = pytest.mark.lab
 
@@ -104,14 +106,37 @@ def decision_for(lab, value, origin_prefix, since):
 
 
 def test_fleet_learns_then_blocks_attacks_on_the_engine_that_saw_them(lab2):
-    lab = lab2
+    try:
+        _scenario(lab2)
+    except BaseException:
+        _dump(lab2)
+        raise
+
+
+def _dump(lab) -> None:
+    """What the manager decided and what the kernels hold, for a failure's report."""
+    try:
+        print(ctl(lab, "decisions", "list", "--state", "all", check=False).stdout)
+        for node in ("engine", "engine2"):
+            print(node, lab.run(node, ["nft", "list", "table", "bridge", "vigil"], check=False).stdout[-3000:])
+        for name in ("manager", "engine", "engine2"):
+            if name in lab.procs:
+                print(f"--- {name} log (tail)\n" + lab.procs[name].log_text()[-3000:])
+    except Exception as exc:  # the dump must not hide the failure
+        print("dump failed:", exc)
+
+
+def _scenario(lab):
     A, C = lab.ip("attacker"), lab.ip("client")
     S1, S2 = lab.ip("server"), lab.ip("server2")
     lab.start_manager(policy=POLICY)
     lab.wait_log("manager", "mqtt: connected")
     pub = ruleset.load_public_key(lab.run_dir / "state" / "manager" / "signing.pub")
+    extra = {}
+    if "enforcement" in {f.name for f in dataclasses.fields(EngineConfig)}:
+        extra["enforcement"] = {"manager_public_key": str(lab.run_dir / "state" / "manager" / "signing.pub")}
     for node in ("engine", "engine2"):
-        lab.start_engine(node, learning={"period": 8})
+        lab.start_engine(node, learning={"period": 8}, **extra)
     # services: HTTP on both servers, HTTP basic auth on server, iperf3 on server
     script = lab.run_dir / "auth_server.py"
     script.write_text(AUTH_SERVER)

@@ -27,18 +27,48 @@ MEASUREMENT = "security_event"
 _TAG_ACTIONS = {"allow", "block", "alert"}
 
 
+_TAG_ESC = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+_prefix_cache: dict[tuple, str] = {}
+
+
+def _str_field(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        v = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + v + '"'
+
+
 def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
-    """One point; tags are few and bounded (type, format, severity, action class, named source)."""
-    tags = {"source_type": ev.source_type, "format": ev.format,
-            "severity": SEVERITY_NAMES[ev.severity] if ev.severity is not None else None,
-            "action": (ev.action if ev.action in _TAG_ACTIONS else "other") if ev.action else None,
-            "source": ev.source if ev.source != peer else None}
-    fields = {"peer": peer, "device": ev.device, "src": ev.src, "dst": ev.dst, "sport": ev.sport,
-              "dport": ev.dport, "proto": ev.proto, "action_raw": ev.action, "sig_id": ev.sig_id,
-              "sig_name": ev.sig_name, "category": ev.category,
-              "event_time": int(ev.time * 1000) if ev.time is not None else None,
-              "raw": ev.raw[:raw_max]}
-    return line(MEASUREMENT, tags, fields, ts_ns)
+    """One point; tags are few and bounded (type, format, severity, action class, named source).
+
+    Equivalent to ``influx.line`` (tested against it), built faster: the tag part is cached per
+    tag combination and only string/int fields occur."""
+    action = (ev.action if ev.action in _TAG_ACTIONS else "other") if ev.action else None
+    source = ev.source if ev.source != peer else None
+    key = (ev.source_type, ev.format, ev.severity, action, source)
+    prefix = _prefix_cache.get(key)
+    if prefix is None:
+        tags = {"source_type": ev.source_type, "format": ev.format,
+                "severity": SEVERITY_NAMES[ev.severity] if ev.severity is not None else None,
+                "action": action, "source": source}
+        prefix = MEASUREMENT + "".join(f",{k}={str(v).translate(_TAG_ESC)}" for k, v in sorted(tags.items())
+                                       if v is not None and v != "")
+        if len(_prefix_cache) > 10000:
+            _prefix_cache.clear()
+        _prefix_cache[key] = prefix
+    parts = ["peer=" + _str_field(peer)]
+    for name, v in (("device", ev.device), ("src", ev.src), ("dst", ev.dst), ("proto", ev.proto),
+                    ("action_raw", ev.action), ("sig_id", ev.sig_id), ("sig_name", ev.sig_name),
+                    ("category", ev.category)):
+        if v is not None:
+            parts.append(name + "=" + _str_field(v))
+    if ev.sport is not None:
+        parts.append(f"sport={ev.sport}i")
+    if ev.dport is not None:
+        parts.append(f"dport={ev.dport}i")
+    if ev.time is not None:
+        parts.append(f"event_time={int(ev.time * 1000)}i")
+    parts.append("raw=" + _str_field(ev.raw[:raw_max]))
+    return f"{prefix} {','.join(parts)} {ts_ns}"
 
 
 class CollectorComponent:

@@ -56,6 +56,11 @@ class Matcher:
         if not isinstance(spec, dict) or not spec:
             raise RuleError(f"{where}: must be a non-empty mapping of field: condition")
         self.tests: list[Callable[[Event], bool]] = []
+        # source types this matcher can match at all (None: any); lets the engine skip rules cheaply
+        st = spec.get("source_type")
+        self.source_types: frozenset[str] | None = (
+            frozenset(x.lower() for x in ([st] if isinstance(st, str) else st))
+            if isinstance(st, str) or (isinstance(st, list) and all(isinstance(x, str) for x in st)) else None)
         for key, cond in spec.items():
             if key == "any":
                 if not isinstance(cond, list) or not cond:
@@ -272,6 +277,18 @@ class Correlator:
         self.state: dict[str, OrderedDict] = {r.name: OrderedDict() for r in rules}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
+        self._by_type: dict[str, list[Rule]] = {}
+
+    def _rules_for(self, source_type: str) -> list[Rule]:
+        rs = self._by_type.get(source_type)
+        if rs is None:
+            rs = []
+            for r in self.rules:
+                ms = r.steps if r.type == "sequence" else [r.match]
+                if any(m.source_types is None or source_type in m.source_types for m in ms):
+                    rs.append(r)
+            self._by_type[source_type] = rs
+        return rs
 
     def _inc(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -292,7 +309,7 @@ class Correlator:
 
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
-        for rule in self.rules:
+        for rule in self._rules_for(ev.source_type):
             if rule.type != "sequence" and not rule.match(ev):
                 continue
             g = ev.get(rule.group_by)

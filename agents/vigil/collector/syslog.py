@@ -106,6 +106,7 @@ def bsd_time(mon: str, day: str, year: str | None, hh: str, mm: str, ss: str, fr
 
 
 _year_cache: dict[int, int] = {}
+_bsd_cache: dict[tuple, float | None] = {}
 
 
 def _year_of(ts: float) -> int:
@@ -164,7 +165,13 @@ def parse_header(line: str, ref: float | None = None) -> tuple[Header | None, st
     mb = _BSD_TIME.match(rest) if rest[:1].isalpha() else None
     ts = None
     if mb:
-        ts = bsd_time(*mb.groups(), ref=ref)
+        key = (mb.group(0), int(ref if ref is not None else time.time()) // 3600)
+        ts = _bsd_cache.get(key, False)
+        if ts is False:
+            ts = bsd_time(*mb.groups(), ref=ref)
+            if len(_bsd_cache) > 4096:
+                _bsd_cache.clear()
+            _bsd_cache[key] = ts
         if ts is None:
             mb = None
     if mb:

@@ -150,3 +150,21 @@ def test_component_stores_events_and_proposes_from_tick(tmp_path: Path):
     assert policy.pending[0].evidence["count"] == 5
     st = comp.status()
     assert st["rules"]["waf-sqli-burst"] == 1 and st["parsed"]["modsecurity"] == 5
+
+
+def test_event_line_matches_the_generic_line_protocol_writer():
+    from vigil.collector.component import event_line
+    from vigil.collector.parsers import parse
+    from vigil.influx import line
+    ev = parse('<134>1 2023-03-01T07:57:07Z gw CheckPoint 1 - [action:"Key Install"; src:"10.0.0.9"; '
+               'service:"22"; proto:"6"; product:"a \\"b\\" c,d=e"]')
+    ev.source = "fw 1"
+    got = event_line(ev, "127.0.0.1", 123, 20)
+    want = line("security_event",
+                {"source_type": "checkpoint", "format": "checkpoint-kv", "action": "other", "source": "fw 1"},
+                {"peer": "127.0.0.1", "device": "gw", "src": "10.0.0.9", "proto": "tcp",
+                 "action_raw": "key install", "category": 'a "b" c,d=e', "dport": 22,
+                 "event_time": int(ev.time * 1000), "raw": ev.raw[:20]}, 123)
+    assert got.split(" ", 1)[0] == want.split(" ", 1)[0]
+    assert sorted(got.split(" ", 1)[1].rsplit(" ", 1)[0].split(",")) == \
+        sorted(want.split(" ", 1)[1].rsplit(" ", 1)[0].split(","))

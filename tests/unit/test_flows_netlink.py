@@ -158,3 +158,10 @@ def test_cap_counts_evictions_and_evicted_flows_still_end_once():
     t.on_destroy(_entry(4, ob=500), now_ms=5)
     (r,) = t.update([_entry(0), _entry(1)], now_ms=10)
     assert r["id"] == 4 and r["orig_bytes"] == 500
+
+
+def test_syn_answered_by_rst_is_rej_although_conntrack_never_set_seen_reply():
+    # conntrack kills a flow whose only reply is a RST before setting SEEN_REPLY; the reply
+    # counter still holds the RST
+    assert conn_state(6, 8, 0, True, resp_pkts=1) == "REJ"
+    assert conn_state(6, 8, 0, True, resp_pkts=0) == "S0"

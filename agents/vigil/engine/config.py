@@ -36,9 +36,9 @@ class FlowConfig:
     # flow; the manager aggregates. Kept here so the engine can cap batch size.
     max_records_per_batch: int = 50_000
     # Per-protocol idle timeouts (seconds), applied as this namespace's conntrack timeouts:
-    # tcp (established), udp (replied), udp_unreplied, icmp, other.
+    # tcp (established), tcp_closed (time_wait/close linger), udp (replied), udp_unreplied, icmp, other.
     idle_timeouts: dict[str, int] = field(default_factory=lambda: {
-        "tcp": 3600, "udp": 120, "udp_unreplied": 30, "icmp": 30, "other": 600})
+        "tcp": 3600, "tcp_closed": 10, "udp": 120, "udp_unreplied": 30, "icmp": 30, "other": 600})
     # On-disk buffer of batches the broker has not acknowledged (bounded; overflow is counted).
     spool_max_mb: float = 64.0
 
@@ -47,7 +47,7 @@ class FlowConfig:
             raise ValueError(f"interval: must be between 0.2 and 3600 seconds, got {self.interval}")
         if self.max_flows < 100:
             raise ValueError("max_flows: must be at least 100")
-        known = {"tcp", "udp", "udp_unreplied", "icmp", "other"}
+        known = {"tcp", "tcp_closed", "udp", "udp_unreplied", "icmp", "other"}
         for k, v in self.idle_timeouts.items():
             if k not in known:
                 raise ValueError(f"idle_timeouts: unknown protocol {k!r} (known: {', '.join(sorted(known))})")

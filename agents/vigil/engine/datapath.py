@@ -172,6 +172,9 @@ table inet {FLOW_TABLE} {{
 # flows out and the DESTROY event gives the final record.
 TIMEOUT_SYSCTLS = {
     "tcp": ("nf_conntrack_tcp_timeout_established",),
+    # a closed TCP flow lingers in time_wait (kernel default 120 s) before its DESTROY; on a bridge
+    # that only watches, a short linger makes the final record arrive soon after the close
+    "tcp_closed": ("nf_conntrack_tcp_timeout_time_wait", "nf_conntrack_tcp_timeout_close"),
     "udp": ("nf_conntrack_udp_timeout_stream",),
     "udp_unreplied": ("nf_conntrack_udp_timeout",),
     "icmp": ("nf_conntrack_icmp_timeout", "nf_conntrack_icmpv6_timeout"),

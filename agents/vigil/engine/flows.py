@@ -38,8 +38,10 @@ _SYN_STATES = (0, 1, 9)   # none, syn_sent, syn_sent2
 _FIN_STATES = (4, 5, 6, 7)  # fin_wait, close_wait, last_ack, time_wait
 
 
-def conn_state(proto: int, tcp_state: int | None, status: int, ended: bool) -> str:
-    replied = bool(status & IPS_SEEN_REPLY)
+def conn_state(proto: int, tcp_state: int | None, status: int, ended: bool, resp_pkts: int = 0) -> str:
+    # A SYN answered only by a RST is killed by conntrack before it sets SEEN_REPLY; the reply
+    # counter still shows the RST.
+    replied = bool(status & IPS_SEEN_REPLY) or resp_pkts > 0
     assured = bool(status & IPS_ASSURED)
     if proto != 6:
         if not replied:
@@ -161,7 +163,7 @@ class FlowTable:
             "duration": round(max(0, now_ms - t.start_ms) / 1000.0, 3),
             "new": prev == (0, 0, 0, 0),
             "state": TCP_STATES.get(e.tcp_state, "") if e.tcp_state is not None else "",
-            "conn_state": conn_state(e.proto, e.tcp_state, e.status, ended),
+            "conn_state": conn_state(e.proto, e.tcp_state, e.status, ended, cur[2]),
             "replied": bool(e.status & IPS_SEEN_REPLY),
             "assured": bool(e.status & IPS_ASSURED),
             "orig_pkts": d[0], "orig_bytes": d[1], "resp_pkts": d[2], "resp_bytes": d[3],

@@ -1,0 +1,212 @@
+"""Engine telemetry against the real kernel and broker: flow records from conntrack (dumps and
+DESTROY events) for curl and iperf3, in-order replay of spooled batches after a 30 s broker outage,
+and the retained status."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from vigil import payload
+
+pytestmark = pytest.mark.integration
+
+# conntrack counts whole IP packets (IP + TCP headers); curl and iperf3 report payload bytes.
+# With offloads on, a counted packet is a large segment, so headers add far less than 1 %; a curl
+# transfer of 8 MB adds ~0.5 % of headers at worst.  Stated tolerance: bytes the receiver got <=
+# counted <= payload + 3 % (iperf3's sender figure may run a little ahead of the wire).
+TOLERANCE = 0.03
+
+
+class Collector:
+    """A subscriber to one engine's topics, (re)connecting quickly."""
+
+    def __init__(self, port: int, engine: str = "e1"):
+        self.port = port
+        self.engine = engine
+        self.flows: list[dict] = []
+        self.events: list[dict] = []
+        self.status: list[dict] = []
+        self.lock = threading.Lock()
+        self.client = None
+        self.connect()
+
+    def connect(self, timeout: float = 10.0) -> None:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{time.monotonic_ns()}",
+                        protocol=paho.MQTTv5)
+        c.max_queued_messages_set(0)
+        c.on_message = self._on_message
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c.connect("127.0.0.1", self.port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        c.subscribe(f"vigil/v1/engine/{self.engine}/#", qos=1)
+        c.loop_start()
+        self.client = c
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+            self.client = None
+
+    def _on_message(self, client, userdata, msg):
+        leaf = msg.topic.rsplit("/", 1)[1]
+        kind = {"flows": "flows", "events": "events", "status": "status"}.get(leaf)
+        if kind is None:
+            return
+        doc = payload.decode(msg.payload, kind)
+        with self.lock:
+            getattr(self, kind).append(doc)
+
+    def records(self, **match) -> list[dict]:
+        with self.lock:
+            return [r for b in self.flows for r in b["flows"] if all(r.get(k) == v for k, v in match.items())]
+
+    def wait(self, pred, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def engine_lab(lab):
+    col = Collector(lab.mosquitto.port)
+    try:
+        yield lab, col
+    finally:
+        col.close()
+
+
+def _start_engine(lab, **over):
+    # closed TCP flows leave conntrack 2 s after the close (DESTROY -> final record)
+    over.setdefault("flows", {"interval": 1.0, "idle_timeouts": {"tcp_closed": 2}})
+    lab.start_engine(**over)
+    lab.wait_log("engine", "mqtt: connected")
+
+
+def test_curl_record_matches_bytes_and_describes_the_flow(engine_lab):
+    lab, col = engine_lab
+    size = 8 * 1024 * 1024
+    www = lab.run_dir / "www"
+    www.mkdir()
+    (www / "blob.bin").write_bytes(bytes(range(256)) * (size // 256))
+    _start_engine(lab)
+    lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", lab.ip("server"),
+                         "--directory", str(www)], name="http")
+    r = lab.run("client", ["curl", "-sS", "--retry", "5", "--retry-connrefused", "-o", "/dev/null",
+                           "-w", "%{size_download} %{local_port}", f"http://{lab.ip('server')}:8080/blob.bin"])
+    downloaded, sport = map(int, r.stdout.split())
+    assert downloaded == size
+    # the connection closes at once; its final record comes from the DESTROY event or the dump
+    ended = col.wait(lambda: [x for x in col.records(dport=8080, sport=sport) if x["end"]], 20,
+                     "the curl flow's final record")
+    recs = col.records(dport=8080, sport=sport)
+    resp = sum(x["resp_bytes"] for x in recs)
+    orig = sum(x["orig_bytes"] for x in recs)
+    assert downloaded <= resp <= downloaded * (1 + TOLERANCE), (downloaded, resp)
+    last = ended[-1]
+    assert last["resp_bytes_total"] == resp and last["orig_bytes_total"] == orig
+    assert last["src"] == lab.ip("client") and last["dst"] == lab.ip("server") and last["proto"] == "tcp"
+    assert last["in_port"] == "eth0" and last["family"] == 4
+    assert last["conn_state"] in ("SF", "S1") and last["assured"]
+    assert last["start"] <= last["end"] and last["resp_pkts"] + last["orig_pkts"] > 0 or len(recs) > 1
+    assert sum(1 for x in recs if x["new"]) == 1
+
+
+def test_iperf3_record_matches_bytes(engine_lab):
+    lab, col = engine_lab
+    _start_engine(lab)
+    server = lab.popen("server", ["iperf3", "-s", "-1", "-B", lab.ip("server")], name="iperf3-server")
+    time.sleep(0.3)
+    r = lab.run("client", ["iperf3", "-c", lab.ip("server"), "-t", "2", "-J"], timeout=30)
+    result = json.loads(r.stdout)
+    sent = result["end"]["sum_sent"]["bytes"]
+    server.proc.wait(10)
+    # iperf3 uses two connections to 5201: a small control one and the data stream
+    col.wait(lambda: len([x for x in col.records(dport=5201) if x["end"]]) >= 2, 20,
+             "both iperf3 connections ended")
+    by_flow: dict[int, int] = {}
+    for x in col.records(dport=5201):
+        by_flow[x["sport"]] = by_flow.get(x["sport"], 0) + x["orig_bytes"]
+    data = max(by_flow.values())
+    received = result["end"]["sum_received"]["bytes"]
+    # iperf3's sender total counts what was written to the socket, a little of which may still be
+    # unsent when the client stops: compare both ways
+    assert sent * (1 - TOLERANCE) <= data <= sent * (1 + TOLERANCE), (sent, received, data)
+    assert data >= received, (received, data)
+
+
+def test_udp_and_rejected_tcp_get_zeek_like_states(engine_lab):
+    lab, col = engine_lab
+    _start_engine(lab)
+    # a SYN to a closed port: answered by RST -> REJ
+    lab.run("client", ["curl", "-sS", "--max-time", "2", f"http://{lab.ip('server')}:9/"], check=False)
+    col.wait(lambda: [x for x in col.records(dport=9) if x["end"] or x["conn_state"] == "REJ"], 20,
+             "the rejected flow")
+    assert {x["conn_state"] for x in col.records(dport=9)} == {"REJ"}
+
+
+def test_broker_outage_of_30s_loses_no_batch(engine_lab):
+    lab, col = engine_lab
+    _start_engine(lab, mqtt={"reconnect_max": 2.0})
+    col.wait(lambda: len(col.flows) >= 2, 15, "first batches")
+    pinger = lab.popen("client", ["ping", "-i", "0.2", lab.ip("server")], name="ping")
+    col.close()
+    lab.mosquitto.stop()
+    outage_start = time.monotonic()
+    time.sleep(30.0)  # the issue's 30 s outage, for real: 1 s interval -> ~30 batches spooled
+    spooled = sorted(p.name for p in (lab.run_dir / "state" / "engine" / "spool").glob("*.json"))
+    assert len(spooled) >= 25, spooled
+    lab.mosquitto.start()
+    col.connect()
+    outage = time.monotonic() - outage_start
+    lab.stop("ping")
+
+    def contiguous():
+        seqs = sorted({b["seq"] for b in col.flows})
+        return seqs if seqs and seqs[-1] - seqs[0] + 1 == len(seqs) and seqs[-1] >= int(spooled[-1].split(".")[0]) + 2 else None
+
+    # the collector that was away missed the batches published before the outage; everything
+    # from the outage on must arrive, in order, none missing
+    seqs = col.wait(contiguous, 30, f"contiguous seq after a {outage:.0f}s outage")
+    first_spooled = int(spooled[0].split(".")[0])
+    assert seqs[0] <= first_spooled
+    with col.lock:
+        order = [b["seq"] for b in col.flows]
+    replayed = [s for s in order if s >= first_spooled]
+    assert replayed[:len(spooled)] == sorted(replayed[:len(spooled)]), "replay out of order"
+    # the replayed batches carry the outage's traffic (the pings)
+    assert sum(r["orig_pkts"] for b in col.flows if b["seq"] in range(first_spooled, first_spooled + len(spooled))
+               for r in b["flows"] if r["proto"] == "icmp") >= 100
+    # and the spool is empty again; nothing was dropped
+    col.wait(lambda: not list((lab.run_dir / "state" / "engine" / "spool").glob("*.json")), 10, "empty spool")
+    st = col.wait(lambda: [s for s in col.status if s.get("telemetry", {}).get("spool_batches") == 0], 15,
+                  "status after replay")[-1]
+    assert st["counters"].get("flow_batches_dropped", 0) == 0
+
+
+def test_status_is_retained_and_reports_telemetry(engine_lab):
+    lab, col = engine_lab
+    _start_engine(lab, status_interval=1.0, learning={"period": 3600})
+    st = col.wait(lambda: [s for s in col.status if s.get("state") == "running"], 15, "status")[-1]
+    assert st["mode"] == "learning" and 0 <= st["learning"]["progress"] < 1
+    assert st["kernel"]["flow_source"] in ("br_netfilter-conntrack", "bridge-conntrack")
+    tel = st["telemetry"]
+    assert tel["ct_events"] and tel["samples"] and tel["idle_timeouts"]["nf_conntrack_tcp_timeout_time_wait"] == 2
+    for key in ("flows_evicted", "flow_records_dropped"):
+        assert key in st["counters"]
+    assert st["detector"] is not None

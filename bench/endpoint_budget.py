@@ -1,6 +1,6 @@
 """Endpoint agent budgets (issue 7): exec latency with the agent, CPU and RSS at an ordinary rate.
 
-Runs the real agent (default production settings: loader coverage on, 2 s batches) on a tmpfs
+Runs the real agent (default production settings unless a flag says otherwise) on a tmpfs
 mounted for the run, with a real Mosquitto and a real vigil-manager with the verdict service.
 A second, unmarked tmpfs is the no-agent baseline, measured in the same run and interleaved with
 the measured execs so machine noise hits both alike.
@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=5.0, help="sustained exec rate per second")
     ap.add_argument("--loader-coverage", action="store_true",
                     help="run the agent with cover_loader: true (also decide opens by the dynamic loader)")
+    ap.add_argument("--kernel-cache", action="store_true",
+                    help="run the agent with kernel_cache: true (ignore marks on benign files)")
     ap.add_argument("--idle", type=float, default=30.0, help="idle phase length, seconds")
     ap.add_argument("--cached-n", type=int, default=1000)
     ap.add_argument("--manager-n", type=int, default=200)
@@ -114,7 +116,7 @@ def main() -> int:
         time.sleep(1.5)
         ecfg = {"endpoint_id": "bench", "mqtt": mq.mqtt_config(), "mode": "block-malicious", "mounts": [str(marked)],
                 "state_dir": str(run / "state-ep"), "control_socket": str(run / "ep.sock"),
-                "cover_loader": args.loader_coverage}
+                "cover_loader": args.loader_coverage, "kernel_cache": args.kernel_cache}
         (run / "endpoint.yaml").write_text(yaml.safe_dump(ecfg))
         agent = ManagedProcess("endpoint", [*vigil_command("vigil-endpoint"), "-c", str(run / "endpoint.yaml")],
                                run).start()
@@ -164,7 +166,8 @@ def main() -> int:
 
         ms = 1000.0
         print("vigil-endpoint budgets (shared, noisy 2-core machine; figures are indicative); "
-              f"loader coverage {'on' if args.loader_coverage else 'off (default)'}")
+              f"loader coverage {'on' if args.loader_coverage else 'off (default)'}, "
+              f"kernel cache {'on' if args.kernel_cache else 'off (default)'}")
         print(f"cached verdict, {args.cached_n} execs: p50 {pct(with_agent, 50) * ms:.3f} ms, p95 "
               f"{pct(with_agent, 95) * ms:.3f} ms; baseline (no agent) p50 {pct(baseline, 50) * ms:.3f} ms, "
               f"p95 {pct(baseline, 95) * ms:.3f} ms")

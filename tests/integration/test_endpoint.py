@@ -236,6 +236,25 @@ def test_operator_override_reaches_endpoint(stack):
         assert stack.vigilctl("hashes", "block", "not-a-hash").returncode == 2
 
 
+def test_kernel_cache_skips_benign_until_the_verdict_changes(stack):
+    target, sha = stack.binary("kcache", uuid.uuid4().bytes)
+    with stack.agent("block-malicious", "kc", kernel_cache=True) as agent:
+        def events():
+            return call(agent.sock, "endpoint.status")["decider"]["counters"].get("events", 0)
+        assert execute(target) == 0                     # unknown: allowed, no ignore mark
+        assert stack.vigilctl("hashes", "allow", sha).returncode == 0
+        wait_until(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"].get("benign"),
+                   5, "benign verdict pushed")
+        assert execute(target) == 0                     # benign from the cache: ignore mark set
+        n = events()
+        for _ in range(5):
+            assert execute(target) == 0
+        assert events() == n                            # the kernel no longer asks
+        assert stack.vigilctl("hashes", "block", sha).returncode == 0
+        wait_until(lambda: execute(target) == "EPERM", 5, "block after the ignore marks were flushed")
+        assert call(agent.sock, "endpoint.status")["decider"]["counters"].get("ignore_flushes_verdict") == 1
+
+
 def test_manager_down_falls_back_within_deadline(stack):
     deadline = 0.3
     a, _ = stack.binary("fallback-a", uuid.uuid4().bytes)

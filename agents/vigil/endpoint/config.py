@@ -26,13 +26,18 @@ class EndpointConfig:
     cover_loader: bool = False
     # Paths never decided (answered allow at once, never hashed): the agent's own files, its logs.
     exclude_paths: list[Path] = field(default_factory=list)
+    # Kernel-side allow cache: a file allowed as *benign* gets a fanotify ignore mark, so its next
+    # execs raise no event — no CPU, no added latency, but also no execution report — until it is
+    # written to, a verdict turns non-benign, the mode changes, or every kernel_cache_refresh seconds.
+    kernel_cache: bool = False
+    kernel_cache_refresh: float = 600.0
     # The longest the kernel is kept waiting for a verdict from the manager; then the mode's default.
     decision_deadline: float = 0.5
     # Files larger than this are not hashed in the decision path; the mode's default applies.
     max_hash_bytes: int = 256 * 1024 * 1024
     cache_entries: int = 20000
     # Events are sent in batches at this interval; at most max_pending wait (oldest dropped, counted).
-    batch_interval: float = 2.0
+    batch_interval: float = 5.0
     max_pending_events: int = 5000
     status_interval: float = 30.0
     # The address reported to the manager (for quarantine); default: the local end of the MQTT link.
@@ -51,6 +56,8 @@ class EndpointConfig:
                 raise ValueError(f"mounts: {m} is not an absolute path")
         if not 0.01 <= self.decision_deadline <= 10:
             raise ValueError("decision_deadline: must be 0.01..10 seconds")
+        if self.kernel_cache_refresh < 10:
+            raise ValueError("kernel_cache_refresh: must be at least 10 seconds")
         if self.cache_entries < 16:
             raise ValueError("cache_entries: must be at least 16")
         if self.batch_interval <= 0 or self.status_interval <= 0:

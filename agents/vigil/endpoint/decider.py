@@ -59,6 +59,14 @@ class Decider:
         self.report_interval = float(cfg.get("report_interval", 2.0))
         self.summary: dict[tuple, dict] = {}
         self.next_report = 0.0
+        # Optional kernel-side cache: an ignore mark on each file allowed as benign, so its next
+        # execs raise no event at all (no CPU, no latency, and no report) until the file is written,
+        # a verdict changes, the mode changes or the refresh interval flushes the marks.
+        self.kernel_cache = bool(cfg.get("kernel_cache", False))
+        self.kernel_refresh = float(cfg.get("kernel_cache_refresh", 600.0))
+        self.ignore_mask = fan.FAN_OPEN_EXEC_PERM | (fan.FAN_OPEN_PERM if cfg.get("cover_loader") else 0)
+        self.ignored = 0
+        self.next_flush = time.monotonic() + self.kernel_refresh
 
     @property
     def mode(self) -> str:
@@ -82,32 +90,43 @@ class Decider:
         poller = select.poll()
         poller.register(self.fan.fd, select.POLLIN)
         poller.register(self.sock.fileno(), select.POLLIN)
+        fan_fd = self.fan.fd
+        read = self.fan.read
         while True:
             timeout = None
-            wake = [p.deadline for ps in self.pending.values() for p in ps]
-            if self.summary:
-                wake.append(self.next_report)
-            if wake:
-                timeout = max(0, int((min(wake) - time.monotonic()) * 1000) + 1)
+            if self.pending:
+                nearest = min(p.deadline for ps in self.pending.values() for p in ps)
+                if self.summary:
+                    nearest = min(nearest, self.next_report)
+                timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
+            elif self.summary:
+                timeout = max(0, int((self.next_report - time.monotonic()) * 1000) + 1)
+            if self.ignored:
+                refresh = max(0, int((self.next_flush - time.monotonic()) * 1000) + 1)
+                timeout = refresh if timeout is None else min(timeout, refresh)
             for fd, events in poller.poll(timeout):
-                if fd == self.fan.fd:
-                    for ev in self.fan.read():
-                        self.c["events"] += 1
+                if fd == fan_fd:
+                    for ev in read():
                         self.on_event(ev)
                 elif events & (select.POLLHUP | select.POLLERR):
                     return  # the agent is gone: closing the group allows everything pending
                 else:
                     self.on_messages()
-            now = time.monotonic()
-            if self.pending:
-                self.expire(now)
-            if self.summary and now >= self.next_report:
-                self.flush_summary()
+            if self.ignored and time.monotonic() >= self.next_flush:
+                self.flush_ignores("refresh")
+                self.next_flush = time.monotonic() + self.kernel_refresh
+            if self.pending or self.summary:
+                now = time.monotonic()
+                if self.pending:
+                    self.expire(now)
+                if self.summary and now >= self.next_report:
+                    self.flush_summary()
 
     # -- permission events ----------------------------------------------------------------
     def on_event(self, ev: fan.Event) -> None:
         t0 = time.monotonic()
         fd = ev.fd
+        self.c["events"] += 1
         if fd < 0:
             self.c["queue_overflows"] += 1
             return
@@ -140,6 +159,8 @@ class Decider:
             if cached is not None:
                 allow, action = self.table[cached[0]]
                 if action == "allowed":      # the common case, kept short: answer, then sum it up
+                    if self.kernel_cache and cached[0] == "benign":
+                        self._ignore(fd)
                     self.fan.respond(fd, True)
                     self.c["decisions_allowed"] += 1
                     self._summarise(sha, path, cached, ev.pid, st.st_size, via, t0)
@@ -160,6 +181,23 @@ class Decider:
         finally:
             if not keep_fd:
                 self._close(fd)
+
+    def _ignore(self, fd: int) -> None:
+        try:
+            self.fan.ignore(fd, self.ignore_mask)
+            self.ignored += 1
+        except OSError:
+            self.c["ignore_mark_errors"] += 1
+
+    def flush_ignores(self, why: str) -> None:
+        if not self.ignored:
+            return
+        try:
+            self.fan.flush_ignores()
+            self.c[f"ignore_flushes_{why}"] += 1
+        except OSError:
+            self.c["ignore_mark_errors"] += 1
+        self.ignored = 0
 
     def _identify(self, fd: int, st: os.stat_result, key, t0: float, pid: int, via: str):
         """A file not seen before (or changed): its path, exclusion and hash, cached by identity."""
@@ -219,6 +257,8 @@ class Decider:
 
     def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
+        if self.kernel_cache and verdict == "benign" and p.sha:
+            self._ignore(p.fd)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
         latency = int((time.monotonic() - p.t0) * 1e6)
@@ -279,15 +319,20 @@ class Decider:
                 self.c["offline_answers"] += len(self.pending.get(sha, ()))
                 self.resolve(sha, "unknown", str(msg["error"]))
                 return
+            if msg["verdict"] != "benign":
+                self.flush_ignores("verdict")
             self.verdicts.put(sha, msg["verdict"], msg.get("source", ""), float(msg.get("ttl", 60)))
             self.resolve(sha, msg["verdict"], msg.get("source", ""))
         elif t == "push":
+            if any(v["verdict"] != "benign" for v in msg["verdicts"]):
+                self.flush_ignores("verdict")
             for v in msg["verdicts"]:
                 self.verdicts.put(v["sha256"], v["verdict"], v.get("source", ""), float(v.get("ttl", 60)))
                 self.c["pushed"] += 1
         elif t == "mode":
             if msg["mode"] in ("monitor", "block-malicious", "lockdown"):
                 self.mode = msg["mode"]
+                self.flush_ignores("mode")
         elif t == "flush":
             self.flush_summary()
         elif t == "stats?":
@@ -295,6 +340,7 @@ class Decider:
                        "identity_cache": len(self.ids), "verdict_cache": len(self.verdicts),
                        "verdict_cache_by_verdict": self.verdicts.counts(), "cache_hits": self.verdicts.hits,
                        "cache_misses": self.verdicts.misses, "pending": sum(map(len, self.pending.values())),
+                       "kernel_cache": self.kernel_cache, "ignore_marks": self.ignored,
                        "rss_kb": _rss_kb()})
 
 

@@ -21,6 +21,8 @@ FAN_UNLIMITED_QUEUE = 0x10
 FAN_MARK_ADD = 0x01
 FAN_MARK_REMOVE = 0x02
 FAN_MARK_MOUNT = 0x10
+FAN_MARK_IGNORED_MASK = 0x20
+FAN_MARK_FLUSH = 0x80
 
 FAN_OPEN_PERM = 0x00010000
 FAN_OPEN_EXEC_PERM = 0x00040000
@@ -67,6 +69,19 @@ class Fanotify:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark {path}: {os.strerror(err)}")
         self.marks.append((path, mask))
+
+    def ignore(self, fd: int, mask: int) -> None:
+        """An ignore mark on the file behind ``fd``: the kernel stops raising ``mask`` events for it
+        until the file is modified (the mark is dropped on the first write) or ``flush_ignores``."""
+        if _libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, mask, fd, None) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark ignore: {os.strerror(err)}")
+
+    def flush_ignores(self) -> None:
+        """Drop every inode mark (the ignore marks); the mount marks stay."""
+        if _libc.fanotify_mark(self.fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark flush: {os.strerror(err)}")
 
     def read(self, bufsize: int = 64 * 1024) -> list[Event]:
         """Events waiting now (an empty list when none: the fd is non-blocking)."""

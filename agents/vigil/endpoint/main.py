@@ -84,7 +84,8 @@ class EndpointService:
         conf = {"mode": self.mode, "decision_deadline": self.cfg.decision_deadline,
                 "max_hash_bytes": self.cfg.max_hash_bytes, "cache_entries": self.cfg.cache_entries,
                 "excluded": self.cfg.excluded(), "mounts": [str(m) for m in self.cfg.mounts],
-                "cover_loader": self.cfg.cover_loader, "report_interval": self.cfg.batch_interval, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
+                "cover_loader": self.cfg.cover_loader, "report_interval": self.cfg.batch_interval,
+                "kernel_cache": self.cfg.kernel_cache, "kernel_cache_refresh": self.cfg.kernel_cache_refresh, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
         self.decider = subprocess.Popen([sys.executable, "-m", "vigil.endpoint.decider", json.dumps(conf)],
                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -149,6 +150,8 @@ class EndpointService:
             if len(self._events) > self.cfg.max_pending_events:
                 self._events.popleft()
                 self.counters.inc("events_dropped")
+        if ev["action"] != "allowed":
+            self.flush_events()   # a block is news for the manager (quarantine): do not wait for the batch
 
     # -- verdicts over MQTT ----------------------------------------------------------------
     def _ask(self, sha: str, size: int | None, path: str) -> None:
@@ -289,7 +292,8 @@ class EndpointService:
                 "mqtt_connected": self.mqtt.connected.is_set(), "address": self.address(),
                 "mounts": [str(m) for m in self.cfg.mounts], "decision_deadline": self.cfg.decision_deadline,
                 "decider_pid": self.decider.pid if self.decider else None, "decider": self.decider_stats(),
-                "counters": self.counters.snapshot(), "rss_kb": _rss_kb(), "events_waiting": len(self._events)}
+                "counters": self.counters.snapshot(), "rss_kb": _rss_kb(), "events_waiting": len(self._events),
+                "threads": {t.name: t.native_id for t in threading.enumerate()}}
 
     def recent_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         if not isinstance(limit, int) or limit < 1:

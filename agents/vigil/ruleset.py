@@ -174,7 +174,7 @@ def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519Priv
 
 # -- entries ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     id: str
     action: str             # drop | allow
@@ -191,9 +191,7 @@ class Entry:
     @property
     def family(self) -> int:
         """4 or 6 (for a flow: the family of its addresses)."""
-        if self.scope == "flow":
-            return ipaddress.ip_address(self.value.split("|", 1)[0]).version
-        return ipaddress.ip_network(self.value, strict=False).version
+        return 6 if ":" in self.value.split("|", 1)[0] else 4   # values are normalised
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

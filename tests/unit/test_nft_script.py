@@ -114,7 +114,7 @@ def test_snapshot_plan_places_entries_and_drops_guarded_and_expired():
 def test_remaining_lifetime_counts_from_issue_time():
     p = Policy()
     plan = p.plan_snapshot([E("10.0.0.9", 60)], ISSUED - 20_000, NOW)
-    assert plan.entries[("drop", "ip", "10.0.0.9")].expires == pytest.approx(NOW + 40)
+    assert plan.entries_set[("drop", "ip", "10.0.0.9")].expires == pytest.approx(NOW + 40)
 
 
 def test_nested_networks_go_to_layers_or_are_covered():

@@ -67,6 +67,7 @@ class Enforcement:
         self.local: dict[str, float] = {}          # address -> expiry (epoch s)
         self.local_reasons: dict[str, str] = {}
         self.last_apply_ms: float | None = None
+        self._dirty = False
         self._last_purge = 0.0
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -205,12 +206,15 @@ class Enforcement:
                 return
             kind, raw = item
             try:
-                self.handle(kind, raw)
+                self.handle(kind, raw, persist=False)
             except Exception:
                 self.ctx.counters.inc("enforcement_errors")
                 log.exception("enforcement: handling a %s failed", kind)
+            # a burst of deltas is saved once, after the kernel has taken all of them
+            if self._dirty and self._queue.empty():
+                self._persist()
 
-    def handle(self, kind: str, raw: bytes) -> bool:
+    def handle(self, kind: str, raw: bytes, persist: bool = True) -> bool:
         """Check and apply one snapshot (``ruleset``) or delta (``ruleset-delta``); True if applied."""
         t0 = time.monotonic()
         try:
@@ -272,8 +276,10 @@ class Enforcement:
                  len(self.policy.entries), plan.skipped or "none")
         if rs.mode is not None:
             self._mode_override(rs.mode)
-        self._persist()
+        self._dirty = True
         self.publish_state()
+        if persist:
+            self._persist()
         return True
 
     def _reject(self, kind: str, reason: str, detail: str) -> None:
@@ -340,6 +346,7 @@ class Enforcement:
     # -- state ------------------------------------------------------------------------------
     def _persist(self) -> None:
         with self.lock:
+            self._dirty = False
             doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
                    "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
                    "key_id": self.key_id, "entries": [h.to_dict() for h in self.policy.entries.values()]}

@@ -16,6 +16,7 @@ state and the nft work without changing anything; ``commit`` adopts a plan once 
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -32,7 +33,7 @@ class PlanError(ValueError):
         super().__init__(f"{reason}: {detail}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Held:
     entry: Entry
     expires: float | None        # epoch seconds; None: no expiry
@@ -62,17 +63,63 @@ def _is_group(name: str) -> bool:
 
 @dataclass
 class Plan:
-    entries: dict[tuple[str, str, str], Held]
-    placed: dict[tuple[str, str, str], tuple[str, str]]        # key -> (hash set, element key)
-    groups: dict[str, list[tuple[str, float | None]]]          # group -> [(network, expires)]
+    """The next state as changes over the held one (a snapshot's base is empty), plus nft work."""
+    full: bool                                                   # snapshot: every managed set refilled
+    base_entries: dict[tuple[str, str, str], Held]
+    base_placed: dict[tuple[str, str, str], tuple[str, str]]     # key -> (hash set, element key)
+    groups: dict[str, list[tuple[str, float | None]]]            # group -> [(network, expires)]
+    entries_set: dict[tuple[str, str, str], Held] = field(default_factory=dict)
+    entries_del: set[tuple[str, str, str]] = field(default_factory=set)
+    placed_set: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    placed_del: set[tuple[str, str, str]] = field(default_factory=set)
     put: dict[str, list[tuple[str, float | None]]] = field(default_factory=dict)   # hash sets
     remove: dict[str, list[str]] = field(default_factory=dict)
     refill_groups: set[str] = field(default_factory=set)
     skipped: dict[str, int] = field(default_factory=dict)
-    full: bool = False           # a snapshot: every managed set is flushed and refilled
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def entry(self, key) -> Held | None:
+        if key in self.entries_set:
+            return self.entries_set[key]
+        if key in self.entries_del:
+            return None
+        return self.base_entries.get(key)
+
+    def set_entry(self, h: Held) -> None:
+        self.entries_set[h.entry.key] = h
+        self.entries_del.discard(h.entry.key)
+
+    def del_entry(self, key) -> None:
+        self.entries_set.pop(key, None)
+        if key in self.base_entries:
+            self.entries_del.add(key)
+
+    def is_placed(self, key) -> bool:
+        return key in self.placed_set or (key in self.base_placed and key not in self.placed_del)
+
+    def set_placed(self, key, where: tuple[str, str]) -> None:
+        self.placed_set[key] = where
+        self.placed_del.discard(key)
+
+    def del_placed(self, key) -> None:
+        self.placed_set.pop(key, None)
+        if key in self.base_placed:
+            self.placed_del.add(key)
+
+    def placed_count(self) -> int:
+        n = len(self.base_placed) - len(self.placed_del)
+        n += sum(1 for k in self.placed_set if k not in self.base_placed)
+        return n + sum(len(v) for v in self.groups.values())
+
+    def held(self) -> list[Held]:
+        """Every entry of the planned state (for a snapshot: cheap; for a delta: copies)."""
+        if self.full:
+            return list(self.entries_set.values())
+        out = {k: h for k, h in self.base_entries.items() if k not in self.entries_del}
+        out.update(self.entries_set)
+        return list(out.values())
 
 
 class Policy:
@@ -82,7 +129,8 @@ class Policy:
         self.entries: dict[tuple[str, str, str], Held] = {}
         self.placed: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.groups: dict[str, list[tuple[str, float | None]]] = {}
-        self.layer_skips: dict[str, int] = {}
+        self.set_counts: dict[str, int] = {n: 0 for n in nft.MANAGED}
+        self._heap: list[tuple[float, tuple[str, str, str]]] = []   # (expires, key); stale items skipped
 
     # -- checks -----------------------------------------------------------------------------
     def guarded(self, e: Entry) -> bool:
@@ -100,21 +148,25 @@ class Policy:
         return any(a in g for g in self.guards)
 
     # -- planning ---------------------------------------------------------------------------
-    def _hold(self, e: Entry, issued_at: int, now: float) -> Held | None:
-        rem = remaining_ttl(e, issued_at, int(now * 1000))
-        if rem is not None and rem < 0.001:
-            return None
-        return Held(e, None if rem is None else now + rem)
+    def _new(self, full: bool) -> Plan:
+        if full:
+            return Plan(True, {}, {}, {})
+        return Plan(False, self.entries, self.placed, {g: list(v) for g, v in self.groups.items()})
 
     def plan_snapshot(self, entries: Iterable[Entry], issued_at: int, now: float) -> Plan:
-        plan = Plan(entries={}, placed={}, groups={}, full=True)
+        plan = self._new(True)
+        now_ms = int(now * 1000)
         for e in entries:
-            self._add(plan, e, issued_at, now)
+            rem = remaining_ttl(e, issued_at, now_ms)
+            if rem is not None and rem < 0.001:
+                plan.skip("expired")
+                continue
+            self._place(plan, Held(e, None if rem is None else now + rem))
         self._check_cap(plan)
         return plan
 
     def plan_restore(self, held: Iterable[Held], now: float) -> Plan:
-        plan = Plan(entries={}, placed={}, groups={}, full=True)
+        plan = self._new(True)
         for h in held:
             if h.expires is not None and h.expires - now < 0.001:
                 plan.skip("expired")
@@ -125,35 +177,32 @@ class Policy:
 
     def plan_delta(self, add: Iterable[Entry], remove: Iterable[tuple[str, str, str]], issued_at: int,
                    now: float) -> Plan:
-        plan = Plan(entries=dict(self.entries), placed=dict(self.placed),
-                    groups={g: list(v) for g, v in self.groups.items()})
+        plan = self._new(False)
+        now_ms = int(now * 1000)
         for key in remove:
-            if key not in plan.entries:
+            if plan.entry(key) is None:
                 plan.skip("remove-unknown")
                 continue
             self._unplace(plan, key)
-            del plan.entries[key]
+            plan.del_entry(key)
         for e in add:
-            if e.key in plan.entries:
+            if plan.entry(e.key) is not None:
                 self._unplace(plan, e.key)
-                del plan.entries[e.key]
-            self._add(plan, e, issued_at, now)
-        # a key removed and re-added is a put, not a removal
+                plan.del_entry(e.key)
+            rem = remaining_ttl(e, issued_at, now_ms)
+            if rem is not None and rem < 0.001:
+                plan.skip("expired")
+                continue
+            self._place(plan, Held(e, None if rem is None else now + rem))
+        # a key removed and put again is a put (delete + add), not a removal
         for name, keys in list(plan.remove.items()):
             putk = {k for k, _ in plan.put.get(name, [])}
             plan.remove[name] = [k for k in keys if k not in putk]
         self._check_cap(plan)
         return plan
 
-    def _add(self, plan: Plan, e: Entry, issued_at: int, now: float) -> None:
-        h = self._hold(e, issued_at, now)
-        if h is None:
-            plan.skip("expired")
-            return
-        self._place(plan, h)
-
     def _place(self, plan: Plan, h: Held) -> None:
-        plan.entries[h.entry.key] = h
+        plan.set_entry(h)
         if self.guarded(h.entry):
             plan.skip("guarded")
             return
@@ -162,23 +211,25 @@ class Policy:
             plan.groups.setdefault(where, []).append((key, h.expires))
             plan.refill_groups.add(where)
         else:
-            plan.placed[h.entry.key] = (where, key)
-            plan.put.setdefault(where, []).append((key, h.expires))
+            plan.set_placed(h.entry.key, (where, key))
+            if not plan.full:
+                plan.put.setdefault(where, []).append((key, h.expires))
 
     def _unplace(self, plan: Plan, key: tuple[str, str, str]) -> None:
-        h = plan.entries[key]
+        h = plan.entry(key)
         where, k = placement(h.entry)
         if _is_group(where):
             items = plan.groups.get(where, [])
             plan.groups[where] = [it for it in items if it[0] != k]
             plan.refill_groups.add(where)
-        elif key in plan.placed:
-            del plan.placed[key]
+        elif plan.is_placed(key):
+            plan.del_placed(key)
             plan.remove.setdefault(where, []).append(k)
-            plan.put[where] = [it for it in plan.put.get(where, []) if it[0] != k]
+            if where in plan.put:
+                plan.put[where] = [it for it in plan.put[where] if it[0] != k]
 
     def _check_cap(self, plan: Plan) -> None:
-        n = len(plan.placed) + sum(len(v) for v in plan.groups.values())
+        n = plan.placed_count()
         if n > self.max_elements:
             raise PlanError("over-cap", f"{n} kernel elements exceed the cap of {self.max_elements}")
 
@@ -214,14 +265,12 @@ class Policy:
         """Write ``plan`` to the kernel in one transaction (``extra``: set -> elements to refill
         in the same transaction, e.g. the local sets at restore)."""
         refill: dict[str, list[tuple[str, int | None]]] = {}
-        groups = _all_groups() if plan.full else sorted(plan.refill_groups)
-        for g in groups:
+        for g in (_all_groups() if plan.full else sorted(plan.refill_groups)):
             refill.update(self.layers(g, plan.groups.get(g, []), now, plan.skipped))
         if plan.full:
             contents: dict[str, list[tuple[str, int | None]]] = {n: [] for n in nft.MANAGED}
-            for key, (where, k) in plan.placed.items():
-                exp = plan.entries[key].expires
-                contents[where].append((k, _ms(exp, now)))
+            for key, (where, k) in plan.placed_set.items():
+                contents[where].append((k, _ms(plan.entries_set[key].expires, now)))
             contents.update(refill)
             if extra:
                 contents.update(extra)
@@ -231,28 +280,56 @@ class Policy:
             writer.update(put, plan.remove, refill)
 
     def commit(self, plan: Plan) -> None:
-        self.entries, self.placed, self.groups = plan.entries, plan.placed, plan.groups
+        if plan.full:
+            self.entries, self.placed = plan.entries_set, plan.placed_set
+            self.set_counts = {n: 0 for n in nft.MANAGED}
+            for where, _ in self.placed.values():
+                self.set_counts[where] += 1
+            self._heap = [(h.expires, k) for k, h in self.entries.items() if h.expires is not None]
+            heapq.heapify(self._heap)
+        else:
+            for k in plan.placed_del:
+                self.set_counts[self.placed[k][0]] -= 1
+                del self.placed[k]
+            for k, where in plan.placed_set.items():
+                old = self.placed.get(k)
+                if old is not None:
+                    self.set_counts[old[0]] -= 1
+                self.set_counts[where[0]] += 1
+                self.placed[k] = where
+            for k in plan.entries_del:
+                del self.entries[k]
+            self.entries.update(plan.entries_set)
+            for k, h in plan.entries_set.items():
+                if h.expires is not None:
+                    heapq.heappush(self._heap, (h.expires, k))
+        self.groups = plan.groups
 
     # -- bookkeeping ------------------------------------------------------------------------
     def purge(self, now: float) -> int:
         """Forget entries the kernel has expired by itself; returns how many."""
-        gone = [k for k, h in self.entries.items() if h.expires is not None and h.expires <= now]
-        for k in gone:
-            h = self.entries.pop(k)
-            self.placed.pop(k, None)
-            where, key = placement(h.entry)
-            if _is_group(where):
-                self.groups[where] = [it for it in self.groups.get(where, []) if it[0] != key]
-        return len(gone)
+        n = 0
+        while self._heap and self._heap[0][0] <= now:
+            exp, k = heapq.heappop(self._heap)
+            h = self.entries.get(k)
+            if h is None or h.expires != exp:
+                continue                     # replaced or removed since
+            del self.entries[k]
+            n += 1
+            where = self.placed.pop(k, None)
+            if where is not None:
+                self.set_counts[where[0]] -= 1
+            else:
+                g, key = placement(h.entry)
+                if _is_group(g):
+                    self.groups[g] = [it for it in self.groups.get(g, []) if it[0] != key]
+        return n
 
     def counts(self, now: float) -> dict[str, int]:
-        """Elements per kernel set as written, without the ones the kernel has expired since
-        (computed from our own record: listing a 1M-element set to count it would cost seconds)."""
-        out = {n: 0 for n in nft.MANAGED}
-        for key, (where, _) in self.placed.items():
-            exp = self.entries[key].expires
-            if exp is None or exp > now:
-                out[where] += 1
+        """Elements per kernel set as written, without those the kernel has expired since (from
+        our own record: listing a 1M-element set to count it would cost seconds)."""
+        self.purge(now)
+        out = dict(self.set_counts)
         for g, items in self.groups.items():
             for name, elems in self.layers(g, items, now).items():
                 out[name] = len(elems)

@@ -46,6 +46,14 @@ class FakeMqtt:
         return [(t, m, p) for t, m, p in self.published if t.startswith(topic_prefix)]
 
 
+class FakeWriter:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, lines):
+        self.lines += lines
+
+
 class Sink:
     def __init__(self):
         self.requests: list[DecisionRequest] = []
@@ -70,7 +78,7 @@ def svc(tmp_path):
                          sample_wait=2.0,
                          quarantine=from_dict({"enabled": True, "allow_networks": ["10.9.0.0/24"], "duration": 900},
                                               VerdictsConfig.__dataclass_fields__["quarantine"].default_factory().__class__))
-    ctx = Context("m1", tmp_path, FakeMqtt(), None, Counters(), ControlServer(tmp_path / "c.sock"), Sink(),
+    ctx = Context("m1", tmp_path, FakeMqtt(), FakeWriter(), Counters(), ControlServer(tmp_path / "c.sock"), Sink(),
                   threading.Event())
     s = VerdictService(cfg, ctx)
     yield s
@@ -209,6 +217,8 @@ def test_malicious_execution_proposes_quarantine_once(svc):
     assert q.evidence["quarantine"] is True and q.evidence["allow_networks"] == ["10.9.0.0/24"]
     assert q.evidence["sha256"] == sha and q.evidence["host"] == "pc-20"
     assert svc.counters.get("endpoint_events_invalid") == 1
+    assert len(svc.ctx.writer.lines) == 3
+    assert svc.ctx.writer.lines[0].startswith("endpoint_executions,action=blocked,endpoint=ep1,verdict=malicious")
 
 
 def test_file_turning_malicious_later_quarantines_who_ran_it(svc):

@@ -260,8 +260,14 @@ class EndpointService:
         self.publish_status()
 
     def publish_status(self) -> None:
+        st = self._stats   # the decider's last answer; a fresh one is asked for the next status
+        self.to_decider({"t": "stats?"})
         body = {"state": "online", "mode": self.mode, "version": __version__, "host": self.host,
                 "address": self.address(), "mounts": [str(m) for m in self.cfg.mounts],
+                "cache": {"verdicts": st.get("verdict_cache"), "identities": st.get("identity_cache"),
+                          "hits": st.get("cache_hits"), "misses": st.get("cache_misses")},
+                "decisions": {k: v for k, v in (st.get("counters") or {}).items()
+                              if k.startswith("decisions_") or k in ("timeouts", "offline_answers")},
                 "counters": self.counters.snapshot()}
         self.mqtt.publish(self.status_topic, payload.encode("endpoint-status", self.cfg.endpoint_id, body),
                           qos=1, retain=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ... import payload, topics
 from ...control import ControlError
+from ...influx import line
 from ...mqtt import reply_properties
 from ..api import Context, DecisionRequest
 from .backends import BackendError, Clamd, Finding, HashLists, Yara
@@ -207,12 +208,21 @@ class VerdictService:
         address = batch.get("address") if isinstance(batch.get("address"), str) else None
         if address or host:
             self._endpoints.setdefault(endpoint, {}).update({"address": address, "host": host})
+        points = []
         for ev in events:
             if not isinstance(ev, dict) or not is_sha256(ev.get("sha256")) or ev.get("action") not in ACTIONS:
                 self.counters.inc("endpoint_events_invalid")
                 continue
-            self.counters.inc(f"endpoint_executions_{ev['action']}")
+            count = ev.get("count") if isinstance(ev.get("count"), int) and ev["count"] > 0 else 1
+            self.counters.inc(f"endpoint_executions_{ev['action']}", count)
             verdict = ev.get("verdict")
+            ts_ms = ev.get("ts") if isinstance(ev.get("ts"), int) else None
+            points.append(line("endpoint_executions",
+                               {"endpoint": endpoint, "action": ev["action"], "verdict": str(verdict),
+                                "via": str(ev.get("via", "exec"))},
+                               {"count": count, "sha256": ev["sha256"], "path": str(ev.get("path", ""))[:512],
+                                "source": str(ev.get("source", ""))},
+                               ts_ms * 1_000_000 if ts_ms else time.time_ns()))
             if verdict == "benign":
                 continue
             sha, path = ev["sha256"], str(ev.get("path", ""))[:1024]
@@ -222,6 +232,8 @@ class VerdictService:
             rec = self.store.get(sha)
             if rec is not None and rec.verdict == "malicious":
                 self._maybe_quarantine(endpoint, host, address, rec, path, ev["action"])
+        if points and self.ctx.writer is not None:
+            self.ctx.writer.write(points)
 
     def on_sample(self, msg) -> None:
         dev = topics.device_of(msg.topic)

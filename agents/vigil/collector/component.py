@@ -185,6 +185,7 @@ class CollectorComponent:
     def status(self) -> dict[str, Any]:
         return {"listening": {k: f"{h}:{p}" for k, (h, p) in self.server.bound.items()},
                 "connections": self.server.connections,
+                "tls_handshake_failures": self.server.tls_handshake_failures(),
                 "queue": self.server.queue.qsize(),
                 "parsed": dict(self.stats.parsed), "parse_errors": dict(self.stats.errors),
                 "rules": {r.name: self.correlator.fired[r.name] for r in self.rules},

@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -137,6 +138,12 @@ class SyslogServer:
             host, port = split_hostport(cfg.udp, "udp")
             tr, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
             self._servers.append(tr)
+            sock = tr.get_extra_info("socket")
+            if sock is not None:       # room for bursts; what the kernel still drops it counts itself
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                except OSError:
+                    pass
             self.bound["udp"] = tr.get_extra_info("sockname")[:2]
         if cfg.tcp:
             host, port = split_hostport(cfg.tcp, "tcp")
@@ -145,12 +152,21 @@ class SyslogServer:
             self.bound["tcp"] = srv.sockets[0].getsockname()[:2]
         if cfg.tls:
             host, port = split_hostport(cfg.tls, "tls")
-            srv = await loop.create_server(lambda: _Stream(self, "tls"), host, port, ssl=self._ssl(),
+            srv = await loop.create_server(self._tls_protocol, host, port, ssl=self._ssl(),
                                            backlog=256, ssl_handshake_timeout=10)
             self._servers.append(srv)
             self.bound["tls"] = srv.sockets[0].getsockname()[:2]
         for proto, (h, p) in self.bound.items():
             log.info("collector: listening %s on %s:%d", proto, h, p)
+
+    def _tls_protocol(self) -> "_Stream":
+        # called when a TLS connection is accepted, before its handshake; a connection whose
+        # handshake fails never reaches connection_made, so accepted - established = failures
+        self.counters.inc("syslog_tls_accepted")
+        return _Stream(self, "tls")
+
+    def tls_handshake_failures(self) -> int:
+        return max(0, self.counters.get("syslog_tls_accepted") - self.counters.get("syslog_tls_connections"))
 
     def _ssl(self) -> ssl.SSLContext:
         t = self.cfg.tls_files

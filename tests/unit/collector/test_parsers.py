@@ -155,3 +155,18 @@ def test_syslog_header_never_raises(s):
     parse_header(s)
     parse_header("<13>" + s)
     parse_header("<13>1 " + s)
+
+
+def test_pfsense_snort_csv_layout():
+    ev = parse('11/23/26-10:00:00.250000 ,1,2000001,3,"ET SCAN something",TCP,10.9.8.7,5555,10.0.0.10,22,'
+               '1234,Attempted Information Leak,2,alert,Block', ref=REF)
+    assert (ev.format, ev.category, ev.severity, ev.action, ev.dport) == \
+        ("snort-csv", "Attempted Information Leak", 2, "block", 22)
+    assert ev.time == iso_time("2026-11-23T10:00:00.25Z")
+
+
+def test_snort3_json_uses_epoch_seconds():
+    ev = parse(json.dumps({"seconds": 1763892000, "timestamp": "11/23-10:00:00.500000", "pkt_num": 3,
+                           "proto": "ICMP", "src_addr": "10.0.0.1", "dst_addr": "10.0.0.2", "gid": 1,
+                           "sid": 9, "rev": 1, "msg": "ping", "class": "none", "priority": 3}))
+    assert ev.time == 1763892000.5 and ev.category is None and ev.severity == 1

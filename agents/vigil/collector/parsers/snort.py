@@ -175,8 +175,15 @@ def parse_csv(line: str, ref: float | None) -> Event | None:
     if len(row) < 10:
         return None
     ev = Event("snort", "snort-csv", line, time=_time(*m.groups(), ref))
-    return _fill(ev, row[1], row[2], row[3], row[4], None, None, row[5] or None, row[6] or None,
-                 row[7] or None, row[8] or None, row[9] or None)
+    cls = prio = None
+    pfsense = len(row) == 15 and row[13] in ("alert", "drop", "pass", "reject", "sdrop")
+    if pfsense:      # pfSense's layout: ..., dport, ip id, classification, priority, action, disposition
+        cls, prio = row[11] or None, row[12] if row[12].isdigit() else None
+    _fill(ev, row[1], row[2], row[3], row[4], cls, prio, row[5] or None, row[6] or None,
+          row[7] or None, row[8] or None, row[9] or None)
+    if pfsense:
+        ev.action = "block" if row[14].lower() in ("block", "blocked", "drop") or row[13] != "alert" else "alert"
+    return ev
 
 
 def _split_ap(ap):
@@ -192,7 +199,14 @@ def parse_json(obj: dict, raw: str, ref: float | None) -> Event:
     """Snort 3 alert_json (default and extended field sets)."""
     ev = Event("snort", "snort-json", raw)
     ts = obj.get("timestamp")
-    if isinstance(ts, str):
+    secs = obj.get("seconds")
+    if isinstance(secs, (int, float)) and not isinstance(secs, bool) and 0 < secs < 2**32:
+        ev.time = float(secs)           # Snort 3 adds the epoch; its timestamp has no year
+        if isinstance(ts, str) and "." in ts:
+            frac = ts.rsplit(".", 1)[1]
+            if frac.isdigit():
+                ev.time += int(frac) / 10 ** len(frac)
+    elif isinstance(ts, str):
         m = re.match(_TS, ts.strip())
         ev.time = _time(*m.groups(), ref) if m else iso_time(ts)
     src, sport = obj.get("src_addr"), obj.get("src_port")
@@ -205,7 +219,8 @@ def parse_json(obj: dict, raw: str, ref: float | None) -> Event:
         parts = obj["rule"].split(":")
         if len(parts) == 3:
             gid, sid, rev = parts
-    _fill(ev, gid, sid, rev, str(obj.get("msg") or ""), obj.get("class"), obj.get("priority"),
+    cls = obj.get("class")
+    _fill(ev, gid, sid, rev, str(obj.get("msg") or ""), None if cls == "none" else cls, obj.get("priority"),
           obj.get("proto"), src, sport, dst, dport)
     if obj.get("action") is not None:
         ev.action = {"allow": "alert", "would_block": "alert", "block": "block", "drop": "block",

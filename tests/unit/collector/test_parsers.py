@@ -170,3 +170,12 @@ def test_snort3_json_uses_epoch_seconds():
                            "proto": "ICMP", "src_addr": "10.0.0.1", "dst_addr": "10.0.0.2", "gid": 1,
                            "sid": 9, "rev": 1, "msg": "ping", "class": "none", "priority": 3}))
     assert ev.time == 1763892000.5 and ev.category is None and ev.severity == 1
+
+
+def test_checkpoint_packet_drop_and_body_time_forms():
+    ev = parse('[action:"Drop"; time:"1737452170000"; packets:" <192.0.2.7,45000,198.51.100.2,443,6;eth0> '
+               '<192.0.2.7,45001,198.51.100.3,80,17>"]')
+    assert (ev.src, ev.sport, ev.dst, ev.dport, ev.proto) == ("192.0.2.7", 45000, "198.51.100.2", 443, "tcp")
+    assert ev.time == 1737452170.0
+    ev = parse('[action:"Accept"; time:"2021-05-05T12:27:09Z"; src:"192.0.2.1"]')
+    assert ev.time == iso_time("2021-05-05T12:27:09Z")

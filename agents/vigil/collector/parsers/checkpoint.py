@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 
 from ..event import Event, norm_action, proto_name, severity_from_word, to_port
-from ..syslog import Header
+from ..syslog import Header, iso_time
 
 _KV_COLON = re.compile(r'([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
 _KV_EQ = re.compile(r'([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
 _KV_START = re.compile(r'\[?[a-z_]+:"')
+_PACKET = re.compile(r"<([0-9a-fA-F.:]+),(\d+),([0-9a-fA-F.:]+),(\d+),(\d+)")
 _SD_ID = re.compile(r"\[[^\s\]]+@\d")
 _UNESC = re.compile(r'\\(["\\\]])')
 _NUM_SEV = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 4}
@@ -57,14 +58,24 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
     if header is not None:
         ev.time = header.time
         ev.device = header.host
-    if ev.time is None and kv.get("time", "").isdigit():
-        ev.time = float(kv["time"])
+    if ev.time is None and kv.get("time"):
+        t = kv["time"]
+        if t.isdigit():
+            ev.time = float(t) / 1000.0 if len(t) >= 13 else float(t)    # seconds or milliseconds
+        else:
+            ev.time = iso_time(t)
     ev.device = kv.get("origin") or ev.device
     ev.src = kv.get("src") or kv.get("client_ip") or None
     ev.dst = kv.get("dst") or None
     ev.sport = to_port(kv.get("s_port"))
     ev.dport = to_port(kv.get("service")) if kv.get("service") else to_port(kv.get("d_port"))
     ev.proto = proto_name(kv.get("proto"))
+    if ev.src is None and kv.get("packets"):
+        # "packet drop" logs: " <src,sport,dst,dport,proto;iface> <...>": the first packet stands in
+        m = _PACKET.search(kv["packets"])
+        if m:
+            ev.src, sport, ev.dst, dport, proto = m.groups()
+            ev.sport, ev.dport, ev.proto = to_port(sport), to_port(dport), proto_name(proto)
     ev.action = norm_action(kv.get("action"))
     sev = kv.get("severity")
     ev.severity = _NUM_SEV.get(sev) if sev in _NUM_SEV else severity_from_word(sev)

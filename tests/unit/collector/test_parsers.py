@@ -179,3 +179,11 @@ def test_checkpoint_packet_drop_and_body_time_forms():
     assert ev.time == 1737452170.0
     ev = parse('[action:"Accept"; time:"2021-05-05T12:27:09Z"; src:"192.0.2.1"]')
     assert ev.time == iso_time("2021-05-05T12:27:09Z")
+
+
+def test_suricata_fast_log():
+    ev = parse("11/23/2026-10:00:00.000100  [**] [1:2010935:3] ET SCAN Suspicious inbound to MSSQL port 1433 [**] "
+               "[Classification: Potentially Bad Traffic] [Priority: 2] {TCP} 10.77.0.66:51000 -> 10.77.0.10:1433")
+    assert (ev.source_type, ev.format, ev.sig_id, ev.dport, ev.severity) == \
+        ("suricata", "suricata-fast", "1:2010935:3", 1433, 2)
+    assert ev.time == iso_time("2026-11-23T10:00:00.0001Z")

@@ -18,7 +18,7 @@ _MON = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "n
 def _time(mo, dd, yy, h, mi, s, frac, ref):
     if not 1 <= int(mo) <= 12:
         return None
-    year = None if yy is None else str(2000 + int(yy))
+    year = None if yy is None else yy if len(yy) == 4 else str(2000 + int(yy))
     return bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, frac, ref)
 
 
@@ -96,6 +96,8 @@ def _ts_prefix(line: str):
         mo, dd, yy, rest, off = line[0:2], line[3:5], None, line[6:], 6
     elif line[2:3] == "/" and line[5:6] == "/" and line[8:9] == "-":
         mo, dd, yy, rest, off = line[0:2], line[3:5], line[6:8], line[9:], 9
+    elif line[2:3] == "/" and line[5:6] == "/" and line[10:11] == "-":     # Suricata fast.log
+        mo, dd, yy, rest, off = line[0:2], line[3:5], line[6:10], line[11:], 11
     else:
         return None
     if not (rest[2:3] == ":" and rest[5:6] == ":"):
@@ -125,7 +127,10 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
     fields = _alert(body[5:])
     if fields is None:
         return None
-    ev = Event("snort", "snort-fast", line, time=_time(*parts, ref))
+    if parts[2] is not None and len(parts[2]) == 4:     # only Suricata writes a 4-digit year
+        ev = Event("suricata", "suricata-fast", line, time=_time(*parts, ref))
+    else:
+        ev = Event("snort", "snort-fast", line, time=_time(*parts, ref))
     return _fill(ev, *fields)
 
 

@@ -15,7 +15,7 @@ Format = Literal["auto", "checkpoint", "snort", "modsecurity", "suricata", "cef"
 def split_hostport(value: str, key: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not host or not port.isdecimal() or not 0 <= int(port) < 65536:
         raise ValueError(f"{key}: must be ADDRESS:PORT (port 0 picks a free one), got {value!r}")
     try:
         ipaddress.ip_address(host)

@@ -1,8 +1,10 @@
 """Splitting byte streams and files into messages.
 
 ``StreamFramer`` implements RFC 6587 for syslog over TCP/TLS: each frame is either octet-counted
-(``LEN SP MSG``) or terminated by LF; the choice is made per frame from its first byte, so one
-connection may even mix them.  Oversized frames are skipped (counted), never buffered whole.
+(``LEN SP MSG``) or terminated by LF; the choice is made per frame from its first bytes (a length
+without leading zero, a space, then ``<`` or a length of at least 10), so one connection may even
+mix them and LF lines that start with digits (Snort times, RFC 5424 without PRI) stay LF lines.
+Oversized frames are skipped (counted), never buffered whole.
 
 ``records(text)`` splits a log *file* into records: one per line, except the multi-line forms some
 tools write to files (Snort alert_full, pretty-printed JSON, ModSecurity's native serial audit
@@ -47,16 +49,21 @@ class StreamFramer:
                 self.discard_line = False
                 continue
             c = buf[pos]
-            if 48 <= c <= 57:                      # octet counting: "123 <msg>"
+            if 49 <= c <= 57:                      # octet counting: "123 <msg>" (no leading zero)
                 sp = buf.find(b" ", pos, pos + _MAX_LEN_DIGITS + 1)
                 if sp < 0:
-                    if n - pos <= _MAX_LEN_DIGITS:
+                    if n - pos <= _MAX_LEN_DIGITS and bytes(buf[pos:n]).isdigit():
                         break                      # need more bytes
-                    self.malformed += 1            # digits but no length: treat as an LF frame
+                    # not a length (e.g. "12/30-14:09:21 ..." Snort time): an LF frame
+                elif sp + 1 >= n:
+                    break                          # need the byte after the space to decide
                 else:
                     digits = bytes(buf[pos:sp])
-                    if digits.isdigit():
-                        length = int(digits)
+                    length = int(digits) if digits.isdigit() else -1
+                    # A real octet-counted frame holds a syslog message: "<PRI>..." or at least
+                    # 10 bytes.  This keeps LF lines such as "1 2019-05-15T..." (RFC 5424 without
+                    # PRI) from being read as a 1-byte frame.
+                    if length >= 0 and (buf[sp + 1] == 60 or length >= 10):
                         start = sp + 1
                         if length > max_size:
                             self.oversized += 1
@@ -68,7 +75,8 @@ class StreamFramer:
                         out.append(bytes(buf[start:start + length]))
                         pos = start + length
                         continue
-                    self.malformed += 1
+                    if length < 0:
+                        self.malformed += 1
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 if n - pos > max_size:

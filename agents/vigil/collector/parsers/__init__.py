@@ -84,7 +84,7 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
             return modsecurity.parse_native(body)
     if hint in ("auto", "snort"):
         if header is None:
-            if body[:1].isdigit():
+            if body[:1].isdecimal():
                 ev = snort.parse_fast(body, ref) or snort.parse_csv(body, ref)
                 if ev:
                     return ev

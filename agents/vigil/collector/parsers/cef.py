@@ -69,7 +69,7 @@ def extension(s: str) -> dict[str, str]:
 
 def _severity(s: str) -> int | None:
     s = s.strip()
-    if s.isdigit():
+    if s.isdecimal():
         n = int(s)
         return LOW if n <= 3 else MEDIUM if n <= 6 else HIGH if n <= 8 else CRITICAL if n <= 10 else None
     return severity_from_word(s)
@@ -79,7 +79,7 @@ def _time(v: str | None) -> float | None:
     if not v:
         return None
     v = v.strip()
-    if v.isdigit():
+    if v.isdecimal():
         n = int(v)
         return n / 1000.0 if n > 10**11 else float(n)
     for fmt in ("%b %d %Y %H:%M:%S.%f", "%b %d %Y %H:%M:%S", "%b %d %H:%M:%S"):

@@ -60,7 +60,7 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
         ev.device = header.host
     if ev.time is None and kv.get("time"):
         t = kv["time"]
-        if t.isdigit():
+        if t.isdecimal():
             ev.time = float(t) / 1000.0 if len(t) >= 13 else float(t)    # seconds or milliseconds
         else:
             ev.time = iso_time(t)

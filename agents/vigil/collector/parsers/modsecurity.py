@@ -95,10 +95,10 @@ def _client(values: list[str], apache24: bool) -> tuple[str | None, int | None]:
     first = values[0].strip()
     addr = next((v.strip() for v in values[1:] if _is_ip(v.strip())), None)
     port = None
-    if addr and first.startswith(addr + ":") and first[len(addr) + 1:].isdigit():
+    if addr and first.startswith(addr + ":") and first[len(addr) + 1:].isdecimal():
         return addr, int(first[len(addr) + 1:])
     host, sep, p = first.rpartition(":")
-    if sep and p.isdigit() and _is_ip(host.strip("[]")) and ("." in host or apache24 or not _is_ip(first)):
+    if sep and p.isdecimal() and _is_ip(host.strip("[]")) and ("." in host or apache24 or not _is_ip(first)):
         return host.strip("[]"), int(p)
     return (addr or first), port
 

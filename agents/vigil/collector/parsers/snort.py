@@ -57,7 +57,7 @@ def _alert(text: str):
         if j < 0:
             return None
     ids = text[1:j].split(":")
-    if len(ids) != 3 or not all(x.isdigit() for x in ids):
+    if len(ids) != 3 or not all(x.isdecimal() for x in ids):
         return None
     rest = text[j + 2:]
     k = rest.find(" [**]")
@@ -77,7 +77,7 @@ def _alert(text: str):
     if i >= 0:
         e = tail.find("]", i)
         p = tail[i + 11:e if e >= 0 else len(tail)].strip()
-        prio = p if p.isdigit() else None
+        prio = p if p.isdecimal() else None
     i = tail.find("{")
     if i >= 0:
         e = tail.find("}", i)
@@ -107,11 +107,11 @@ def _ts_prefix(line: str):
     end = off + 8
     if rest[8:9] == ".":
         k = 9
-        while k < len(rest) and k < 15 and rest[k].isdigit():
+        while k < len(rest) and k < 15 and rest[k].isdecimal():
             k += 1
         frac = rest[9:k] or None
         end = off + k
-    if not (mo + dd + h + mi + sec + (yy or "") + (frac or "")).isdigit():
+    if not (mo + dd + h + mi + sec + (yy or "") + (frac or "")).isdecimal():
         return None
     return (mo, dd, yy, h, mi, sec, frac), end
 
@@ -183,7 +183,7 @@ def parse_csv(line: str, ref: float | None) -> Event | None:
     cls = prio = None
     pfsense = len(row) == 15 and row[13] in ("alert", "drop", "pass", "reject", "sdrop")
     if pfsense:      # pfSense's layout: ..., dport, ip id, classification, priority, action, disposition
-        cls, prio = row[11] or None, row[12] if row[12].isdigit() else None
+        cls, prio = row[11] or None, row[12] if row[12].isdecimal() else None
     _fill(ev, row[1], row[2], row[3], row[4], cls, prio, row[5] or None, row[6] or None,
           row[7] or None, row[8] or None, row[9] or None)
     if pfsense:
@@ -195,7 +195,7 @@ def _split_ap(ap):
     if not isinstance(ap, str) or not ap:
         return None, None
     host, _, port = ap.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdecimal():
         return ap, None
     return host, port
 
@@ -209,7 +209,7 @@ def parse_json(obj: dict, raw: str, ref: float | None) -> Event:
         ev.time = float(secs)           # Snort 3 adds the epoch; its timestamp has no year
         if isinstance(ts, str) and "." in ts:
             frac = ts.rsplit(".", 1)[1]
-            if frac.isdigit():
+            if frac.isdecimal():
                 ev.time += int(frac) / 10 ** len(frac)
     elif isinstance(ts, str):
         m = re.match(_TS, ts.strip())

@@ -87,7 +87,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (fanotify)", file=sys.stderr)
         return 2
-    run = Path("/run/vigil-lab") / f"epb{uuid.uuid4().hex[:6]}"
+    # Not under /run/vigil-lab: `vigil-lab clean` (run by other test suites) removes lab directories
+    # whose owner.pid is missing, and would kill this run.
+    run = Path("/run/vigil-endpoint-tests") / f"epb{uuid.uuid4().hex[:6]}"
     marked, plain = run / "marked", run / "plain"
     mounted, procs = [], []
     try:

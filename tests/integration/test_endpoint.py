@@ -142,7 +142,8 @@ def wait_until(pred, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def stack():
-    run = Path("/run/vigil-lab") / f"ep{uuid.uuid4().hex[:6]}"
+    # Not under /run/vigil-lab: `vigil-lab clean` removes lab directories without an owner.pid there.
+    run = Path("/run/vigil-endpoint-tests") / f"ep{uuid.uuid4().hex[:6]}"
     s = Stack(run)
     s.mnt.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", f"vigil-test-{run.name}", str(s.mnt)],

@@ -213,11 +213,21 @@ def test_lockdown_denies_unknown_and_malicious(stack):
 
 
 def test_monitor_only_reports(stack):
+    yara_bin, yara_sha = stack.binary("yara-hit-3", MARKER + b"-3")
     with stack.agent("monitor", "mon") as agent:
         assert execute(stack.listed) == 0
         assert execute(stack.benign) == 0
         recent = call(agent.sock, "endpoint.recent", limit=5)
         assert [e["action"] for e in recent if e["sha256"] == stack.listed_sha] == ["would-block"]
+        assert execute(yara_bin) == 0
+        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                   "YARA verdict")
+        wait_until(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"]
+                   .get("malicious", 0) >= 2, 5, "pushed verdict")
+        assert execute(yara_bin) == 0
+        recent = call(agent.sock, "endpoint.recent", limit=10)
+        assert [(e["action"], e["source"]) for e in recent if e["sha256"] == yara_sha][-1] == \
+            ("would-block", "yara:Vigil_Test_Marker")
         wait_until(lambda: any(h["kind"] == "would-block" and h["source"] == "mon"
                                for h in stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]),
                    5, "would-block report at the manager")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, payload, topics
-from ..config import to_dict
 from ..control import ControlServer
 from ..counters import Counters
 from ..daemon import StartupError, main as daemon_main

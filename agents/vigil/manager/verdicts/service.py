@@ -25,7 +25,6 @@ import queue
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ... import payload, topics

@@ -184,6 +184,8 @@ class EngineService:
             "version": __version__,
             "counters": {**self.counters.snapshot(), "flows_evicted": self.table.evicted,
                          "flow_records_dropped": self.table.records_dropped,
+                         "flow_batches_dropped": self.counters.get("flow_batches_dropped"),
+                         "samples": self.counters.get("samples"),
                          "flows_ended_by_event": self.table.ended_by_event,
                          "flows_ended_by_absence": self.table.ended_by_absence},
             "telemetry": {"flow_source": self.features.flow_source if self.features else None,

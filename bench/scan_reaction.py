@@ -3,7 +3,8 @@ the first probe to the kernel dropping the attacker, p50/p95 over 10 runs (goal 
 
 Measured on the wire inside the engine namespace with tcpdump: t0 = the attacker's first SYN
 arriving on the outside port eth0; t_drop = the attacker's last packet leaving on the server port
-eth1 (a ping every 2 ms from the attacker keeps packets coming, so the resolution is ~2 ms and a
+eth1 (IPv4 only: the block is an address block, ARP still passes; a ping every 2 ms from the
+attacker keeps packets coming, so the resolution is ~2 ms and a
 block after the scan's end is still seen).  A run counts only if attacker packets kept arriving on
 eth0 after t_drop (the kernel was dropping them, the traffic had not just stopped).
 
@@ -52,7 +53,7 @@ def one_run(lab: Lab, i: int) -> dict:
         out = lab.run_dir / f"cap-{i}-{port}.txt"
         caps[port] = out
         p = subprocess.Popen(["ip", "netns", "exec", lab.ns("engine"), "tcpdump", "-i", port, "-n", "-tt", "-l",
-                              "-Q", "in" if port == "eth0" else "out", f"src host {att}"],
+                              "-Q", "in" if port == "eth0" else "out", f"ip and src host {att}"],
                              stdout=open(out, "w"), stderr=subprocess.DEVNULL)
         lab.procs[f"tcpdump-{port}"] = _Wrap(p)
     time.sleep(1.0)  # tcpdump attaches
@@ -73,7 +74,7 @@ def one_run(lab: Lab, i: int) -> dict:
         return {"ok": False, "why": "no capture"}
     t0, t_drop = syn_in[0], out[-1]
     dropped_after = sum(1 for t in all_in if t > t_drop + 0.01)
-    line = next((l for l in eng.log_text().splitlines() if "detector: block" in l), "")
+    line = next((l for l in reversed(eng.log_text().splitlines()) if "detector: block" in l), "")
     return {"ok": dropped_after > 10, "reaction": t_drop - t0, "dropped_after": dropped_after, "log": line}
 
 

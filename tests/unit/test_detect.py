@@ -141,3 +141,14 @@ def test_source_table_is_bounded():
     for i in range(1000):
         det.on_new((i,), f"10.1.{i // 250}.{i % 250}", "10.77.0.10", 6, 80)
     assert len(det.sources) == 100
+
+
+def test_block_refused_by_the_enforcement_part_is_reported_as_such():
+    class Refusing:
+        def block_local(self, address, ttl, reason):
+            return False  # e.g. a guarded management address
+    det, clock, events, _ = make(enforcer=Refusing())
+    syn_scan(det, clock)
+    clock.t += 0.5
+    det.evaluate()
+    assert events[0]["action"] == "block-refused"

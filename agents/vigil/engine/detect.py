@@ -84,6 +84,9 @@ class ScanDetector:
             st.hosts[dst] += 1
             self.flow_src[key] = src
             if len(st.ports) >= self.cfg.min_ports or len(st.hosts) >= self.cfg.min_hosts:
+                if src not in self.pending:
+                    log.debug("detector: %s over the threshold (%d ports, %d hosts, first probe %.3fs ago)",
+                              src, len(st.ports), len(st.hosts), now - st.probes[0][0])
                 self.pending.add(src)
         self.evaluate()
 
@@ -178,10 +181,14 @@ class ScanDetector:
                 self._count("detector_no_enforcer")
             else:
                 try:
-                    enf.block_local(src, self.cfg.block_ttl, reason)
-                    ev["action"] = "block"
-                    self.decisions += 1
-                    self._count("detector_blocks")
+                    done = enf.block_local(src, self.cfg.block_ttl, reason)
+                    if done is False:  # refused (guarded address, full table, kernel error)
+                        ev["action"] = "block-refused"
+                        self._count("detector_block_refused")
+                    else:
+                        ev["action"] = "block"
+                        self.decisions += 1
+                        self._count("detector_blocks")
                 except Exception as exc:  # the writer failed: say so, do not crash the reader
                     ev["action"] = "block-failed"
                     ev["error"] = str(exc)

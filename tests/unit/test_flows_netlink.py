@@ -165,3 +165,14 @@ def test_syn_answered_by_rst_is_rej_although_conntrack_never_set_seen_reply():
     # counter still holds the RST
     assert conn_state(6, 8, 0, True, resp_pkts=1) == "REJ"
     assert conn_state(6, 8, 0, True, resp_pkts=0) == "S0"
+
+
+def test_known_ids_reuse_the_tuple_and_still_read_fresh_counters():
+    buf = ct_message(ct_id=9, counters=((5, 500), (4, 400)), state=7)
+    known = {9: ct.CtEntry(9, 4, 6, "10.1.1.1", "10.2.2.2", 1111, 443, 1, 0, 3, 1, 1, 1, 1)}
+    _, _, start, end = next(ct.iter_messages(buf, len(buf)))
+    e = ct.parse_ct(buf, start + 4, end, known)
+    assert (e.src, e.dst, e.sport, e.dport) == ("10.1.1.1", "10.2.2.2", 1111, 443)  # from the known entry
+    assert (e.orig_bytes, e.resp_bytes, e.tcp_state) == (500, 400, 7)                 # fresh from the message
+    e2 = ct.parse_ct(buf, start + 4, end, {8: known[9]})
+    assert (e2.src, e2.dport) == ("10.77.0.2", 80)

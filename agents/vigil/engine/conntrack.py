@@ -174,12 +174,16 @@ def _counters(data, pos: int, end: int) -> tuple[int, int]:
     return pkts, nbytes
 
 
-def parse_ct(data, pos: int, end: int) -> CtEntry | None:
+def parse_ct(data, pos: int, end: int, known: dict | None = None) -> CtEntry | None:
     """Decode the attributes of one ctnetlink message (``pos`` just after the nfgenmsg header).
 
+    ``known`` maps conntrack ids to entries seen before: their tuple is taken from there instead
+    of being decoded again (the kernel's id is a hash over the entry and its tuple, so an equal id
+    means the same flow); that is most of the work of a dump at 100k flows.
     Returns None for an entry without an original tuple; raises ``struct.error`` or
     ``IndexError`` for a truncated message (callers count those)."""
     tup = None
+    tpos = tend = 0
     status = mark = ct_id = zone = start = stop = 0
     tcp_state = None
     op = ob = rp = rb = 0
@@ -191,7 +195,7 @@ def parse_ct(data, pos: int, end: int) -> CtEntry | None:
         t = atype & 0x3FFF
         p = pos + 4
         if t == CTA_TUPLE_ORIG:
-            tup = _tuple(data, p, pos + alen)
+            tpos, tend = p, pos + alen
         elif t == CTA_COUNTERS_ORIG:
             op, ob = _counters(data, p, pos + alen)
         elif t == CTA_COUNTERS_REPLY:
@@ -233,9 +237,16 @@ def parse_ct(data, pos: int, end: int) -> CtEntry | None:
                     stop = _BE64.unpack_from(data, q + 4)[0]
                 q += (blen + 3) & ~3
         pos += (alen + 3) & ~3
-    if tup is None or not tup[0]:
-        return None
-    family, src, dst, proto, sport, dport = tup
+    prev = known.get(ct_id) if known else None
+    if prev is not None and tpos:
+        family, src, dst, proto, sport, dport = prev.family, prev.src, prev.dst, prev.proto, prev.sport, prev.dport
+    else:
+        if not tpos:
+            return None
+        tup = _tuple(data, tpos, tend)
+        if not tup[0]:
+            return None
+        family, src, dst, proto, sport, dport = tup
     return CtEntry(ct_id, family, proto, src, dst, sport, dport, mark, status, tcp_state,
                    op, ob, rp, rb, zone, start, stop)
 
@@ -285,8 +296,9 @@ class ConntrackReader:
         if self.counters is not None:
             self.counters.inc(name, n)
 
-    def dump(self) -> Iterator[CtEntry]:
-        """Every entry, IPv4 and IPv6.  A failed dump is logged, counted, and ends early."""
+    def dump(self, known: dict | None = None) -> Iterator[CtEntry]:
+        """Every entry, IPv4 and IPv6.  A failed dump is logged, counted, and ends early.
+        ``known``: conntrack id -> earlier entry (see ``parse_ct``)."""
         try:
             if self._sock is None:
                 self._sock = _open(self.rcvbuf)
@@ -307,7 +319,7 @@ class ConntrackReader:
                     if mtype >> 8 != NFNL_SUBSYS_CTNETLINK:
                         continue
                     try:
-                        e = parse_ct(view, start + 4, end)
+                        e = parse_ct(view, start + 4, end, known)
                     except (struct.error, IndexError, ValueError):
                         self._count("ct_messages_malformed")
                         continue

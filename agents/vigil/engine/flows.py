@@ -130,6 +130,11 @@ class FlowTable:
             self._destroyed = {k: g for k, g in self._destroyed.items() if g >= gen - 1}
         return out + records
 
+    def known_by_id(self) -> dict[int, CtEntry]:
+        """Conntrack id -> last entry of each followed flow (lets a dump skip known tuples)."""
+        with self._lock:
+            return {t.last.ct_id: t.last for t in self.flows.values() if t.last.ct_id}
+
     def on_destroy(self, e: CtEntry, now_ms: int) -> None:
         """A DESTROY event: the flow's final record, with the kernel's final counters."""
         end_ms = e.stop_ns // 1_000_000 if e.stop_ns else now_ms

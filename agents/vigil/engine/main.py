@@ -205,7 +205,7 @@ class EngineService:
     def poll_flows(self, interval_start_ms: int) -> None:
         now_ms = payload.now_ms()
         t0 = time.monotonic()
-        records = self.table.update(self.reader.dump(), now_ms)
+        records = self.table.update(self.reader.dump(self.table.known_by_id()), now_ms)
         self.counters.inc("flow_polls")
         poll_s = time.monotonic() - t0
         if records:

@@ -106,14 +106,15 @@ class CollectorComponent:
     def tick(self) -> None:
         while self.firings:
             self._propose(self.firings.popleft())
-        if time.monotonic() - self._last_expire > 10:
-            self.correlator.expire(time.time())
-            self._last_expire = time.monotonic()
 
     # -- work ----------------------------------------------------------------------------------
     def _work(self) -> None:
         q = self.server.queue
         while not self._stop.is_set() or not q.empty():
+            if time.monotonic() - self._last_expire > 10:
+                # correlation state belongs to this thread: expire it here, never from tick()
+                self.correlator.expire(time.time())
+                self._last_expire = time.monotonic()
             try:
                 sender, msgs = q.get(timeout=0.2)
             except queue.Empty:

@@ -96,6 +96,7 @@ class SyslogServer:
         self.bound: dict[str, tuple[str, int]] = {}
         self.connections = 0
         self._servers: list = []
+        self._transports: set = set()
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -110,9 +111,17 @@ class SyslogServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.loop and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         if self.thread:
             self.thread.join(timeout)
+
+    async def _shutdown(self) -> None:
+        for s in self._servers:
+            s.close()                  # stop accepting; open connections are closed below
+        for t in list(self._transports):
+            t.close()
+        await asyncio.sleep(0.1)       # let connection_lost hand over what was read
+        asyncio.get_running_loop().stop()
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -243,6 +252,7 @@ class _Stream(asyncio.Protocol):
             return
         self.counted = True
         srv.connections += 1
+        srv._transports.add(transport)
         srv.counters.inc(f"syslog_{self.kind}_connections")
         self.idle_handle = asyncio.get_running_loop().call_later(srv.cfg.idle_timeout, self._idle)
 
@@ -250,6 +260,7 @@ class _Stream(asyncio.Protocol):
         if self.counted:
             self.srv.connections -= 1
             self.counted = False
+            self.srv._transports.discard(self.transport)
         tail = self.framer.tail()
         if tail:
             self._deliver([tail])

@@ -4,6 +4,7 @@ and the retained status."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -171,8 +172,17 @@ def test_broker_outage_of_30s_loses_no_batch(engine_lab):
     time.sleep(30.0)  # the issue's 30 s outage, for real: 1 s interval -> ~30 batches spooled
     spooled = sorted(p.name for p in (lab.run_dir / "state" / "engine" / "spool").glob("*.json"))
     assert len(spooled) >= 25, spooled
-    lab.mosquitto.start()
-    col.connect()
+    # the collector must be subscribed before the engine's next reconnect attempt, or the broker
+    # would acknowledge (and drop, having no subscriber) the first replayed batches: hold the
+    # engine still for the moment of the restart
+    eng = lab.procs["engine"]
+    eng.signal(signal.SIGSTOP)
+    try:
+        lab.mosquitto.start()
+        col.connect()
+        time.sleep(0.3)  # SUBACK
+    finally:
+        eng.signal(signal.SIGCONT)
     outage = time.monotonic() - outage_start
     lab.stop("ping")
 
@@ -182,7 +192,13 @@ def test_broker_outage_of_30s_loses_no_batch(engine_lab):
 
     # the collector that was away missed the batches published before the outage; everything
     # from the outage on must arrive, in order, none missing
-    seqs = col.wait(contiguous, 30, f"contiguous seq after a {outage:.0f}s outage")
+    try:
+        seqs = col.wait(contiguous, 30, f"contiguous seq after a {outage:.0f}s outage")
+    except AssertionError:
+        with col.lock:
+            got = [b["seq"] for b in col.flows]
+        raise AssertionError(f"spooled {spooled[0]}..{spooled[-1]} ({len(spooled)}), received {got}\n"
+                             + lab.procs["engine"].log_text()[-3000:]) from None
     first_spooled = int(spooled[0].split(".")[0])
     assert seqs[0] <= first_spooled
     with col.lock:

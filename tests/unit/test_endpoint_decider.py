@@ -199,3 +199,43 @@ def test_changed_file_is_rehashed(rig):
     d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd, 1))
     asks = [m["sha256"] for m in _msgs(agent) if m["t"] == "ask"]
     assert asks == [sha1, sha2]
+
+
+class IgnoringGroup(FakeGroup):
+    def __init__(self):
+        super().__init__()
+        self.ignores: list[int] = []
+        self.flushes = 0
+
+    def ignore(self, fd: int, mask: int) -> None:
+        self.ignores.append(fd)
+
+    def flush_ignores(self) -> None:
+        self.flushes += 1
+
+
+def test_kernel_cache_marks_benign_and_flushes_on_change(tmp_path):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    group = IgnoringGroup()
+    d = Decider({"mode": "block-malicious", "decision_deadline": 0.2, "max_hash_bytes": 1 << 20,
+                 "cache_entries": 64, "excluded": [], "kernel_cache": True}, theirs, group)
+    d.own_pids = {-5}
+    good_fd, good = _file(tmp_path / "good", b"good program")
+    unk_fd, unk = _file(tmp_path / "unknown", b"unknown program")
+    d.verdicts.put(good, "benign", "list:good.txt", 600)
+    d.verdicts.put(unk, "unknown", "", 600)
+    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, good_fd, 1))
+    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, unk_fd, 1))
+    assert group.ignores == [good_fd] and d.ignored == 1        # only benign files are left to the kernel
+    ours.send(json.dumps({"t": "push", "verdicts": [{"sha256": "1" * 64, "verdict": "benign"}]}).encode())
+    d.on_messages()
+    assert group.flushes == 0                                   # benign news changes nothing
+    ours.send(json.dumps({"t": "push", "verdicts": [{"sha256": good, "verdict": "malicious"}]}).encode())
+    d.on_messages()
+    assert group.flushes == 1 and d.ignored == 0 and d.c["ignore_flushes_verdict"] == 1
+    fd, _ = _file(tmp_path / "good", b"good program")
+    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd, 1))
+    assert group.answers[-1] == (fd, False) and group.ignores == [good_fd]
+    ours.close()
+    theirs.close()

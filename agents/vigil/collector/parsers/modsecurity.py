@@ -2,6 +2,7 @@
 audit log (``--xxxxxxxx-A--`` sections, one multi-line record per transaction)."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -80,6 +81,7 @@ def _fill(ev: Event, f: dict, text: str) -> None:
         ev.extra["tags"] = f["tags"]
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(s: str) -> bool:
     try:
         ipaddress.ip_address(s)

@@ -295,7 +295,11 @@ def test_agent_killed_leaves_no_fanotify_group(stack):
         st = call(agent.sock, "endpoint.status")
         decider = st["decider_pid"]
         assert fanotify_marks_on(stack.mnt_id)
+        wait_until(lambda: (stack.ctl("verdicts.stats")["endpoints"].get("kl") or {}).get("state") == "online", 5,
+                   "retained online status at the manager")
         agent.signal(signal.SIGKILL)
+        wait_until(lambda: stack.ctl("verdicts.stats")["endpoints"]["kl"]["state"] == "offline", 5,
+                   "last-will offline status")
         wait_until(lambda: not Path(f"/proc/{decider}").exists() or
                    "zombie" in Path(f"/proc/{decider}/status").read_text(), 5, "decider exit")
         wait_until(lambda: not fanotify_marks_on(stack.mnt_id), 5, "marks released")

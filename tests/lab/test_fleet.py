@@ -124,7 +124,7 @@ def _dump(lab) -> None:
         print(ctl(lab, "decisions", "list", "--state", "all", check=False).stdout)
         for node in ("engine", "engine2"):
             print(node, lab.run(node, ["nft", "list", "table", "bridge", "vigil"], check=False).stdout[-3000:])
-        for name in ("manager", "engine", "engine2"):
+        for name in ("manager", "engine", "engine2", "engine2b"):
             if name in lab.procs:
                 print(f"--- {name} log (tail)\n" + lab.procs[name].log_text()[-3000:])
     except Exception as exc:  # the dump must not hide the failure
@@ -222,6 +222,21 @@ def _scenario(lab):
     if enforcement:
         wait_until(lambda: not reaches(lab, "attacker", S2), 5, "the attacker is dropped on e2")
     assert reaches(lab, "client", S1) and reaches(lab, "client", S2)
+
+    # -- a global decision reaches every engine; an engine that was down converges -----------
+    lab.stop("engine2")
+    g = ctl_json(lab, "decisions", "add", "10.77.0.200", "-d", "10m", "-r", "global test")[0]
+    assert g["engines"] == []
+    wait_until(lambda: "10.77.0.200" in drops(lab, "e1", pub), 5, "global decision in e1's rule set")
+    lab.start_engine("engine2", name="engine2b", learning={"period": 8}, **extra)
+    wait_until(lambda: "10.77.0.200" in drops(lab, "e2", pub), 5, "global decision in e2's rule set")
+    if enforcement:
+        wait_until(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine") or set()), 5, "in e1's kernel")
+        wait_until(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine2") or set()), 15,
+                   "the restarted engine converged to the current rule set")
+        wait_until(lambda: {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["ruleset_generation"]
+                   == {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["published_generation"],
+                   10, "e2 reports the current generation applied")
 
     # -- the client is never blocked ----------------------------------------------------------
     everything = ctl_json(lab, "decisions", "list", "--state", "all")

@@ -136,3 +136,17 @@ def test_malformed_records_are_skipped():
     f, s = det.evaluate([{"src": "x"}, {"src": "y", "dst": "z", "proto": "tcp", "dport": "nan"},
                          flow(CLIENTS[0], SERVER, 80)], 1.0, base, learned=False)
     assert f == [] and s.flows == 3 and s.new_flows == 1
+
+
+def test_repeated_attacks_after_learning_stay_detectable():
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    rng = random.Random(8)
+    scan = [flow(ATTACKER, SERVER, p, conn_state="REJ", pkts=(1, 1), nbytes=(44, 40)) for p in range(1, 500)]
+    for i in range(30):  # an attacker returning again and again must not teach the baseline
+        f, s = det.evaluate(scan if i % 3 == 0 else normal_batch(rng), 1.0, base, learned=True)
+        base.observe(s, False, 0.01, 0.001, bool(f))
+        if i % 3 == 0:
+            assert "vertical-scan" in _kinds(f), i
+        else:
+            assert not [x for x in f if x.value != ATTACKER], f

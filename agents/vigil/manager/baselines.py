@@ -42,10 +42,14 @@ class Stat:
     max: float = 0.0
     ewma: bool = False
 
-    def update(self, x: float, alpha: float | None = None) -> None:
-        """Welford while ``alpha`` is None (learning); EWMA with ``alpha`` afterwards."""
+    def update(self, x: float, alpha: float | None = None, track_max: bool = True) -> None:
+        """Welford while ``alpha`` is None (learning); EWMA with ``alpha`` afterwards.
+
+        ``track_max`` False for a suspicious interval: an attack may nudge the average slowly but
+        must never become the largest normal value (thresholds derive from it)."""
         self.n += 1
-        self.max = max(self.max, x)
+        if track_max:
+            self.max = max(self.max, x)
         if alpha is None or not self.ewma and self.n <= 1:
             d = x - self.mean
             self.mean += d / self.n
@@ -110,9 +114,9 @@ class Baseline:
                 "bytes_ps": summary.bytes / secs, "rejected_ratio": summary.rejected / total_new,
                 "halfopen_ratio": summary.halfopen / total_new}
         for m, x in vals.items():
-            self.rates[m].update(x, a)
+            self.rates[m].update(x, a, track_max=not suspicious)
         for m, x in summary.source_max.items():
-            self.sources[m].update(x, a)
+            self.sources[m].update(x, a, track_max=not suspicious)
         if not suspicious:
             for key, (nbytes, flows, srcs) in summary.services.items():
                 self._service(key, nbytes, flows, srcs, learning, a)

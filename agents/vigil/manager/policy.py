@@ -138,7 +138,7 @@ class PolicyComponent:
         self._published_version = -1
         self._last_save = time.monotonic()
         self._last_sync = 0.0
-        self._recent: dict[tuple, float] = {}
+        self._recent: dict[tuple, tuple[float, str]] = {}
         ctx.decisions = self
         # the ingest component of this process hands us what it receives (see start())
         if not hasattr(ctx, "consumers"):
@@ -268,18 +268,23 @@ class PolicyComponent:
             self._propose_finding(engine, fnd, learning)
 
     def _propose_finding(self, engine: str, fnd, learning: bool) -> None:
+        # The same finding repeats every interval of the window while the decision it made is still
+        # in force: skip those cheaply instead of merging each into the store.
         key = (engine, fnd.kind, fnd.value)
         now = time.monotonic()
-        if now - self._recent.get(key, -1e9) < self.cfg.detection.window:
+        prev = self._recent.get(key)
+        if prev is not None and now - prev[0] < self.cfg.detection.window and prev[1] in self.store.active \
+                and (engine in self.store.active[prev[1]].would_block_on) == learning:
             return
-        self._recent[key] = now
         if len(self._recent) > 100_000:
-            self._recent = {k: t for k, t in self._recent.items() if now - t < self.cfg.detection.window}
+            self._recent = {k: v for k, v in self._recent.items() if now - v[0] < self.cfg.detection.window}
         targets = [] if self.cfg.detection.target == "global" else [engine]
         self.counters.inc(f"detections_{fnd.kind.replace('-', '_')}")
-        self.propose(DecisionRequest(scope=fnd.scope, value=fnd.value, origin=f"flow-anomaly:{fnd.kind}",
-                                     reason=fnd.reason, engines=targets,
-                                     evidence={**fnd.evidence, "engine": engine}))
+        res = self.propose(DecisionRequest(scope=fnd.scope, value=fnd.value, origin=f"flow-anomaly:{fnd.kind}",
+                                           reason=fnd.reason, engines=targets,
+                                           evidence={**fnd.evidence, "engine": engine}))
+        if res.get("decision"):
+            self._recent[key] = (now, res["decision"]["id"])
 
     def on_events(self, engine: str, msg: dict) -> None:
         """Engine protocol events: each with a source address and a severity at or above the

@@ -21,7 +21,7 @@ def test_sampling_rules_are_rate_limited_and_events_narrowed():
     assert 'limit rate 70/second burst 70 packets log group 9 prefix "new-flow"' in script
     assert "ct event set new,reply,assured,destroy" in script
     # sampling of crafted flags happens in bridge prerouting, before conntrack judges the packet
-    bridge = script.split("table inet")[0]
+    bridge = script.split("table bridge vigil_flow {\n")[1].split("table inet")[0]
     assert 'prefix "tcp-xmas"' in bridge and 'prefix "arp-reply"' in bridge
 
 

@@ -231,6 +231,9 @@ def test_kernel_cache_marks_benign_and_flushes_on_change(tmp_path):
     ours.send(json.dumps({"t": "push", "verdicts": [{"sha256": "1" * 64, "verdict": "benign"}]}).encode())
     d.on_messages()
     assert group.flushes == 0                                   # benign news changes nothing
+    ours.send(json.dumps({"t": "push", "verdicts": [{"sha256": unk, "verdict": "malicious"}]}).encode())
+    d.on_messages()
+    assert group.flushes == 0                                   # nor news about a file the kernel still asks about
     ours.send(json.dumps({"t": "push", "verdicts": [{"sha256": good, "verdict": "malicious"}]}).encode())
     d.on_messages()
     assert group.flushes == 1 and d.ignored == 0 and d.c["ignore_flushes_verdict"] == 1

@@ -66,6 +66,7 @@ class Decider:
         self.kernel_refresh = float(cfg.get("kernel_cache_refresh", 600.0))
         self.ignore_mask = fan.FAN_OPEN_EXEC_PERM | (fan.FAN_OPEN_PERM if cfg.get("cover_loader") else 0)
         self.ignored = 0
+        self.ignored_shas: set[str] = set()
         self.next_flush = time.monotonic() + self.kernel_refresh
 
     @property
@@ -160,7 +161,7 @@ class Decider:
                 allow, action = self.table[cached[0]]
                 if action == "allowed":      # the common case, kept short: answer, then sum it up
                     if self.kernel_cache and cached[0] == "benign":
-                        self._ignore(fd)
+                        self._ignore(fd, sha)
                     self.fan.respond(fd, True)
                     self.c["decisions_allowed"] += 1
                     self._summarise(sha, path, cached, ev.pid, st.st_size, via, t0)
@@ -182,10 +183,11 @@ class Decider:
             if not keep_fd:
                 self._close(fd)
 
-    def _ignore(self, fd: int) -> None:
+    def _ignore(self, fd: int, sha: str) -> None:
         try:
             self.fan.ignore(fd, self.ignore_mask)
             self.ignored += 1
+            self.ignored_shas.add(sha)
         except OSError:
             self.c["ignore_mark_errors"] += 1
 
@@ -198,6 +200,7 @@ class Decider:
         except OSError:
             self.c["ignore_mark_errors"] += 1
         self.ignored = 0
+        self.ignored_shas.clear()
 
     def _identify(self, fd: int, st: os.stat_result, key, t0: float, pid: int, via: str):
         """A file not seen before (or changed): its path, exclusion and hash, cached by identity."""
@@ -258,7 +261,7 @@ class Decider:
     def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
         if self.kernel_cache and verdict == "benign" and p.sha:
-            self._ignore(p.fd)
+            self._ignore(p.fd, p.sha)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
         latency = int((time.monotonic() - p.t0) * 1e6)
@@ -319,12 +322,12 @@ class Decider:
                 self.c["offline_answers"] += len(self.pending.get(sha, ()))
                 self.resolve(sha, "unknown", str(msg["error"]))
                 return
-            if msg["verdict"] != "benign":
+            if msg["verdict"] != "benign" and sha in self.ignored_shas:
                 self.flush_ignores("verdict")
             self.verdicts.put(sha, msg["verdict"], msg.get("source", ""), float(msg.get("ttl", 60)))
             self.resolve(sha, msg["verdict"], msg.get("source", ""))
         elif t == "push":
-            if any(v["verdict"] != "benign" for v in msg["verdicts"]):
+            if any(v["verdict"] != "benign" and v["sha256"] in self.ignored_shas for v in msg["verdicts"]):
                 self.flush_ignores("verdict")
             for v in msg["verdicts"]:
                 self.verdicts.put(v["sha256"], v["verdict"], v.get("source", ""), float(v.get("ttl", 60)))

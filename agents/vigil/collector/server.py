@@ -182,6 +182,10 @@ class SyslogServer:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(t.cert), str(t.key))
+        # No TLS 1.3 session tickets: a sender that writes and closes without reading would have
+        # unread tickets in its receive buffer, its kernel would answer the close with a RST, and
+        # ours would discard the messages it had not yet handed to us.
+        ctx.num_tickets = 0
         if t.ca:
             ctx.load_verify_locations(str(t.ca))
             ctx.verify_mode = ssl.CERT_REQUIRED if t.require_client_cert else ssl.CERT_OPTIONAL

@@ -91,8 +91,9 @@ class RulesetPublisher:
         self.generation = max(self.generation, gen)
         return gen
 
-    def raw(self, leaf: str, data: bytes, retain: bool = False) -> None:
-        if not self.mqtt.publish_wait(topics.engine(self.engine_id, leaf), data, qos=1, retain=retain):
+    def raw(self, leaf: str, data: bytes, retain: bool = False, timeout: float = 30.0) -> None:
+        if not self.mqtt.publish_wait(topics.engine(self.engine_id, leaf), data, qos=1, retain=retain,
+                                      timeout=timeout):
             raise RuntimeError(f"publish to {leaf} was not acknowledged")
 
 

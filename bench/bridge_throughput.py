@@ -1,0 +1,107 @@
+"""Benchmark: iperf3 throughput through br0 with vigil-engine running vs a plain bridge.
+
+Lab topology (client -> sw0 -> eth0 - br0 - eth1 -> server), real Mosquitto and a real
+vigil-engine (flow accounting, sampling, enforcement table with an empty rule set).  "Plain" is
+the same bridge with the engine stopped, every nftables table of the engine namespace removed and
+br_netfilter's call-iptables switched off: no netfilter hook on the path.  Runs alternate
+(plain, engine, plain, engine, ...) so that machine noise hits both alike; the ratio is of the
+medians.  Goal: ratio >= 0.95.
+
+    sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/bridge_throughput.py [--pairs 3] [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "agents"))
+sys.path.insert(0, str(ROOT))
+
+BRNF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def make_lab(prefix: str):
+    from vigil.lab.lab import Lab
+    from vigil.lab.services import Mosquitto
+    lab = Lab(prefix + uuid.uuid4().hex[:4])
+    lab.up(services=False)
+    lab.mosquitto = Mosquitto(lab.run_dir).start()
+    lab.popen("server", ["iperf3", "-s", "-B", lab.ip("server")], name="iperf3-server")
+    time.sleep(0.5)
+    return lab
+
+
+def make_plain(lab) -> None:
+    """No engine, no nftables table, no br_netfilter hooks in the engine namespace."""
+    if "engine" in lab.procs:
+        lab.stop("engine")
+    lab.run("engine", ["nft", "flush", "ruleset"])
+    for name in BRNF:
+        lab.run("engine", ["sh", "-c", f"[ -e /proc/sys/net/bridge/{name} ] && echo 0 > /proc/sys/net/bridge/{name} || true"])
+
+
+def start_engine(lab, wait_text: str = "mqtt: connected", timeout: float = 60, **overrides) -> None:
+    lab.start_engine(log={"level": "INFO"}, **overrides)
+    lab.wait_log("engine", wait_text, timeout=timeout)
+    time.sleep(1.0)   # let the first flow poll and status go out
+
+
+def iperf(lab, seconds: float) -> float:
+    """Gbit/s received by the server."""
+    for attempt in range(3):
+        r = lab.run("client", ["iperf3", "-c", lab.ip("server"), "-t", str(seconds), "-J"], timeout=seconds + 30,
+                    check=False)
+        try:
+            doc = json.loads(r.stdout)
+            return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            time.sleep(1)     # server busy with the previous test's teardown
+    raise RuntimeError(f"iperf3 failed: {r.stdout[-500:]} {r.stderr[-500:]}")
+
+
+def alternate(lab, pairs: int, seconds: float, setup_with, label: str) -> tuple[list[float], list[float]]:
+    plain, withx = [], []
+    for i in range(pairs):
+        make_plain(lab)
+        plain.append(iperf(lab, seconds))
+        setup_with()
+        withx.append(iperf(lab, seconds))
+        print(f"  pair {i + 1}: plain {plain[-1]:6.2f} Gbit/s   {label} {withx[-1]:6.2f} Gbit/s", flush=True)
+    return plain, withx
+
+
+def report(plain: list[float], withx: list[float], label: str) -> None:
+    mp, mw = statistics.median(plain), statistics.median(withx)
+    print(f"{'figure':44s} {'Gbit/s':>8s} {'ratio':>7s}")
+    print(f"{'plain bridge (median)':44s} {mp:8.2f} {1.0:7.2f}")
+    print(f"{label + ' (median)':44s} {mw:8.2f} {mw / mp:7.3f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 2
+    lab = make_lab("bt")
+    try:
+        print(f"iperf3 {args.seconds:.0f}s through br0, {args.pairs} alternating pairs "
+              f"(shared, noisy machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
+        plain, eng = alternate(lab, args.pairs, args.seconds, lambda: start_engine(lab), "engine")
+        report(plain, eng, "with vigil-engine running")
+    finally:
+        lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

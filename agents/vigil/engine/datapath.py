@@ -146,19 +146,25 @@ def flow_accounting_script(features: KernelFeatures, ports: list[str],
         new_flow = (f'    {match} {_limit(samples.new_flow_rate)} log group {samples.group} '
                     f'prefix "{name}"\n')
     ct_rule = f"    ct state new ct mark set meta mark ct event set {CT_EVENTS}\n"
+    # the 802.1Q id rides in the mark's upper bits (mark = vlan << 8 | port) into conntrack
+    # (a map per port: nft's shift of the big-endian ``vlan id`` into the mark does not compute)
+    vlan_rules = "".join(
+        f'    iifname "{p}" vlan id 1-4094 meta mark set vlan id map {{ '
+        + ", ".join(f"{v} : {v << 8 | m}" for v in range(1, 4095)) + " }\n"
+        for p, m in port_marks(ports).items())
     if features.flow_source == "bridge-conntrack":
         return drop_old + f"""table bridge {FLOW_TABLE} {{
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-{sample_rules}{ct_rule}{new_flow}  }}
+{vlan_rules}{sample_rules}{ct_rule}{new_flow}  }}
 }}
 """
     return drop_old + f"""table bridge {FLOW_TABLE} {{
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-{sample_rules}  }}
+{vlan_rules}{sample_rules}  }}
 }}
 table inet {FLOW_TABLE} {{
   chain forward {{
@@ -206,6 +212,9 @@ def install_flow_accounting(features: KernelFeatures, ports: list[str],
     if not _write("/proc/sys/net/netfilter/nf_conntrack_timestamp", "1"):
         log.warning("cannot enable net.netfilter.nf_conntrack_timestamp; flow start is first sight")
     if features.flow_source == "br_netfilter-conntrack":
+        # VLAN-tagged IP frames reach the inet hooks (and conntrack) only with this on
+        if _read("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged") != "1":
+            _write("/proc/sys/net/bridge/bridge-nf-filter-vlan-tagged", "1")
         if _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
             _write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
         if _read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != "1":

@@ -162,7 +162,7 @@ class FlowTable:
             "proto": PROTO_NAMES.get(e.proto, str(e.proto)),
             "src": e.src, "sport": e.sport, "dst": e.dst, "dport": e.dport,
             "in_port": self.port_names.get(e.mark & 0xFF, ""),
-            "vlan": None,  # conntrack does not keep the 802.1Q tag; see DESIGN-NOTES
+            "vlan": (e.mark >> 8) & 0xFFF or None,  # carried in the mark by vigil_flow
             "start": t.start_ms,
             "end": now_ms if ended else None,
             "duration": round(max(0, now_ms - t.start_ms) / 1000.0, 3),

@@ -347,9 +347,13 @@ class Enforcement:
     def _persist(self) -> None:
         with self.lock:
             self._dirty = False
+            held = list(self.policy.entries.values())     # Held objects are replaced, never mutated
             doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
                    "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
-                   "key_id": self.key_id, "entries": [h.to_dict() for h in self.policy.entries.values()]}
+                   "key_id": self.key_id}
+        doc["entries"] = [{"id": h.entry.id, "action": h.entry.action, "scope": h.entry.scope,
+                           "value": h.entry.value, "ttl": h.entry.ttl, "origin": h.entry.origin,
+                           "reason": h.entry.reason, "expires": h.expires} for h in held]
         try:
             _write_json(self.state_path, doc)
         except OSError as exc:

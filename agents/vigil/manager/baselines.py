@@ -115,8 +115,11 @@ class Baseline:
                 "halfopen_ratio": summary.halfopen / total_new}
         for m, x in vals.items():
             self.rates[m].update(x, a, track_max=not suspicious)
-        for m, x in summary.source_max.items():
-            self.sources[m].update(x, a, track_max=not suspicious)
+        if not suspicious:
+            # the busiest source of a suspicious interval is the attacker: per-source behaviour is
+            # not learned from it at all (the rates above still adapt, slowly)
+            for m, x in summary.source_max.items():
+                self.sources[m].update(x, a)
         if not suspicious:
             for key, (nbytes, flows, srcs) in summary.services.items():
                 self._service(key, nbytes, flows, srcs, learning, a)

@@ -150,3 +150,15 @@ def test_repeated_attacks_after_learning_stay_detectable():
             assert "vertical-scan" in _kinds(f), i
         else:
             assert not [x for x in f if x.value != ATTACKER], f
+
+
+def test_packet_flood_and_the_first_batch_after_a_restart():
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    udp = [flow(ATTACKER, SERVER, 53, proto="udp", new=False, conn_state="S1", pkts=(60000, 0), nbytes=(3_600_000, 0))]
+    f, _ = det.evaluate(udp, 1.0, base, learned=True)
+    assert _kinds(f) == ["flood"] and "small packets/s" in f[0].reason
+    # an engine that restarted reports old flows' whole history at once: no rate verdict on it
+    det = Detector("e1", Thresholds())
+    f, _ = det.evaluate(udp, 0.2, base, learned=True, rates=False)
+    assert f == []

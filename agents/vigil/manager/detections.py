@@ -143,8 +143,11 @@ class Detector:
         return by_src, summary
 
     def evaluate(self, flows: list[dict], seconds: float, baseline: Baseline,
-                 learned: bool) -> tuple[list[Finding], IntervalSummary]:
-        """Findings for this interval. ``learned``: the baseline's learning phase is over (new-service)."""
+                 learned: bool, rates: bool = True) -> tuple[list[Finding], IntervalSummary]:
+        """Findings for this interval. ``learned``: the baseline's learning phase is over (new-service).
+
+        ``rates`` False for the first batch after a gap (an engine that restarted reports the
+        whole history of the flows it finds in conntrack as one interval): no packet-rate flood."""
         th = self.th
         by_src, summary = self.summarise(flows, seconds)
         if summary.flows:
@@ -215,9 +218,8 @@ class Detector:
                                        f"completed in {win}; threshold {t_failed:.0f}",
                                        {"dst": dst, "failed": nfail, "threshold": t_failed}))
                     continue
-            secs = max(summary.seconds, 1e-3)
-            pps = cur.pkts / secs
-            if pps >= t_pps and cur.pkts and cur.bytes / cur.pkts < th.flood_max_pkt_bytes:
+            pps = cur.pkts / max(summary.seconds, 1.0)
+            if rates and pps >= t_pps and cur.pkts and cur.bytes / cur.pkts < th.flood_max_pkt_bytes:
                 out.append(Finding("flood", "ip", src, src,
                                    f"flood: {src} sent {pps:.0f} small packets/s "
                                    f"({cur.bytes / cur.pkts:.0f} bytes each); threshold {t_pps:.0f}/s",

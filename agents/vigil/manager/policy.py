@@ -139,6 +139,7 @@ class PolicyComponent:
         self._last_save = time.monotonic()
         self._last_sync = 0.0
         self._recent: dict[tuple, tuple[float, str]] = {}
+        self._last_end: dict[str, int] = {}
         ctx.decisions = self
         # the ingest component of this process hands us what it receives (see start())
         if not hasattr(ctx, "consumers"):
@@ -243,9 +244,15 @@ class PolicyComponent:
         flows = msg.get("flows") or []
         iv = msg.get("interval") or {}
         try:
-            seconds = max(0.001, (int(iv["end"]) - int(iv["start"])) / 1000.0)
+            start, end = int(iv["start"]), int(iv["end"])
+            seconds = max(0.001, (end - start) / 1000.0)
         except (KeyError, TypeError, ValueError):
+            start = end = 0
             seconds = 1.0
+        last_end = self._last_end.get(engine)
+        # the first batch after a gap (engine restart, or our own): packet rates are not trusted
+        rates = last_end is not None and start - last_end <= max(5000, 3 * (end - start))
+        self._last_end[engine] = max(end, last_end or 0)
         view = self.fleet.view(engine)
         if view.mode is None and msg.get("mode") in ruleset.MODES:
             view.mode = msg["mode"]
@@ -258,7 +265,7 @@ class PolicyComponent:
                 det = self.detectors[engine] = Detector(engine, self.cfg.detection.thresholds())
             base = self.baselines.get(engine)
             learned = (not learning and base.learned_seconds >= self.cfg.detection.new_service_min_learned)
-            findings, summary = det.evaluate(flows, seconds, base, learned)
+            findings, summary = det.evaluate(flows, seconds, base, learned, rates=rates)
             base.observe(summary, learning, self.cfg.baseline_alpha, self.cfg.baseline_alpha_suspicious,
                          suspicious=bool(findings))
         self.counters.inc("policy_batches")

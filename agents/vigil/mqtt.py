@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import uuid
@@ -68,6 +69,7 @@ class MqttClient:
                             tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if will is not None:
             self._c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._c.on_socket_open = _nodelay
         self._c.on_connect = self._handle_connect
         self._c.on_disconnect = self._handle_disconnect
         self._c.on_message = self._handle_unmatched
@@ -168,6 +170,16 @@ class MqttClient:
                 self.counters.inc("handler_errors")
                 log.exception("mqtt: handler for %s failed on %s", topic_filter, msg.topic)
         return run
+
+
+def _nodelay(client, userdata, sock) -> None:
+    """Disable Nagle on every broker link: paho does not, and a small publish held back until the
+    peer's delayed ACK adds ~40 ms to a request/response round trip (verdicts, rule-set deltas)."""
+    try:
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
 
 
 def _match_filter(topic_filter: str) -> str:

@@ -255,7 +255,6 @@ class EndpointService:
         return None
 
     def _on_connected(self) -> None:
-        set_nodelay(self.mqtt)
         self.publish_status()
 
     def publish_status(self) -> None:
@@ -348,19 +347,6 @@ class EndpointService:
             self.mqtt.stop()
             self.control.stop()
             log.info("counters at exit: %s", self.counters.snapshot())
-
-
-def set_nodelay(mqtt: MqttClient) -> bool:
-    """Disable Nagle on the broker link: paho does not, and a small request held until the peer's
-    delayed ACK adds ~40 ms to every verdict round trip."""
-    try:
-        sock = mqtt.paho.socket()
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return True
-    except OSError:
-        pass
-    return False
 
 
 def _rss_kb() -> int:

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from typing import Any
@@ -62,7 +61,6 @@ class VerdictService:
         self._quarantined: dict[tuple[str, str], float] = {}  # (endpoint, sha) -> until
         self._thread: threading.Thread | None = None
         self._last_list_check = 0.0
-        self._nodelay_sock = None
         ctl = ctx.control
         ctl.register("verdicts.get", self.ctl_get)
         ctl.register("verdicts.set", self.ctl_set)
@@ -86,7 +84,6 @@ class VerdictService:
                  "on" if self.clamd.available() else "off")
 
     def tick(self) -> None:
-        self._nodelay()
         now = time.monotonic()
         if now - self._last_list_check >= 1.0:
             self._last_list_check = now
@@ -95,23 +92,6 @@ class VerdictService:
         wall = time.time()
         for k in [k for k, until in self._quarantined.items() if until < wall]:
             del self._quarantined[k]
-
-    def _nodelay(self) -> None:
-        """Verdict answers are latency-bound: disable Nagle on the manager's broker link (paho does
-        not), else a response can wait for the broker's delayed ACK (~40 ms). Checked each tick so a
-        reconnected socket gets it too."""
-        try:
-            sock = self.ctx.mqtt.paho.socket()
-        except (AttributeError, OSError):
-            return
-        if sock is None or sock is self._nodelay_sock:
-            return
-        try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._nodelay_sock = sock
-        except OSError:
-            pass
 
     def close(self) -> None:
         if self._thread is not None:

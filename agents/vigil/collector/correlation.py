@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import re
 from collections import OrderedDict, deque
+from operator import attrgetter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +57,7 @@ class Matcher:
         if not isinstance(spec, dict) or not spec:
             raise RuleError(f"{where}: must be a non-empty mapping of field: condition")
         self.tests: list[Callable[[Event], bool]] = []
+        rest: list[Callable[[Event], bool]] = []
         # source types this matcher can match at all (None: any); lets the engine skip rules cheaply
         st = spec.get("source_type")
         self.source_types: frozenset[str] | None = (
@@ -65,22 +67,27 @@ class Matcher:
             if key == "any":
                 if not isinstance(cond, list) or not cond:
                     raise RuleError(f"{where}.any: must be a non-empty list of matches")
-                subs = [Matcher(c, f"{where}.any[{i}]") for i, c in enumerate(cond)]
-                self.tests.append(lambda ev, subs=subs: any(s(ev) for s in subs))
+                subs = tuple(Matcher(c, f"{where}.any[{i}]").test for i, c in enumerate(cond))
+                self.tests.append(_any_of(subs))
                 continue
             if not isinstance(key, str) or not _field_ok(key):
                 raise RuleError(f"{where}.{key}: unknown field (fields: {', '.join(FIELDS)}, extra.<name>)")
-            self.tests.append(self._condition(key, cond, f"{where}.{key}"))
+            t = self._condition(key, cond, f"{where}.{key}")
+            self.tests.append(t)
+            if key != "source_type" or self.source_types is None:
+                rest.append(t)
+        # ``test``: the whole conjunction.  ``test_rest``: without the top-level source_type
+        # condition, for callers that already know the event's source type is one of
+        # ``source_types`` (the correlator indexes rules by source type).
+        self.test: Callable[[Event], bool] = _all_of(tuple(self.tests))
+        self.test_rest: Callable[[Event], bool] = _all_of(tuple(rest))
 
     def __call__(self, ev: Event) -> bool:
-        for t in self.tests:
-            if not t(ev):
-                return False
-        return True
+        return self.test(ev)
 
     @staticmethod
     def _condition(name: str, cond: Any, where: str) -> Callable[[Event], bool]:
-        get = (lambda ev: ev.get(name)) if name.startswith("extra.") else (lambda ev: getattr(ev, name))
+        get = _getter(name)
         if name == "severity":
             cond = {k: _sev(v) for k, v in cond.items()} if isinstance(cond, dict) else \
                 [_sev(v) for v in cond] if isinstance(cond, list) else _sev(cond)
@@ -95,7 +102,7 @@ class Matcher:
                     rx = re.compile(str(cond["regex"]))
                 except re.error as exc:
                     raise RuleError(f"{where}.regex: not a valid regular expression: {exc}") from None
-                parts.append(lambda v, rx=rx: v is not None and rx.search(str(v)) is not None)
+                parts.append(_regex_test(rx))
             if "any" in cond:
                 if not isinstance(cond["any"], list):
                     raise RuleError(f"{where}.any: must be a list")
@@ -116,18 +123,96 @@ class Matcher:
                 if not isinstance(want, bool):
                     raise RuleError(f"{where}.exists: must be true or false")
                 parts.append(lambda v, want=want: (v is not None) == want)
-            return lambda ev: all(p(get(ev)) for p in parts)
+            if len(parts) == 1:
+                p0 = parts[0]
+                return lambda ev: p0(get(ev))
+            parts_t = tuple(parts)
+
+            def test_parts(ev: Event) -> bool:
+                v = get(ev)
+                for p in parts_t:
+                    if not p(v):
+                        return False
+                return True
+            return test_parts
         if isinstance(cond, list):
             vals = {_norm(v) for v in cond}
-            return lambda ev: _norm(get(ev)) in vals
+
+            def test_in(ev: Event) -> bool:
+                v = get(ev)
+                return (v.lower() if isinstance(v, str) else v) in vals
+            return test_in
         if isinstance(cond, (str, int, float, bool)):
             want = _norm(cond)
-            return lambda ev: _norm(get(ev)) == want
+
+            def test_eq(ev: Event) -> bool:
+                v = get(ev)
+                return (v.lower() if isinstance(v, str) else v) == want
+            return test_eq
         raise RuleError(f"{where}: a condition is a value, a list of values or a mapping")
 
 
 def _norm(v: Any) -> Any:
     return v.lower() if isinstance(v, str) else v
+
+
+def _getter(name: str) -> Callable[[Event], Any]:
+    """The value of a match/group field of an event (``extra.<name>`` from the extra mapping)."""
+    if name.startswith("extra."):
+        key = name[6:]
+        return lambda ev: ev.extra.get(key)
+    return attrgetter(name)
+
+
+_REGEX_CACHE_MAX = 4096      # remembered results per regex condition (values repeat: categories, names)
+_REGEX_CACHE_LEN = 256       # longer values are searched every time, not remembered
+
+
+def _regex_test(rx: re.Pattern) -> Callable[[Any], bool]:
+    """``rx.search(str(v))`` for a value; results for short string values are remembered (bounded),
+    since the fields rules search (category, signature name) take few distinct values."""
+    cache: dict[str, bool] = {}
+    search = rx.search
+
+    def test(v: Any) -> bool:
+        if v is None:
+            return False
+        if v.__class__ is str and len(v) <= _REGEX_CACHE_LEN:
+            r = cache.get(v)
+            if r is None:
+                r = search(v) is not None
+                if len(cache) >= _REGEX_CACHE_MAX:
+                    cache.clear()
+                cache[v] = r
+            return r
+        return search(str(v)) is not None
+    return test
+
+
+def _all_of(tests: tuple) -> Callable[[Event], bool]:
+    if not tests:
+        return lambda ev: True
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        a, b = tests
+        return lambda ev: a(ev) and b(ev)
+
+    def test(ev: Event) -> bool:
+        for t in tests:
+            if not t(ev):
+                return False
+        return True
+    return test
+
+
+def _any_of(tests: tuple) -> Callable[[Event], bool]:
+    def test(ev: Event) -> bool:
+        for t in tests:
+            if t(ev):
+                return True
+        return False
+    return test
 
 
 # -- rules ----------------------------------------------------------------------------------
@@ -279,14 +364,19 @@ class Correlator:
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
         self._by_type: dict[str, list[Rule]] = {}
 
-    def _rules_for(self, source_type: str) -> list[Rule]:
+    def _rules_for(self, source_type: str) -> list[tuple]:
+        """The rules that can match events of a source type, each with what process() needs:
+        (rule, match test or None for a sequence, group getter, handler, state, cooldowns)."""
         rs = self._by_type.get(source_type)
         if rs is None:
             rs = []
             for r in self.rules:
                 ms = r.steps if r.type == "sequence" else [r.match]
                 if any(m.source_types is None or source_type in m.source_types for m in ms):
-                    rs.append(r)
+                    # the source_type condition holds for every event given to this entry
+                    test = None if r.type == "sequence" else r.match.test_rest
+                    rs.append((r, test, _getter(r.group_by), getattr(self, "_" + r.type),
+                               self.state[r.name], self.cooldown[r.name]))
             self._by_type[source_type] = rs
         return rs
 
@@ -309,24 +399,26 @@ class Correlator:
 
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
-        for rule in self._rules_for(ev.source_type):
-            if rule.type != "sequence" and not rule.match(ev):
+        for rule, test, get, handler, state, cooldown in self._rules_for(ev.source_type):
+            if test is not None and not test(ev):
                 continue
-            g = ev.get(rule.group_by)
+            g = get(ev)
             if g is None or g == "":
                 continue
-            g = str(g)
-            until = self.cooldown[rule.name].get(g)
-            if until is not None:
-                if now < until:
-                    continue
-                del self.cooldown[rule.name][g]
-            f = getattr(self, "_" + rule.type)(rule, g, ev, now)
+            if g.__class__ is not str:
+                g = str(g)
+            if cooldown:
+                until = cooldown.get(g)
+                if until is not None:
+                    if now < until:
+                        continue
+                    del cooldown[g]
+            f = handler(rule, g, ev, now)
             if f is not None:
                 self.fired[rule.name] += 1
                 if rule.cooldown:
-                    self.cooldown[rule.name][g] = now + rule.cooldown
-                self.state[rule.name].pop(g, None)
+                    cooldown[g] = now + rule.cooldown
+                state.pop(g, None)
                 fired.append(f)
                 try:
                     self.on_fire(f)
@@ -345,7 +437,7 @@ class Correlator:
         return None
 
     def _distinct(self, rule: Rule, g: str, ev: Event, now: float) -> Firing | None:
-        val = ev.get(rule.distinct)
+        val = ev.extra.get(rule.distinct[6:]) if rule.distinct.startswith("extra.") else getattr(ev, rule.distinct)
         if val is None or val == "":
             return None
         seen: OrderedDict = self._group_state(rule, g, OrderedDict)
@@ -363,7 +455,7 @@ class Correlator:
         return None
 
     def _sequence(self, rule: Rule, g: str, ev: Event, now: float) -> Firing | None:
-        matched = [i for i, m in enumerate(rule.steps) if m(ev)]
+        matched = [i for i, m in enumerate(rule.steps) if m.test(ev)]
         if not matched:
             return None
         # starts[i]: start time of the chain that has completed step i (the latest live one)

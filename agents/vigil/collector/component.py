@@ -55,20 +55,51 @@ def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
         if len(_prefix_cache) > 10000:
             _prefix_cache.clear()
         _prefix_cache[key] = prefix
-    parts = ["peer=" + _str_field(peer)]
-    for name, v in (("device", ev.device), ("src", ev.src), ("dst", ev.dst), ("proto", ev.proto),
-                    ("action_raw", ev.action), ("sig_id", ev.sig_id), ("sig_name", ev.sig_name),
-                    ("category", ev.category)):
-        if v is not None:
-            parts.append(name + "=" + _str_field(v))
+    sf = _str_field
+    parts = [prefix, " peer=", sf(peer)]
+    add = parts.append
+    v = ev.device
+    if v is not None:
+        add(",device=")
+        add(sf(v))
+    v = ev.src
+    if v is not None:
+        add(",src=")
+        add(sf(v))
+    v = ev.dst
+    if v is not None:
+        add(",dst=")
+        add(sf(v))
+    v = ev.proto
+    if v is not None:
+        add(",proto=")
+        add(sf(v))
+    v = ev.action
+    if v is not None:
+        add(",action_raw=")
+        add(sf(v))
+    v = ev.sig_id
+    if v is not None:
+        add(",sig_id=")
+        add(sf(v))
+    v = ev.sig_name
+    if v is not None:
+        add(",sig_name=")
+        add(sf(v))
+    v = ev.category
+    if v is not None:
+        add(",category=")
+        add(sf(v))
     if ev.sport is not None:
-        parts.append(f"sport={ev.sport}i")
+        add(f",sport={ev.sport}i")
     if ev.dport is not None:
-        parts.append(f"dport={ev.dport}i")
+        add(f",dport={ev.dport}i")
     if ev.time is not None:
-        parts.append(f"event_time={int(ev.time * 1000)}i")
-    parts.append("raw=" + _str_field(ev.raw[:raw_max]))
-    return f"{prefix} {','.join(parts)} {ts_ns}"
+        add(f",event_time={int(ev.time * 1000)}i")
+    add(",raw=")
+    add(sf(ev.raw[:raw_max]))
+    add(f" {ts_ns}")
+    return "".join(parts)
 
 
 class CollectorComponent:

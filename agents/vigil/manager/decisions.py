@@ -265,6 +265,19 @@ class DecisionStore:
                     if origin == OPERATOR and duration is not None:
                         d.expires = max(d.expires or 0, now + duration) if d.expires is not None else None
                         changed = True
+                    new_q = quarantine_networks(evidence)
+                    if (evidence or {}).get("quarantine") and not d.evidence.get("quarantine"):
+                        # a quarantine joins a plain block of the same address: it takes the
+                        # quarantine's reason and lasts at least as long as the quarantine asked
+                        d.origin, d.reason = origin, (reason or origin)[:500]
+                        if duration is not None and d.expires is not None:
+                            d.expires = max(d.expires, now + duration)
+                        changed = True
+                    elif new_q and not set(new_q) <= set(quarantine_networks(d.evidence)):
+                        changed = True  # more allow entries travel with it
+                    if d.evidence.get("quarantine") and new_q:
+                        evidence = {**evidence, "allow_networks": sorted(
+                            set(quarantine_networks(d.evidence)) | set(new_q))}
                     d.evidence = {**d.evidence, **(evidence or {}), "merged": d.evidence.get("merged", 0) + 1}
                     self._save(d)
                     if not changed:
@@ -387,6 +400,23 @@ class DecisionStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def quarantine_networks(evidence: dict | None) -> list[str]:
+    """The networks a quarantine decision leaves reachable (``evidence.allow_networks`` of a
+    decision whose evidence says ``quarantine``); unparsable entries are left out."""
+    if not evidence or not evidence.get("quarantine"):
+        return []
+    nets = evidence.get("allow_networks")
+    if not isinstance(nets, list):
+        return []
+    out = []
+    for n in nets:
+        try:
+            out.append(str(ipaddress.ip_network(str(n), strict=False)))
+        except ValueError:
+            continue
+    return sorted(set(out))
 
 
 def _norm_any(value: str) -> str:

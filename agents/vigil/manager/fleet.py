@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import payload, ruleset, topics
 from ..counters import Counters
-from .decisions import DecisionStore
+from .decisions import DecisionStore, quarantine_networks
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,15 @@ class Publisher:
             prev = out.get(k)
             if prev is None or (prev[1] is not None and (d.expires is None or d.expires > prev[1])):
                 out[k] = (d.id, d.expires, {"origin": d.origin, "reason": d.reason})
+            # A quarantine: its management networks stay reachable for as long as it lasts (the
+            # engine accepts to/from allow entries before any drop). An allowlist entry for the
+            # same network wins (no expiry); the longest quarantine wins among several.
+            for net in quarantine_networks(d.evidence):
+                k = ("allow", "cidr", net)
+                prev = out.get(k)
+                if prev is None or (prev[1] is not None and (d.expires is None or d.expires > prev[1])):
+                    out[k] = (f"{d.id}-allow", d.expires,
+                              {"origin": d.origin, "reason": f"quarantine of {d.value}: reachable network"})
         return out
 
     def _entry(self, k: EntryKey, val: tuple[str, float | None, dict], now: float) -> dict:

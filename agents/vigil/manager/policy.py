@@ -23,7 +23,7 @@ from ..control import ControlError
 from ..influx import line
 from .api import DecisionRequest
 from .baselines import BaselineStore
-from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets
+from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets, quarantine_networks
 from .detections import Detector, Thresholds
 from .fleet import Fleet, Publisher, snapshot_generation
 
@@ -338,9 +338,12 @@ class PolicyComponent:
         """Record a proposal; returns {"status": created|merged|rejected, ...}. Never raises."""
         try:
             targets = parse_targets(req.engines)
+            reason, evidence = req.reason, req.evidence
+            if isinstance(evidence, dict) and evidence.get("quarantine"):
+                reason, evidence = self._quarantine(req)
             before = len(self.store.active)
-            d = self.store.propose(req.scope, req.value, req.origin, req.reason, req.duration, targets,
-                                   req.evidence, learning=self._learning_targets(targets)
+            d = self.store.propose(req.scope, req.value, req.origin, reason, req.duration, targets,
+                                   evidence, learning=self._learning_targets(targets)
                                    if req.origin != OPERATOR else ())
         except Rejected as exc:
             log.info("proposal %s %s from %s not taken: %s", req.scope, req.value, req.origin, exc)
@@ -355,6 +358,30 @@ class PolicyComponent:
             if time.monotonic() - self._last_sync >= 0.2:
                 self._sync_now()  # a new block goes out now, not at the next tick
         return {"status": "created" if created else "merged", "decision": d.as_dict()}
+
+    def _quarantine(self, req: DecisionRequest) -> tuple[str, dict]:
+        """A quarantine (the verdict service's proposal when an endpoint ran or was denied a
+        malicious file): an ip drop whose ``allow_networks`` (the management network) travel with
+        it as allow entries in the rule sets that enforce it.  The engines accept anything to or
+        from an allow entry before any drop, so the address reaches only those networks.
+
+        Like every automatic decision it is would-block on engines that are learning (DESIGN.md:
+        only operator rules and allowlists apply in both modes)."""
+        if req.scope != "ip":
+            raise ValueError(f"a quarantine is an ip decision, not {req.scope!r}")
+        raw = req.evidence.get("allow_networks")
+        raw = raw if isinstance(raw, list) else []
+        nets = quarantine_networks(req.evidence)
+        if len(nets) < len(set(map(str, raw))):
+            bad = len(set(map(str, raw))) - len(nets)
+            self.counters.inc("quarantine_allow_networks_invalid", bad)
+            log.warning("quarantine of %s from %s: %d allow_networks entries are not networks; left out",
+                        req.value, req.origin, bad)
+        evidence = {**req.evidence, "allow_networks": nets}
+        self.counters.inc("quarantine_proposals")
+        prefix = f"quarantine (reachable only: {', '.join(nets) or 'nothing'}): "
+        reason = req.reason if req.reason.startswith("quarantine") else prefix + req.reason
+        return reason, evidence
 
     def _write_point(self, d: Decision, event: str) -> None:
         try:

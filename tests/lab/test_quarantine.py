@@ -1,0 +1,203 @@
+"""Network and endpoint together: an endpoint denied a malicious file is quarantined on the engine.
+
+A real vigil-endpoint (fanotify on a tmpfs mounted for this test only, mode block-malicious,
+``address:`` = the lab client's 10.77.0.2) is denied a binary listed in the manager's hash list
+(EPERM); the manager's verdict service proposes a quarantine, the policy makes it an ip drop plus
+an allow entry for the management network (10.77.0.20, a second address on the server's eth0 that
+stands in for the management host), and the real engine (enforcing) puts both in its kernel sets:
+traffic from ``client`` to the server's 10.77.0.10 is dropped at the bridge while client <->
+10.77.0.20 still works.  The decision's reason names the hash and the host, and vigilctl shows it.
+
+Nothing is left behind: the agent is stopped, no fanotify mark survives it, the mount is removed.
+Budget: about 30 s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vigil import control
+from vigil.engine.config import EngineConfig
+from vigil.lab.services import ManagedProcess, vigil_command
+
+pytestmark = pytest.mark.lab
+
+TRUE = Path("/bin/true").read_bytes()
+MGMT = "10.77.0.20"
+
+
+def mount_id(path: Path) -> int | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        f = line.split()
+        if f[4] == str(path):
+            return int(f[0])
+    return None
+
+
+def fanotify_marks_on(mnt_id: int) -> list[str]:
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) != "anon_inode:[fanotify]":
+                continue
+            info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("fanotify mnt_id:") and int(line.split()[1].split(":")[1], 16) == mnt_id:
+                found.append(f"{fd}: {line}")
+    return found
+
+
+def execute(path: Path) -> int | str:
+    try:
+        return subprocess.run([str(path)], capture_output=True, timeout=10).returncode
+    except PermissionError as exc:
+        assert exc.errno == errno.EPERM
+        return "EPERM"
+
+
+def wait_for(pred, timeout: float, what: str, lab=None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    logs = "" if lab is None else "\n".join(f"--- {n}\n{p.log_text()[-2000:]}" for n, p in lab.procs.items())
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{logs}")
+
+
+def kernel_set(lab, name: str) -> set[str]:
+    r = lab.run("engine", ["nft", "-j", "list", "set", "bridge", "vigil", name], check=False)
+    if r.returncode != 0:
+        return set()
+    out = set()
+    for item in json.loads(r.stdout).get("nftables", []):
+        for el in (item.get("set") or {}).get("elem", []) or []:
+            v = el.get("elem", {}).get("val") if isinstance(el, dict) else el
+            if isinstance(v, dict) and "prefix" in v:
+                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            out.add(str(v))
+    return out
+
+
+def http_ok(lab, ip: str, max_time: float = 2) -> bool:
+    r = lab.run("client", ["curl", "-s", "-o", "/dev/null", "-m", str(max_time), "-w", "%{http_code}",
+                           f"http://{ip}:8080/"], check=False, timeout=max_time + 10)
+    return r.stdout.strip() == "200"
+
+
+def pings(lab, ip: str) -> bool:
+    return lab.run("client", ["ping", "-n", "-q", "-c", "1", "-W", "1", ip], check=False, timeout=10).returncode == 0
+
+
+def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
+    client, server = lab.ip("client"), lab.ip("server")
+    run = Path("/run/vigil-endpoint-tests") / f"q{uuid.uuid4().hex[:6]}"
+    mnt = run / "mnt"
+    mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", f"vigil-test-{run.name}", str(mnt)],
+                   check=True)
+    agent: ManagedProcess | None = None
+    mnt_id = None
+    try:
+        assert os.path.ismount(mnt)
+        mnt_id = mount_id(mnt)
+        # the malicious file: /bin/true with bytes of its own, listed in the manager's hash list
+        data = TRUE + b"vigil-quarantine-" + uuid.uuid4().bytes
+        evil = mnt / "evil"
+        evil.write_bytes(data)
+        evil.chmod(0o755)
+        sha = hashlib.sha256(data).hexdigest()
+        bad = run / "bad.txt"
+        bad.write_text(f"{sha} lab-quarantine-test\n")
+
+        # the management host stand-in: a second address on the server, behind the bridge
+        lab.run("server", ["ip", "addr", "add", f"{MGMT}/24", "dev", "eth0"])
+        lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(lab.run_dir)],
+                  name="http")
+
+        lab.start_manager(
+            policy={"detection": {"enabled": False}},   # only the quarantine may block in this test
+            verdicts={"known_bad": [str(bad)], "known_good": [], "clamd_socket": None,
+                      "quarantine": {"enabled": True, "allow_networks": [f"{MGMT}/32"], "duration": 120}})
+        lab.wait_log("manager", "mqtt: connected", timeout=20)
+        sock = lab.run_dir / "manager.sock"
+        extra = {}
+        if "detect" in {f.name for f in dataclasses.fields(EngineConfig)}:
+            extra["detect"] = {"enabled": False}
+        lab.start_engine(learning={"start_mode": "enforcing"}, enforcement={
+            "manager_public_key": str(lab.run_dir / "state" / "manager" / "signing.pub")}, **extra)
+        lab.wait_log("engine", "mqtt: connected", timeout=30)
+        wait_for(lambda: [e for e in control.call(sock, "engines.list")
+                          if e.get("engine") == "e1" and e.get("mode") == "enforcing"], 20,
+                 "the policy to see e1 enforcing", lab)
+
+        # before: the client reaches both addresses of the server through the bridge
+        wait_for(lambda: http_ok(lab, server), 15, "client -> server http", lab)
+        assert http_ok(lab, MGMT) and pings(lab, server) and pings(lab, MGMT)
+
+        cfg = {"endpoint_id": "client-ep", "mqtt": lab.mosquitto.mqtt_config(), "mode": "block-malicious",
+               "mounts": [str(mnt)], "address": client, "state_dir": str(run / "state-ep"),
+               "control_socket": str(run / "ep.sock"), "batch_interval": 0.3, "decision_deadline": 3.0}
+        path = run / "endpoint.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        agent = ManagedProcess("endpoint", [*vigil_command("vigil-endpoint"), "-c", str(path)], run).start()
+        wait_for(lambda: "mqtt: connected" in agent.log_text() or not agent.alive(), 15, "the endpoint connected")
+        assert agent.alive(), agent.log_text()
+
+        # the execution is denied ...
+        assert execute(evil) == "EPERM"
+        t0 = time.monotonic()
+        # ... and within seconds the client's address is quarantined on the engine
+        ds = wait_for(lambda: [d for d in control.call(sock, "decisions.list")
+                               if d["value"] == client and d["origin"].startswith("endpoint:")],
+                      10, "a quarantine decision", lab)
+        d = ds[0]
+        assert d["scope"] == "ip" and d["action"] == "drop" and d["would_block_on"] == []
+        assert sha in d["reason"] and socket.gethostname() in d["reason"] and client in d["reason"]
+        assert d["evidence"]["quarantine"] is True and d["evidence"]["allow_networks"] == [f"{MGMT}/32"]
+        assert 100 <= d["remaining"] <= 120
+        wait_for(lambda: client in kernel_set(lab, "block4"), 10, "the client in the kernel's block4 set", lab)
+        assert MGMT in kernel_set(lab, "allow4") | kernel_set(lab, "allownet4")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 10, elapsed
+        # real traffic: the client is cut off from the server, but not from the management host
+        assert not http_ok(lab, server) and not pings(lab, server)
+        assert http_ok(lab, MGMT) and pings(lab, MGMT)
+
+        # the operator sees it with vigilctl
+        out = subprocess.run([*vigil_command("vigilctl"), "--socket", str(sock), "decisions", "list"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        row = [ln for ln in out.stdout.splitlines() if client in ln]
+        assert row and "endpoint:" in row[0] and sha in row[0] and "quarantine" in row[0], out.stdout
+
+        # lifting it (operator unblock) frees the client and withdraws the temporary allow entry
+        control.call(sock, "decisions.delete", key=client)
+        wait_for(lambda: client not in kernel_set(lab, "block4"), 10, "the block gone from the kernel", lab)
+        wait_for(lambda: MGMT not in kernel_set(lab, "allow4") | kernel_set(lab, "allownet4"), 10,
+                 "the quarantine's allow entry gone from the kernel", lab)
+        wait_for(lambda: http_ok(lab, server), 10, "client -> server again", lab)
+    finally:
+        if agent is not None:
+            agent.stop(timeout=5)
+        leftover = fanotify_marks_on(mnt_id) if mnt_id is not None else []
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(run, ignore_errors=True)
+    assert not leftover, f"a fanotify mark outlived the agent: {leftover}"
+    assert not os.path.ismount(mnt)

@@ -61,7 +61,7 @@ def main() -> int:
             raw = rs.encode_signed("ruleset", "bench", body, pub.key)
             del body
             t_pub = time.monotonic()
-            pub.raw("ruleset", raw, retain=False, timeout=300)
+            pub.raw("ruleset", raw, retain=True, timeout=300)
             del raw
             st = pub.wait_state(lambda s: s["generation"] == 1, timeout=600)
             t_done = time.monotonic()
@@ -76,7 +76,10 @@ def main() -> int:
                 lab.stop("engine")
                 t = time.monotonic()
                 make_plain(lab)
-                start_engine(lab, wait_text="restored generation", timeout=600, enforcement=enf)
+                pub.clear_states()
+                start_engine(lab, enforcement=enf)
+                # restored from disk (or, if a save was cut short, from the retained snapshot)
+                pub.wait_state(lambda s: s["generation"] == 1 and s["counts"]["block4"] == n, timeout=600)
                 restore = time.monotonic() - t
                 full.append(iperf(lab, args.seconds))
                 print(f"  round {i + 1}: plain {plain[-1]:6.2f}  flow accounting {flow[-1]:6.2f}  "

@@ -249,7 +249,8 @@ def test_part_restores_saved_state_in_one_transaction(tmp_path, key):
                                          rs.entry("b", "drop", "ip", "10.0.0.2", None)]))
     assert part.block_local("10.0.0.50", 30, "scan")
     state = json.loads((tmp_path / "ruleset.json").read_text())
-    state["entries"][0]["expires"] = time.time() - 1        # expired while we were down
+    assert state["fields"][-1] == "expires"
+    state["entries"][0][-1] = time.time() - 1              # expired while we were down
     (tmp_path / "ruleset.json").write_text(json.dumps(state))
     again, _, _ = _part(tmp_path, key)
     assert again.generation == 7

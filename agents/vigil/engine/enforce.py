@@ -39,6 +39,7 @@ STATE_FILE = "ruleset.json"
 LOCAL_FILE = "local-blocks.json"
 KEY_RETRY = 10.0
 PURGE_EVERY = 5.0
+_ROW = ("id", "action", "scope", "value", "ttl", "origin", "reason", "expires")
 
 
 class Enforcement:
@@ -153,6 +154,8 @@ class Enforcement:
                 if state.get("engine") != self.engine_id:
                     raise ValueError(f"saved for engine {state.get('engine')!r}")
                 for d in state["entries"]:
+                    if isinstance(d, list):
+                        d = dict(zip(_ROW, d))
                     exp = d.get("expires")
                     if exp is not None and not isinstance(exp, (int, float)):
                         raise ValueError("expires must be a number or null")
@@ -351,9 +354,11 @@ class Enforcement:
             doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
                    "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
                    "key_id": self.key_id}
-        doc["entries"] = [{"id": h.entry.id, "action": h.entry.action, "scope": h.entry.scope,
-                           "value": h.entry.value, "ttl": h.entry.ttl, "origin": h.entry.origin,
-                           "reason": h.entry.reason, "expires": h.expires} for h in held]
+        # compact rows (id, action, scope, value, ttl, origin, reason, expires): 1M entries must be
+        # saved well within a service manager's stop timeout
+        doc["fields"] = list(_ROW)
+        doc["entries"] = [[h.entry.id, h.entry.action, h.entry.scope, h.entry.value, h.entry.ttl,
+                           h.entry.origin, h.entry.reason, h.expires] for h in held]
         try:
             _write_json(self.state_path, doc)
         except OSError as exc:

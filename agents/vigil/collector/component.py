@@ -160,23 +160,32 @@ class CollectorComponent:
         src_cfg = self.sources.lookup(sender)
         name = src_cfg.name if src_cfg else sender
         hint = src_cfg.format if src_cfg else "auto"
-        out_lines = []
-        events = []
+        out_lines: list[str] = []
+        events: list[Event] = []
         now = time.time() if now is None else now
-        for data in msgs:
-            text = data.decode("utf-8", errors="replace")
-            ev = parse(text, hint=hint, stats=self.stats)
-            if ev is None:
-                self.counters.inc("collector_empty_messages")
-                continue
-            ev.source = name
-            ts = time.time_ns()
-            if ts <= self._last_ns:            # unique timestamps: InfluxDB would merge equal points
-                ts = self._last_ns + 1
-            self._last_ns = ts
-            out_lines.append(event_line(ev, sender, ts, self.cfg.raw_max))
-            self.correlator.process(ev, now)
-            events.append(ev)
+        # the loop runs for every message: names it uses are looked up once per batch
+        stats, process, raw_max = self.stats, self.correlator.process, self.cfg.raw_max
+        add_line, add_event, time_ns = out_lines.append, events.append, time.time_ns
+        empty = 0
+        last = self._last_ns
+        try:
+            for data in msgs:
+                ev = parse(data.decode("utf-8", errors="replace"), hint=hint, stats=stats)
+                if ev is None:
+                    empty += 1
+                    continue
+                ev.source = name
+                ts = time_ns()
+                if ts <= last:                 # unique timestamps: InfluxDB would merge equal points
+                    ts = last + 1
+                last = ts
+                add_line(event_line(ev, sender, ts, raw_max))
+                process(ev, now)
+                add_event(ev)
+        finally:
+            self._last_ns = last
+            if empty:
+                self.counters.inc("collector_empty_messages", empty)
         if out_lines:
             self.ctx.writer.write(out_lines)
             self.counters.inc("collector_events", len(out_lines))

@@ -99,7 +99,7 @@ def parse(message: str, ref: float | None = None, hint: str = "auto",
           stats: ParseStats | None = None) -> Event | None:
     """Parse one syslog message or one multi-line record.  None only for a blank message."""
     raw = message.rstrip("\r\n")
-    if not raw.strip():
+    if not raw or raw.isspace():
         if stats:
             stats.empty += 1
         return None

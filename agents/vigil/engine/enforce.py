@@ -69,6 +69,10 @@ class Enforcement:
         self.local_reasons: dict[str, str] = {}
         self.last_apply_ms: float | None = None
         self._dirty = False
+        self._closing = False
+        self._save_wanted = threading.Event()
+        self._save_lock = threading.Lock()
+        self._saver: threading.Thread | None = None
         self._last_purge = 0.0
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -86,6 +90,8 @@ class Enforcement:
             self._restore()
         self._worker = threading.Thread(target=self._work, name="enforcement", daemon=True)
         self._worker.start()
+        self._saver = threading.Thread(target=self._save_loop, name="enforcement-save", daemon=True)
+        self._saver.start()
         self.ctx.mqtt.subscribe(self.topic_snapshot, lambda m: self._queue.put(("ruleset", m.payload)))
         self.ctx.mqtt.subscribe(self.topic_delta, lambda m: self._queue.put(("ruleset-delta", m.payload)))
         self.publish_state()
@@ -108,10 +114,25 @@ class Enforcement:
             if gone:
                 self.ctx.counters.inc("ruleset_entries_expired", gone)
 
+    def _save_loop(self) -> None:
+        while not self._closing:
+            self._save_wanted.wait()
+            self._save_wanted.clear()
+            if self._closing:
+                return
+            if self._dirty:
+                self._persist()
+
     def close(self) -> None:
         self._queue.put(None)
         if self._worker is not None:
-            self._worker.join(timeout=10)
+            self._worker.join(timeout=5)
+        self._closing = True
+        self._save_wanted.set()
+        if self._saver is not None:
+            self._saver.join(timeout=5)
+        if self._dirty:
+            self._persist()
         # The table is deliberately left in place: fail-open means the kernel keeps enforcing.
 
     # -- setup ------------------------------------------------------------------------------
@@ -213,9 +234,9 @@ class Enforcement:
             except Exception:
                 self.ctx.counters.inc("enforcement_errors")
                 log.exception("enforcement: handling a %s failed", kind)
-            # a burst of deltas is saved once, after the kernel has taken all of them
+            # saving is another thread's job: a delta never waits behind the save of a big set
             if self._dirty and self._queue.empty():
-                self._persist()
+                self._save_wanted.set()
 
     def handle(self, kind: str, raw: bytes, persist: bool = True) -> bool:
         """Check and apply one snapshot (``ruleset``) or delta (``ruleset-delta``); True if applied."""
@@ -348,6 +369,10 @@ class Enforcement:
 
     # -- state ------------------------------------------------------------------------------
     def _persist(self) -> None:
+        with self._save_lock:           # the saver thread and close() never write at once
+            self._persist_locked()
+
+    def _persist_locked(self) -> None:
         with self.lock:
             self._dirty = False
             held = list(self.policy.entries.values())     # Held objects are replaced, never mutated

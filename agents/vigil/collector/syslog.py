@@ -7,6 +7,7 @@ year takes the year that puts it closest to the reference time (``ref``, default
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ def iso_time(s: str) -> float | None:
     return float(ts)
 
 
+@functools.lru_cache(maxsize=1024)
+def _days_in_month(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
 def bsd_time(mon: str, day: str, year: str | None, hh: str, mm: str, ss: str, frac: str | None,
              ref: float | None) -> float | None:
     month = MONTHS.get(mon.lower())
@@ -82,7 +88,7 @@ def bsd_time(mon: str, day: str, year: str | None, hh: str, mm: str, ss: str, fr
             return None
         if year:
             y = int(year)
-            if d > calendar.monthrange(y, month)[1]:
+            if d > _days_in_month(y, month):
                 return None
             ts = calendar.timegm((y, month, d, h, mi, s, 0, 0, 0))
         else:
@@ -90,7 +96,7 @@ def bsd_time(mon: str, day: str, year: str | None, hh: str, mm: str, ss: str, fr
             y = _year_of(now)
             best = None
             for cand_y in (y, y - 1, y + 1):    # the year that puts the time nearest to now
-                if d > calendar.monthrange(cand_y, month)[1]:
+                if d > _days_in_month(cand_y, month):
                     continue
                 cand = calendar.timegm((cand_y, month, d, h, mi, s, 0, 0, 0))
                 if best is None or abs(cand - now) < abs(best - now):

@@ -81,8 +81,17 @@ def _fill(ev: Event, f: dict, text: str) -> None:
         ev.extra["tags"] = f["tags"]
 
 
-@functools.lru_cache(maxsize=4096)
 def _is_ip(s: str) -> bool:
+    # fast path for the common case, a canonical dotted quad (what ip_address accepts as IPv4)
+    parts = s.split(".")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3 and (p[0] != "0" or p == "0")
+                               and int(p) <= 255 for p in parts):
+        return True
+    return _is_ip_slow(s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_slow(s: str) -> bool:
     try:
         ipaddress.ip_address(s)
         return True

@@ -179,3 +179,20 @@ def test_manager_config_rejects_a_bad_rule_file(tmp_path):
 def test_parse_rules_rejects_non_mapping():
     with pytest.raises(RuleError):
         parse_rules([1, 2], "f")
+
+
+def test_match_conditions_give_the_same_answer_on_repeated_long_and_non_string_values():
+    """Regex results are remembered per value; the answers must not depend on that."""
+    from vigil.collector import correlation as corr
+    from vigil.collector.event import Event
+    m = corr.Matcher({"source_type": ["snort", "cef"], "category": {"regex": "(?i)scan$"},
+                      "dport": {"regex": "^8"}}, "t")
+    long_scan = "x" * (corr._REGEX_CACHE_LEN + 10) + "SCAN"
+    for _ in range(3):                     # first call fills the cache, later ones read it
+        assert m(Event("snort", "snort-fast", "r", category="port scan", dport=80))
+        assert not m(Event("snort", "snort-fast", "r", category="port scan", dport=443))
+        assert not m(Event("snort", "snort-fast", "r", category="scanner", dport=80))
+        assert not m(Event("suricata", "suricata-alert", "r", category="port scan", dport=80))
+        assert m(Event("cef", "cef", "r", category=long_scan, dport=8080))
+        assert not m(Event("cef", "cef", "r", category=None, dport=80))
+    assert m.test_rest(Event("suricata", "suricata-alert", "r", category="port scan", dport=80))

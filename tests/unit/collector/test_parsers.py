@@ -187,3 +187,23 @@ def test_suricata_fast_log():
     assert (ev.source_type, ev.format, ev.sig_id, ev.dport, ev.severity) == \
         ("suricata", "suricata-fast", "1:2010935:3", 1433, 2)
     assert ev.time == iso_time("2026-11-23T10:00:00.0001Z")
+
+
+def test_modsecurity_client_address_check_agrees_with_ipaddress():
+    """The dotted-quad fast path of ``_is_ip`` gives ipaddress's verdict on tricky strings."""
+    import ipaddress
+    import itertools
+
+    from vigil.collector.parsers.modsecurity import _is_ip
+
+    def ref(s):
+        try:
+            ipaddress.ip_address(s)
+            return True
+        except ValueError:
+            return False
+    octets = ["0", "00", "01", "1", "255", "256", "999", "", " 1", "\u0661", "+1", "1a"]
+    cases = [".".join(p) for n in (3, 4, 5) for p in itertools.islice(itertools.product(octets, repeat=n), 3000)]
+    cases += ["10.4.0.1", "::1", "fe80::1", "::ffff:1.2.3.4", "1.2.3.4 ", "a.b.c.d", "0.0.0.0", "255.255.255.255"]
+    for s in cases:
+        assert _is_ip(s) == ref(s), s

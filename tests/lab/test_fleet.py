@@ -206,7 +206,8 @@ def _scenario(lab):
     words.write_text("\n".join(f"guess{i}" for i in range(150)) + "\n")
     t1 = time.time()
     lab.run("attacker", ["timeout", "20", "hydra", "-l", "admin", "-P", str(words), "-s", "8081", "-t", "4",
-                         "-f", S1, "http-get", "/"], timeout=30, check=False)
+                         "-f", S1, "http-get", "/"], timeout=30, check=False,
+            cwd=lab.run_dir)  # hydra writes hydra.restore into its working directory when cut off
     d2 = wait_until(lambda: decision_for(lab, A, "flow-anomaly:", t1), 10, "a decision on hydra")
     assert d2["origin"] == "flow-anomaly:brute-force", d2
     assert d2["offences"] > d1["offences"]

@@ -39,6 +39,7 @@ STATE_FILE = "ruleset.json"
 LOCAL_FILE = "local-blocks.json"
 KEY_RETRY = 10.0
 PURGE_EVERY = 5.0
+SAVE_EVERY = 5.0
 _ROW = ("id", "action", "scope", "value", "ttl", "origin", "reason", "expires")
 
 
@@ -122,6 +123,11 @@ class Enforcement:
                 return
             if self._dirty:
                 self._persist()
+            # at most one save per SAVE_EVERY: a stream of deltas must not keep a full save of a
+            # large set competing with the worker (the kernel holds the state meanwhile)
+            deadline = time.monotonic() + SAVE_EVERY
+            while not self._closing and time.monotonic() < deadline:
+                time.sleep(0.1)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -437,8 +443,9 @@ def _read_json(path: Path) -> Any:
 
 def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(doc, separators=(",", ":"))     # the C encoder (json.dump is pure Python)
     with open(tmp, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -148,3 +148,33 @@ def test_vigilctl_hashes(capsys, monkeypatch):
 def test_console_unreachable(tmp_path, capsys):
     assert console.main(["--socket", str(tmp_path / "none.sock")]) == 3
     assert "is the daemon running" in capsys.readouterr().err
+
+
+def test_control_socket_blocks_without_polling_and_stops_promptly(tmp_path):
+    """The console socket serves without a poll timeout (no idle wake-ups) and still stops at once."""
+    import time
+
+    from vigil.control import call
+    from vigil.endpoint.main import QuietControlServer
+
+    srv = QuietControlServer(tmp_path / "q.sock")
+    srv.register("ping", lambda: "pong")
+    srv.start()
+    try:
+        assert call(tmp_path / "q.sock", "ping", timeout=5) == "pong"
+        assert call(tmp_path / "q.sock", "ping", timeout=5) == "pong"
+    finally:
+        t = time.monotonic()
+        srv.stop()
+    assert time.monotonic() - t < 2
+    assert not srv._thread.is_alive() and not (tmp_path / "q.sock").exists()
+
+
+def test_network_loop_wakes_every_quarter_keepalive(agent):
+    """paho's loop thread selects with keepalive/4 (not 1 s); keepalive pings stay well on time."""
+    calls = []
+    agent.mqtt.paho.loop_forever = lambda timeout=1.0, retry_first_connection=False: calls.append(
+        (timeout, retry_first_connection))
+    agent.mqtt.paho._thread_main()
+    assert calls == [(agent.cfg.mqtt.keepalive / 4, True)]
+    assert agent.cfg.mqtt.keepalive / 4 < agent.cfg.mqtt.keepalive * 0.5

@@ -88,58 +88,90 @@ class Decider:
             return False
 
     def run(self) -> None:
-        poller = select.poll()
-        poller.register(self.fan.fd, select.POLLIN)
-        poller.register(self.sock.fileno(), select.POLLIN)
-        fan_fd = self.fan.fd
-        read = self.fan.read
-        while True:
-            timeout = None
-            if self.pending:
-                nearest = min(p.deadline for ps in self.pending.values() for p in ps)
-                if self.summary:
-                    nearest = min(nearest, self.next_report)
-                timeout = max(0, int((nearest - time.monotonic()) * 1000) + 1)
-            elif self.summary:
-                timeout = max(0, int((self.next_report - time.monotonic()) * 1000) + 1)
-            if self.ignored:
-                refresh = max(0, int((self.next_flush - time.monotonic()) * 1000) + 1)
-                timeout = refresh if timeout is None else min(timeout, refresh)
-            for fd, events in poller.poll(timeout):
-                if fd == fan_fd:
-                    for ev in read():
-                        self.on_event(ev)
-                elif events & (select.POLLHUP | select.POLLERR):
-                    return  # the agent is gone: closing the group allows everything pending
-                else:
-                    self.on_messages()
-            if self.ignored and time.monotonic() >= self.next_flush:
-                self.flush_ignores("refresh")
-                self.next_flush = time.monotonic() + self.kernel_refresh
-            if self.pending or self.summary:
-                now = time.monotonic()
+        # epoll, and no wait timeout unless an event waits for the manager: the report and refresh
+        # deadlines are a timerfd armed once per interval.  (Measured: a poll() with a timeout
+        # costs ~45 us more per exec than one without, a third of a bare responder's cost.)
+        timer = fan.Timer()
+        ep = select.epoll()
+        fan_fd, sock_fd, timer_fd = self.fan.fd, self.sock.fileno(), timer.fd
+        ep.register(fan_fd, select.EPOLLIN)
+        ep.register(sock_fd, select.EPOLLIN)
+        ep.register(timer_fd, select.EPOLLIN)
+        wait, read, monotonic = ep.poll, os.read, time.monotonic
+        unpack, one, version = fan.META.unpack, fan.META.size, fan.FANOTIFY_METADATA_VERSION
+        on = self._on
+        hangup = select.EPOLLHUP | select.EPOLLERR
+        try:
+            while True:
+                timeout = -1
                 if self.pending:
-                    self.expire(now)
-                if self.summary and now >= self.next_report:
-                    self.flush_summary()
+                    nearest = min(p.deadline for ps in self.pending.values() for p in ps)
+                    timeout = max(0.0, nearest - monotonic()) + 0.001
+                for fd, events in wait(timeout):
+                    if fd == fan_fd:
+                        try:
+                            buf = read(fan_fd, 65536)    # every waiting event in one read()
+                        except BlockingIOError:
+                            continue
+                        if len(buf) == one:      # the usual case at an ordinary rate: one event
+                            size, vers, _, _, mask, efd, pid = unpack(buf)
+                            if vers == version and size == one:
+                                on(mask, efd, pid)
+                                continue
+                        for ev in fan.parse(buf):   # several (or a malformed one: parse raises)
+                            on(ev.mask, ev.fd, ev.pid)
+                    elif fd == timer_fd:
+                        timer.clear()
+                        timer.at = None
+                    elif events & hangup and not events & select.EPOLLIN:
+                        return  # the agent is gone: closing the group allows everything pending
+                    else:
+                        self.on_messages()
+                if self.pending or self.summary or self.ignored:
+                    self._housekeeping(timer, monotonic())
+
+        finally:
+            ep.close()
+            timer.close()
+
+    def _housekeeping(self, timer, now: float) -> None:
+        if self.ignored and now >= self.next_flush:
+            self.flush_ignores("refresh")
+            self.next_flush = time.monotonic() + self.kernel_refresh
+        if self.pending:
+            self.expire(now)
+        if self.summary and now >= self.next_report:
+            self.flush_summary()
+        due = None
+        if self.summary:
+            due = self.next_report
+        if self.ignored:
+            due = self.next_flush if due is None else min(due, self.next_flush)
+        if due is not None and timer.at != due:
+            timer.arm(due)
 
     # -- permission events ----------------------------------------------------------------
     def on_event(self, ev: fan.Event) -> None:
+        self._on(ev.mask, ev.fd, ev.pid)
+
+    def _on(self, mask: int, fd: int, pid: int) -> None:
+        """One permission event.  The common case — an exec of a file whose identity and verdict
+        are cached and allowed — is kept to fstat, two dict look-ups, the answer and a count."""
         t0 = time.monotonic()
-        fd = ev.fd
-        self.c["events"] += 1
+        c = self.c
+        c["events"] += 1
         if fd < 0:
-            self.c["queue_overflows"] += 1
+            c["queue_overflows"] += 1
             return
         keep_fd = False
         try:
-            if ev.pid in self.own_pids:
-                self.c["own"] += 1
+            if pid in self.own_pids:
+                c["own"] += 1
                 self.fan.respond(fd, True)
                 return
-            if ev.mask & fan.FAN_OPEN_EXEC_PERM:
+            if mask & fan.FAN_OPEN_EXEC_PERM:
                 via = "exec"
-            elif self._is_loader(ev.pid):
+            elif self._is_loader(pid):
                 via = "loader"
             else:
                 self.fan.respond(fd, True)   # an ordinary open: not an execution
@@ -148,12 +180,12 @@ class Decider:
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             known = self.ids.get(key)        # (sha256 or "" when excluded, path)
             if known is None:
-                known = self._identify(fd, st, key, t0, ev.pid, via)
+                known = self._identify(fd, st, key, t0, pid, via)
                 if known is None:
                     return
             sha, path = known
             if not sha:
-                self.c["excluded"] += 1
+                c["excluded"] += 1
                 self.fan.respond(fd, True)
                 return
             cached = self.verdicts.get(sha)
@@ -163,20 +195,20 @@ class Decider:
                     if self.kernel_cache and cached[0] == "benign":
                         self._ignore(fd, sha)
                     self.fan.respond(fd, True)
-                    self.c["decisions_allowed"] += 1
-                    self._summarise(sha, path, cached, ev.pid, st.st_size, via, t0)
+                    c["decisions_allowed"] += 1
+                    self._summarise(sha, path, cached, pid, st.st_size, via, t0)
                     return
-                self.finish(Pending(fd, ev.pid, path, sha, st.st_size, t0, 0, via), cached[0], cached[1], True)
+                self.finish(Pending(fd, pid, path, sha, st.st_size, t0, 0, via), cached[0], cached[1], True)
                 return
             first = sha not in self.pending
-            self.pending[sha].append(Pending(fd, ev.pid, path, sha, st.st_size, t0, t0 + self.deadline, via))
+            self.pending[sha].append(Pending(fd, pid, path, sha, st.st_size, t0, t0 + self.deadline, via))
             keep_fd = True
             if first:
-                self.c["asked"] += 1
+                c["asked"] += 1
                 if not self.send({"t": "ask", "sha256": sha, "size": st.st_size, "path": path}):
                     self.resolve(sha, "unknown", "agent-busy")
         except OSError:
-            self.c["event_errors"] += 1
+            c["event_errors"] += 1
             if not keep_fd:
                 self._answer(fd, True)
         finally:

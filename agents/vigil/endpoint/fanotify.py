@@ -34,8 +34,10 @@ FAN_NOFD = -1
 FANOTIFY_METADATA_VERSION = 3
 
 AT_FDCWD = -100
-_META = struct.Struct("=IBBHQii")     # event_len, vers, reserved, metadata_len, mask, fd, pid
+META = struct.Struct("=IBBHQii")      # event_len, vers, reserved, metadata_len, mask, fd, pid
+_META = META
 _RESPONSE = struct.Struct("=iI")      # fd, response
+_pack_response = _RESPONSE.pack
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
@@ -92,7 +94,7 @@ class Fanotify:
         return parse(buf)
 
     def respond(self, fd: int, allow: bool) -> None:
-        os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
+        os.write(self.fd, _pack_response(fd, FAN_ALLOW if allow else FAN_DENY))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -114,3 +116,56 @@ def parse(buf: bytes) -> list[Event]:
 def set_parent_death_signal(sig: int) -> None:
     """PR_SET_PDEATHSIG: the decider dies with the agent, taking its fanotify group with it."""
     _libc.prctl(1, sig, 0, 0, 0)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.timerfd_create.restype = ctypes.c_int
+_libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
+_libc.timerfd_settime.restype = ctypes.c_int
+CLOCK_MONOTONIC = 1
+TFD_TIMER_ABSTIME = 1
+
+
+class Timer:
+    """A one-shot CLOCK_MONOTONIC timerfd (Python 3.11 has no os.timerfd_*): armed once per report
+    interval, so the event loop can wait without a timeout — a poll() timeout re-arms a kernel
+    timer on every call, which measurably costs per exec at low rates."""
+
+    def __init__(self):
+        fd = _libc.timerfd_create(CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self.fd = fd
+        self.at: float | None = None
+
+    def arm(self, at: float | None) -> None:
+        """Fire at ``at`` (time.monotonic() seconds; None disarms)."""
+        spec = _Itimerspec()
+        if at is not None:
+            at = max(at, 1e-6)
+            spec.it_value.tv_sec = int(at)
+            spec.it_value.tv_nsec = int((at - int(at)) * 1e9)
+        if _libc.timerfd_settime(self.fd, TFD_TIMER_ABSTIME, ctypes.byref(spec), None) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+        self.at = at
+
+    def clear(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -10,7 +10,6 @@ forwarding.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import __version__, payload, topics
+from .. import __version__, payload, plugins, topics
 from ..counters import Counters
 from ..daemon import StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
@@ -155,15 +154,8 @@ class EngineService:
         self.ctx = EngineContext(cfg, self.mqtt, self.counters, self.state_dir, self.stop_event,
                                  mode=lambda: self.learning.mode,
                                  set_mode=lambda m: (setattr(self.learning, "mode", m), self.learning.save()))
-        self.parts = []
-        for section, target in PARTS:
-            sub = getattr(cfg, section, None)
-            if sub is None or not getattr(sub, "enabled", True):
-                continue
-            mod, _, factory = target.partition(":")
-            part = getattr(importlib.import_module(mod), factory)(sub, self.ctx)
-            self.parts.append(part)
-            self.ctx.parts[part.name] = part
+        self.parts = plugins.build(PARTS, cfg, self.ctx)
+        self.ctx.parts.update((p.name, p) for p in self.parts)
         self.detector = ScanDetector(cfg.detect, mode=lambda: self.learning.mode, emit=self.outbox.emit,
                                      enforcer=lambda: self.ctx.parts.get("enforcement"),
                                      counters=self.counters) if cfg.detect.enabled else None

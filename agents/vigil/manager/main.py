@@ -6,11 +6,11 @@ socket, decision sink).  A failing component tick is logged and counted; it neve
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 
+from .. import plugins
 from ..control import ControlServer
 from ..counters import Counters
 from ..daemon import StartupError, main as daemon_main
@@ -45,14 +45,7 @@ class ManagerService:
         self.control = ControlServer(cfg.control_socket)
         self.ctx = Context(cfg.manager_id, cfg.state_dir, self.mqtt, self.writer, self.counters,
                            self.control, _NoPolicy(self.counters), self.stop_event)
-        self.components = []
-        for section, target in COMPONENTS:
-            sub = getattr(cfg, section, None)
-            if sub is None or not getattr(sub, "enabled", True):
-                continue
-            mod, _, factory = target.partition(":")
-            comp = getattr(importlib.import_module(mod), factory)(sub, self.ctx)
-            self.components.append(comp)
+        self.components = plugins.build(COMPONENTS, cfg, self.ctx)
         self.control.register("manager.status", self.status)
 
     def status(self) -> dict:

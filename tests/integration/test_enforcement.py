@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -125,6 +126,12 @@ def test_snapshot_delta_cidr_ipv6_flow_and_expiry(lab, pub):
     counters = {r["rule"].get("comment"): [e["counter"]["packets"] for e in r["rule"]["expr"] if "counter" in e]
                 for r in (i for i in chain["nftables"] if "rule" in i) if r["rule"].get("comment")}
     assert counters["blocknet4 src"][0] >= 1 and counters["block4 src"][0] >= 1 and counters["flow4"][0] >= 1
+    # the engine's reader (a netlink rule dump: nft would fetch every set element) agrees with nft
+    code = ("import json; from vigil.engine.nftables import _netlink_drop_counters as f; "
+            "print(json.dumps(f()))")
+    mine = json.loads(lab.run("engine", [sys.executable, "-c", code]).stdout)
+    assert {k: v for k, v in mine.items() if k in counters} == {k: v[0] for k, v in counters.items()}
+    assert {"flow6", "block6 src", "local6 dst"} <= set(mine)
 
 
 def test_bad_rule_sets_are_rejected_and_the_previous_one_stays(lab, pub):

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -220,6 +221,7 @@ class Enforcement:
                     self.writer.replace(extra)
                     dropped = 0
                 self.local = loc
+            _freeze_if_big(len(self.policy.entries))
             log.info("enforcement: restored generation %s (%d entries, %d expired while down, %d local blocks)",
                      self.generation, len(self.policy.entries), dropped, len(loc))
             self.ctx.counters.inc("ruleset_restores")
@@ -300,6 +302,8 @@ class Enforcement:
             self.last_apply_ms = round((time.monotonic() - t0) * 1000, 2)
             for reason, n in plan.skipped.items():
                 self.ctx.counters.inc(f"ruleset_entries_{reason.replace('-', '_')}", n)
+        if kind == "ruleset":
+            _freeze_if_big(len(self.policy.entries))
         self.ctx.counters.inc("ruleset_applied" if kind == "ruleset" else "ruleset_deltas_applied")
         log.info("enforcement: applied %s generation %d in %.1f ms (%d entries; skipped %s)",
                  "snapshot" if kind == "ruleset" else "delta", rs.generation, self.last_apply_ms,
@@ -429,6 +433,17 @@ class Enforcement:
                 "error": body["error"], "rejected": body["rejected"], "backend": body["backend"],
                 "last_apply_ms": self.last_apply_ms, "drops": drops, "table_ready": self.ready,
                 "key": self.key_error or (ruleset.key_id(self.key) if self.key else None)}
+
+
+FREEZE_AT = 10_000
+
+
+def _freeze_if_big(n: int) -> None:
+    """Move everything alive into the collector's permanent generation after a large rule set is
+    adopted: its ~5 objects per entry are long-lived, and each full collection would otherwise walk
+    them all (a pause of the delta worker).  Frozen objects are still freed by reference counting."""
+    if n >= FREEZE_AT:
+        gc.freeze()
 
 
 def _read_json(path: Path) -> Any:

@@ -318,7 +318,15 @@ class NftWriter:
         self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
 
     def drop_counters(self) -> dict[str, int]:
-        """Packets dropped per drop rule (comment -> packets), read from the chains only."""
+        """Packets dropped per drop rule (comment -> packets), read from the chains only.
+
+        Read with a netlink rule dump: nft 1.0.6 fetches every set element to list a chain
+        (measured: 2.4 s of CPU per read with 100k elements, while holding the writer lock)."""
+        if not isinstance(self.backend, DryRunBackend):
+            try:
+                return _netlink_drop_counters()
+            except Exception as exc:      # no pyroute2 / netlink refused: the slow path still works
+                log.debug("netlink rule dump failed (%s); listing the chains with nft", exc)
         out: dict[str, int] = {}
         for chain in ("v4", "v6"):
             with self.lock:
@@ -335,3 +343,27 @@ class NftWriter:
                     if "counter" in expr:
                         out[rule["comment"]] = out.get(rule["comment"], 0) + int(expr["counter"].get("packets", 0))
         return out
+
+
+def _netlink_drop_counters() -> dict[str, int]:
+    """comment -> packets of every counted rule in ``bridge vigil`` (NFT_MSG_GETRULE dump: rules
+    only, no set elements)."""
+    from pyroute2.nftables.main import NFTables
+    from pyroute2.netlink.nfnetlink.nftsocket import NFPROTO_BRIDGE
+    sock = NFTables(nfgen_family=NFPROTO_BRIDGE)
+    try:
+        rules = sock.get_rules()
+    finally:
+        sock.close()
+    out: dict[str, int] = {}
+    for r in rules:
+        if r.get_attr("NFTA_RULE_TABLE") != TABLE or r.get_attr("NFTA_RULE_CHAIN") not in ("v4", "v6"):
+            continue
+        comment = r.get_attr("NFTA_RULE_USERDATA")
+        if not isinstance(comment, str) or not comment:
+            continue
+        for expr in r.get_attr("NFTA_RULE_EXPRESSIONS") or []:
+            if expr.get_attr("NFTA_EXPR_NAME") == "counter":
+                packets = expr.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_COUNTER_PACKETS") or 0
+                out[comment] = out.get(comment, 0) + int(packets)
+    return out

@@ -242,3 +242,24 @@ def test_kernel_cache_marks_benign_and_flushes_on_change(tmp_path):
     assert group.answers[-1] == (fd, False) and group.ignores == [good_fd]
     ours.close()
     theirs.close()
+
+
+def test_cached_allowed_exec_takes_the_short_path_and_is_still_reported(rig):
+    """A cached benign exec is answered at once, counted as a cache hit and summed into the report."""
+    d, group, agent, tmp = rig
+    fd, sha = _file(tmp / "ok", b"\x7fELF fine")
+    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd, 10))
+    agent.send(json.dumps({"t": "verdict", "sha256": sha, "verdict": "benign", "source": "list", "ttl": 60}).encode())
+    d.on_messages()
+    hits = d.verdicts.hits
+    for pid in (11, 12, 13):
+        fd2 = os.open(tmp / "ok", os.O_RDONLY)
+        d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd2, pid))
+        assert group.answers[-1] == (fd2, True)
+        with pytest.raises(OSError):
+            os.fstat(fd2)                    # the event's fd is closed
+    assert d.verdicts.hits == hits + 3 and d.c["decisions_allowed"] == 4 and d.c["hashed"] == 1
+    _msgs(agent)
+    d.flush_summary()
+    evs = [e for m in _msgs(agent) if m["t"] == "evs" for e in m["events"]]
+    assert [(e["sha256"], e["count"], e["pid"], e["cached"]) for e in evs] == [(sha, 3, 13, True)]

@@ -35,6 +35,7 @@ MODES = ("learning", "enforcing")
 FLOW_PROTOS = ("tcp", "udp", "sctp")
 MAX_TEXT = 1024          # id, origin, reason
 MAX_TTL = 10 * 365 * 86400
+_OCTETS = frozenset(str(i) for i in range(256))      # canonical octets: no sign, space or leading 0
 
 PRIVATE_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
@@ -207,6 +208,9 @@ def normalise_value(scope: str, value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
         raise ValueError("value must be a non-empty string")
     if scope == "ip":
+        parts = value.split(".")
+        if len(parts) == 4 and _OCTETS.issuperset(parts):
+            return value          # already a canonical dotted quad (what ipaddress would print)
         return str(ipaddress.ip_address(value))
     if scope == "cidr":
         if "/" not in value:
@@ -257,8 +261,20 @@ def parse_entry(obj: Any) -> Entry:
         ttl = obj.get("ttl")
         if ttl is not None and (not _int(ttl) or not 0 <= ttl <= MAX_TTL):
             raise ValueError(f"ttl must be null or an integer 0-{MAX_TTL} (seconds), got {ttl!r}")
-        return Entry(id=_text(obj, "id", True), action=action, scope=scope, value=value, ttl=ttl,
-                     origin=_text(obj, "origin", False), reason=_text(obj, "reason", False))
+        # the common shapes checked inline (a snapshot holds up to millions); anything else, and
+        # every error, goes through _text
+        eid, origin, reason = obj.get("id"), obj.get("origin"), obj.get("reason")
+        if not (type(eid) is str and 0 < len(eid) <= MAX_TEXT):
+            eid = _text(obj, "id", True)
+        if origin is None:
+            origin = ""
+        elif not (type(origin) is str and len(origin) <= MAX_TEXT):
+            origin = _text(obj, "origin", False)
+        if reason is None:
+            reason = ""
+        elif not (type(reason) is str and len(reason) <= MAX_TEXT):
+            reason = _text(obj, "reason", False)
+        return Entry(eid, action, scope, value, ttl, origin, reason)
     except ValueError as exc:
         raise PayloadError("bad-entry", f"{exc} in {_short(obj)}") from None
 
@@ -386,10 +402,22 @@ def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry
 def decode_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Snapshot:
     """Bytes from the ruleset topic -> checked Snapshot. ``key`` None skips the signature check
     (only for tools that merely display a rule set; an engine always passes its key)."""
+    return snapshot_entries(open_snapshot(raw, key, engine_id))
+
+
+def open_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> dict[str, Any]:
+    """First half of ``decode_snapshot``: the envelope, signature and head (engine, generation,
+    issued_at, mode) checked, the entries not yet parsed (most of the cost for a large set), so
+    that a receiver can drop a snapshot it already holds cheaply."""
     msg = payload.decode(raw, "ruleset")
     if key is not None:
         verify(msg, key)
     _check_head(msg, engine_id)
+    return msg
+
+
+def snapshot_entries(msg: dict[str, Any]) -> Snapshot:
+    """Second half of ``decode_snapshot``: parse and check the entries of an opened snapshot."""
     entries = _entries(msg.get("entries"), "entries")
     return Snapshot(engine=msg["engine"], generation=msg["generation"], issued_at=msg["issued_at"],
                     mode=msg.get("mode"), entries=tuple(entries),

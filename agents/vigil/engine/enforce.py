@@ -259,7 +259,13 @@ class Enforcement:
                 if not self.ready:
                     raise PayloadError("kernel", self.error or "table not available")
             if kind == "ruleset":
-                rs = ruleset.decode_snapshot(raw, self.key, self.engine_id)
+                msg = ruleset.open_snapshot(raw, self.key, self.engine_id)
+                if self.generation is not None and msg["generation"] == self.generation:
+                    # e.g. the retained snapshot after a restore: parsing 1M entries costs seconds
+                    self.ctx.counters.inc("ruleset_same_generation")
+                    return False
+                rs = ruleset.snapshot_entries(msg)
+                del msg
                 with self.lock:
                     if self.generation is not None and rs.generation == self.generation:
                         self.ctx.counters.inc("ruleset_same_generation")

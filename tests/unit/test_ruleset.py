@@ -235,3 +235,62 @@ def test_load_errors_name_the_file(tmp_path):
         rs.load_public_key(bad)
     with pytest.raises(ValueError, match="missing.key"):
         rs.load_private_key(tmp_path / "missing.key")
+
+
+def _ref_ip(v):
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        return "invalid"
+
+
+def test_ip_fast_path_agrees_with_ipaddress():
+    import random
+    rnd = random.Random(7)
+    pieces = ["0", "00", "1", "9", "010", "99", "199", "255", "256", "300", "", "+1", " 1", "-1", "\u0663", "1 "]
+    cands = ["1.2.3.4", "01.2.3.4", "1.2.3.04", "1.2.3.256", "1.2.3", "1.2.3.4.5", "::1", "::ffff:1.2.3.4",
+             "fe80::1%eth0", "1.2.3.4/32", "0.0.0.0", "255.255.255.255"]
+    cands += [".".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 5))) for _ in range(20000)]
+    for v in cands:
+        try:
+            got = rs.normalise_value("ip", v)
+        except ValueError:
+            got = "invalid"
+        assert got == _ref_ip(v), v
+
+
+def test_guards_by_integer_ranges_agree_with_ipaddress():
+    import ipaddress
+    import random
+    from vigil.engine.enforce_plan import Policy
+    guards = ["10.0.0.0/8", "192.168.1.5/32", "2001:db8::/32", "fe80::/64", "::ffff:0:0/96"]
+    pol, nets = Policy(guards), [ipaddress.ip_network(g) for g in guards]
+
+    def ref(e):
+        if e.action != "drop":
+            return False
+        if e.scope == "flow":
+            return any(ipaddress.ip_address(a) in g for a in e.value.split("|")[:2] for g in nets)
+        n = ipaddress.ip_network(e.value, strict=False)
+        return any(n.version == g.version and n.subnet_of(g) for g in nets)
+
+    rnd = random.Random(3)
+
+    def addr():
+        return rnd.choice([f"10.{rnd.randint(0, 255)}.0.{rnd.randint(0, 255)}", f"192.168.1.{rnd.randint(4, 6)}",
+                           f"11.0.0.{rnd.randint(0, 255)}", f"2001:db{rnd.randint(7, 9)}::{rnd.randint(0, 99)}",
+                           f"fe80::{rnd.randint(0, 2)}:0:0:{rnd.randint(0, 9)}", f"fe80::{rnd.randint(0, 9)}%eth0",
+                           f"::ffff:10.0.0.{rnd.randint(0, 255)}", f"2a00::{rnd.randint(0, 9)}"])
+    checked = 0
+    for _ in range(5000):
+        scope, a, b = rnd.choice(rs.SCOPES), addr(), addr()
+        raw = {"ip": a, "cidr": f"{a}/{rnd.randint(0, 128 if ':' in a else 32)}", "flow": f"{a}|{b}|udp|53"}[scope]
+        try:
+            value = rs.normalise_value(scope, raw)
+        except ValueError:
+            continue
+        e = rs.Entry("x", "allow" if scope != "flow" and rnd.random() < 0.2 else "drop", scope, value, 60)
+        assert pol.guarded(e) == ref(e), e
+        checked += 1
+    assert checked > 3000

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -125,6 +126,9 @@ class Plan:
 class Policy:
     def __init__(self, guards: Iterable[str] = (), max_elements: int = 2_000_000):
         self.guards = [ipaddress.ip_network(g, strict=False) for g in guards]
+        self._granges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for g in self.guards:
+            self._granges[g.version].append((int(g.network_address), int(g.broadcast_address)))
         self.max_elements = max_elements
         self.entries: dict[tuple[str, str, str], Held] = {}
         self.placed: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -134,14 +138,32 @@ class Policy:
 
     # -- checks -----------------------------------------------------------------------------
     def guarded(self, e: Entry) -> bool:
+        # integer ranges instead of ipaddress objects: this runs for every entry of a snapshot
+        # (measured: 1.8 s of the 2 s plan of 100k entries with ipaddress)
         if e.action != "drop" or not self.guards:
             return False
+        if "%" in e.value:               # scoped IPv6: ipaddress's own rules
+            return self._guarded_by_objects(e)
+        if e.scope == "ip":
+            return self._in_guard(e.value)
+        if e.scope == "flow":
+            src, dst = e.value.split("|")[:2]
+            return self._in_guard(src) or self._in_guard(dst)
+        net = ipaddress.ip_network(e.value, strict=False)
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        return any(glo <= lo and hi <= ghi for glo, ghi in self._granges[net.version])
+
+    def _guarded_by_objects(self, e: Entry) -> bool:
         if e.scope == "flow":
             src, dst = e.value.split("|")[:2]
             addrs = [ipaddress.ip_address(src), ipaddress.ip_address(dst)]
             return any(a in g for a in addrs for g in self.guards)
         net = ipaddress.ip_network(e.value, strict=False)
         return any(net.version == g.version and net.subnet_of(g) for g in self.guards)
+
+    def _in_guard(self, address: str) -> bool:
+        fam, x = _addr_int(address)
+        return any(lo <= x <= hi for lo, hi in self._granges[fam])
 
     def guarded_address(self, address: str) -> bool:
         a = ipaddress.ip_address(address)
@@ -334,6 +356,17 @@ class Policy:
             for name, elems in self.layers(g, items, now).items():
                 out[name] = len(elems)
         return out
+
+
+def _addr_int(address: str) -> tuple[int, int]:
+    """(family, integer) of a normalised address text."""
+    try:
+        if ":" in address:
+            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    except OSError:                  # not expected for a normalised address; ipaddress decides
+        a = ipaddress.ip_address(address)
+        return a.version, int(a)
 
 
 def _all_groups() -> list[str]:

@@ -181,13 +181,19 @@ class Enforcement:
             try:
                 if state.get("engine") != self.engine_id:
                     raise ValueError(f"saved for engine {state.get('engine')!r}")
+                nfields = len(_ROW) - 1
                 for d in state["entries"]:
-                    if isinstance(d, list):
-                        d = dict(zip(_ROW, d))
-                    exp = d.get("expires")
+                    if isinstance(d, list):       # a compact row: the entry's fields, then expires
+                        if len(d) != len(_ROW):
+                            raise ValueError(f"a saved row has {len(d)} fields, not {len(_ROW)}")
+                        exp = d[nfields]
+                        d = dict(zip(_ROW[:nfields], d))
+                    else:
+                        exp = d.get("expires")
+                        d = {k: v for k, v in d.items() if k != "expires"}
                     if exp is not None and not isinstance(exp, (int, float)):
                         raise ValueError("expires must be a number or null")
-                    held.append(Held(ruleset.parse_entry({k: v for k, v in d.items() if k != "expires"}), exp))
+                    held.append(Held(ruleset.parse_entry(d), exp))
             except (ValueError, KeyError, TypeError, PayloadError) as exc:
                 self.ctx.counters.inc("ruleset_restore_errors")
                 log.error("enforcement: ignoring unusable %s: %s", self.state_path, exc)

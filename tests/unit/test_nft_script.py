@@ -260,6 +260,31 @@ def test_part_restores_saved_state_in_one_transaction(tmp_path, key):
     assert again.state_body()["counts"]["block4"] == 1 and again.state_body()["counts"]["local4"] == 1
 
 
+def test_retained_snapshot_after_restart_is_recognised_without_decoding(tmp_path, key, monkeypatch):
+    raw = _snap(key, 7, [rs.entry("a", "drop", "ip", "10.0.0.1", 60)])
+    part, _, _ = _part(tmp_path, key)
+    assert part.handle("ruleset", raw)
+    part.close()
+    again, ctx, _ = _part(tmp_path, key)
+    assert again.generation == 7 and again.snapshot_digest is not None
+
+    def no_decode(*a, **kw):
+        raise AssertionError("the held snapshot was decoded again")
+    monkeypatch.setattr(rs, "open_snapshot", no_decode)
+    n = len(again.writer.backend.scripts)
+    assert not again.handle("ruleset", raw)
+    assert ctx.counters.get("ruleset_same_generation") == 1 and again.error is None
+    monkeypatch.undo()
+    # after a delta the same bytes are an older snapshot: rejected as before, kernel untouched
+    assert again.handle("ruleset-delta", rs.encode_signed("ruleset-delta", "m", rs.delta_body("e1", 7, 8), key))
+    n = len(again.writer.backend.scripts)
+    assert not again.handle("ruleset", raw)
+    assert again.rejected == {"old-generation": 1} and len(again.writer.backend.scripts) == n
+    # other bytes of the held generation still go through the full check
+    assert not again.handle("ruleset", _snap(Ed25519PrivateKey.generate(), 8, []))
+    assert again.rejected["unknown-key"] == 1
+
+
 def test_corrupt_state_file_is_ignored_and_counted(tmp_path, key):
     (tmp_path / "ruleset.json").write_text('{"engine": "e1", "entries": [{"bogus": 1}]}')
     part, ctx, _ = _part(tmp_path, key)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import ipaddress
 import json
 import logging
@@ -64,6 +65,9 @@ class Enforcement:
         self.applied_at: int | None = None
         self.mode: str | None = None
         self.key_id: str | None = None
+        # sha256 of the raw bytes of the last snapshot applied, and its generation: the retained
+        # snapshot that arrives after a restart is recognised without decoding it again
+        self.snapshot_digest: tuple[str, int] | None = None
         self.error: str | None = None
         self.rejected: dict[str, int] = {}
         self.ready = False
@@ -222,6 +226,10 @@ class Enforcement:
                     self.applied_at = state.get("applied_at")
                     self.mode = state.get("mode")
                     self.key_id = state.get("key_id")
+                    sd = state.get("snapshot_sha256")
+                    if (isinstance(sd, list) and len(sd) == 2 and isinstance(sd[0], str)
+                            and isinstance(sd[1], int) and not isinstance(sd[1], bool)):
+                        self.snapshot_digest = (sd[0], sd[1])
                     dropped = plan.skipped.get("expired", 0)
                 else:
                     self.writer.replace(extra)
@@ -265,6 +273,17 @@ class Enforcement:
                 if not self.ready:
                     raise PayloadError("kernel", self.error or "table not available")
             if kind == "ruleset":
+                digest = hashlib.sha256(raw).hexdigest()
+                known = self.snapshot_digest
+                if (known is not None and known[0] == digest and self.generation is not None
+                        and self.key_id == ruleset.key_id(self.key)):
+                    # the very bytes applied (and verified) before: its generation is known
+                    if known[1] == self.generation:
+                        self.ctx.counters.inc("ruleset_same_generation")
+                        return False
+                    if known[1] < self.generation:
+                        raise PayloadError("old-generation",
+                                           f"snapshot generation {known[1]} is older than held {self.generation}")
                 msg = ruleset.open_snapshot(raw, self.key, self.engine_id)
                 if self.generation is not None and msg["generation"] == self.generation:
                     # e.g. the retained snapshot after a restore: parsing 1M entries costs seconds
@@ -283,6 +302,7 @@ class Enforcement:
                     plan = self.policy.plan_snapshot(rs.entries, rs.issued_at, now)
                     self.policy.apply(self.writer, plan, now)
                     self.policy.commit(plan)
+                    self.snapshot_digest = (digest, rs.generation)
             else:
                 rs = ruleset.decode_delta(raw, self.key, self.engine_id)
                 with self.lock:
@@ -400,7 +420,8 @@ class Enforcement:
             held = list(self.policy.entries.values())     # Held objects are replaced, never mutated
             doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
                    "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
-                   "key_id": self.key_id}
+                   "key_id": self.key_id,
+                   "snapshot_sha256": list(self.snapshot_digest) if self.snapshot_digest else None}
         # compact rows (id, action, scope, value, ttl, origin, reason, expires): 1M entries must be
         # saved well within a service manager's stop timeout
         doc["fields"] = list(_ROW)

@@ -14,6 +14,7 @@ whole message without ``signature`` (envelope fields included).
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import ipaddress
 import json
@@ -302,6 +303,18 @@ def _short(obj: Any) -> str:
 def _entries(items: Any, field_name: str) -> list[Entry]:
     if not isinstance(items, list):
         raise PayloadError("bad-field", f"{field_name} must be a list")
+    if len(items) < 10_000:
+        return _entries_checked(items, field_name)
+    enabled = gc.isenabled()
+    gc.disable()          # only acyclic objects are made; collections would walk them all
+    try:
+        return _entries_checked(items, field_name)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _entries_checked(items: list, field_name: str) -> list[Entry]:
     out, seen = [], set()
     for item in items:
         e = parse_entry(item)

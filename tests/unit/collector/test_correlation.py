@@ -214,3 +214,28 @@ def test_state_holds_no_events_and_is_untracked_by_the_gc():
             items = list(s.values()) if isinstance(s, dict) else list(s)
             assert not any(isinstance(x, Event) for x in items)
             assert not any(gc.is_tracked(x) for x in items if isinstance(x, tuple)), s
+
+
+def test_sequence_keeps_no_state_for_events_that_start_no_chain(tmp_path):
+    rs = rules("""rules:
+  - {name: s, type: sequence, window: 60, steps: [{match: {source_type: snort}}, {match: {source_type: modsecurity}}]}
+""", tmp_path)
+    c = Correlator(rs, lambda f: None, max_groups=2)
+    c.process(Event("snort", "f", "x", src="1.1.1.1"), 0)
+    for i in range(10):        # later steps alone: no group made, nothing evicted
+        c.process(waf(f"10.0.0.{i}"), 1)
+    assert c.groups() == 1
+    assert c.process(waf("1.1.1.1"), 2)[0].group == "1.1.1.1"
+
+
+def test_distinct_evidence_is_the_last_values_still_in_the_window(tmp_path):
+    rs = rules("""rules:
+  - {name: d, type: distinct, match: {source_type: snort}, distinct: dport, count: 2, window: 10}
+""", tmp_path)
+    c = Correlator(rs, lambda f: None)
+    ev = lambda port: Event("snort", "f", "x", src="1.1.1.1", dport=port)   # noqa: E731
+    c.process(ev(1), 0)
+    c.process(ev(2), 20)                # port 1 fell out of the window
+    c.process(ev(2), 21)
+    f = c.process(ev(3), 22)[0]
+    assert [e["dport"] for e in f.events] == [2, 3] and f.count == 2

@@ -18,10 +18,11 @@ import gc
 import hashlib
 import ipaddress
 import json
+import operator
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -169,15 +170,57 @@ def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
 
 def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519PrivateKey,
                   ts: int | None = None) -> bytes:
-    """The MQTT payload: envelope (schema, ts, sender) + body, signed. ``kind``: ruleset or ruleset-delta."""
+    """The MQTT payload: envelope (schema, ts, sender) + body, signed. ``kind``: ruleset or ruleset-delta.
+
+    Written as the canonical bytes with ``"signature"`` appended as the last member, so that a
+    receiver can verify the bytes as they came (``open_signed``) instead of re-encoding the
+    parsed message (0.12-0.14 s of a 100k-entry snapshot's decode)."""
     msg = json.loads(payload.encode(kind, sender, body, ts=ts))
-    return json.dumps(sign(msg, key), separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    signed = canonical(msg)
+    sig = {"alg": "ed25519", "key_id": key_id(key), "sig": base64.b64encode(key.sign(signed)).decode("ascii")}
+    return signed[:-1] + _SIG_MEMBER + json.dumps(sig, separators=(",", ":")).encode("ascii") + b"}"
+
+
+_SIG_MEMBER = b',"signature":'
+
+
+def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str, Any]:
+    """``payload.decode`` + ``verify``.  Fast path: when ``raw`` is signed bytes followed by a
+    ``"signature"`` member (what encode_signed writes) and the signature checks over exactly those
+    bytes, the message is parsed from the signed bytes themselves -- what the manager signed,
+    with no re-encoding.  Anything else (another member order or spacing, a bad or missing
+    signature) goes the full way: parse, re-encode canonically, verify, with its reasons."""
+    if key is not None:
+        i = raw.rfind(_SIG_MEMBER)
+        if i > 0 and raw.endswith(b"}"):
+            try:
+                sig = json.loads(raw[i + len(_SIG_MEMBER):-1])
+            except (ValueError, UnicodeDecodeError):
+                sig = None
+            if (isinstance(sig, dict) and sig.get("alg") == "ed25519" and isinstance(sig.get("sig"), str)
+                    and sig.get("key_id") == key_id(key)):
+                signed = raw[:i] + b"}"
+                try:
+                    key.verify(base64.b64decode(sig["sig"], validate=True), signed)
+                except (InvalidSignature, ValueError, TypeError):
+                    pass
+                else:
+                    msg = payload.decode(signed, kind)
+                    if "signature" not in msg:
+                        msg["signature"] = sig
+                        return msg
+    msg = payload.decode(raw, kind)
+    if key is not None:
+        verify(msg, key)
+    return msg
 
 
 # -- entries ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One checked entry.  A named tuple rather than a frozen dataclass: a snapshot makes up to
+    millions, and a frozen dataclass's __init__ (a setattr per field) cost 0.66 s per 1M here
+    against 0.07 s for a tuple."""
     id: str
     action: str             # drop | allow
     scope: str              # ip | cidr | flow
@@ -188,7 +231,7 @@ class Entry:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.action, self.scope, self.value)
+        return self[1:4]     # (action, scope, value)
 
     @property
     def family(self) -> int:
@@ -196,7 +239,7 @@ class Entry:
         return 6 if ":" in self.value.split("|", 1)[0] else 4   # values are normalised
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(zip(self._fields, self))
 
 
 def normalise_value(scope: str, value: Any) -> str:
@@ -314,13 +357,42 @@ def _entries(items: Any, field_name: str) -> list[Entry]:
             gc.enable()
 
 
+_FAST_ACTIONS = frozenset(ACTIONS)
+_FIELDS = operator.itemgetter("id", "action", "scope", "value", "ttl", "origin", "reason")
+
+
 def _entries_checked(items: list, field_name: str) -> list[Entry]:
+    """``parse_entry`` of every item, with the common shape (an ``ip`` entry whose value is a
+    canonical dotted quad, plain ttl and text fields) accepted inline: every check below is one of
+    parse_entry's, stricter where it differs (exact types), and anything else goes through
+    parse_entry (identical verdicts on fuzzed entries: tests/unit/test_ruleset.py)."""
     out, seen = [], set()
+    make, octets, actions, fields = tuple.__new__, _OCTETS, _FAST_ACTIONS, _FIELDS
     for item in items:
-        e = parse_entry(item)
-        if e.key in seen:
+        if type(item) is dict and len(item) == 7:
+            try:
+                eid, action, scope, value, ttl, origin, reason = fields(item)
+            except KeyError:
+                scope = None
+            if (scope == "ip" and action in actions and type(value) is str
+                    and (ttl is None or (type(ttl) is int and 0 <= ttl <= MAX_TTL))
+                    and type(eid) is str and 0 < len(eid) <= MAX_TEXT
+                    and (origin is None or (type(origin) is str and len(origin) <= MAX_TEXT))
+                    and (reason is None or (type(reason) is str and len(reason) <= MAX_TEXT))):
+                parts = value.split(".")
+                if len(parts) == 4 and octets.issuperset(parts):
+                    e = make(Entry, (eid, action, "ip", value, ttl, origin or "", reason or ""))
+                else:
+                    e = parse_entry(item)
+            else:
+                e = parse_entry(item)
+        else:
+            e = parse_entry(item)
+        key = e[1:4]
+        n = len(seen)
+        seen.add(key)
+        if len(seen) == n:
             raise PayloadError("duplicate-entry", f"{field_name} holds {e.action} {e.scope} {e.value} twice")
-        seen.add(e.key)
         out.append(e)
     return out
 
@@ -422,9 +494,7 @@ def open_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | Non
     """First half of ``decode_snapshot``: the envelope, signature and head (engine, generation,
     issued_at, mode) checked, the entries not yet parsed (most of the cost for a large set), so
     that a receiver can drop a snapshot it already holds cheaply."""
-    msg = payload.decode(raw, "ruleset")
-    if key is not None:
-        verify(msg, key)
+    msg = open_signed(raw, "ruleset", key)
     _check_head(msg, engine_id)
     return msg
 
@@ -438,9 +508,7 @@ def snapshot_entries(msg: dict[str, Any]) -> Snapshot:
 
 
 def decode_delta(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Delta:
-    msg = payload.decode(raw, "ruleset-delta")
-    if key is not None:
-        verify(msg, key)
+    msg = open_signed(raw, "ruleset-delta", key)
     add, rem = _check_delta(msg, engine_id)
     return Delta(engine=msg["engine"], base_generation=msg["base_generation"], generation=msg["generation"],
                  issued_at=msg["issued_at"], mode=msg.get("mode"), add=tuple(add), remove=tuple(rem),

@@ -294,3 +294,80 @@ def test_guards_by_integer_ranges_agree_with_ipaddress():
         assert pol.guarded(e) == ref(e), e
         checked += 1
     assert checked > 3000
+
+
+def test_bulk_entry_check_agrees_with_parse_entry():
+    """The inline path of _entries_checked gives parse_entry's verdict (entry or reason) on
+    fuzzed entries: wrong types, bools as ttl, missing and extra keys, odd dotted quads."""
+    import random
+    rnd = random.Random(11)
+    values = ["10.0.0.1", "255.255.255.255", "0.0.0.0", "010.0.0.1", "10.0.0.256", "10.0.0", "1.2.3.4.5",
+              " 1.2.3.4", "1.2.3.4 ", "+1.2.3.4", "1.2.3.-4", "fd00::1", "10.0.0.0/8", "", "1..2.3", None, 7,
+              "१.2.3.4", "1.2.3.04", "a.b.c.d"]
+    pools = {
+        "id": ["d1", "", None, 5, "x" * 1024, "x" * 1025, True],
+        "action": ["drop", "allow", "block", None, 1],
+        "scope": ["ip", "ip", "cidr", "flow", "IP", None],
+        "value": values,
+        "ttl": [None, 0, 60, rs.MAX_TTL, rs.MAX_TTL + 1, -1, True, False, 1.5, "60"],
+        "origin": ["", "op", None, 3, "o" * 1025],
+        "reason": ["", "r", None, [], "r" * 1025],
+    }
+
+    def verdict(fn, item):
+        try:
+            return fn(item)
+        except PayloadError as exc:
+            return exc.reason
+
+    for _ in range(30000):
+        if rnd.random() < 0.5:          # a valid entry with one field drawn from the pool
+            item = {"id": "d1", "action": "drop", "scope": "ip", "value": "10.0.0.1", "ttl": 60,
+                    "origin": "", "reason": ""}
+            k = rnd.choice(list(pools))
+            item[k] = rnd.choice(pools[k])
+        else:
+            item = {k: rnd.choice(v) for k, v in pools.items()}
+        if rnd.random() < 0.1:
+            del item[rnd.choice(list(item))]
+        if rnd.random() < 0.05:
+            item["extra"] = 1
+        if rnd.random() < 0.02:
+            item = rnd.choice([[item], "x", None])
+        one = verdict(lambda i: rs.parse_entry(i), item)
+        bulk = verdict(lambda i: rs._entries_checked([i], "entries")[0], item)
+        assert one == bulk and type(one) is type(bulk), (item, one, bulk)
+    with pytest.raises(PayloadError) as exc:
+        rs._entries_checked([{"id": "a", "action": "drop", "scope": "ip", "value": "1.2.3.4", "ttl": 1,
+                              "origin": "", "reason": ""}] * 2, "entries")
+    assert exc.value.reason == "duplicate-entry"
+
+
+def test_signed_bytes_are_verified_as_they_came(key, monkeypatch):
+    """encode_signed writes the canonical bytes with the signature last; open_signed verifies
+    those bytes without re-encoding; tampering with the bytes, or another layout, is decided by
+    the full path with its reasons."""
+    raw = _snap(key)
+    body = json.loads(raw)
+    assert raw.endswith(b"}") and raw[:raw.rfind(b',"signature":')] + b"}" == rs.canonical(body)
+    calls = []
+    monkeypatch.setattr(rs, "canonical", lambda m, _c=rs.canonical: calls.append(1) or _c(m))
+    snap = rs.decode_snapshot(raw, key.public_key(), "e1")
+    assert calls == [] and snap.generation == 5 and len(snap.entries) == 4
+    # another member order and spacing (e.g. another manager's encoder): the full path accepts it
+    assert rs.decode_snapshot(json.dumps(body, indent=1).encode(), key.public_key(), "e1") == snap
+    assert calls
+    for tampered, reason in [
+        (raw.replace(b'"generation":5', b'"generation":6'), "bad-signature"),
+        (raw.replace(b'"ttl":600', b'"ttl":6000'), "bad-signature"),
+        (raw[:-1] + b',"generation":6}', "bad-signature"),            # a member after the signature
+        (raw.replace(b',"signature":', b',"signature":{"x":1},"signature":', 1)[:-1] + b',"ts":1}',
+         "bad-signature"),
+        (raw[:raw.rfind(b',"signature":')] + b"}", "unsigned"),
+    ]:
+        with pytest.raises(PayloadError) as err:
+            rs.decode_snapshot(tampered, key.public_key(), "e1")
+        assert err.value.reason == reason, tampered[-200:]
+    # duplicate members: the last one counts, as for json.loads; the signed content is unchanged
+    dup = raw.replace(b',"signature":', b',"signature":{"x":1},"signature":', 1)
+    assert rs.decode_snapshot(dup, key.public_key(), "e1") == snap

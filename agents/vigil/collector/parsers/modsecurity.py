@@ -16,7 +16,6 @@ _APACHE_TIME = re.compile(r"\[(?:[A-Za-z]{3} )?([A-Za-z]{3}) (\d\d) (\d\d):(\d\d
 _NGINX_TIME = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) ")
 _NGINX_CLIENT = re.compile(r", client: ([^,\s]+)")
 _NGINX_SERVER = re.compile(r", server: ([^,\s]+)")
-_DENIED = re.compile(r"Access denied|Intercepted")
 _SEV_NUM = {"0": CRITICAL, "1": CRITICAL, "2": HIGH, "3": HIGH, "4": MEDIUM, "5": LOW, "6": INFO, "7": INFO}
 _SEV_WORD = {"EMERGENCY": CRITICAL, "ALERT": CRITICAL, "CRITICAL": HIGH, "ERROR": HIGH,
              "WARNING": MEDIUM, "NOTICE": LOW, "INFO": INFO, "DEBUG": INFO}
@@ -72,7 +71,7 @@ def _fill(ev: Event, f: dict, text: str) -> None:
     ev.sig_name = f.get("msg")
     ev.category = category(f)
     ev.severity = _severity(f)
-    ev.action = "block" if _DENIED.search(text) else "alert"
+    ev.action = "block" if "Access denied" in text or "Intercepted" in text else "alert"
     if f.get("hostname"):
         ev.extra["hostname"] = f["hostname"]
     if f.get("uri"):
@@ -81,13 +80,13 @@ def _fill(ev: Event, f: dict, text: str) -> None:
         ev.extra["tags"] = f["tags"]
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def _is_ip(s: str) -> bool:
     # fast path for the common case, a canonical dotted quad (what ip_address accepts as IPv4)
-    parts = s.split(".")
-    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3 and (p[0] != "0" or p == "0")
-                               and int(p) <= 255 for p in parts):
-        return True
-    return _is_ip_slow(s)
+    return _QUAD.fullmatch(s) is not None or _is_ip_slow(s)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,6 +117,9 @@ def looks_like_errorlog(body: str) -> bool:
     return "ModSecurity:" in body
 
 
+_apache_time_cache: dict[str, float | None] = {}
+
+
 def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None) -> Event:
     ev = Event("modsecurity", "modsecurity-apache", raw)
     if header is not None:
@@ -125,7 +127,12 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
     m = _APACHE_TIME.match(body)
     if m:
         mon, dd, h, mi, s, frac, y = m.groups()
-        ev.time = bsd_time(mon, dd, y, h, mi, s, frac[:6] if frac else None, ref) or ev.time
+        t = _apache_time_cache.get(m.group(0), False)      # has a year: no need of ref
+        if t is False:
+            if len(_apache_time_cache) > 4096:
+                _apache_time_cache.clear()
+            t = _apache_time_cache[m.group(0)] = bsd_time(mon, dd, y, h, mi, s, frac[:6] if frac else None, ref)
+        ev.time = t or ev.time
         apache24 = bool(frac) or "[pid " in body[:120] and ":tid " in body[:160]
         ev.src, ev.sport = _client(_CLIENT.findall(body.split("ModSecurity:", 1)[0]), apache24)
     else:

@@ -50,21 +50,10 @@ _VV = re.compile(r"<[a-z0-9]+\.[a-z]+> ")
 _TAG = re.compile(r"([^\s:\[]{1,64})(?:\[([^\]\s]*)\])?:? ?")
 
 
-_iso_cache: dict[str, float | None] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def iso_time(s: str) -> float | None:
     """An ISO 8601 / RFC 3339 time as epoch seconds (None when it is not one).  Results are
-    remembered (bounded): a stream repeats each second's timestamp for every message in it."""
-    t = _iso_cache.get(s, False)
-    if t is False:
-        if len(_iso_cache) > 4096:
-            _iso_cache.clear()
-        t = _iso_cache[s] = _iso_time(s)
-    return t
-
-
-def _iso_time(s: str) -> float | None:
+    remembered: a stream repeats each second's timestamp for every message in it."""
     m = _ISO.match(s)
     if not m:
         return None

@@ -117,7 +117,8 @@ def looks_like_errorlog(body: str) -> bool:
     return "ModSecurity:" in body
 
 
-_apache_time_cache: dict[str, float | None] = {}
+# a time with its year does not depend on the reference time: results are remembered
+_dated_time = functools.lru_cache(maxsize=4096)(lambda *fields: bsd_time(*fields, None))
 
 
 def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None) -> Event:
@@ -127,12 +128,7 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
     m = _APACHE_TIME.match(body)
     if m:
         mon, dd, h, mi, s, frac, y = m.groups()
-        t = _apache_time_cache.get(m.group(0), False)      # has a year: no need of ref
-        if t is False:
-            if len(_apache_time_cache) > 4096:
-                _apache_time_cache.clear()
-            t = _apache_time_cache[m.group(0)] = bsd_time(mon, dd, y, h, mi, s, frac[:6] if frac else None, ref)
-        ev.time = t or ev.time
+        ev.time = _dated_time(mon, dd, y, h, mi, s, frac[:6] if frac else None) or ev.time
         apache24 = bool(frac) or "[pid " in body[:120] and ":tid " in body[:160]
         ev.src, ev.sport = _client(_CLIENT.findall(body.split("ModSecurity:", 1)[0]), apache24)
     else:
@@ -172,19 +168,8 @@ def _pick(messages: list[str]) -> tuple[dict, str]:
     return fallback or ({"tags": []}, "")
 
 
-_audit_time_cache: dict[str, float | None] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _apache_audit_time(s: str) -> float | None:
-    t = _audit_time_cache.get(s, False)
-    if t is False:
-        if len(_audit_time_cache) > 4096:
-            _audit_time_cache.clear()
-        t = _audit_time_cache[s] = _audit_time(s)
-    return t
-
-
-def _audit_time(s: str) -> float | None:
     m = re.match(r"(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)? ([+-])(\d\d)(\d\d)", s or "")
     if not m:
         return None

@@ -162,3 +162,27 @@ def test_packet_flood_and_the_first_batch_after_a_restart():
     det = Detector("e1", Thresholds())
     f, _ = det.evaluate(udp, 0.2, base, learned=True, rates=False)
     assert f == []
+
+
+def test_flows_that_began_before_the_interval_are_not_new_connections():
+    """A restarted engine's first batch lists every flow conntrack still holds (TIME_WAIT ones for
+    two minutes) as new: a client's ordinary curl loop must not look like brute force then."""
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    start_ms = 1_800_000_000_000
+    client = CLIENTS[0]
+
+    def curls(first_ms: int) -> list[dict]:
+        out = []
+        for i in range(60):   # one short request every 2 s
+            f = flow(client, SERVER, 80, nbytes=(300, 900))
+            f["start"] = first_ms + 2000 * i
+            out.append(f)
+        return out
+    history = curls(start_ms - 125_000)                  # the two minutes before the restart
+    f, summary = det.evaluate(history, 1.0, base, learned=True, rates=False, since_ms=start_ms - 2000)
+    assert f == [] and summary.new_flows == 0
+    # the same connections opened within the interval are brute force
+    det = Detector("e1", Thresholds())
+    f, summary = det.evaluate(curls(start_ms), 1.0, base, learned=True, since_ms=start_ms - 2000)
+    assert "brute-force" in _kinds(f) and summary.new_flows == 60

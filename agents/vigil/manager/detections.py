@@ -90,7 +90,11 @@ class Detector:
         self.window: deque[tuple[float, dict[str, _Src]]] = deque()
         self.traffic_time = 0.0
 
-    def summarise(self, flows: Iterable[dict], seconds: float) -> tuple[dict[str, _Src], IntervalSummary]:
+    def summarise(self, flows: Iterable[dict], seconds: float,
+                  since_ms: int | None = None) -> tuple[dict[str, _Src], IntervalSummary]:
+        """Per-source aggregates of one batch.  A record counts as a new connection only if it is the
+        flow's first report and the flow started at or after ``since_ms`` (when given): an engine
+        that restarts reports every flow it finds in conntrack as new, minutes of history at once."""
         by_src: dict[str, _Src] = {}
         n = new = pkts = nbytes = rejected = halfopen = 0
         services: dict[str, list] = {}
@@ -113,6 +117,11 @@ class Detector:
             pkts += p
             nbytes += b
             is_new = bool(f.get("new"))
+            if is_new and since_ms is not None:
+                try:
+                    is_new = int(f.get("start") or since_ms) >= since_ms
+                except (TypeError, ValueError):
+                    pass
             failed, half = _failed(f)
             if is_new:
                 new += 1
@@ -143,13 +152,16 @@ class Detector:
         return by_src, summary
 
     def evaluate(self, flows: list[dict], seconds: float, baseline: Baseline,
-                 learned: bool, rates: bool = True) -> tuple[list[Finding], IntervalSummary]:
+                 learned: bool, rates: bool = True,
+                 since_ms: int | None = None) -> tuple[list[Finding], IntervalSummary]:
         """Findings for this interval. ``learned``: the baseline's learning phase is over (new-service).
 
         ``rates`` False for the first batch after a gap (an engine that restarted reports the
-        whole history of the flows it finds in conntrack as one interval): no packet-rate flood."""
+        whole history of the flows it finds in conntrack as one interval): no packet-rate flood.
+        ``since_ms``: flows that started earlier are not new connections of this interval
+        (``summarise``)."""
         th = self.th
-        by_src, summary = self.summarise(flows, seconds)
+        by_src, summary = self.summarise(flows, seconds, since_ms)
         if summary.flows:
             self.traffic_time += summary.seconds
         self.window.append((self.traffic_time, by_src))

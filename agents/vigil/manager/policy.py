@@ -252,6 +252,9 @@ class PolicyComponent:
         last_end = self._last_end.get(engine)
         # the first batch after a gap (engine restart, or our own): packet rates are not trusted
         rates = last_end is not None and start - last_end <= max(5000, 3 * (end - start))
+        # new connections are those that started in this interval (with a poll's slack); a
+        # restarted engine's first batch also carries flows that began long before it
+        since_ms = start - max(2000, end - start) if start else None
         self._last_end[engine] = max(end, last_end or 0)
         view = self.fleet.view(engine)
         if view.mode is None and msg.get("mode") in ruleset.MODES:
@@ -265,7 +268,7 @@ class PolicyComponent:
                 det = self.detectors[engine] = Detector(engine, self.cfg.detection.thresholds())
             base = self.baselines.get(engine)
             learned = (not learning and base.learned_seconds >= self.cfg.detection.new_service_min_learned)
-            findings, summary = det.evaluate(flows, seconds, base, learned, rates=rates)
+            findings, summary = det.evaluate(flows, seconds, base, learned, rates=rates, since_ms=since_ms)
             base.observe(summary, learning, self.cfg.baseline_alpha, self.cfg.baseline_alpha_suspicious,
                          suspicious=bool(findings))
         self.counters.inc("policy_batches")

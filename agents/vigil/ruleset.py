@@ -205,7 +205,11 @@ def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str
                 except (InvalidSignature, ValueError, TypeError):
                     pass
                 else:
-                    msg = payload.decode(signed, kind)
+                    if len(signed) >= _BIG:
+                        with _quiet_gc():
+                            msg = payload.decode(signed, kind)
+                    else:
+                        msg = payload.decode(signed, kind)
                     if "signature" not in msg:
                         msg["signature"] = sig
                         return msg
@@ -348,13 +352,26 @@ def _entries(items: Any, field_name: str) -> list[Entry]:
         raise PayloadError("bad-field", f"{field_name} must be a list")
     if len(items) < 10_000:
         return _entries_checked(items, field_name)
-    enabled = gc.isenabled()
-    gc.disable()          # only acyclic objects are made; collections would walk them all
-    try:
+    with _quiet_gc():
         return _entries_checked(items, field_name)
-    finally:
-        if enabled:
+
+
+class _quiet_gc:
+    """No cyclic collection while a large message is parsed: only acyclic objects are made, and
+    collections would walk them all.  On exit they go to the permanent generation (O(1); still
+    freed by reference counting) rather than being walked by the first collection after enable."""
+
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        gc.freeze()
+        if self.was:
             gc.enable()
+
+
+_BIG = 1 << 20            # bytes: a message this large is parsed with the collector off
 
 
 _FAST_ACTIONS = frozenset(ACTIONS)

@@ -337,20 +337,25 @@ class Policy:
     def apply(self, writer: nft.NftWriter, plan: Plan, now: float, extra: dict | None = None) -> None:
         """Write ``plan`` to the kernel in one transaction (``extra``: set -> elements to refill
         in the same transaction, e.g. the local sets at restore)."""
+        if plan.full:
+            with no_gc():
+                return self._apply(writer, plan, now, extra)
+        return self._apply(writer, plan, now, extra)
+
+    def _apply(self, writer: nft.NftWriter, plan: Plan, now: float, extra: dict | None) -> None:
         refill: dict[str, list[tuple[str, int | None]]] = {}
         for g in (_all_groups() if plan.full else sorted(plan.refill_groups)):
             refill.update(self.layers(g, plan.groups.get(g, []), now, plan.skipped))
         if plan.full:
             contents: dict[str, list[tuple[str, int | None]]] = {n: [] for n in nft.MANAGED}
             entries = plan.entries_set
-            with no_gc():
-                for key, (where, k) in plan.placed_set.items():
-                    exp = entries[key].expires
-                    if exp is None:
-                        contents[where].append((k, None))
-                    else:               # _ms inlined
-                        ms = int(round((exp - now) * 1000))
-                        contents[where].append((k, ms if ms > 1 else 1))
+            for key, (where, k) in plan.placed_set.items():
+                exp = entries[key].expires
+                if exp is None:
+                    contents[where].append((k, None))
+                else:               # _ms inlined
+                    ms = int(round((exp - now) * 1000))
+                    contents[where].append((k, ms if ms > 1 else 1))
             contents.update(refill)
             if extra:
                 contents.update(extra)
@@ -426,6 +431,10 @@ class no_gc:
         gc.disable()
 
     def __exit__(self, *exc):
+        # what was allocated meanwhile stays uncollected: moved to the permanent generation
+        # (O(1)) instead of being walked by the first young collection after enable (measured:
+        # 0.85 s of the first apply of a 1M plan was that one collection)
+        gc.freeze()
         if self.was:
             gc.enable()
 

@@ -4,7 +4,12 @@
 - a last-will is set before connecting (retained ``offline`` status for devices);
 - reconnects back off between ``reconnect_min`` and ``reconnect_max``;
 - an authentication or authorisation refusal stops retrying with one clear log line;
-- a handler that raises is logged and counted; it never kills the network thread.
+- a handler that raises is logged and counted; it never kills the network thread;
+- ``loop_timeout``: the network thread's longest sleep.  By default paho's own thread
+  (``loop_start``) wakes every second; a process counting its idle wake-ups (the endpoint agent)
+  passes a longer one and gets its own thread running paho's public ``loop(timeout)``, with the
+  same reconnect backoff.  A publish from another thread still wakes it at once (paho's socket
+  pair); keepalive pings go out at most ``loop_timeout`` late.
 """
 from __future__ import annotations
 
@@ -44,7 +49,9 @@ class Will:
 class MqttClient:
     def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters | None = None,
                  will: Will | None = None, on_connected: Callable[[], None] | None = None,
-                 session_expiry: int = 0):
+                 session_expiry: int = 0, loop_timeout: float | None = None):
+        if loop_timeout is not None and loop_timeout <= 0:
+            raise ValueError(f"loop_timeout: {loop_timeout} must be > 0")
         self.cfg = cfg
         self.client_id = client_id
         self.counters = counters or Counters()
@@ -53,13 +60,18 @@ class MqttClient:
         self.connected = threading.Event()
         self.fatal: str | None = None
         self._session_expiry = session_expiry
+        self.loop_timeout = loop_timeout
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._backoff_min = max(1, int(cfg.reconnect_min))   # as given to paho's reconnect_delay_set
+        self._backoff = self._backoff_min
         transport = cfg.transport
         self._c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                               protocol=paho.MQTTv5, transport=transport)
         # 0 = unlimited client-side queue: the caller bounds what it keeps (never paho silently)
         self._c.max_queued_messages_set(0)
         self._c.max_inflight_messages_set(100)
-        self._c.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min)), max_delay=int(cfg.reconnect_max))
+        self._c.reconnect_delay_set(min_delay=self._backoff_min, max_delay=int(cfg.reconnect_max))
         if cfg.username:
             self._c.username_pw_set(cfg.username, cfg.secret())
         if cfg.tls:
@@ -85,14 +97,59 @@ class MqttClient:
                                   clean_start=self._session_expiry == 0, properties=props)
         except (OSError, ValueError) as exc:
             log.warning("mqtt: cannot start connecting to %s: %s", host, exc)
-        self._c.loop_start()
+        if self.loop_timeout is None:
+            self._c.loop_start()
+            return
+        # Our own network thread.  paho writes a publish made from another thread straight to the
+        # socket when it runs no thread of its own — racing this thread's writes — unless an
+        # external loop is registered: this no-op registration keeps every write in this thread
+        # (woken by paho's socket pair, exactly as in loop_start's thread).
+        self._c.on_socket_register_write = _no_external_loop
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._network_loop, name=f"mqtt-{self.client_id}", daemon=True)
+        self._thread.start()
+
+    def _network_loop(self) -> None:
+        """paho's ``loop(timeout)`` until stopped, reconnecting with backoff (reconnect_min doubling
+        up to reconnect_max, reset by a successful CONNACK) like ``loop_forever``."""
+        c = self._c
+        self._backoff = self._backoff_min
+        while not self._stopping.is_set() and self.fatal is None:
+            try:
+                c.reconnect()
+            except (OSError, ValueError) as exc:
+                log.debug("mqtt: connecting failed: %s", exc)
+            else:
+                while True:
+                    rc = c.loop(self.loop_timeout)
+                    if rc != paho.MQTT_ERR_SUCCESS:
+                        break                    # link lost (or closed by disconnect())
+                    if self._stopping.is_set() and not c.want_write():
+                        break                    # stopping, and nothing left to send
+            if self._stopping.is_set() or self.fatal is not None:
+                break
+            self._stopping.wait(self._backoff)
+        if self._stopping.is_set() and c.socket() is not None:
+            # stop() came while a connection was being made: close that one cleanly too
+            c.disconnect()
+            for _ in range(10):
+                if c.loop(0.1) != paho.MQTT_ERR_SUCCESS or not c.want_write():
+                    break
+            self._backoff = min(self._backoff * 2, int(self.cfg.reconnect_max))
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
             self._c.disconnect()
         except Exception:  # already disconnected
             pass
-        self._c.loop_stop()
+        if self._thread is None:
+            self._c.loop_stop()
+            return
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("mqtt: the network thread of %s did not stop within %.0f s", self.client_id, timeout)
+        self._thread = None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -137,12 +194,15 @@ class MqttClient:
                 log.error("mqtt: broker refused %s: %s — not retrying; check credentials and ACL",
                           self.client_id, name)
                 client.disconnect()
-                threading.Thread(target=client.loop_stop, daemon=True).start()
+                if self._thread is None:
+                    threading.Thread(target=client.loop_stop, daemon=True).start()
+                # (our own network thread sees ``fatal`` and ends once the link is closed)
             else:
                 log.warning("mqtt: connect refused: %s", name)
             self.counters.inc("mqtt_connect_refused")
             return
         log.info("mqtt: connected as %s", self.client_id)
+        self._backoff = self._backoff_min
         self.counters.inc("mqtt_connects")
         for topic_filter, qos, _ in self._subs:
             client.subscribe(topic_filter, qos=qos)
@@ -170,6 +230,10 @@ class MqttClient:
                 self.counters.inc("handler_errors")
                 log.exception("mqtt: handler for %s failed on %s", topic_filter, msg.topic)
         return run
+
+
+def _no_external_loop(client, userdata, sock) -> None:
+    """See ``MqttClient.start``: registering it keeps paho from writing in the publishing thread."""
 
 
 def _nodelay(client, userdata, sock) -> None:

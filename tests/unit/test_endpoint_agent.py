@@ -150,18 +150,27 @@ def test_console_unreachable(tmp_path, capsys):
     assert "is the daemon running" in capsys.readouterr().err
 
 
+def _runs(thread) -> int:
+    """How often the scheduler has run ``thread`` so far (field 3 of its schedstat)."""
+    return int(open(f"/proc/self/task/{thread.native_id}/schedstat").read().split()[2])
+
+
 def test_control_socket_blocks_without_polling_and_stops_promptly(tmp_path):
     """The console socket serves without a poll timeout (no idle wake-ups) and still stops at once."""
     import time
 
-    from vigil.control import call
-    from vigil.endpoint.main import QuietControlServer
+    from vigil.control import ControlServer, call
 
-    srv = QuietControlServer(tmp_path / "q.sock")
+    srv = ControlServer(tmp_path / "q.sock")
     srv.register("ping", lambda: "pong")
     srv.start()
     try:
         assert call(tmp_path / "q.sock", "ping", timeout=5) == "pong"
+        assert call(tmp_path / "q.sock", "ping", timeout=5) == "pong"
+        time.sleep(0.1)
+        runs = _runs(srv._thread)
+        time.sleep(1.2)                      # socketserver's serve_forever would have woken twice
+        assert _runs(srv._thread) == runs
         assert call(tmp_path / "q.sock", "ping", timeout=5) == "pong"
     finally:
         t = time.monotonic()
@@ -171,10 +180,35 @@ def test_control_socket_blocks_without_polling_and_stops_promptly(tmp_path):
 
 
 def test_network_loop_wakes_every_quarter_keepalive(agent):
-    """paho's loop thread selects with keepalive/4 (not 1 s); keepalive pings stay well on time."""
-    calls = []
-    agent.mqtt.paho.loop_forever = lambda timeout=1.0, retry_first_connection=False: calls.append(
-        (timeout, retry_first_connection))
-    agent.mqtt.paho._thread_main()
-    assert calls == [(agent.cfg.mqtt.keepalive / 4, True)]
-    assert agent.cfg.mqtt.keepalive / 4 < agent.cfg.mqtt.keepalive * 0.5
+    """The agent's MQTT network thread is its own, running paho's loop(keepalive/4) instead of paho's
+    1 s; a failed connect backs off and retries; stop() ends the thread at once."""
+    import threading
+    import time
+
+    c = agent.mqtt.paho
+    assert agent.mqtt.loop_timeout == agent.cfg.mqtt.keepalive / 4 < agent.cfg.mqtt.keepalive * 0.5
+    calls, connected = [], threading.Event()
+    attempts = []
+
+    def reconnect():
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise ConnectionRefusedError("broker not up yet")
+        connected.set()
+
+    def loop(timeout=1.0):
+        calls.append(timeout)
+        agent.mqtt._stopping.wait(0.05)
+        return paho.MQTT_ERR_SUCCESS
+
+    c.reconnect, c.loop, c.want_write = reconnect, loop, lambda: False
+    agent.mqtt.start()
+    assert connected.wait(5)
+    assert attempts[1] - attempts[0] >= 0.9                  # reconnect_min backoff (paho's: at least 1 s)
+    assert agent.mqtt._thread.name.startswith("mqtt-") and agent.mqtt._thread is not c._thread
+    time.sleep(0.1)
+    t = time.monotonic()
+    thread = agent.mqtt._thread
+    agent.mqtt.stop()
+    assert time.monotonic() - t < 1 and not thread.is_alive()
+    assert calls and set(calls) == {agent.cfg.mqtt.keepalive / 4}

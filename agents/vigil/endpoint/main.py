@@ -34,54 +34,6 @@ log = logging.getLogger(__name__)
 RECENT = 200
 
 
-class QuietControlServer(ControlServer):
-    """The control socket, blocked in select() until a client connects instead of polling for
-    shutdown every 0.5 s: on an idle host each wake-up of a Python thread is a measurable share of
-    the agent's 0.1 % CPU budget.  ``stop`` wakes the loop with a connection of its own."""
-
-    def start(self) -> None:
-        super().start()
-        server = self._server
-        self._server.shutdown()          # stop the default 0.5 s poll loop...
-        self._thread.join()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None},
-                                        name="control", daemon=True)
-        self._thread.start()             # ...and serve without a timeout
-
-    def stop(self) -> None:
-        server = self._server
-        if server is not None and self._thread is not None and self._thread.is_alive():
-            server._BaseServer__shutdown_request = True     # checked by serve_forever on wake-up
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(2)
-                    s.connect(str(self.path))
-            except OSError:
-                pass
-            self._thread.join(5)
-            if self._thread.is_alive():
-                log.warning("the control socket thread did not stop")
-                return
-            server._BaseServer__shutdown_request = False
-        super().stop()
-
-
-def quiet_network_loop(client, keepalive: float) -> None:
-    """Run paho's network thread with a select() timeout of a quarter of the keepalive instead of
-    1 s.  Nothing is lost: a publish from another thread wakes the loop through paho's socket
-    pair, incoming data wakes select(), and a PINGREQ is due every ``keepalive`` seconds, so a
-    ping is sent at most keepalive/4 late — well inside the broker's 1.5 × keepalive limit."""
-    timeout = max(1.0, keepalive / 4)
-
-    def thread_main() -> None:
-        try:
-            client.loop_forever(timeout=timeout, retry_first_connection=True)
-        finally:
-            client._thread = None
-
-    client._thread_main = thread_main   # what loop_start() runs in its thread
-
-
 class EndpointService:
     def __init__(self, cfg: EndpointConfig):
         self.cfg = cfg
@@ -91,10 +43,12 @@ class EndpointService:
         self.status_topic = topics.endpoint(cfg.endpoint_id, "status")
         self.response_topic = topics.endpoint(cfg.endpoint_id, "verdict/response")
         will = Will(self.status_topic, payload.encode("endpoint-status", cfg.endpoint_id, {"state": "offline"}))
+        # The network thread sleeps up to a quarter of the keepalive (not paho's 1 s): a publish from
+        # another thread or incoming data wakes it at once, and a ping is due only every keepalive,
+        # so it goes out at most keepalive/4 late — well inside the broker's 1.5 × keepalive.
         self.mqtt = MqttClient(cfg.mqtt, new_client_id(f"endpoint-{cfg.endpoint_id}"), self.counters, will=will,
-                               on_connected=self._on_connected)
-        quiet_network_loop(self.mqtt.paho, cfg.mqtt.keepalive)
-        self.control = QuietControlServer(cfg.control_socket)
+                               on_connected=self._on_connected, loop_timeout=max(1.0, cfg.mqtt.keepalive / 4))
+        self.control = ControlServer(cfg.control_socket)
         self.control.register("endpoint.status", self.console_status)
         self.control.register("endpoint.recent", self.recent_decisions)
         self._events: collections.deque = collections.deque()

@@ -170,9 +170,16 @@ def test_broker_outage_of_30s_loses_no_batch(engine_lab):
     col.close()
     lab.mosquitto.stop()
     outage_start = time.monotonic()
+    # a protocol event during the outage (XMAS probes from the attacker) is spooled as well
+    t_probe = time.time() * 1000
+    lab.run("attacker", [sys.executable, "-c", "import logging; logging.getLogger('scapy').setLevel(40)\n"
+                         "from scapy.all import IP, TCP, send\n"
+                         f"send([IP(dst='{lab.ip('server')}')/TCP(dport=p, flags='FPU') for p in (21, 22, 23)], "
+                         "verbose=0)"], timeout=60)
     time.sleep(30.0)  # the 30 s outage, for real: 1 s interval -> ~30 batches spooled
     spooled = sorted(p.name for p in (lab.run_dir / "state" / "engine" / "spool").glob("*.json"))
     assert len(spooled) >= 25, spooled
+    assert list((lab.run_dir / "state" / "engine" / "spool-events").glob("*.json")), "no event batch spooled"
     # the collector must be subscribed before the engine's next reconnect attempt, or the broker
     # would acknowledge (and drop, having no subscriber) the first replayed batches: hold the
     # engine still for the moment of the restart
@@ -214,6 +221,11 @@ def test_broker_outage_of_30s_loses_no_batch(engine_lab):
     st = col.wait(lambda: [s for s in col.status if s.get("telemetry", {}).get("spool_batches") == 0], 15,
                   "status after replay")[-1]
     assert st["counters"].get("flow_batches_dropped", 0) == 0
+    # the event from the outage arrived too, with its own time, and its spool is empty again
+    xmas = col.wait(lambda: [e for b in col.events for e in b.get("events", [])
+                             if e.get("type") == "tcp-flags" and e.get("detail") == "XMAS"], 10, "the XMAS event")
+    assert xmas[0]["src"] == lab.ip("attacker") and t_probe - 1000 <= xmas[0]["ts"] <= t_probe + 20_000
+    assert st["telemetry"]["event_spool_batches"] == 0 and st["counters"].get("event_batches_dropped", 0) == 0
 
 
 def test_status_is_retained_and_reports_telemetry(engine_lab):

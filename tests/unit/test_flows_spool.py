@@ -73,3 +73,47 @@ def test_spool_survives_a_restart(tmp_path):
     again = Spool(tmp_path, 1 << 20, c)
     assert list(again.entries) == [10, 11, 12] and again.bytes == 6
     assert c.get("spool_files_ignored") == 1
+
+
+def test_events_are_spooled_through_an_outage_and_an_engine_restart(tmp_path):
+    from vigil import payload
+    from vigil.engine.main import EventOutbox
+
+    def outbox(mq, c):
+        pub = SpoolPublisher(mq, "t/events", Spool(tmp_path, 1 << 20, c, what="event_batches"), c)
+        return EventOutbox(pub, "e1", c, limit=100)
+
+    c, mq = Counters(), FakeMqtt()
+    box = outbox(mq, c)
+    box.emit({"type": "tcp-flags", "src": "10.77.0.66", "detail": "XMAS"})
+    box.flush("enforcing")
+    box.emit({"type": "arp-rebind", "src": "02:00:00:00:00:66"})
+    box.flush("enforcing")
+    assert mq.sent == [] and box.backlog == 2
+    first_seq = box.seq
+    # the engine restarts while the broker is still away: the new outbox finds both batches
+    c2, mq2 = Counters(), FakeMqtt()
+    box2 = outbox(mq2, c2)
+    assert box2.backlog == 2 and box2.seq == first_seq
+    mq2.connected.set()
+    box2.emit({"type": "dhcp-offer", "src": "10.77.0.99"})
+    box2.flush("enforcing")
+    bodies = [payload.decode(d, "events") for _, d, _ in mq2.sent]
+    assert [[e["type"] for e in b["events"]] for b in bodies] == [["tcp-flags"], ["arp-rebind"], ["dhcp-offer"]]
+    seqs = [b["seq"] for b in bodies]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3 and bodies[0]["events"][0]["mode"] == "enforcing"
+    for _, _, info in mq2.sent:
+        info.acked = True
+    box2.flush("enforcing")
+    assert box2.backlog == 0 and list(tmp_path.glob("*.json")) == [] and c2.get("event_batches_acked") == 3
+
+
+def test_full_event_spool_counts_the_events_dropped(tmp_path):
+    from vigil.engine.main import EventOutbox
+    c, mq = Counters(), FakeMqtt()
+    box = EventOutbox(SpoolPublisher(mq, "t/events", Spool(tmp_path, 300, c, what="event_batches"), c), "e1", c, 100)
+    for i in range(5):
+        box.emit({"type": "tcp-flags", "src": f"10.77.0.{i}", "detail": "NULL"})
+        box.flush("learning")
+    assert box.backlog >= 1 and c.get("event_batches_dropped") >= 1
+    assert c.get("events_dropped") == c.get("event_batches_dropped")   # one event per batch here

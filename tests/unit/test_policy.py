@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,14 @@ def test_would_block_from_learning_does_not_swallow_an_enforced_offence(tmp_path
     assert now.id != wb.id and now.would_block_on == [] and now.offences == 2
     assert [d.id for d in s.enforced_for("e1")] == [now.id]
     assert [d.state for d in s.list(state="superseded")] == ["superseded"]
+
+
+def test_events_replayed_after_an_outage_are_not_acted_on(tmp_path):
+    comp, ctx, mqtt = component(tmp_path)
+    comp.on_status("e1", status("e1"))
+    now = int(time.time() * 1000)
+    comp.on_events("e1", {"events": [
+        {"type": "tcp-flags", "src": "10.77.0.66", "severity": "high", "ts": now - 3_600_000},  # an hour old
+        {"type": "tcp-flags", "src": "10.77.0.67", "severity": "high", "ts": now - 2_000}]})
+    assert [d.value for d in comp.store.list()] == ["10.77.0.67"]
+    assert ctx.counters.get("engine_events_stale") == 1

@@ -67,6 +67,7 @@ class SamplesConfig:
     copy_range: int = 2048     # bytes of each sampled packet
     dhcp_servers: list[str] = field(default_factory=list)  # known servers; others are reported
     max_events_per_interval: int = 1000
+    events_spool_mb: float = 16.0  # on-disk buffer of event batches while the broker is unreachable
 
     def __post_init__(self):
         if not 1 <= self.group <= 65535:
@@ -75,6 +76,8 @@ class SamplesConfig:
             raise ValueError("rate: must be 1..100000 per second")
         if not 64 <= self.copy_range <= 65535:
             raise ValueError(f"copy_range: must be 64..65535, got {self.copy_range}")
+        if not 0.1 <= self.events_spool_mb <= 100_000:
+            raise ValueError(f"events_spool_mb: must be 0.1..100000, got {self.events_spool_mb}")
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,13 @@ class Learning:
 
 class EventOutbox:
     """Local events (checks, detector decisions) go out on ``events`` in small batches; at most
-    ``limit`` per flush, the rest counted as ``events_dropped``."""
+    ``limit`` per flush, the rest counted as ``events_dropped``.  Each batch is spooled on disk
+    like a flow batch (``<state>/spool-events``), so a broker outage, even across an engine
+    restart, loses none; each carries a ``seq`` that grows across restarts."""
 
-    def __init__(self, mqtt, topic: str, engine_id: str, counters: Counters, limit: int):
-        self.mqtt, self.topic, self.engine_id, self.counters, self.limit = mqtt, topic, engine_id, counters, limit
+    def __init__(self, publisher: SpoolPublisher, engine_id: str, counters: Counters, limit: int):
+        self.publisher, self.engine_id, self.counters, self.limit = publisher, engine_id, counters, limit
+        self.seq = publisher.spool.last_seq()
         self._items: list[dict] = []
         self._lock = threading.Lock()
         self.urgent = threading.Event()
@@ -98,14 +101,19 @@ class EventOutbox:
         with self._lock:
             items, self._items = self._items, []
         self.urgent.clear()
-        if not items:
-            return
-        for ev in items:
-            ev.setdefault("mode", mode)
-        body = {"engine": self.engine_id, "events": items}
-        info = self.mqtt.publish(self.topic, payload.encode("events", self.engine_id, body), qos=1)
-        if info.rc not in (0, 4):
-            self.counters.inc("events_dropped", len(items))
+        if items:
+            for ev in items:
+                ev.setdefault("mode", mode)
+            # unique and increasing across restarts even when the spool was empty at start
+            self.seq = max(self.seq + 1, payload.now_ms())
+            body = {"engine": self.engine_id, "seq": self.seq, "events": items}
+            if not self.publisher.spool.put(self.seq, payload.encode("events", self.engine_id, body)):
+                self.counters.inc("events_dropped", len(items))
+        self.publisher.pump()
+
+    @property
+    def backlog(self) -> int:
+        return self.publisher.backlog
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -144,8 +152,11 @@ class EngineService:
         self.spool = Spool(self.state_dir / "spool", int(cfg.flows.spool_max_mb * 1024 * 1024), self.counters)
         self.publisher = SpoolPublisher(self.mqtt, topics.engine(cfg.engine_id, "flows"), self.spool,
                                         self.counters)
-        self.outbox = EventOutbox(self.mqtt, topics.engine(cfg.engine_id, "events"), cfg.engine_id,
-                                  self.counters, cfg.samples.max_events_per_interval)
+        event_spool = Spool(self.state_dir / "spool-events", int(cfg.samples.events_spool_mb * 1024 * 1024),
+                            self.counters, what="event_batches")
+        self.outbox = EventOutbox(SpoolPublisher(self.mqtt, topics.engine(cfg.engine_id, "events"), event_spool,
+                                                 self.counters),
+                                  cfg.engine_id, self.counters, cfg.samples.max_events_per_interval)
         self.checks = ProtocolChecks(cfg.samples.copy_range, list(cfg.samples.dhcp_servers),
                                      mode=lambda: self.learning.mode, port_names=self.port_names,
                                      counters=self.counters)
@@ -184,6 +195,7 @@ class EngineService:
                           "ct_events": self.ct_events is not None,
                           "samples": self.nflog is not None,
                           "spool_batches": len(self.spool), "spool_bytes": self.spool.bytes,
+                          "event_spool_batches": self.outbox.backlog,
                           "seq": self.seq, "idle_timeouts": self.timeouts_applied},
             "detector": self.detector.status() if self.detector else None,
             **{p.name: _safe_status(p) for p in self.parts},
@@ -266,7 +278,7 @@ class EngineService:
                 self.publisher.pump()
                 self.outbox.flush(self.learning.mode)
                 # wake early for an urgent event (a block decision) or to drain the spool
-                step = 0.2 if self.publisher.backlog else 1.0
+                step = 0.2 if self.publisher.backlog or self.outbox.backlog else 1.0
                 self.outbox.urgent.wait(max(0.0, min(next_poll, next_status, time.monotonic() + step)
                                             - time.monotonic()))
         finally:

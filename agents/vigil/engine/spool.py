@@ -1,9 +1,10 @@
-"""A bounded on-disk buffer of flow batches, published in order with QoS 1.
+"""A bounded on-disk buffer of batches (flow records, local events), published in order with QoS 1.
 
-Every batch is written to ``<state_dir>/spool/<seq>.json`` before it is published and deleted only
+Every batch is written to ``<spool dir>/<seq>.json`` before it is published and deleted only
 after the broker's PUBACK.  While the broker is unreachable batches accumulate on disk (they
 survive an engine restart too); on reconnect they go out oldest first.  A batch that does not fit
-under ``max_bytes`` is counted in ``batches_dropped`` and never silently lost.
+under ``max_bytes`` is counted in ``<what>_dropped`` (``flow_batches_dropped``,
+``event_batches_dropped``) and never silently lost.
 
 paho keeps unacknowledged QoS 1 messages and resends them after a reconnect, so a batch already
 handed to paho is not published again; the manager also drops duplicate ``seq`` values.
@@ -19,10 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int, counters=None):
+    def __init__(self, directory: Path, max_bytes: int, counters=None, what: str = "flow_batches"):
         self.dir = directory
         self.max_bytes = max_bytes
         self.counters = counters
+        self.what = what             # counter prefix: <what>_dropped
         self.dir.mkdir(parents=True, exist_ok=True)
         self.entries: OrderedDict[int, int] = OrderedDict()  # seq -> size, oldest first
         self.bytes = 0
@@ -38,7 +40,8 @@ class Spool:
         for p in self.dir.glob("*.tmp"):
             p.unlink(missing_ok=True)
         if self.entries:
-            log.info("spool: %d batches (%d bytes) waiting from an earlier run", len(self.entries), self.bytes)
+            log.info("spool %s: %d batches (%d bytes) waiting from an earlier run", self.dir.name,
+                     len(self.entries), self.bytes)
 
     def _count(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -49,8 +52,8 @@ class Spool:
 
     def put(self, seq: int, data: bytes) -> bool:
         if self.bytes + len(data) > self.max_bytes:
-            self._count("flow_batches_dropped")
-            log.warning("spool full (%d bytes): batch %d dropped", self.bytes, seq)
+            self._count(f"{self.what}_dropped")
+            log.warning("spool %s full (%d bytes): batch %d dropped", self.dir.name, self.bytes, seq)
             return False
         path = self._path(seq)
         tmp = path.with_suffix(".tmp")
@@ -59,7 +62,7 @@ class Spool:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            self._count("flow_batches_dropped")
+            self._count(f"{self.what}_dropped")
             self._count("spool_write_errors")
             log.error("spool: cannot write batch %d: %s", seq, exc)
             return False
@@ -74,7 +77,7 @@ class Spool:
             self._count("spool_read_errors")
             log.error("spool: cannot read batch %d: %s; dropping it", seq, exc)
             self.remove(seq)
-            self._count("flow_batches_dropped")
+            self._count(f"{self.what}_dropped")
             return None
 
     def remove(self, seq: int) -> None:
@@ -91,6 +94,9 @@ class Spool:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def last_seq(self) -> int:
+        return next(reversed(self.entries), 0)
 
 
 class SpoolPublisher:
@@ -113,7 +119,7 @@ class SpoolPublisher:
         for seq in [s for s, info in self.inflight.items() if info.is_published()]:
             del self.inflight[seq]
             self.spool.remove(seq)
-            self.counters.inc("flow_batches_acked")
+            self.counters.inc(f"{self.spool.what}_acked")
         if not self.mqtt.connected.is_set():
             return
         for seq in list(self.spool.entries):
@@ -126,10 +132,10 @@ class SpoolPublisher:
                 continue
             info = self.mqtt.publish(self.topic, data, qos=1)
             if info.rc not in (0, 4):  # 4: no connection; paho still queues it and resends
-                self.counters.inc("flow_batch_publish_errors")
+                self.counters.inc(f"{self.spool.what}_publish_errors")
                 break
             self.inflight[seq] = info
-            self.counters.inc("flow_batches_sent")
+            self.counters.inc(f"{self.spool.what}_sent")
 
     @property
     def backlog(self) -> int:

@@ -49,6 +49,7 @@ class DetectionConfig:
     new_service_min_learned: float = 60.0   # traffic seconds learned before unknown services count
     events: bool = True                     # engine protocol events -> decisions
     event_min_severity: str = "high"
+    event_max_age: float = 600.0            # older events (replayed after an outage) are stored, not acted on
 
     def __post_init__(self):
         if self.target not in ("engine", "global"):
@@ -60,6 +61,8 @@ class DetectionConfig:
                 raise ValueError(f"{k}: must be at least 1")
         if self.event_min_severity not in _SEVERITY:
             raise ValueError(f"event_min_severity: one of {', '.join(_SEVERITY)}")
+        if self.event_max_age <= 0:
+            raise ValueError("event_max_age: must be > 0 seconds")
 
     def thresholds(self) -> Thresholds:
         return Thresholds(window=self.window, hscan_hosts=self.hscan_hosts, vscan_ports=self.vscan_ports,
@@ -305,6 +308,7 @@ class PolicyComponent:
         if not isinstance(events, list):
             events = [msg]
         floor = _SEVERITY[self.cfg.detection.event_min_severity]
+        now_ms, max_age_ms = time.time() * 1000, self.cfg.detection.event_max_age * 1000
         for ev in events:
             if not isinstance(ev, dict):
                 self.counters.inc("engine_events_malformed")
@@ -314,6 +318,12 @@ class PolicyComponent:
             if not src or ev.get("action") == "none":  # "none": the engine's own never-block list
                 continue
             if sev < floor and ev.get("action") not in ("block", "drop", "blocked"):
+                continue
+            ts = ev.get("ts")
+            if isinstance(ts, (int, float)) and now_ms - ts > max_age_ms:
+                # spooled through a broker outage: the engine's own short block has long run
+                # out; a decision now would punish whoever holds the address today
+                self.counters.inc("engine_events_stale")
                 continue
             kind = str(ev.get("type") or ev.get("kind") or "event")[:60]
             reason = str(ev.get("reason") or ev.get("message") or ev.get("detail") or kind)[:400]

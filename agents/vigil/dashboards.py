@@ -17,7 +17,7 @@ manager counters (``manager_stats``) are cumulative since the manager started, s
 (a restart resets them; non-negative keeps the reset from showing as a dip).
 
 Only what the system writes is charted; what an operator would want but the system does not
-store is listed in ``MISSING`` and in dashboards/README.md.
+store is listed in dashboards/README.md ("Not charted because the system does not write it").
 """
 from __future__ import annotations
 
@@ -76,25 +76,6 @@ MEASUREMENTS: dict[str, dict[str, Any]] = {
     "manager_stats": {  # every manager counter, cumulative, every 10 s (fields appear once counted)
         "tags": ["manager"], "fields": {"*": "int"}},
 }
-
-# Wanted on the dashboards, not written to InfluxDB by the system (so not charted).
-MISSING = [
-    ("Kernel drop counters per rule/set", "engine status `enforcement.drops` (MQTT only)"),
-    ("Applied rule-set generation and element counts per engine",
-     "`ruleset/state` and status `enforcement.generation`/`counts` are MQTT only; the status's "
-     "top-level `ruleset_generation` (which ingest would write) is always null"),
-    ("Rejected and half-open connection ratios", "computed by the manager's baselines, not stored"),
-    ("Flow batches dropped by a full engine spool",
-     "`dropped_batches_total` is in each batch but ingest does not write it; the manager's "
-     "`flow_batch_gaps` counter shows batches lost between engine and manager"),
-    ("Engine counters (samples, events_dropped, ct_event_overruns, ...)", "engine status only"),
-    ("Endpoint verdict cache size, mode, decider restarts", "endpoint status is MQTT only"),
-    ("Verdict-service database (known / unknown hashes, analysis queue)",
-     "`vigilctl hashes unknowns` / `verdicts.stats` only; the dashboards count unknown hashes from "
-     "execution reports"),
-    ("Decisions per engine", "`decisions.engines` is a string field (comma list), not a tag"),
-]
-
 
 # -- building blocks --------------------------------------------------------------------------
 def target(query: str, ref: str = "A", alias: str = "", fmt: str = "time_series") -> dict:

@@ -12,7 +12,7 @@ Then each target is interpolated the way Grafana does for InfluxQL ($timeFilter,
 $__interval_ms, template variables by running the variable's own query: "All" becomes
 ``(v1|v2)`` with regex metacharacters escaped, as Grafana formats a multi-value regex) and sent to
 InfluxDB's /query.  No query may fail; every panel not listed in EXPECTED_EMPTY (counters of
-failures that a clean run does not produce) must return a non-null value.  About 45 s.
+failures that a clean run does not produce) must return a non-null value.  About 25 s.
 """
 from __future__ import annotations
 

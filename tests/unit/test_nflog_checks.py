@@ -9,6 +9,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP
 
+from vigil.counters import Counters
 from vigil.engine import nflog
 from vigil.engine.checks import ProtocolChecks, run_checks, tcp_flag_anomaly
 
@@ -98,6 +99,26 @@ def test_arp_reply_rebinding_known_ip_is_reported():
     (ev,) = run_checks(c, sample(spoof, "arp-reply", ethertype=0x0806))
     assert ev["type"] == "arp-rebind" and ev["ip"] == "10.77.0.10"
     assert ev["known_mac"] == "02:77:00:00:00:10" and ev["new_mac"] == "02:77:00:00:00:66"
+
+
+def test_arp_binding_confirmed_by_the_genuine_host_keeps_catching_a_spoofer_and_ages_otherwise():
+    now = [1000.0]
+    counters = Counters()
+    c = _checks(clock=lambda: now[0], arp_binding_ttl=3600, repeat_window=0.0, counters=counters)
+    real = ARP(op=2, psrc="10.77.0.10", hwsrc="02:77:00:00:00:10", pdst="10.77.0.2", hwdst="02:77:00:00:00:02")
+    spoof = ARP(op=2, psrc="10.77.0.10", hwsrc="02:77:00:00:00:66", pdst="10.77.0.2", hwdst="02:77:00:00:00:02")
+    arp = lambda pkt: run_checks(c, sample(pkt, "arp-reply", ethertype=0x0806))  # noqa: E731
+    assert arp(real) == []
+    for _ in range(3):                    # the genuine host answers every 50 min: the binding holds
+        now[0] += 3000
+        assert arp(real) == []
+        assert [e["type"] for e in arp(spoof)] == ["arp-rebind"]
+    # the genuine host goes quiet for more than the TTL (replaced NIC): the new MAC takes over quietly
+    now[0] += 3601
+    assert arp(spoof) == [] and counters.get("arp_bindings_replaced") == 1
+    assert arp(spoof) == []
+    # and now the old MAC answering for the address is the odd one out
+    assert [e["new_mac"] for e in arp(real)] == ["02:77:00:00:00:10"]
 
 
 def test_ip_header_anomalies():

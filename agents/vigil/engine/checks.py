@@ -3,7 +3,11 @@
 ``ProtocolChecks.check(sample)`` returns the findings of one sample as event dicts:
 
 - ``tcp-flags``: impossible combinations NULL, XMAS (FIN+PSH+URG), SYN+FIN, SYN+RST;
-- ``arp-rebind``: an ARP reply binding a known IP address to a different MAC (ARP spoofing);
+- ``arp-rebind``: an ARP reply binding a known IP address to a different MAC (ARP spoofing).  A
+  binding is confirmed by every reply from its MAC; one not confirmed for ``arp_binding_ttl``
+  seconds gives way to the next MAC that answers for the address (a replaced NIC, a reassigned
+  address) without an event, counted ``arp_bindings_replaced``.  While the genuine host keeps
+  answering, a spoofer's replies keep raising events;
 - ``ip-header``: IPv4 header length < 20, total length shorter than the header or longer than the
   packet, TCP data offset out of range;
 - ``ip-fragment-overlap``: two sampled fragments of one datagram covering the same bytes;
@@ -63,7 +67,8 @@ class _Bounded(OrderedDict):
 class ProtocolChecks:
     def __init__(self, copy_range: int = 2048, dhcp_servers: list[str] | None = None,
                  mode: Callable[[], str] = lambda: "learning", port_names: dict[int, str] | None = None,
-                 counters=None, repeat_window: float = 10.0, clock: Callable[[], float] = time.monotonic):
+                 counters=None, repeat_window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 arp_binding_ttl: float = 4 * 3600.0):
         self.copy_range = copy_range
         self.dhcp_known = set(dhcp_servers or [])
         self.dhcp_configured = bool(dhcp_servers)
@@ -72,7 +77,8 @@ class ProtocolChecks:
         self.counters = counters
         self.repeat_window = repeat_window
         self.clock = clock
-        self.arp = _Bounded(8192)            # ip -> mac (first binding seen)
+        self.arp = _Bounded(8192)            # ip -> (mac, last confirmed)
+        self.arp_binding_ttl = arp_binding_ttl
         self.frags = _Bounded(4096)          # (src, dst, id, proto) -> (t, [(start, end)])
         self._recent = _Bounded(4096)        # finding key -> (t, folded count)
 
@@ -134,11 +140,15 @@ class ProtocolChecks:
         if ip == "0.0.0.0" or op != 2:
             return []
         mac = _mac(sha)
-        known = self.arp.get(ip)
-        if known is None:
-            self.arp.put(ip, mac)
+        now = self.clock()
+        binding = self.arp.get(ip)
+        if binding is None or binding[0] == mac:
+            self.arp.put(ip, (mac, now))
             return []
-        if known == mac:
+        known, confirmed = binding
+        if now - confirmed > self.arp_binding_ttl:
+            self.arp.put(ip, (mac, now))
+            self._count("arp_bindings_replaced")
             return []
         return [self._event(s, "arp-rebind", "reply rebinds a known IP to a new MAC", src=mac,
                             ip=ip, known_mac=known, new_mac=mac, severity="high")]

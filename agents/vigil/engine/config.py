@@ -68,6 +68,7 @@ class SamplesConfig:
     dhcp_servers: list[str] = field(default_factory=list)  # known servers; others are reported
     max_events_per_interval: int = 1000
     events_spool_mb: float = 16.0  # on-disk buffer of event batches while the broker is unreachable
+    arp_binding_ttl: float = 14400.0  # an IP->MAC binding unconfirmed this long yields to a new MAC
 
     def __post_init__(self):
         if not 1 <= self.group <= 65535:
@@ -76,6 +77,8 @@ class SamplesConfig:
             raise ValueError("rate: must be 1..100000 per second")
         if not 64 <= self.copy_range <= 65535:
             raise ValueError(f"copy_range: must be 64..65535, got {self.copy_range}")
+        if not 60 <= self.arp_binding_ttl <= 30 * 86400:
+            raise ValueError(f"arp_binding_ttl: must be 60..2592000 seconds, got {self.arp_binding_ttl}")
         if not 0.1 <= self.events_spool_mb <= 100_000:
             raise ValueError(f"events_spool_mb: must be 0.1..100000, got {self.events_spool_mb}")
 

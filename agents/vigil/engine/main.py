@@ -159,7 +159,7 @@ class EngineService:
                                   cfg.engine_id, self.counters, cfg.samples.max_events_per_interval)
         self.checks = ProtocolChecks(cfg.samples.copy_range, list(cfg.samples.dhcp_servers),
                                      mode=lambda: self.learning.mode, port_names=self.port_names,
-                                     counters=self.counters)
+                                     counters=self.counters, arp_binding_ttl=cfg.samples.arp_binding_ttl)
         self.timeouts_applied: dict[str, int] = {}
         self.stop_event = threading.Event()
         self.ctx = EngineContext(cfg, self.mqtt, self.counters, self.state_dir, self.stop_event,

@@ -53,6 +53,12 @@ MEASUREMENTS: dict[str, dict[str, Any]] = {
         "tags": ["engine"],
         "fields": {"state": "string", "mode": "string", "learning_progress": "float",
                    "flows_tracked": "int", "ruleset_generation": "int"}},
+    "engine_counters": {  # every engine status: the engine's own counters, cumulative since it started
+        "tags": ["engine"], "fields": {"*": "int"}},
+    "engine_enforcement": {  # every engine status: the kernel's rule set (elements_<set>, drops_<rule> too)
+        "tags": ["engine"],
+        "fields": {"generation": "int", "elements": "int", "drops": "int", "rejected": "int",
+                   "table_ready": "bool", "last_apply_ms": "float"}},
     "engine_events": {  # engine-local detections; fields are the event's own keys
         "tags": ["engine", "type"],
         "fields": {"detail": "string", "src": "string", "severity": "string", "mode": "string",
@@ -234,6 +240,14 @@ def per_engine(select: str, measurement: str, where: str = "", fill: str = " fil
 MANAGER = query_var("manager", "Manager", "manager_stats", "manager")
 
 
+def _engine_rate(measurement: str, fields: dict[str, str], per_second: bool = True) -> str:
+    """Cumulative engine figures (engine_counters, engine_enforcement) as a rate per second or an
+    increase per bucket, one series per engine and field."""
+    fn = "non_negative_derivative(max(\"{f}\"), 1s)" if per_second else "non_negative_difference(max(\"{f}\"))"
+    cols = ", ".join(f'{fn.format(f=f)} AS "{label}"' for f, label in fields.items())
+    return f'SELECT {cols} FROM "{measurement}" WHERE {ENGINE_F} AND {TF} GROUP BY time($__interval), "engine"'
+
+
 # -- the dashboards ---------------------------------------------------------------------------
 def fleet() -> dict:
     b = Board("vigil-fleet", "Vigil — Fleet overview",
@@ -277,6 +291,19 @@ def fleet() -> dict:
     b.add(timeseries("New flows per second by engine",
                      per_engine(f'sum("new_flows") * {PER_S}', "engine_traffic"), unit="short", alias="$tag_engine"))
     b.row("Reactions")
+    b.add(table("Rule sets in the kernel",
+                f'SELECT last("generation") AS "generation", last("elements") AS "elements", '
+                f'last("drops") AS "packets dropped", last("rejected") AS "rule sets rejected" '
+                f'FROM "engine_enforcement" WHERE {ENGINE_F} AND {TF} GROUP BY "engine"',
+                description="Per engine, from its last status: the applied rule-set generation, elements in "
+                            "its block/allow sets, packets its drop rules dropped and rule sets it refused "
+                            "(bad signature, old generation, malformed) since it started.",
+                hide_time=True), w=12, h=8)
+    b.add(timeseries("Packets dropped in the kernel",
+                     _engine_rate("engine_enforcement", {"drops": "dropped/s"}), unit="pps",
+                     alias="$tag_engine",
+                     description="All drop rules of the engine's bridge table (rule sets and local "
+                                 "reactions), from the rule counters."), w=12, h=8)
     b.add(timeseries("Engine events by type",
                      _cnt("severity", "engine_events", ENGINE_F, '"engine", "type"'),
                      bars=True, stack=True, alias="$tag_engine $tag_type",
@@ -346,6 +373,19 @@ def traffic() -> dict:
                      bars=True, alias="$tag_manager $col",
                      description="Counted by the manager over all engines: a gap in an engine's batch "
                                  "sequence is a batch that never arrived."), w=8)
+    b.add(timeseries("Engine-side losses",
+                     _engine_rate("engine_counters", {"flow_batches_dropped": "flow batches dropped",
+                                                      "event_batches_dropped": "event batches dropped",
+                                                      "events_dropped": "events dropped",
+                                                      "flow_records_dropped": "flow records dropped"},
+                                  per_second=False),
+                     bars=True, alias="$tag_engine $col",
+                     description="What an engine itself had to drop: batches that did not fit its on-disk "
+                                 "spool during a broker outage, events over the per-interval cap."), w=12)
+    b.add(timeseries("Protocol samples per second",
+                     _engine_rate("engine_counters", {"samples": "samples"}), alias="$tag_engine",
+                     description="NFLOG samples (new flows, odd TCP flags, ARP, DHCP, fragments) the engine "
+                                 "checked; the kernel rate-limits them."), w=12)
     return b.json()
 
 
@@ -466,8 +506,20 @@ def decisions() -> dict:
                      _stats_rate({"ruleset_snapshots_published": "snapshots", "ruleset_deltas_published": "deltas",
                                   "ruleset_resyncs": "resyncs", "ruleset_publish_errors": "publish errors"},
                                  per_second=False), bars=True, alias="$tag_manager $col",
-                     description="Signed rule sets sent to engines. Applied generations and element counts "
-                                 "are not stored in InfluxDB (see dashboards/README.md)."))
+                     description="Signed rule sets sent to engines."))
+    b.add(timeseries("Applied rule-set generation by engine",
+                     per_engine('last("generation")', "engine_enforcement", fill=" fill(previous)"),
+                     alias="$tag_engine", legend_calcs=("last",),
+                     description="What each engine reports as applied in its kernel; compare with what the "
+                                 "manager published."))
+    b.add(timeseries("Elements in the kernel by engine",
+                     per_engine('last("elements")', "engine_enforcement", fill=" fill(previous)"),
+                     alias="$tag_engine", legend_calcs=("last", "max")))
+    b.add(timeseries("Rule sets rejected by engines",
+                     _engine_rate("engine_enforcement", {"rejected": "rejected"}, per_second=False),
+                     bars=True, alias="$tag_engine",
+                     description="Bad signature, old generation, malformed payload or over the element cap: "
+                                 "the engine kept its last good rule set."))
     b.add(timeseries("Proposals merged, expired, refused (manager)",
                      _stats_rate({"decisions_merged": "merged", "decisions_expired": "expired",
                                   "decisions_rejected_allowlisted": "refused: allowlisted",

@@ -179,7 +179,7 @@ class EngineService:
             "mode": self.learning.mode,
             "learning": {"progress": round(self.learning.progress, 4),
                          "elapsed": round(self.learning.elapsed, 1), "period": self.learning.period},
-            "ruleset_generation": None,
+            "ruleset_generation": getattr(self.ctx.parts.get("enforcement"), "generation", None),
             "kernel": self.features.as_dict() if self.features else None,
             "flows_tracked": len(self.table.flows),
             "flow_interval": self.cfg.flows.interval,

@@ -8,7 +8,10 @@ Per batch (one engine interval) the manager writes, never one series per flow:
   at most ``max_service_series`` distinct (proto, port) pairs ever; the rest fold into ``other``;
 - ``top_talkers,engine=E,rank=R``: the N busiest sources of the interval, address as a field;
 - ``flow_batches,engine=E``: seq, record count, gaps and duplicates seen;
-- ``engine_status,engine=E``: mode, learning progress, tracked flows;
+- ``engine_status,engine=E``: mode, learning progress, tracked flows, applied rule-set generation;
+- ``engine_counters,engine=E``: the engine's own counters (cumulative since it started);
+- ``engine_enforcement,engine=E``: the kernel's rule set: generation, elements (per set as
+  ``elements_<set>``), packets dropped (per drop rule as ``drops_<rule>``), rejected rule sets;
 - ``engine_events,engine=E,type=T``: engine protocol events (type folded into ``other`` beyond
   ``max_event_types``), details as string fields.
 
@@ -28,6 +31,7 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import payload, topics
 from ..counters import Counters
@@ -146,7 +150,48 @@ def status_points(msg: dict) -> list[str]:
     gen = msg.get("ruleset_generation")
     if isinstance(gen, int):
         fields["ruleset_generation"] = gen
-    return [line("engine_status", {"engine": engine}, fields, int(msg["ts"]) * 1_000_000)]
+    ts_ns = int(msg["ts"]) * 1_000_000
+    points = [line("engine_status", {"engine": engine}, fields, ts_ns)]
+    # the engine's own counters (names fixed by its code: bounded), cumulative since it started
+    counters = {_field_name(k): v for k, v in (msg.get("counters") or {}).items()
+                if isinstance(v, int) and not isinstance(v, bool)}
+    if counters:
+        points.append(line("engine_counters", {"engine": engine}, dict(list(counters.items())[:MAX_FIELDS]), ts_ns))
+    enf = msg.get("enforcement")
+    if isinstance(enf, dict):
+        points.extend(_enforcement_points(engine, enf, ts_ns))
+    return points
+
+
+MAX_FIELDS = 200
+
+
+def _field_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in str(name))[:100]
+
+
+def _enforcement_points(engine: str, enf: dict, ts_ns: int) -> list[str]:
+    """The kernel's view of an engine's rule set: applied generation, elements per set and the
+    packets each drop rule has dropped (cumulative; from the rule counters)."""
+    fields: dict[str, Any] = {}
+    if isinstance(enf.get("generation"), int):
+        fields["generation"] = enf["generation"]
+    counts = {k: v for k, v in (enf.get("counts") or {}).items() if isinstance(v, int)}
+    if counts:
+        fields["elements"] = sum(counts.values())
+        fields.update((f"elements_{_field_name(k)}", v) for k, v in list(counts.items())[:MAX_FIELDS // 2])
+    drops = {k: v for k, v in (enf.get("drops") or {}).items() if isinstance(v, int)}
+    if drops:
+        fields["drops"] = sum(drops.values())
+        fields.update((f"drops_{_field_name(k)}", v) for k, v in list(drops.items())[:MAX_FIELDS // 2])
+    rejected = enf.get("rejected") or {}
+    if isinstance(rejected, dict):
+        fields["rejected"] = sum(v for v in rejected.values() if isinstance(v, int))
+    if isinstance(enf.get("table_ready"), bool):
+        fields["table_ready"] = enf["table_ready"]
+    if isinstance(enf.get("last_apply_ms"), (int, float)):
+        fields["last_apply_ms"] = float(enf["last_apply_ms"])
+    return [line("engine_enforcement", {"engine": engine}, fields, ts_ns)] if fields else []
 
 
 class IngestComponent:

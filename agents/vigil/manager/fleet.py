@@ -47,6 +47,7 @@ class EngineView:
     counts: dict = field(default_factory=dict)
     published_generation: int = 0
     behind_since: float | None = None
+    state_seen: bool = False           # a ruleset/state message has come
 
     @property
     def effective_mode(self) -> str:
@@ -95,7 +96,9 @@ class Fleet:
         v.version = msg.get("version", v.version)
         v.last_status = msg.get("ts", 0) / 1000.0
         gen = msg.get("ruleset_generation")
-        if isinstance(gen, int) and not isinstance(gen, bool):
+        # ruleset/state is the authority; a status only fills in until one has come (retained
+        # messages of the two topics may arrive in either order after a restart)
+        if isinstance(gen, int) and not isinstance(gen, bool) and not v.state_seen:
             v.applied_generation = gen
 
     def on_ruleset_state(self, engine: str, msg: dict) -> None:
@@ -103,6 +106,7 @@ class Fleet:
         gen = msg.get("generation")
         if isinstance(gen, int) and not isinstance(gen, bool):
             v.applied_generation = gen
+            v.state_seen = True
         v.applied_at = (msg.get("applied_at") or 0) / 1000.0 or None
         v.ruleset_error = msg.get("error")
         if isinstance(msg.get("counts"), dict):

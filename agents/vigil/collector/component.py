@@ -166,7 +166,10 @@ class CollectorComponent:
                 self.counters.inc("collector_worker_errors")
                 log.exception("collector: failed on a batch of %d messages from %s", len(msgs), sender)
 
-    def handle(self, sender: str, msgs: list[bytes], now: float | None = None) -> list[Event]:
+    def handle(self, sender: str, msgs: list[bytes], now: float | None = None, keep: bool = False) -> list[Event]:
+        """Parse, store and correlate one batch; the events are returned only with ``keep`` (the
+        worker lets each one go once it is done with it: a batch of live events survived GC
+        collections and made full collections frequent)."""
         src_cfg = self.sources.lookup(sender)
         name = src_cfg.name if src_cfg else sender
         hint = src_cfg.format if src_cfg else "auto"
@@ -175,7 +178,8 @@ class CollectorComponent:
         now = time.time() if now is None else now
         # the loop runs for every message: names it uses are looked up once per batch
         stats, process, raw_max = self.stats, self.correlator.process, self.cfg.raw_max
-        add_line, add_event, time_ns = out_lines.append, events.append, time.time_ns
+        add_line, time_ns = out_lines.append, time.time_ns
+        add_event = events.append if keep else None
         empty = 0
         last = self._last_ns
         try:
@@ -191,7 +195,8 @@ class CollectorComponent:
                 last = ts
                 add_line(event_line(ev, sender, ts, raw_max))
                 process(ev, now)
-                add_event(ev)
+                if add_event is not None:
+                    add_event(ev)
         finally:
             self._last_ns = last
             if empty:

@@ -367,6 +367,9 @@ class Correlator:
         self.max_groups = max_groups
         self.counters = counters
         self.state: dict[str, OrderedDict] = {r.name: OrderedDict() for r in rules}
+        # distinct rules: group -> the (value, brief) of its five most recently seen values, kept
+        # beside the state so that the state itself ({value: time}) is never tracked by the GC
+        self.evidence: dict[str, dict[str, tuple]] = {r.name: {} for r in rules if r.type == "distinct"}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
         self._by_type: dict[str, list[Rule]] = {}
@@ -391,11 +394,13 @@ class Correlator:
         if self.counters is not None:
             self.counters.inc(name, n)
 
-    def _put(self, state: OrderedDict, group: str, value: Any, new: bool) -> None:
+    def _put(self, state: OrderedDict, group: str, value: Any, new: bool, evidence: dict | None = None) -> None:
         """Store a group's state (most recently used last); a new group may evict the stalest."""
         if new:
             if len(state) >= self.max_groups:
-                state.popitem(last=False)
+                gone, _ = state.popitem(last=False)
+                if evidence is not None:
+                    evidence.pop(gone, None)
                 self._inc("correlation_groups_evicted")
         else:
             state.move_to_end(group)
@@ -426,6 +431,8 @@ class Correlator:
                 if rule.cooldown:
                     cooldown[g] = now + rule.cooldown
                 state.pop(g, None)
+                if rule.type == "distinct":
+                    self.evidence[rule.name].pop(g, None)
                 fired.append(f)
                 try:
                     self.on_fire(f)
@@ -435,8 +442,9 @@ class Correlator:
         return fired
 
     # Group state is tuples (replaced per event; the GC untracks tuples of plain values) and, for
-    # distinct rules, plain dicts (untracked by full collections until they change): ~100k groups of
-    # deques, OrderedDicts and lists made every full collection walk them all.
+    # distinct rules, dicts of plain values (never tracked): ~100k groups of deques, OrderedDicts and
+    # lists made every full collection walk them all, and their promotion made full collections
+    # frequent.
 
     def _threshold(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
         # state: ((time, brief), ...) of the last ``count`` events, oldest first
@@ -460,7 +468,7 @@ class Correlator:
         val = ev.extra.get(rule.distinct[6:]) if rule.distinct.startswith("extra.") else getattr(ev, rule.distinct)
         if val is None or val == "":
             return None
-        # state: a plain dict value -> (time, brief), least recently seen value first
+        # state: {value: time last seen}, least recently seen first (strings and floats: untracked)
         state = self.state[rule.name]
         seen = state.get(g)
         new = seen is None
@@ -468,18 +476,27 @@ class Correlator:
             seen = {}
         else:
             seen.pop(val, None)
-        seen[val] = (now, brief)
+        seen[val] = now
         window = rule.window
         while True:                             # forget the oldest values that fell out of the window
             first = next(iter(seen))
-            if now - seen[first][0] <= window:
+            if now - seen[first] <= window:
                 break
             del seen[first]
         if len(seen) > rule.count * 4:          # bound memory per group
             del seen[next(iter(seen))]
-        self._put(state, g, seen, new)
+        evidence = self.evidence[rule.name]
+        self._put(state, g, seen, new, evidence)
+        last = evidence.get(g, ())
+        for i, x in enumerate(last):            # a value seen again moves to the end
+            if x[0] == val:
+                last = last[:i] + last[i + 1:]
+                break
+        last = evidence[g] = last[-4:] + ((val, brief),)
         if len(seen) >= rule.count:
-            return Firing(rule, g, len(seen), [_brief(b) for _, b in list(seen.values())[-5:]])
+            # seen is a suffix of the recency order, so its last five values are those of the five
+            # most recent that it still holds
+            return Firing(rule, g, len(seen), [_brief(b) for v, b in last if v in seen])
         return None
 
     def _sequence(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
@@ -512,13 +529,16 @@ class Correlator:
                 if rule.type == "threshold":
                     newest = s[-1][0] if s else None
                 elif rule.type == "distinct":
-                    newest = max((t for t, _ in s.values()), default=None)
+                    newest = max(s.values(), default=None)
                 else:
                     newest = max((x[0] for x in s if x is not None), default=None)
                 if newest is None or now - newest > rule.window:
                     stale.append(g)
+            evidence = self.evidence.get(rule.name)
             for g in stale:
                 del st[g]
+                if evidence is not None:
+                    evidence.pop(g, None)
             cd = self.cooldown[rule.name]
             for g in [g for g, until in cd.items() if until <= now]:
                 del cd[g]

@@ -47,11 +47,14 @@ class Event:
         return {k: getattr(self, k) for k in FIELDS if k != "source"}
 
 
+_PROTO_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "47": "gre", "50": "esp"}
+
+
 def proto_name(value: Any) -> str | None:
     if value is None or value == "":
         return None
     s = str(value).strip().lower()
-    return {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "47": "gre", "50": "esp"}.get(s, s)
+    return _PROTO_NUMBERS.get(s, s)
 
 
 def to_port(value: Any) -> int | None:
@@ -76,13 +79,16 @@ def norm_action(value: Any) -> str | None:
     return _ACTIONS.get(s, s)
 
 
+_PRIORITY_SEVERITY = {1: HIGH, 2: MEDIUM, 3: LOW}
+
+
 def severity_from_priority(p: Any) -> int | None:
     """Snort/Suricata priority: 1 is the most severe."""
     try:
         n = int(p)
     except (TypeError, ValueError):
         return None
-    return {1: HIGH, 2: MEDIUM, 3: LOW}.get(n, INFO)
+    return _PRIORITY_SEVERITY.get(n, INFO)
 
 
 def severity_from_syslog(sev: int) -> int:

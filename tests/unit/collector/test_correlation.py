@@ -136,13 +136,14 @@ def test_sequence_window_is_measured_from_the_first_step(tmp_path):
 def test_state_is_bounded_and_expires(tmp_path):
     rs = rules("""rules:
   - {name: t, type: threshold, match: {source_type: modsecurity}, count: 100, window: 10}
+  - {name: d, type: distinct, match: {source_type: modsecurity}, distinct: sig_id, count: 100, window: 10}
 """, tmp_path)
     c = Correlator(rs, lambda f: None, max_groups=50)
     for i in range(200):
         c.process(waf(f"10.0.{i // 250}.{i % 250}"), 0)
-    assert c.groups() == 50
+    assert c.groups() == 100 and len(c.evidence["d"]) == 50
     c.expire(100)
-    assert c.groups() == 0
+    assert c.groups() == 0 and not c.evidence["d"]
 
 
 @pytest.mark.parametrize("text,where", [
@@ -211,9 +212,14 @@ def test_state_holds_no_events_and_is_untracked_by_the_gc():
         gc.collect()
     for st in c.state.values():
         for s in st.values():
+            assert not gc.is_tracked(s), s
             items = list(s.values()) if isinstance(s, dict) else list(s)
             assert not any(isinstance(x, Event) for x in items)
-            assert not any(gc.is_tracked(x) for x in items if isinstance(x, tuple)), s
+    for name, evidence in c.evidence.items():
+        assert evidence.keys() == c.state[name].keys()
+        assert not any(gc.is_tracked(x) for x in evidence.values())
+    c.expire(1000)
+    assert c.groups() == 0 and not any(c.evidence.values())
 
 
 def test_sequence_keeps_no_state_for_events_that_start_no_chain(tmp_path):

@@ -138,7 +138,7 @@ def test_component_stores_events_and_proposes_from_tick(tmp_path: Path):
     comp = CollectorComponent(cfg, ctx)
     msgs = [(f'[Mon Nov 23 10:00:0{i}.1 2026] [security2:error] [pid 1:tid 2] [client 10.77.0.66:4{i}] '
              f'[client 10.77.0.66] ModSecurity: Warning. [id "942100"] [tag "attack-sqli"]').encode() for i in range(5)]
-    evs = comp.handle("127.0.0.1", msgs + [b"", b"\xff\xfe<13>bad utf8"])
+    evs = comp.handle("127.0.0.1", msgs + [b"", b"\xff\xfe<13>bad utf8"], keep=True)
     assert len(evs) == 6 and evs[0].source == "waf"
     assert len(ctx.writer.lines) == 6
     assert ctx.writer.lines[0].startswith("security_event,action=alert,format=modsecurity-apache,source=waf,"

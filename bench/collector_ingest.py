@@ -129,6 +129,8 @@ def main() -> None:
     print(f"  bare TCP read loop: {base:10,.0f} msg/s (baseline)")
     print(f"  ratio:              {got / base:10.4f}")
     print(f"  goal 20,000 msg/s:  {'met' if got >= 20000 else 'MISSED'}")
+    print(f"  InfluxDB:           {snap.get('influx_points_written', 0) * got / n:10,.0f} points/s acknowledged "
+          "(one point per message)")
     print(f"  counters: events={snap.get('collector_events')} written={snap.get('influx_points_written')} "
           f"pauses={snap.get('syslog_backpressure_pauses', 0)} dropped={snap.get('influx_points_dropped', 0)} "
           f"rules_fired={snap.get('correlation_fired', 0)}")

@@ -4,15 +4,21 @@ Threads: the asyncio listener thread (``server``) and one worker that parses, st
 correlates.  Decisions are handed to ``ctx.decisions`` from ``tick()`` (the manager's supervisor
 thread), so the decision sink never has to be thread-safe towards the collector.
 
-Throughput (not built yet): the worker is one thread and is CPU-bound (about 60-70 us per
-message for the mixed benchmark corpus: parse ~55 %, correlation ~20 %, line building ~12 %);
-the listener thread and the InfluxDB writer share its GIL.  The way past one core is to parse in
-N worker processes fed with whole batches (parsing is stateless).  Routing by sender address is
-NOT enough for correlation: rules group by event fields (``src`` by default), and a sequence rule
-such as scan-then-sqli needs a Snort sensor's and a web server's events about one attacker in
-the same state.  So either correlation stays in one place (the processes return parsed events;
-correlation is the cheaper ~20 %) or events are routed to correlators by the hash of each
-rule's ``group_by`` value after parsing.
+Throughput: one worker thread, CPU-bound, ~26 us per message of the mixed ingest corpus (parse
+and header ~55 %, correlation ~25 %, line protocol ~13 %; docs/collector.md, Performance).
+Correlation state is kept out of the cyclic GC's way (plain tuples and dicts of plain values):
+with Events held in it, full collections were a quarter to a half of the worker's time.
+
+Parsing in worker processes was measured and NOT built: with N processes fed whole batches of
+frames and returning (line, compact fields) -- correlation and storage staying here -- the
+end-to-end bench ran at 33.2k/29.5k msg/s (1 process) and 27.6k/31.5k (2) against 35.9k/31.2k
+for this single worker, because on the 2-core target influxd (~17 us of CPU per point) and the
+sender share the cores, and the manager process still spends ~12 us per message (correlation
+~6 us; receiving ~660 bytes of results per message and rebuilding events the rest).  On a host
+with spare cores it would pay (without InfluxDB: 47k msg/s with 1 parse process against 40k).  If it is built, correlation must not be sharded by sender address: rules group by event
+fields (``src`` by default), and a sequence rule such as scan-then-sqli needs a Snort sensor's
+and a web server's events about one attacker in the same state -- so correlation stays in one
+place, or events are routed to correlators by the hash of each rule's ``group_by`` value.
 """
 from __future__ import annotations
 

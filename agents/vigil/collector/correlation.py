@@ -373,6 +373,8 @@ class Correlator:
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
         self._by_type: dict[str, list[Rule]] = {}
+        # per rule, a closure over its own state and parameters: handler(group, event, brief, now)
+        self._handlers = {r.name: getattr(self, "_" + r.type)(r) for r in rules}
 
     def _rules_for(self, source_type: str) -> list[tuple]:
         """The rules that can match events of a source type, each with what process() needs:
@@ -385,7 +387,7 @@ class Correlator:
                 if any(m.source_types is None or source_type in m.source_types for m in ms):
                     # the source_type condition holds for every event given to this entry
                     test = None if r.type == "sequence" else r.match.test_rest
-                    rs.append((r, test, _getter(r.group_by), getattr(self, "_" + r.type),
+                    rs.append((r, test, _getter(r.group_by), self._handlers[r.name],
                                self.state[r.name], self.cooldown[r.name]))
             self._by_type[source_type] = rs
         return rs
@@ -394,17 +396,13 @@ class Correlator:
         if self.counters is not None:
             self.counters.inc(name, n)
 
-    def _put(self, state: OrderedDict, group: str, value: Any, new: bool, evidence: dict | None = None) -> None:
-        """Store a group's state (most recently used last); a new group may evict the stalest."""
-        if new:
-            if len(state) >= self.max_groups:
-                gone, _ = state.popitem(last=False)
-                if evidence is not None:
-                    evidence.pop(gone, None)
-                self._inc("correlation_groups_evicted")
-        else:
-            state.move_to_end(group)
-        state[group] = value
+    def _evict(self, rule: Rule, state: OrderedDict) -> None:
+        """Make room for a new group: the least recently used one goes."""
+        gone, _ = state.popitem(last=False)
+        evidence = self.evidence.get(rule.name)
+        if evidence is not None:
+            evidence.pop(gone, None)
+        self._inc("correlation_groups_evicted")
 
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
@@ -425,7 +423,7 @@ class Correlator:
                     del cooldown[g]
             if brief is None:
                 brief = _brief_tuple(ev)
-            f = handler(rule, g, ev, brief, now)
+            f = handler(g, ev, brief, now)
             if f is not None:
                 self.fired[rule.name] += 1
                 if rule.cooldown:
@@ -446,80 +444,110 @@ class Correlator:
     # lists made every full collection walk them all, and their promotion made full collections
     # frequent.
 
-    def _threshold(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
+    # The handlers: one closure per rule, made once (its state, window and count bound to locals).
+    # A new group may evict the least recently used one; an existing group moves to the end.
+
+    def _threshold(self, rule: Rule) -> Callable[[str, Event, tuple, float], Firing | None]:
         # state: ((time, brief), ...) of the last ``count`` events, oldest first
-        state = self.state[rule.name]
-        old = q = state.get(g)
-        if q is None:
-            q = ((now, brief),)
-        else:
-            keep = rule.count - 1
-            start = len(q) - keep if len(q) > keep else 0
-            window = rule.window
-            while start < len(q) and now - q[start][0] > window:
-                start += 1
-            q = q[start:] + ((now, brief),)
-        self._put(state, g, q, old is None)
-        if len(q) >= rule.count:
-            return Firing(rule, g, len(q), [_brief(b) for _, b in q[-5:]])
-        return None
+        state, count, window, max_groups, evict = self.state[rule.name], rule.count, rule.window, \
+            self.max_groups, self._evict
+        keep = count - 1
 
-    def _distinct(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
-        val = ev.extra.get(rule.distinct[6:]) if rule.distinct.startswith("extra.") else getattr(ev, rule.distinct)
-        if val is None or val == "":
+        def handle(g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
+            q = state.get(g)
+            if q is None:
+                if len(state) >= max_groups:
+                    evict(rule, state)
+                q = state[g] = ((now, brief),)
+            else:
+                n = len(q)
+                start = n - keep if n > keep else 0
+                while start < n and now - q[start][0] > window:
+                    start += 1
+                q = q[start:] + ((now, brief),)
+                state.move_to_end(g)
+                state[g] = q
+            if len(q) >= count:
+                return Firing(rule, g, len(q), [_brief(b) for _, b in q[-5:]])
             return None
-        # state: {value: time last seen}, least recently seen first (strings and floats: untracked)
-        state = self.state[rule.name]
-        seen = state.get(g)
-        new = seen is None
-        if new:
-            seen = {}
-        else:
-            seen.pop(val, None)
-        seen[val] = now
-        window = rule.window
-        while True:                             # forget the oldest values that fell out of the window
-            first = next(iter(seen))
-            if now - seen[first] <= window:
-                break
-            del seen[first]
-        if len(seen) > rule.count * 4:          # bound memory per group
-            del seen[next(iter(seen))]
-        evidence = self.evidence[rule.name]
-        self._put(state, g, seen, new, evidence)
-        last = evidence.get(g, ())
-        for i, x in enumerate(last):            # a value seen again moves to the end
-            if x[0] == val:
-                last = last[:i] + last[i + 1:]
-                break
-        last = evidence[g] = last[-4:] + ((val, brief),)
-        if len(seen) >= rule.count:
-            # seen is a suffix of the recency order, so its last five values are those of the five
-            # most recent that it still holds
-            return Firing(rule, g, len(seen), [_brief(b) for v, b in last if v in seen])
-        return None
+        return handle
 
-    def _sequence(self, rule: Rule, g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
-        matched = [i for i, m in enumerate(rule.steps) if m.test(ev)]
-        if not matched:
+    def _distinct(self, rule: Rule) -> Callable[[str, Event, tuple, float], Firing | None]:
+        # state: {value: time last seen}, least recently seen first (strings and floats: untracked);
+        # evidence: the (value, brief) of the group's five most recently seen values
+        state, evidence, count, window, max_groups, evict = self.state[rule.name], self.evidence[rule.name], \
+            rule.count, rule.window, self.max_groups, self._evict
+        bound = count * 4                       # values kept per group at most
+        value_of = _getter(rule.distinct)
+
+        def handle(g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
+            val = value_of(ev)
+            if val is None or val == "":
+                return None
+            seen = state.get(g)
+            if seen is None:
+                if len(state) >= max_groups:
+                    evict(rule, state)
+                seen = state[g] = {val: now}
+                last = evidence[g] = ((val, brief),)
+            else:
+                seen.pop(val, None)
+                seen[val] = now
+                while True:                     # forget the oldest values that fell out of the window
+                    first = next(iter(seen))
+                    if now - seen[first] <= window:
+                        break
+                    del seen[first]
+                if len(seen) > bound:
+                    del seen[next(iter(seen))]
+                state.move_to_end(g)
+                last = evidence.get(g, ())
+                for i, x in enumerate(last):    # a value seen again moves to the end
+                    if x[0] == val:
+                        last = last[:i] + last[i + 1:]
+                        break
+                last = evidence[g] = last[-4:] + ((val, brief),)
+            if len(seen) >= count:
+                # seen is a suffix of the recency order, so its last five values are those of the
+                # five most recent that it still holds
+                return Firing(rule, g, len(seen), [_brief(b) for v, b in last if v in seen])
             return None
+        return handle
+
+    def _sequence(self, rule: Rule) -> Callable[[str, Event, tuple, float], Firing | None]:
         # state: per step, None or (start time, briefs) of the chain that has completed that step
         # (the latest live one).  A group is made only when the event starts a chain.
-        state = self.state[rule.name]
-        old = state.get(g)
-        if old is None and matched[0] != 0:
+        state, window, max_groups, evict = self.state[rule.name], rule.window, self.max_groups, self._evict
+        tests = tuple(m.test for m in rule.steps)
+        nsteps = len(tests)
+
+        def handle(g: str, ev: Event, brief: tuple, now: float) -> Firing | None:
+            matched = [i for i, t in enumerate(tests) if t(ev)]
+            if not matched:
+                return None
+            old = state.get(g)
+            if old is None:
+                if matched[0] != 0:
+                    return None
+                st = [None] * nsteps
+            else:
+                st = list(old)
+            for i in reversed(matched):
+                if i == 0:
+                    st[0] = (now, (brief,))
+                elif st[i - 1] is not None and now - st[i - 1][0] <= window:
+                    st[i] = (st[i - 1][0], st[i - 1][1] + (brief,))
+            if old is None:
+                if len(state) >= max_groups:
+                    evict(rule, state)
+            else:
+                state.move_to_end(g)
+            state[g] = tuple(st)
+            last = st[-1]
+            if last is not None:
+                return Firing(rule, g, nsteps, [_brief(b) for b in last[1]])
             return None
-        st = list(old) if old is not None else [None] * len(rule.steps)
-        for i in reversed(matched):
-            if i == 0:
-                st[0] = (now, (brief,))
-            elif st[i - 1] is not None and now - st[i - 1][0] <= rule.window:
-                st[i] = (st[i - 1][0], st[i - 1][1] + (brief,))
-        self._put(state, g, tuple(st), old is None)
-        last = st[-1]
-        if last is not None:
-            return Firing(rule, g, len(rule.steps), [_brief(b) for b in last[1]])
-        return None
+        return handle
 
     def expire(self, now: float) -> None:
         for rule in self.rules:

@@ -367,7 +367,7 @@ class Correlator:
         self.max_groups = max_groups
         self.counters = counters
         self.state: dict[str, OrderedDict] = {r.name: OrderedDict() for r in rules}
-        # distinct rules: group -> the (value, brief) of its five most recently seen values, kept
+        # distinct rules: group -> (value, *brief) of its five most recently seen values, kept
         # beside the state so that the state itself ({value: time}) is never tracked by the GC
         self.evidence: dict[str, dict[str, tuple]] = {r.name: {} for r in rules if r.type == "distinct"}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
@@ -448,7 +448,9 @@ class Correlator:
     # A new group may evict the least recently used one; an existing group moves to the end.
 
     def _threshold(self, rule: Rule) -> Callable[[str, Event, tuple, float], Firing | None]:
-        # state: ((time, brief), ...) of the last ``count`` events, oldest first
+        # state: ((time, *brief), ...) of the last ``count`` events, oldest first.  Records are
+        # flat: the GC untracks a tuple only once what it holds is untracked, one level per
+        # collection, so nested (time, brief) records reached the oldest generation
         state, count, window, max_groups, evict = self.state[rule.name], rule.count, rule.window, \
             self.max_groups, self._evict
         keep = count - 1
@@ -458,23 +460,23 @@ class Correlator:
             if q is None:
                 if len(state) >= max_groups:
                     evict(rule, state)
-                q = state[g] = ((now, brief),)
+                q = state[g] = ((now,) + brief,)
             else:
                 n = len(q)
                 start = n - keep if n > keep else 0
                 while start < n and now - q[start][0] > window:
                     start += 1
-                q = q[start:] + ((now, brief),)
+                q = q[start:] + ((now,) + brief,)
                 state.move_to_end(g)
                 state[g] = q
             if len(q) >= count:
-                return Firing(rule, g, len(q), [_brief(b) for _, b in q[-5:]])
+                return Firing(rule, g, len(q), [_brief(r[1:]) for r in q[-5:]])
             return None
         return handle
 
     def _distinct(self, rule: Rule) -> Callable[[str, Event, tuple, float], Firing | None]:
         # state: {value: time last seen}, least recently seen first (strings and floats: untracked);
-        # evidence: the (value, brief) of the group's five most recently seen values
+        # evidence: (value, *brief) of the group's five most recently seen values (flat records)
         state, evidence, count, window, max_groups, evict = self.state[rule.name], self.evidence[rule.name], \
             rule.count, rule.window, self.max_groups, self._evict
         bound = count * 4                       # values kept per group at most
@@ -489,7 +491,7 @@ class Correlator:
                 if len(state) >= max_groups:
                     evict(rule, state)
                 seen = state[g] = {val: now}
-                last = evidence[g] = ((val, brief),)
+                last = evidence[g] = ((val,) + brief,)
             else:
                 seen.pop(val, None)
                 seen[val] = now
@@ -506,11 +508,11 @@ class Correlator:
                     if x[0] == val:
                         last = last[:i] + last[i + 1:]
                         break
-                last = evidence[g] = last[-4:] + ((val, brief),)
+                last = evidence[g] = last[-4:] + ((val,) + brief,)
             if len(seen) >= count:
                 # seen is a suffix of the recency order, so its last five values are those of the
                 # five most recent that it still holds
-                return Firing(rule, g, len(seen), [_brief(b) for v, b in last if v in seen])
+                return Firing(rule, g, len(seen), [_brief(r[1:]) for r in last if r[0] in seen])
             return None
         return handle
 

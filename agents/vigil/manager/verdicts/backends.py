@@ -144,16 +144,18 @@ class Clamd:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, open(sample, "rb") as f:
                 s.settimeout(self.timeout)
                 s.connect(str(self.socket_path))
-                s.sendall(b"zINSTREAM\0")
-                while chunk := f.read(self.CHUNK):
-                    s.sendall(struct.pack(">I", len(chunk)) + chunk)
-                s.sendall(struct.pack(">I", 0))
-                buf = b""
-                while not buf.endswith(b"\0"):
-                    part = s.recv(4096)
-                    if not part:
-                        break
-                    buf += part
+                try:
+                    s.sendall(b"zINSTREAM\0")
+                    while chunk := f.read(self.CHUNK):
+                        s.sendall(struct.pack(">I", len(chunk)) + chunk)
+                    s.sendall(struct.pack(">I", 0))
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    # clamd answers "INSTREAM size limit exceeded. ERROR" and hangs up while we
+                    # are still sending (StreamMaxLength): report its words, not the broken pipe
+                    said = _read_answer(s).decode(errors="replace")
+                    raise BackendError(f"clamd at {self.socket_path} stopped reading the sample: "
+                                       f"{said or exc}") from None
+                buf = _read_answer(s, raising=True)
         except OSError as exc:
             raise BackendError(f"clamd at {self.socket_path}: {exc}") from None
         answer = buf.rstrip(b"\0").decode(errors="replace")
@@ -164,6 +166,21 @@ class Clamd:
         if answer.endswith(": OK"):
             return None
         raise BackendError(f"clamd answered {answer[:200]!r}")
+
+
+def _read_answer(s: socket.socket, raising: bool = False) -> bytes:
+    """clamd's reply, up to its NUL terminator or the end of the stream."""
+    buf = b""
+    try:
+        while not buf.endswith(b"\0"):
+            part = s.recv(4096)
+            if not part:
+                break
+            buf += part
+    except OSError:
+        if raising:
+            raise
+    return buf.rstrip(b"\0") if not raising else buf
 
 
 class BackendError(RuntimeError):

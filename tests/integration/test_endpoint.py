@@ -261,6 +261,15 @@ def test_kernel_cache_skips_benign_until_the_verdict_changes(stack):
         for _ in range(5):
             assert execute(target) == 0
         assert events() == n                            # the kernel no longer asks
+        # a write drops the kernel's mark: the file is asked about (and, new ctime, hashed) again
+        hashed = call(agent.sock, "endpoint.status")["decider"]["counters"]["hashed"]
+        data = target.read_bytes()
+        with open(target, "r+b") as f:
+            f.seek(len(data) - 1)
+            f.write(data[-1:])                          # the same byte: the hash stays benign
+        assert execute(target) == 0 and events() == n + 1
+        assert call(agent.sock, "endpoint.status")["decider"]["counters"]["hashed"] == hashed + 1
+        assert execute(target) == 0 and events() == n + 1   # marked again (still benign)
         assert stack.vigilctl("hashes", "block", sha).returncode == 0
         wait_until(lambda: execute(target) == "EPERM", 5, "block after the ignore marks were flushed")
         assert call(agent.sock, "endpoint.status")["decider"]["counters"].get("ignore_flushes_verdict") == 1

@@ -240,6 +240,13 @@ def test_kernel_cache_marks_benign_and_flushes_on_change(tmp_path):
     fd, _ = _file(tmp_path / "good", b"good program")
     d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd, 1))
     assert group.answers[-1] == (fd, False) and group.ignores == [good_fd]
+    d.verdicts.put(good, "benign", "operator", 600)      # cleared again: marked again
+    fd, _ = _file(tmp_path / "good", b"good program")
+    d.on_event(fan.Event(fan.FAN_OPEN_EXEC_PERM, fd, 1))
+    assert group.answers[-1] == (fd, True) and group.ignores == [good_fd, fd] and d.ignored == 1
+    ours.send(json.dumps({"t": "mode", "mode": "lockdown"}).encode())
+    d.on_messages()                                          # a mode change flushes every mark
+    assert group.flushes == 2 and d.ignored == 0 and d.c["ignore_flushes_mode"] == 1
     ours.close()
     theirs.close()
 

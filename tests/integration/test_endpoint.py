@@ -313,3 +313,21 @@ def test_agent_killed_leaves_no_fanotify_group(stack):
                    "zombie" in Path(f"/proc/{decider}/status").read_text(), 5, "decider exit")
         wait_until(lambda: not fanotify_marks_on(stack.mnt_id), 5, "marks released")
         assert execute(stack.benign) == 0
+
+
+def test_killed_decider_is_restarted_and_events_still_reported(stack):
+    """The decider-reader thread notices the decider's end at once and starts a new one; allowed
+    execs are reported in the batch without the agent running a batch timer of its own."""
+    target, sha = stack.binary("restart", uuid.uuid4().bytes)
+    with stack.agent("block-malicious", "rs") as agent:
+        old = call(agent.sock, "endpoint.status")["decider_pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: call(agent.sock, "endpoint.status")["decider_pid"] not in (None, old), 5,
+                   "a new decider")
+        st = call(agent.sock, "endpoint.status")
+        assert st["counters"]["decider_restarts"] == 1 and fanotify_marks_on(stack.mnt_id)
+        assert execute(stack.listed) == "EPERM"       # decided by the new decider
+        for _ in range(3):
+            assert execute(target) == 0
+        wait_until(lambda: sum(h["kind"] == "executed" for h in stack.ctl("verdicts.get", sha256=sha)["history"])
+                   or None, 5, "executions reported to the manager")

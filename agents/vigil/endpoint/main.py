@@ -53,6 +53,7 @@ class EndpointService:
         self.control.register("endpoint.recent", self.recent_decisions)
         self._events: collections.deque = collections.deque()
         self._events_lock = threading.Lock()
+        self._batch_started: float | None = None   # when the oldest waiting event arrived (monotonic)
         self._recent: collections.deque = collections.deque(maxlen=RECENT)
         self._paths: collections.OrderedDict[str, str] = collections.OrderedDict()  # sha -> last path
         self._asks: dict[bytes, tuple[str, float]] = {}   # correlation -> (sha, sent monotonic)
@@ -62,10 +63,13 @@ class EndpointService:
         self._stats_event = threading.Event()
         self.decider: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
-        self._stop = threading.Event()
+        self._decider_lock = threading.Lock()      # restarts (reader thread) vs. shutdown (run)
+        self._stopping = threading.Event()
+        self._stop: threading.Event | None = None  # run()'s stop event
+        self._fatal: str | None = None
 
     # -- the decider process ----------------------------------------------------------------
-    def start_decider(self, timeout: float = 10.0) -> None:
+    def start_decider(self, timeout: float = 10.0, reader: bool = True) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (ours, theirs):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -89,7 +93,8 @@ class EndpointService:
         ours.settimeout(None)
         self.sock = ours
         log.info("decider %d watching %s in %s mode", first["pid"], ", ".join(first["mounts"]), self.mode)
-        threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
+        if reader:
+            threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
 
     def to_decider(self, msg: dict) -> None:
         sock = self.sock
@@ -100,12 +105,32 @@ class EndpointService:
         except OSError:
             self.counters.inc("decider_send_errors")
 
-    def _read_decider(self, sock: socket.socket) -> None:
+    def _read_decider(self, sock: socket.socket | None) -> None:
+        """The decider's messages, and the event batches: this thread publishes them, so the agent
+        has no timer of its own for them.  A summary (``evs``, sent by the decider once per
+        batch_interval while cached execs run) is published on arrival, a block at once; any
+        other waiting event within batch_interval (a recv timeout, armed only while one waits).
+        When the decider ends, this thread starts the next one and goes on reading from it: it
+        must live on, as the decider's parent death signal follows the thread that spawned it."""
+        while sock is not None:
+            self._read_messages(sock)
+            sock = self._decider_gone(sock)
+
+    def _read_messages(self, sock: socket.socket) -> None:
+        timeout: float | None = None
         while True:
+            started = self._batch_started
+            wait = None if started is None else max(0.001, started + self.cfg.batch_interval - time.monotonic())
             try:
+                if wait != timeout:
+                    sock.settimeout(wait)
+                    timeout = wait
                 raw = sock.recv(1 << 20)
+            except (TimeoutError, BlockingIOError):
+                self.flush_events()
+                continue
             except OSError:
-                return
+                raw = b""
             if not raw:
                 return
             try:
@@ -116,6 +141,7 @@ class EndpointService:
                 elif t == "evs":
                     for ev in msg["events"]:
                         self._on_decision(ev)
+                    self.flush_events()
                 elif t == "ask":
                     self._ask(msg["sha256"], msg.get("size"), msg.get("path", ""))
                 elif t == "stats":
@@ -124,25 +150,56 @@ class EndpointService:
             except (ValueError, KeyError, TypeError):
                 self.counters.inc("decider_bad_messages")
 
+    def _decider_gone(self, sock: socket.socket) -> socket.socket | None:
+        """The decider closed its end (it exited): start the next one at once; its socket, or None
+        when the agent is stopping or the start failed (then the agent stops with the error)."""
+        with self._decider_lock:
+            if self._stopping.is_set() or sock is not self.sock or self.decider is None:
+                return None
+            try:
+                self.decider.wait(2)
+            except subprocess.TimeoutExpired:
+                self.decider.kill()
+                self.decider.wait()
+            self.counters.inc("decider_restarts")
+            log.error("the decider exited (%s); restarting it", self.decider.returncode)
+            self.sock = None
+            sock.close()
+            try:
+                self.start_decider(reader=False)
+            except StartupError as exc:
+                self._fatal = str(exc)
+                if self._stop is not None:
+                    self._stop.set()
+                return None
+            return self.sock
+
     def _on_decision(self, ev: dict) -> None:
         ev.pop("t", None)
         self.counters.inc(f"executions_{ev['action']}", int(ev.get("count", 1)))
         if ev.get("sha256"):
-            self._paths[ev["sha256"]] = ev.get("path", "")
-            self._paths.move_to_end(ev["sha256"])
-            if len(self._paths) > 4096:
-                self._paths.popitem(last=False)
+            self._remember_path(ev["sha256"], ev.get("path", ""))
         self._recent.append(ev)
         with self._events_lock:
             self._events.append(ev)
+            if self._batch_started is None:
+                self._batch_started = time.monotonic()
             if len(self._events) > self.cfg.max_pending_events:
                 self._events.popleft()
                 self.counters.inc("events_dropped")
         if ev["action"] != "allowed":
             self.flush_events()   # a block is news for the manager (quarantine): do not wait for the batch
 
+    def _remember_path(self, sha: str, path: str) -> None:
+        self._paths[sha] = path
+        self._paths.move_to_end(sha)
+        if len(self._paths) > 4096:
+            self._paths.popitem(last=False)
+
     # -- verdicts over MQTT ----------------------------------------------------------------
     def _ask(self, sha: str, size: int | None, path: str) -> None:
+        if path:
+            self._remember_path(sha, path)       # the manager may ask for the sample before the event
         if not self.mqtt.connected.is_set():
             self.counters.inc("verdict_requests_offline")
             self.to_decider({"t": "verdict", "sha256": sha, "error": "offline"})
@@ -245,6 +302,7 @@ class EndpointService:
 
     def _on_connected(self) -> None:
         self.publish_status()
+        self.flush_events()      # what waited while the broker was away
 
     def publish_status(self) -> None:
         st = self._stats   # the decider's last answer; a fresh one is asked for the next status
@@ -261,10 +319,14 @@ class EndpointService:
 
     def flush_events(self) -> None:
         if not self.mqtt.connected.is_set():
-            return  # kept (bounded) until the broker is back
+            with self._events_lock:      # kept (bounded) until the broker is back; retried then and
+                if self._events:         # every batch_interval
+                    self._batch_started = time.monotonic()
+            return
         with self._events_lock:
             batch = list(self._events)
             self._events.clear()
+            self._batch_started = None
         if not batch:
             return
         for i in range(0, len(batch), 500):
@@ -303,33 +365,39 @@ class EndpointService:
         self.mqtt.subscribe(topics.endpoint(eid, "sample/request"), self._on_sample_request)
         self.control.start()
         self.mqtt.start()
-        next_batch = time.monotonic() + self.cfg.batch_interval
+        self._stop = stop
+        # Nothing here runs per batch: the decider-reader thread publishes events and restarts a
+        # dead decider.  This thread wakes for the status (every status_interval) and, while the
+        # broker is unreachable, every batch_interval to notice a refusal (mqtt.fatal).
         next_status = time.monotonic() + self.cfg.status_interval
         try:
-            while not stop.wait(self.cfg.batch_interval):
+            while True:
                 now = time.monotonic()
-                if self.decider.poll() is not None:
-                    self.counters.inc("decider_restarts")
-                    log.error("the decider exited (%s); restarting it", self.decider.returncode)
-                    self.start_decider()
-                if now >= next_batch:
-                    self.flush_events()
-                    next_batch = now + self.cfg.batch_interval
+                wait = next_status - now
+                if not self.mqtt.connected.is_set():
+                    wait = min(wait, self.cfg.batch_interval)
+                if stop.wait(max(0.0, wait)):
+                    if self._fatal:      # set (with stop) by a decider restart that failed
+                        raise StartupError(self._fatal)
+                    break
+                now = time.monotonic()
                 if now >= next_status:
                     self.publish_status()
                     next_status = now + self.cfg.status_interval
-                with self._asks_lock:
-                    for corr in [c for c, (_, t) in self._asks.items() if now - t > 30]:
-                        del self._asks[corr]
+                    with self._asks_lock:
+                        for corr in [c for c, (_, t) in self._asks.items() if now - t > 30]:
+                            del self._asks[corr]
                 if self.mqtt.fatal:
                     raise StartupError(f"MQTT broker refused the endpoint: {self.mqtt.fatal}")
         finally:
-            if self.decider is not None and self.decider.poll() is None:
-                self.decider.terminate()
-                try:
-                    self.decider.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.decider.kill()
+            self._stopping.set()
+            with self._decider_lock:
+                if self.decider is not None and self.decider.poll() is None:
+                    self.decider.terminate()
+                    try:
+                        self.decider.wait(5)
+                    except subprocess.TimeoutExpired:
+                        self.decider.kill()
             self.flush_events()
             self.mqtt.publish_wait(self.status_topic, payload.encode("endpoint-status", eid, {"state": "offline"}),
                                    retain=True, timeout=2)

@@ -103,7 +103,12 @@ def _client(values: list[str], apache24: bool) -> tuple[str | None, int | None]:
     if not values:
         return None, None
     first = values[0].strip()
-    addr = next((v.strip() for v in values[1:] if _is_ip(v.strip())), None)
+    addr = None
+    for v in values[1:]:                # the first of the others that is an address
+        v = v.strip()
+        if _is_ip(v):
+            addr = v
+            break
     port = None
     if addr and first.startswith(addr + ":") and first[len(addr) + 1:].isdecimal():
         return addr, int(first[len(addr) + 1:])

@@ -20,6 +20,7 @@ _ALIASES = {
     "transportProtocol": "proto", "deviceAction": "act", "deviceHostName": "dvchost",
     "deviceAddress": "dvc", "deviceEventCategory": "cat", "deviceReceiptTime": "rt",
 }
+_ALIAS_NAMES = frozenset(_ALIASES)
 
 
 def looks_like(body: str) -> bool:
@@ -35,7 +36,7 @@ def _unesc(s: str) -> str:
 def split_header(s: str) -> list[str]:
     """Seven header fields and the extension; pipes escaped with a backslash do not split."""
     fast = s.split("|", 7)
-    if not any("\\" in p for p in fast[:7]):
+    if "\\" not in s or not any("\\" in p for p in fast[:7]):
         return fast
     parts, cur, i, n = [], [], 0, len(s)
     while i < n and len(parts) < 7:
@@ -102,9 +103,10 @@ def parse(body: str, raw: str, header_time: float | None = None, header_host: st
         h.append("")
     version, vendor, product, dversion, sig_id, name, sev, ext = h
     kv = extension(ext) if ext else {}
-    for long_name, short in _ALIASES.items():     # full key names as the short ones
-        if long_name in kv:
-            kv.setdefault(short, kv.pop(long_name))
+    if not _ALIAS_NAMES.isdisjoint(kv):
+        for long_name, short in _ALIASES.items():     # full key names as the short ones
+            if long_name in kv:
+                kv.setdefault(short, kv.pop(long_name))
     ev = Event("cef", "cef", raw, time=_time(kv.get("rt")) or header_time)
     ev.device = kv.get("dvchost") or kv.get("dvc") or header_host
     ev.src, ev.dst = kv.get("src") or None, kv.get("dst") or None

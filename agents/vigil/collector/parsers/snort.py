@@ -57,7 +57,7 @@ def _alert(text: str):
         if j < 0:
             return None
     ids = text[1:j].split(":")
-    if len(ids) != 3 or not all(x.isdecimal() for x in ids):
+    if len(ids) != 3 or not (ids[0].isdecimal() and ids[1].isdecimal() and ids[2].isdecimal()):
         return None
     rest = text[j + 2:]
     k = rest.find(" [**]")

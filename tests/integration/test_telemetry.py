@@ -4,7 +4,9 @@ and the retained status."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vigil import payload
+from vigil.lab.services import ManagedProcess
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +261,34 @@ def test_vlan_tagged_flow_carries_its_vlan_id(engine_lab):
     assert sum(r["orig_pkts"] for r in recs) == 3
     untagged = col.wait(lambda: col.records(proto="icmp", dst=lab.ip("server")), 15, "the untagged ping")
     assert all(r["vlan"] is None for r in untagged)
+
+
+def test_refused_credentials_make_the_engine_exit_for_its_service_manager_to_retry(lab):
+    """Waiting never fixes a wrong password: the engine exits non-zero (systemd restarts it with
+    Restart=on-failure) instead of running on disconnected; its kernel tables stay."""
+    d = lab.run_dir / "mq-auth"
+    d.mkdir()
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(d / "passwd"), "engine-e1", "right-secret"],
+                   check=True, capture_output=True, timeout=20)
+    sock = d / "mqtt.sock"
+    (d / "mosquitto.conf").write_text(f"per_listener_settings false\nallow_anonymous false\n"
+                                      f"password_file {d / 'passwd'}\nlog_dest stderr\nlistener 0 {sock}\n")
+    for p in (d, d / "passwd", d / "mosquitto.conf"):
+        shutil.chown(p, "mosquitto")
+    broker = ManagedProcess("mq-auth", ["mosquitto", "-c", str(d / "mosquitto.conf")], lab.run_dir).start()
+    lab.procs["mq-auth"] = broker        # stopped by the lab fixture whatever happens
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert broker.alive() and time.monotonic() < deadline, broker.log_text()
+        time.sleep(0.05)
+    eng = lab.start_engine(mqtt={"transport": "unix", "path": str(sock), "username": "engine-e1",
+                                 "password": "wrong-secret", "reconnect_min": 0.2, "reconnect_max": 1.0})
+    deadline = time.monotonic() + 30
+    while eng.alive():
+        assert time.monotonic() < deadline, f"the engine kept running:\n{eng.log_text()[-2000:]}"
+        time.sleep(0.1)
+    assert eng.proc.returncode != 0
+    log = eng.log_text()
+    assert "MQTT broker refused the engine" in log and ("Not authorized" in log or "Bad user name" in log), log
+    # fail-open: the datapath the engine installed is still in the kernel
+    assert lab.run("engine", ["nft", "list", "table", "bridge", "vigil"], check=False).returncode == 0

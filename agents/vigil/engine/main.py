@@ -275,6 +275,10 @@ class EngineService:
                 if now >= next_status:
                     self.publish_status()
                     next_status = now + self.cfg.status_interval
+                if self.mqtt.fatal:
+                    # refused credentials never heal by waiting: exit non-zero so the service
+                    # manager restarts us (and retries) — the kernel's rule set keeps working
+                    raise StartupError(f"MQTT broker refused the engine: {self.mqtt.fatal}")
                 self.publisher.pump()
                 self.outbox.flush(self.learning.mode)
                 # wake early for an urgent event (a block decision) or to drain the spool

@@ -20,6 +20,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.pki import make_pki
+from tests.support.waiting import wait_for
 from vigil import control, payload, ruleset, topics
 from vigil.influx import InfluxError
 from vigil.lab.services import free_port
@@ -28,22 +30,6 @@ pytestmark = pytest.mark.integration
 
 ATTACKER = "10.77.0.66"
 POLICY = {"ladder": [300, 600], "allowlist": ["10.77.0.1/32"]}
-
-
-def make_pki(d: Path, cn: str = "127.0.0.1") -> dict[str, Path]:
-    """A throw-away CA and a server certificate for ``cn`` (also as IP SAN)."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vigil-test-ca",
-         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(d / "server.key"),
-         "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text(f"subjectAltName=IP:{cn}\nextendedKeyUsage=serverAuth\n")
-    ossl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-         "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.pem"))
-    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
 
 
 def sample_lines(samples_dir: Path, rel: str) -> list[str]:
@@ -66,17 +52,6 @@ def sqli_line(i: int) -> str:
             f"rules/REQUEST-942-APPLICATION-ATTACK-SQLI.conf\"] [line \"65\"] [id \"942100\"] "
             f"[msg \"SQL Injection Attack Detected via libinjection\"] [severity \"CRITICAL\"] "
             f"[tag \"attack-sqli\"] [hostname \"10.77.0.10\"] [uri \"/\"] [unique_id \"u{i}\"]")
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def count(lab, where: str) -> int:

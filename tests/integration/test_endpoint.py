@@ -12,7 +12,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
+from tests.support.waiting import wait_for
 from vigil.control import call
 from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, vigil_command
 
@@ -30,30 +31,6 @@ pytestmark = pytest.mark.integration
 TRUE = Path("/bin/true").read_bytes()
 MARKER = b"VIGIL-TEST-MALWARE-5f1c0b9e"
 LOADER = "/lib64/ld-linux-x86-64.so.2"
-
-
-def mount_id(path: Path) -> int | None:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        f = line.split()
-        if f[4] == str(path):
-            return int(f[0])
-    return None
-
-
-def fanotify_marks_on(mnt_id: int) -> list[str]:
-    """Processes holding a fanotify group with a mark on the given mount (from /proc/*/fdinfo)."""
-    found = []
-    for fd in Path("/proc").glob("[0-9]*/fd/*"):
-        try:
-            if os.readlink(fd) != "anon_inode:[fanotify]":
-                continue
-            info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            if line.startswith("fanotify mnt_id:") and int(line.split()[1].split(":")[1], 16) == mnt_id:
-                found.append(f"{fd}: {line}")
-    return found
 
 
 class Stack:
@@ -130,24 +107,10 @@ def execute(path: Path, via_loader: bool = False) -> int | str:
     return r.returncode
 
 
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def stack():
-    # Not under /run/vigil-lab: `vigil-lab clean` removes lab directories without an owner.pid there.
-    run = Path("/run/vigil-endpoint-tests") / f"ep{uuid.uuid4().hex[:6]}"
+    run, _ = mount_tmpfs("ep", size="64m")
     s = Stack(run)
-    s.mnt.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", f"vigil-test-{run.name}", str(s.mnt)],
-                   check=True)
     try:
         assert os.path.ismount(s.mnt)
         s.mnt_id = mount_id(s.mnt)
@@ -165,8 +128,7 @@ def stack():
             s.manager.stop()
         for p in reversed(s.procs):
             p.stop()
-        subprocess.run(["umount", "-l", str(s.mnt)], check=False)
-        shutil.rmtree(run, ignore_errors=True)
+        remove_tmpfs(run)
 
 
 def test_block_malicious_denies_listed_and_yara_allows_unknown(stack):
@@ -180,14 +142,14 @@ def test_block_malicious_denies_listed_and_yara_allows_unknown(stack):
         assert execute(unknown) == 0
         # unknown at first: runs, the manager asks for the sample, YARA matches, the verdict is pushed
         assert execute(yara_bin) == 0
-        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
-                   "YARA verdict")
-        wait_until(lambda: execute(yara_bin) == "EPERM", 5, "pushed verdict reaching the endpoint")
+        wait_for(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                 "YARA verdict")
+        wait_for(lambda: execute(yara_bin) == "EPERM", 5, "pushed verdict reaching the endpoint")
         rec = stack.ctl("verdicts.get", sha256=yara_sha)["record"]
         assert rec["source"] == "yara:Vigil_Test_Marker"
         # execution reports reach the manager; malicious ones become quarantine proposals
-        wait_until(lambda: stack.ctl("manager.status")["counters"].get("quarantine_proposed", 0) >= 2, 5,
-                   "quarantine proposals")
+        wait_for(lambda: stack.ctl("manager.status")["counters"].get("quarantine_proposed", 0) >= 2, 5,
+                 "quarantine proposals")
         hist = stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]
         assert any(h["kind"] == "blocked" and h["source"] == "bm" for h in hist)
         out = subprocess.run([*vigil_command("vigil-endpoint-console"), "--socket", str(agent.sock)],
@@ -206,8 +168,8 @@ def test_lockdown_denies_unknown_and_malicious(stack):
         assert execute(unknown) == "EPERM"
         assert execute(yara_bin) == "EPERM"
         # the denied file's sample still reaches the analysis
-        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
-                   "YARA verdict for a blocked file")
+        wait_for(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                 "YARA verdict for a blocked file")
         unknowns = json.loads(stack.vigilctl("--json", "hashes", "unknowns").stdout)
         assert unknown_sha in {u["sha256"] for u in unknowns}
 
@@ -220,17 +182,17 @@ def test_monitor_only_reports(stack):
         recent = call(agent.sock, "endpoint.recent", limit=5)
         assert [e["action"] for e in recent if e["sha256"] == stack.listed_sha] == ["would-block"]
         assert execute(yara_bin) == 0
-        wait_until(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
-                   "YARA verdict")
-        wait_until(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"]
-                   .get("malicious", 0) >= 2, 5, "pushed verdict")
+        wait_for(lambda: stack.ctl("verdicts.get", sha256=yara_sha)["record"]["verdict"] == "malicious", 15,
+                 "YARA verdict")
+        wait_for(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"]
+                 .get("malicious", 0) >= 2, 5, "pushed verdict")
         assert execute(yara_bin) == 0
         recent = call(agent.sock, "endpoint.recent", limit=10)
         assert [(e["action"], e["source"]) for e in recent if e["sha256"] == yara_sha][-1] == \
             ("would-block", "yara:Vigil_Test_Marker")
-        wait_until(lambda: any(h["kind"] == "would-block" and h["source"] == "mon"
-                               for h in stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]),
-                   5, "would-block report at the manager")
+        wait_for(lambda: any(h["kind"] == "would-block" and h["source"] == "mon"
+                             for h in stack.ctl("verdicts.get", sha256=stack.listed_sha)["history"]),
+                 5, "would-block report at the manager")
 
 
 def test_operator_override_reaches_endpoint(stack):
@@ -239,11 +201,11 @@ def test_operator_override_reaches_endpoint(stack):
         assert execute(target) == 0
         r = stack.vigilctl("hashes", "block", sha, "--reason", "seen in incident 42")
         assert r.returncode == 0, r.stderr
-        wait_until(lambda: execute(target) == "EPERM", 5, "operator block reaching the endpoint")
+        wait_for(lambda: execute(target) == "EPERM", 5, "operator block reaching the endpoint")
         show = stack.vigilctl("hashes", "show", sha)
         assert "MALICIOUS" in show.stdout and "seen in incident 42" in show.stdout
         assert stack.vigilctl("hashes", "allow", sha).returncode == 0
-        wait_until(lambda: execute(target) == 0, 5, "operator allow reaching the endpoint")
+        wait_for(lambda: execute(target) == 0, 5, "operator allow reaching the endpoint")
         assert stack.vigilctl("hashes", "block", "not-a-hash").returncode == 2
 
 
@@ -254,8 +216,8 @@ def test_kernel_cache_skips_benign_until_the_verdict_changes(stack):
             return call(agent.sock, "endpoint.status")["decider"]["counters"].get("events", 0)
         assert execute(target) == 0                     # unknown: allowed, no ignore mark
         assert stack.vigilctl("hashes", "allow", sha).returncode == 0
-        wait_until(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"].get("benign"),
-                   5, "benign verdict pushed")
+        wait_for(lambda: call(agent.sock, "endpoint.status")["decider"]["verdict_cache_by_verdict"].get("benign"),
+                 5, "benign verdict pushed")
         assert execute(target) == 0                     # benign from the cache: ignore mark set
         n = events()
         for _ in range(5):
@@ -271,7 +233,7 @@ def test_kernel_cache_skips_benign_until_the_verdict_changes(stack):
         assert call(agent.sock, "endpoint.status")["decider"]["counters"]["hashed"] == hashed + 1
         assert execute(target) == 0 and events() == n + 1   # marked again (still benign)
         assert stack.vigilctl("hashes", "block", sha).returncode == 0
-        wait_until(lambda: execute(target) == "EPERM", 5, "block after the ignore marks were flushed")
+        wait_for(lambda: execute(target) == "EPERM", 5, "block after the ignore marks were flushed")
         assert call(agent.sock, "endpoint.status")["decider"]["counters"].get("ignore_flushes_verdict") == 1
 
 
@@ -304,14 +266,14 @@ def test_agent_killed_leaves_no_fanotify_group(stack):
         st = call(agent.sock, "endpoint.status")
         decider = st["decider_pid"]
         assert fanotify_marks_on(stack.mnt_id)
-        wait_until(lambda: (stack.ctl("verdicts.stats")["endpoints"].get("kl") or {}).get("state") == "online", 5,
-                   "retained online status at the manager")
+        wait_for(lambda: (stack.ctl("verdicts.stats")["endpoints"].get("kl") or {}).get("state") == "online", 5,
+                 "retained online status at the manager")
         agent.signal(signal.SIGKILL)
-        wait_until(lambda: stack.ctl("verdicts.stats")["endpoints"]["kl"]["state"] == "offline", 5,
-                   "last-will offline status")
-        wait_until(lambda: not Path(f"/proc/{decider}").exists() or
-                   "zombie" in Path(f"/proc/{decider}/status").read_text(), 5, "decider exit")
-        wait_until(lambda: not fanotify_marks_on(stack.mnt_id), 5, "marks released")
+        wait_for(lambda: stack.ctl("verdicts.stats")["endpoints"]["kl"]["state"] == "offline", 5,
+                 "last-will offline status")
+        wait_for(lambda: not Path(f"/proc/{decider}").exists() or
+                 "zombie" in Path(f"/proc/{decider}/status").read_text(), 5, "decider exit")
+        wait_for(lambda: not fanotify_marks_on(stack.mnt_id), 5, "marks released")
         assert execute(stack.benign) == 0
 
 
@@ -322,12 +284,12 @@ def test_killed_decider_is_restarted_and_events_still_reported(stack):
     with stack.agent("block-malicious", "rs") as agent:
         old = call(agent.sock, "endpoint.status")["decider_pid"]
         os.kill(old, signal.SIGKILL)
-        wait_until(lambda: call(agent.sock, "endpoint.status")["decider_pid"] not in (None, old), 5,
-                   "a new decider")
+        wait_for(lambda: call(agent.sock, "endpoint.status")["decider_pid"] not in (None, old), 5,
+                 "a new decider")
         st = call(agent.sock, "endpoint.status")
         assert st["counters"]["decider_restarts"] == 1 and fanotify_marks_on(stack.mnt_id)
         assert execute(stack.listed) == "EPERM"       # decided by the new decider
         for _ in range(3):
             assert execute(target) == 0
-        wait_until(lambda: sum(h["kind"] == "executed" for h in stack.ctl("verdicts.get", sha256=sha)["history"])
-                   or None, 5, "executions reported to the manager")
+        wait_for(lambda: sum(h["kind"] == "executed" for h in stack.ctl("verdicts.get", sha256=sha)["history"])
+                 or None, 5, "executions reported to the manager")

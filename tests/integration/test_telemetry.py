@@ -15,6 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.waiting import wait_for
 from vigil import payload
 from vigil.lab.services import ManagedProcess
 
@@ -78,13 +79,7 @@ class Collector:
             return [r for b in self.flows for r in b["flows"] if all(r.get(k) == v for k, v in match.items())]
 
     def wait(self, pred, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = pred()
-            if got:
-                return got
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+        return wait_for(pred, timeout, what, interval=0.1)
 
 
 @pytest.fixture

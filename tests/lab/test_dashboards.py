@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.fanotify import mount_tmpfs, remove_tmpfs
+from tests.support.waiting import wait_for
 from vigil import control, dashboards
 from vigil.common import InfluxConfig
 from vigil.influx import InfluxError, InfluxHTTP
@@ -105,20 +106,9 @@ def tag_values(results: list[dict], key: str) -> set[str]:
 
 
 # -- helpers for the run ---------------------------------------------------------------------
-def wait_for(pred, timeout: float, what: str, lab=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except InfluxError as exc:          # the database appears with the first write
-            last = str(exc)
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    logs = "" if lab is None else "\n".join(f"--- {n}\n{p.log_text()[-2500:]}" for n, p in lab.procs.items())
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{logs}")
+def wait_stored(pred, timeout: float, what: str, lab):
+    """wait_for, through the errors InfluxDB gives until the database appears with the first write."""
+    return wait_for(pred, timeout, what, lab=lab, retry_on=(InfluxError,))
 
 
 def count(db: InfluxHTTP, q: str) -> int:
@@ -149,11 +139,7 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
     t_start = time.monotonic()
     db = InfluxHTTP(InfluxConfig(url=lab.influx.url, database="vigil"))
     client, server, attacker = lab.ip("client"), lab.ip("server"), lab.ip("attacker")
-    run = Path("/run/vigil-endpoint-tests") / f"d{uuid.uuid4().hex[:6]}"
-    mnt = run / "mnt"
-    mnt.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", f"vigil-test-{run.name}", str(mnt)],
-                   check=True)
+    run, mnt = mount_tmpfs("d")
     agent: ManagedProcess | None = None
     try:
         unknown, evil = mnt / "unknown", mnt / "evil"
@@ -216,22 +202,22 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
         assert execute(evil) == "EPERM"
 
         # everything landed in InfluxDB
-        wait_for(lambda: count(db, "SELECT count(\"severity\") FROM engine_events WHERE \"type\" = 'scan'"), 20,
-                 "the engine's scan event", lab)
-        wait_for(lambda: count(db, "SELECT count(\"value\") FROM correlation"), 20, "a correlation firing", lab)
-        wait_for(lambda: count(db, "SELECT count(\"id\") FROM decisions WHERE \"would_block\" != ''"), 20,
-                 "a would-block decision", lab)
-        wait_for(lambda: count(db, "SELECT count(\"id\") FROM decisions WHERE \"offences\" > 1"), 10,
-                 "the operator's second offence", lab)
-        wait_for(lambda: count(db, "SELECT sum(\"count\") FROM endpoint_executions WHERE \"action\" = 'blocked'"),
-                 15, "the endpoint's blocked execution", lab)
-        wait_for(lambda: count(db, "SELECT count(\"raw\") FROM security_event WHERE \"action\" = 'block'"), 10,
-                 "the CEF block event", lab)
+        wait_stored(lambda: count(db, "SELECT count(\"severity\") FROM engine_events WHERE \"type\" = 'scan'"), 20,
+                    "the engine's scan event", lab)
+        wait_stored(lambda: count(db, "SELECT count(\"value\") FROM correlation"), 20, "a correlation firing", lab)
+        wait_stored(lambda: count(db, "SELECT count(\"id\") FROM decisions WHERE \"would_block\" != ''"), 20,
+                    "a would-block decision", lab)
+        wait_stored(lambda: count(db, "SELECT count(\"id\") FROM decisions WHERE \"offences\" > 1"), 10,
+                    "the operator's second offence", lab)
+        wait_stored(lambda: count(db, "SELECT sum(\"count\") FROM endpoint_executions WHERE \"action\" = 'blocked'"),
+                    15, "the endpoint's blocked execution", lab)
+        wait_stored(lambda: count(db, "SELECT count(\"raw\") FROM security_event WHERE \"action\" = 'block'"), 10,
+                    "the CEF block event", lab)
         # manager counters are cumulative: a rate needs two points (in two buckets) taken after the
         # counters above exist -- one periodic point (every 10 s) and the one a clean stop writes
         t_done = time.time_ns()
-        wait_for(lambda: count(db, f"SELECT count(\"mqtt_connects\") FROM manager_stats WHERE time > {t_done}"),
-                 15, "a manager_stats point after the run", lab)
+        wait_stored(lambda: count(db, f"SELECT count(\"mqtt_connects\") FROM manager_stats WHERE time > {t_done}"),
+                    15, "a manager_stats point after the run", lab)
         # more of the same between the two points, so that counter increases are not all zero
         with socket.create_connection(("127.0.0.1", tcp)) as s:
             s.sendall(b"<13>Nov 23 10:00:00 host app: " + b"x" * 5000 + b"\n" + sqli_line(7).encode() + b"\n")
@@ -241,8 +227,7 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
     finally:
         if agent is not None:
             agent.stop(timeout=5)
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        shutil.rmtree(run, ignore_errors=True)
+        remove_tmpfs(run)
 
     # -- every panel query of every dashboard -------------------------------------------------
     report: list[str] = []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rulesets import kernel_elements
+from tests.support.waiting import wait_for
 from vigil import ruleset, topics
 from vigil.engine.config import EngineConfig
 
@@ -60,16 +62,6 @@ def ctl_json(lab, *args):
     return json.loads(ctl(lab, "--json", *args).stdout)
 
 
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise TimeoutError(what)
-
-
 def retained_snapshot(lab, engine, pub):
     r = subprocess.run(["mosquitto_sub", "-p", str(lab.mosquitto.port), "-t", topics.engine(engine, "ruleset"),
                         "-C", "1", "-W", "3"], capture_output=True, timeout=10)
@@ -85,17 +77,7 @@ def drops(lab, engine, pub) -> set[str]:
 
 def kernel_blocks(lab, node) -> set[str] | None:
     """Addresses in the engine's kernel block set; None when the enforcement part is absent."""
-    r = lab.run(node, ["nft", "-j", "list", "set", "bridge", "vigil", "block4"], check=False)
-    if r.returncode != 0:
-        return None
-    out = set()
-    for item in json.loads(r.stdout).get("nftables", []):
-        for el in (item.get("set") or {}).get("elem", []) or []:
-            v = el.get("elem", {}).get("val") if isinstance(el, dict) else el
-            if isinstance(v, dict) and "prefix" in v:
-                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
-            out.add(str(v))
-    return out
+    return kernel_elements(lambda argv: lab.run(node, argv, check=False), "block4")
 
 
 def reaches(lab, host, ip) -> bool:
@@ -161,10 +143,10 @@ def _scenario(lab):
     lab.run("client", ["iperf3", "-c", S1, "-t", "2"], timeout=20)
 
     # -- learning: a scan is only reported ----------------------------------------------------
-    wait_until(lambda: {e["engine"] for e in ctl_json(lab, "engines")} >= {"e1", "e2"}, 20, "both engines seen")
+    wait_for(lambda: {e["engine"] for e in ctl_json(lab, "engines")} >= {"e1", "e2"}, 20, "both engines seen")
     lab.run("attacker", ["nmap", "-sS", "-n", "-Pn", "-T4", "-p", "1-300", S1], timeout=60)
-    wb = wait_until(lambda: [d for d in ctl_json(lab, "engines", "report", "e1") if d["value"] == A], 10,
-                    "would-block report lists the attacker")
+    wb = wait_for(lambda: [d for d in ctl_json(lab, "engines", "report", "e1") if d["value"] == A], 10,
+                  "would-block report lists the attacker")
     assert wb[0]["would_block_on"] == ["e1"]
     assert A not in drops(lab, "e1", pub)                       # not enforced while learning
     kb = kernel_blocks(lab, "engine")
@@ -173,7 +155,7 @@ def _scenario(lab):
         assert A not in kb
 
     # -- enforcing: normal traffic alone makes no decision ------------------------------------
-    wait_until(lambda: all(e["mode"] == "enforcing" for e in ctl_json(lab, "engines")), 40, "learning ends")
+    wait_for(lambda: all(e["mode"] == "enforcing" for e in ctl_json(lab, "engines")), 40, "learning ends")
     t_enf = time.time()
     lab.run("client", ["iperf3", "-c", S1, "-t", "2"], timeout=20)
     time.sleep(5)
@@ -183,21 +165,21 @@ def _scenario(lab):
     # -- nmap against server (e1): blocked on e1, not on e2 ---------------------------------
     t0 = time.time()
     lab.run("attacker", ["nmap", "-sS", "-n", "-Pn", "-T4", "-p", "1-300", S1], timeout=60)
-    d1 = wait_until(lambda: decision_for(lab, A, "flow-anomaly:", t0), 10, "a decision on the nmap scan")
+    d1 = wait_for(lambda: decision_for(lab, A, "flow-anomaly:", t0), 10, "a decision on the nmap scan")
     assert "scan" in d1["origin"] and d1["engines"] == ["e1"] and not d1["would_block_on"]
-    wait_until(lambda: A in drops(lab, "e1", pub), 5, "attacker in e1's rule set")
+    wait_for(lambda: A in drops(lab, "e1", pub), 5, "attacker in e1's rule set")
     assert A not in drops(lab, "e2", pub)
     if enforcement:
-        wait_until(lambda: A in (kernel_blocks(lab, "engine") or set()), 5, "attacker in e1's kernel set")
+        wait_for(lambda: A in (kernel_blocks(lab, "engine") or set()), 5, "attacker in e1's kernel set")
         assert not reaches(lab, "attacker", S1), "the attacker still reaches server through e1"
         assert reaches(lab, "attacker", S2), "e1's decision must not block the attacker on e2"
 
     # -- unblock via vigilctl: out at once ----------------------------------------------------
     t_unblock = time.monotonic()
     ctl(lab, "decisions", "unblock", A)
-    wait_until(lambda: A not in drops(lab, "e1", pub), 2, "unblock in the rule set within 2 s")
+    wait_for(lambda: A not in drops(lab, "e1", pub), 2, "unblock in the rule set within 2 s")
     if enforcement:
-        wait_until(lambda: reaches(lab, "attacker", S1), 2, "the attacker passes again within 2 s of the unblock")
+        wait_for(lambda: reaches(lab, "attacker", S1), 2, "the attacker passes again within 2 s of the unblock")
     unblock_s = time.monotonic() - t_unblock
     time.sleep(POLICY["unblock_suppress"] + 0.5)
 
@@ -208,7 +190,7 @@ def _scenario(lab):
     lab.run("attacker", ["timeout", "20", "hydra", "-l", "admin", "-P", str(words), "-s", "8081", "-t", "4",
                          "-f", S1, "http-get", "/"], timeout=30, check=False,
             cwd=lab.run_dir)  # hydra writes hydra.restore into its working directory when cut off
-    d2 = wait_until(lambda: decision_for(lab, A, "flow-anomaly:", t1), 10, "a decision on hydra")
+    d2 = wait_for(lambda: decision_for(lab, A, "flow-anomaly:", t1), 10, "a decision on hydra")
     assert d2["origin"] == "flow-anomaly:brute-force", d2
     assert d2["offences"] > d1["offences"]
     assert d2["expires"] - d2["created"] > d1["expires"] - d1["created"]   # the ladder climbed
@@ -216,28 +198,28 @@ def _scenario(lab):
     # -- hping3 flood against server2 (e2): blocked on e2 ------------------------------------
     t2 = time.time()
     lab.run("attacker", ["timeout", "3", "hping3", "-S", "-p", "8080", "--flood", S2], timeout=15, check=False)
-    d3 = wait_until(lambda: [d for d in ctl_json(lab, "decisions", "list") if d["value"] == A
-                             and d["engines"] == ["e2"] and d["created"] >= t2], 10, "a decision on the flood")
+    d3 = wait_for(lambda: [d for d in ctl_json(lab, "decisions", "list") if d["value"] == A
+                           and d["engines"] == ["e2"] and d["created"] >= t2], 10, "a decision on the flood")
     assert d3[0]["origin"] in ("flow-anomaly:flood", "flow-anomaly:horizontal-scan", "flow-anomaly:vertical-scan"), d3
-    wait_until(lambda: A in drops(lab, "e2", pub), 5, "attacker in e2's rule set")
+    wait_for(lambda: A in drops(lab, "e2", pub), 5, "attacker in e2's rule set")
     if enforcement:
-        wait_until(lambda: not reaches(lab, "attacker", S2), 5, "the attacker is dropped on e2")
+        wait_for(lambda: not reaches(lab, "attacker", S2), 5, "the attacker is dropped on e2")
     assert reaches(lab, "client", S1) and reaches(lab, "client", S2)
 
     # -- a global decision reaches every engine; an engine that was down converges -----------
     lab.stop("engine2")
     g = ctl_json(lab, "decisions", "add", "10.77.0.200", "-d", "10m", "-r", "global test")[0]
     assert g["engines"] == []
-    wait_until(lambda: "10.77.0.200" in drops(lab, "e1", pub), 5, "global decision in e1's rule set")
+    wait_for(lambda: "10.77.0.200" in drops(lab, "e1", pub), 5, "global decision in e1's rule set")
     lab.start_engine("engine2", name="engine2b", learning={"period": 8}, **extra)
-    wait_until(lambda: "10.77.0.200" in drops(lab, "e2", pub), 5, "global decision in e2's rule set")
+    wait_for(lambda: "10.77.0.200" in drops(lab, "e2", pub), 5, "global decision in e2's rule set")
     if enforcement:
-        wait_until(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine") or set()), 5, "in e1's kernel")
-        wait_until(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine2") or set()), 15,
-                   "the restarted engine converged to the current rule set")
-        wait_until(lambda: {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["ruleset_generation"]
-                   == {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["published_generation"],
-                   10, "e2 reports the current generation applied")
+        wait_for(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine") or set()), 5, "in e1's kernel")
+        wait_for(lambda: "10.77.0.200" in (kernel_blocks(lab, "engine2") or set()), 15,
+                 "the restarted engine converged to the current rule set")
+        wait_for(lambda: {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["ruleset_generation"]
+                 == {e["engine"]: e for e in ctl_json(lab, "engines")}["e2"]["published_generation"],
+                 10, "e2 reports the current generation applied")
 
     # -- the client is never blocked ----------------------------------------------------------
     everything = ctl_json(lab, "decisions", "list", "--state", "all")

@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -28,6 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
+from tests.support.rulesets import kernel_elements
+from tests.support.waiting import wait_for
 from vigil import control
 from vigil.engine.config import EngineConfig
 from vigil.lab.services import ManagedProcess, vigil_command
@@ -38,29 +39,6 @@ TRUE = Path("/bin/true").read_bytes()
 MGMT = "10.77.0.20"
 
 
-def mount_id(path: Path) -> int | None:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        f = line.split()
-        if f[4] == str(path):
-            return int(f[0])
-    return None
-
-
-def fanotify_marks_on(mnt_id: int) -> list[str]:
-    found = []
-    for fd in Path("/proc").glob("[0-9]*/fd/*"):
-        try:
-            if os.readlink(fd) != "anon_inode:[fanotify]":
-                continue
-            info = (fd.parent.parent / "fdinfo" / fd.name).read_text()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            if line.startswith("fanotify mnt_id:") and int(line.split()[1].split(":")[1], 16) == mnt_id:
-                found.append(f"{fd}: {line}")
-    return found
-
-
 def execute(path: Path) -> int | str:
     try:
         return subprocess.run([str(path)], capture_output=True, timeout=10).returncode
@@ -69,30 +47,8 @@ def execute(path: Path) -> int | str:
         return "EPERM"
 
 
-def wait_for(pred, timeout: float, what: str, lab=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    logs = "" if lab is None else "\n".join(f"--- {n}\n{p.log_text()[-2000:]}" for n, p in lab.procs.items())
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{logs}")
-
-
 def kernel_set(lab, name: str) -> set[str]:
-    r = lab.run("engine", ["nft", "-j", "list", "set", "bridge", "vigil", name], check=False)
-    if r.returncode != 0:
-        return set()
-    out = set()
-    for item in json.loads(r.stdout).get("nftables", []):
-        for el in (item.get("set") or {}).get("elem", []) or []:
-            v = el.get("elem", {}).get("val") if isinstance(el, dict) else el
-            if isinstance(v, dict) and "prefix" in v:
-                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
-            out.add(str(v))
-    return out
+    return kernel_elements(lambda argv: lab.run("engine", argv, check=False), name) or set()
 
 
 def http_ok(lab, ip: str, max_time: float = 2) -> bool:
@@ -107,11 +63,7 @@ def pings(lab, ip: str) -> bool:
 
 def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
     client, server = lab.ip("client"), lab.ip("server")
-    run = Path("/run/vigil-endpoint-tests") / f"q{uuid.uuid4().hex[:6]}"
-    mnt = run / "mnt"
-    mnt.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", f"vigil-test-{run.name}", str(mnt)],
-                   check=True)
+    run, mnt = mount_tmpfs("q")
     agent: ManagedProcess | None = None
     mnt_id = None
     try:
@@ -145,10 +97,10 @@ def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
         lab.wait_log("engine", "mqtt: connected", timeout=30)
         wait_for(lambda: [e for e in control.call(sock, "engines.list")
                           if e.get("engine") == "e1" and e.get("mode") == "enforcing"], 20,
-                 "the policy to see e1 enforcing", lab)
+                 "the policy to see e1 enforcing", lab=lab)
 
         # before: the client reaches both addresses of the server through the bridge
-        wait_for(lambda: http_ok(lab, server), 15, "client -> server http", lab)
+        wait_for(lambda: http_ok(lab, server), 15, "client -> server http", lab=lab)
         assert http_ok(lab, MGMT) and pings(lab, server) and pings(lab, MGMT)
 
         cfg = {"endpoint_id": "client-ep", "mqtt": lab.mosquitto.mqtt_config(), "mode": "block-malicious",
@@ -166,13 +118,13 @@ def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
         # ... and within seconds the client's address is quarantined on the engine
         ds = wait_for(lambda: [d for d in control.call(sock, "decisions.list")
                                if d["value"] == client and d["origin"].startswith("endpoint:")],
-                      10, "a quarantine decision", lab)
+                      10, "a quarantine decision", lab=lab)
         d = ds[0]
         assert d["scope"] == "ip" and d["action"] == "drop" and d["would_block_on"] == []
         assert sha in d["reason"] and socket.gethostname() in d["reason"] and client in d["reason"]
         assert d["evidence"]["quarantine"] is True and d["evidence"]["allow_networks"] == [f"{MGMT}/32"]
         assert 100 <= d["remaining"] <= 120
-        wait_for(lambda: client in kernel_set(lab, "block4"), 10, "the client in the kernel's block4 set", lab)
+        wait_for(lambda: client in kernel_set(lab, "block4"), 10, "the client in the kernel's block4 set", lab=lab)
         assert MGMT in kernel_set(lab, "allow4") | kernel_set(lab, "allownet4")
         elapsed = time.monotonic() - t0
         assert elapsed < 10, elapsed
@@ -189,15 +141,14 @@ def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
 
         # lifting it (operator unblock) frees the client and withdraws the temporary allow entry
         control.call(sock, "decisions.delete", key=client)
-        wait_for(lambda: client not in kernel_set(lab, "block4"), 10, "the block gone from the kernel", lab)
+        wait_for(lambda: client not in kernel_set(lab, "block4"), 10, "the block gone from the kernel", lab=lab)
         wait_for(lambda: MGMT not in kernel_set(lab, "allow4") | kernel_set(lab, "allownet4"), 10,
-                 "the quarantine's allow entry gone from the kernel", lab)
-        wait_for(lambda: http_ok(lab, server), 10, "client -> server again", lab)
+                 "the quarantine's allow entry gone from the kernel", lab=lab)
+        wait_for(lambda: http_ok(lab, server), 10, "client -> server again", lab=lab)
     finally:
         if agent is not None:
             agent.stop(timeout=5)
         leftover = fanotify_marks_on(mnt_id) if mnt_id is not None else []
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        shutil.rmtree(run, ignore_errors=True)
+        remove_tmpfs(run)
     assert not leftover, f"a fanotify mark outlived the agent: {leftover}"
     assert not os.path.ismount(mnt)

@@ -12,13 +12,14 @@ the lab's management services are); Apache writes its logs to the shared filesys
 """
 from __future__ import annotations
 
-import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.pki import make_pki
+from tests.support.rulesets import kernel_elements
+from tests.support.waiting import wait_for
 from vigil import control
 from vigil.influx import InfluxError
 from vigil.lab.services import ManagedProcess, free_port
@@ -27,21 +28,6 @@ pytestmark = pytest.mark.lab
 
 MODULES = Path("/usr/lib/apache2/modules")
 POLICY = {"ladder": [300, 600], "allowlist": ["10.77.0.1/32"]}
-
-
-def make_pki(d: Path, cn: str = "127.0.0.1") -> dict[str, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vigil-lab-ca",
-         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(d / "server.key"),
-         "-out", str(d / "server.csr"))
-    (d / "ext.cnf").write_text(f"subjectAltName=IP:{cn}\nextendedKeyUsage=serverAuth\n")
-    ossl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-         "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"), "-out", str(d / "server.pem"))
-    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
 
 
 def apache_config(d: Path, listen: str) -> Path:
@@ -104,22 +90,6 @@ def count(lab, where: str) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def wait_for(pred, timeout: float, what: str, lab=None, explain=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.5)
-    logs = ""
-    if lab is not None:
-        logs = "\n".join(f"--- {n}\n{p.log_text()[-1500:]}" for n, p in lab.procs.items())
-    if explain is not None:
-        logs = f"{explain()}\n{logs}"
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
-
-
 def stored_by_device(lab, sock) -> str:
     """What the collector stored per device and format, and its counters: why an expected count is missing."""
     try:
@@ -137,15 +107,7 @@ def stored_by_device(lab, sock) -> str:
 
 
 def kernel_blocks(lab, node: str = "engine") -> set[str]:
-    r = lab.run(node, ["nft", "-j", "list", "set", "bridge", "vigil", "block4"], check=False)
-    if r.returncode != 0:
-        return set()
-    out = set()
-    for item in json.loads(r.stdout).get("nftables", []):
-        for el in (item.get("set") or {}).get("elem", []) or []:
-            v = el.get("elem", {}).get("val") if isinstance(el, dict) else el
-            out.add(str(v))
-    return out
+    return kernel_elements(lambda argv: lab.run(node, argv, check=False), "block4") or set()
 
 
 def http_code(lab, node: str, url: str, max_time: float = 5) -> str:
@@ -170,7 +132,7 @@ def test_sqlmap_against_modsecurity_leads_to_a_kernel_block(lab):
     lab.wait_log("engine", "mqtt: connected", timeout=30)
     wait_for(lambda: [e for e in control.call(sock, "engines.list")
                       if e.get("engine") == "e1" and e.get("mode") == "enforcing"], 30,
-             "the policy to see e1 enforcing", lab)
+             "the policy to see e1 enforcing", lab=lab)
 
     apache_dir = d / "apache"
     conf = apache_config(apache_dir, f"{server}:80")
@@ -208,7 +170,7 @@ def test_sqlmap_against_modsecurity_leads_to_a_kernel_block(lab):
     explain = lambda: f"error.log: {lines} lines\n{stored_by_device(lab, sock)}"  # noqa: E731
     for device in ("www-tcp", "www-tls"):
         wait_for(lambda: count(lab, f"device='{device}'") >= lines, 60,
-                 f"all {lines} lines of the WAF's error log over {device}", lab, explain)
+                 f"all {lines} lines of the WAF's error log over {device}", lab=lab, explain=explain)
         assert count(lab, f"device='{device}' AND category='attack-sqli'") >= 1, explain()
     rows = lab.influx.query("SELECT src, sig_id FROM security_event WHERE category='attack-sqli' LIMIT 50")
     assert {r["src"] for r in rows} == {attacker}
@@ -219,10 +181,10 @@ def test_sqlmap_against_modsecurity_leads_to_a_kernel_block(lab):
     # correlation: a decision against the attacker, with the rule as origin ...
     ds = wait_for(lambda: [x for x in control.call(sock, "decisions.list")
                            if x["value"] == attacker and x["origin"].startswith("correlation:")],
-                  30, "a correlation decision", lab)
+                  30, "a correlation decision", lab=lab)
     assert ds[0]["scope"] == "ip"
     assert not [x for x in control.call(sock, "decisions.list") if x["value"] == server]
     # ... enforced in the engine's kernel: the attacker is dropped at the bridge, the client is not
-    wait_for(lambda: attacker in kernel_blocks(lab), 30, "the attacker in the engine's block4 set", lab)
+    wait_for(lambda: attacker in kernel_blocks(lab), 30, "the attacker in the engine's block4 set", lab=lab)
     assert http_code(lab, "attacker", f"http://{server}/", max_time=3) == "000"
     assert http_code(lab, "client", f"http://{server}/") == "200"

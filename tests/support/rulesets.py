@@ -7,15 +7,19 @@ tests).  ``states`` collects what the engine reports on ``ruleset/state``.
 
 ``kernel_set(run, name)`` lists one set of ``bridge vigil`` with ``nft -j`` through ``run``
 (e.g. ``lambda argv: lab.run("engine", argv)``) and returns {element text: seconds left or None}.
+``kernel_elements(run, name)`` is the tolerant reader: the set's element texts, or None when nft
+fails, by its exit status or by ``run`` raising CalledProcessError (no ``bridge vigil`` table or no
+such set, e.g. an engine without its enforcement part).
 """
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from vigil import payload, ruleset, topics
 from vigil.common import MqttConfig
@@ -108,20 +112,37 @@ def allow(value: str, ttl: int | None = None) -> dict:
 
 def kernel_set(run: Callable[[list[str]], Any], name: str) -> dict[str, float | None]:
     """{element: seconds until expiry (None: no timeout)} of ``bridge vigil <name>``, from nft -j."""
-    r = run(["nft", "-j", "list", "set", "bridge", "vigil", name])
-    doc = json.loads(r.stdout)
-    out: dict[str, float | None] = {}
-    for item in doc["nftables"]:
+    r = run(_list_set(name))
+    return dict(_elements(json.loads(r.stdout)))
+
+
+def kernel_elements(run: Callable[[list[str]], Any], name: str) -> set[str] | None:
+    """The elements of ``bridge vigil <name>``; None when nft fails (no such table or set)."""
+    try:
+        r = run(_list_set(name))
+    except subprocess.CalledProcessError:
+        return None
+    if r.returncode != 0:
+        return None
+    return {el for el, _ in _elements(json.loads(r.stdout))}
+
+
+def _list_set(name: str) -> list[str]:
+    return ["nft", "-j", "list", "set", "bridge", "vigil", name]
+
+
+def _elements(doc: dict) -> Iterator[tuple[str, float | None]]:
+    """(element text, seconds until expiry or None) for every element of every set in an nft -j document."""
+    for item in doc.get("nftables", []):
         s = item.get("set")
         if not s:
             continue
-        for el in s.get("elem", []):
+        for el in s.get("elem") or []:
             expires = None
             if isinstance(el, dict) and "elem" in el:
                 expires = el["elem"].get("expires")
                 el = el["elem"]["val"]
-            out[_text(el)] = expires
-    return out
+            yield _text(el), expires
 
 
 def _text(v: Any) -> str:

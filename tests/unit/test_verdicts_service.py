@@ -132,14 +132,20 @@ def _serve_sample(svc, data: bytes, tamper: bool = False):
         "sha256": req["sha256"], "size": len(sent), "data": base64.b64encode(sent).decode()})))
 
 
-def test_yara_analysis_through_sample_upload_pushes_verdict(svc):
-    data = b"\x7fELF...." + MARKER
+def _analyse_uploaded(svc, data: bytes, tamper: bool = False):
+    """An endpoint asks about ``data``, then sends its sample (tampered if asked) when the analysis requests it."""
     sha = hashlib.sha256(data).hexdigest()
     request(svc, sha, size=len(data))
-    t = threading.Thread(target=_serve_sample, args=(svc, data))
+    t = threading.Thread(target=_serve_sample, args=(svc, data, tamper))
     t.start()
     rec = svc.analyse(sha)
     t.join()
+    return sha, rec
+
+
+def test_yara_analysis_through_sample_upload_pushes_verdict(svc):
+    data = b"\x7fELF...." + MARKER
+    sha, rec = _analyse_uploaded(svc, data)
     assert (rec.verdict, rec.source) == ("malicious", "yara:Vigil_Test_Marker")
     pushed = [m for _, m, _ in svc.ctx.mqtt.on(topics.VERDICTS)]
     assert pushed[-1]["verdicts"][0] == {"sha256": sha, "verdict": "malicious", "source": "yara:Vigil_Test_Marker",
@@ -151,12 +157,7 @@ def test_yara_analysis_through_sample_upload_pushes_verdict(svc):
 
 def test_tampered_sample_rejected_and_analysis_fails(svc):
     data = b"some program"
-    sha = hashlib.sha256(data).hexdigest()
-    request(svc, sha, size=len(data))
-    t = threading.Thread(target=_serve_sample, args=(svc, data, True))
-    t.start()
-    rec = svc.analyse(sha)
-    t.join()
+    sha, rec = _analyse_uploaded(svc, data, tamper=True)
     assert rec.verdict == "unknown" and svc.counters.get("samples_rejected_hash-mismatch") == 1
     assert svc.store.get(sha).analysis == "failed"
     svc.on_sample(msg(topics.endpoint("ep1", "sample"), payload.encode("sample", "ep1", {"sha256": sha})))
@@ -165,12 +166,7 @@ def test_tampered_sample_rejected_and_analysis_fails(svc):
 
 def test_clean_sample_stays_unknown_and_oversize_is_not_requested(svc):
     data = b"harmless"
-    sha = hashlib.sha256(data).hexdigest()
-    request(svc, sha, size=len(data))
-    t = threading.Thread(target=_serve_sample, args=(svc, data))
-    t.start()
-    rec = svc.analyse(sha)
-    t.join()
+    sha, rec = _analyse_uploaded(svc, data)
     assert (rec.verdict, rec.source, svc.store.get(sha).analysis) == ("unknown", "analysis", "done")
     big = "d" * 64
     request(svc, big, size=svc.cfg.sample_max_bytes + 1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.clamd import clamd_installed, start_clamd
 from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
 from tests.support.waiting import wait_for
 from vigil.control import call
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 TRUE = Path("/bin/true").read_bytes()
 MARKER = b"VIGIL-TEST-MALWARE-5f1c0b9e"
+CLAM_MARKER = b"VIGIL-CLAMAV-ONLY-2b9d47"     # in clamd's test database only: no YARA rule, no list
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 
 
@@ -41,6 +43,7 @@ class Stack:
         self.good_list = run / "good.txt"
         self.procs: list[ManagedProcess] = []
         self.manager: ManagedProcess | None = None
+        self.clamd_socket: Path | None = None
 
     def binary(self, name: str, extra: bytes) -> tuple[Path, str]:
         """/bin/true with trailing bytes: it runs, and its hash is ours alone."""
@@ -55,7 +58,8 @@ class Stack:
                "influx": {"url": self.influx.url, "flush_interval": 0.5},
                "state_dir": str(self.run / "state"), "control_socket": str(self.run / "manager.sock"),
                "verdicts": {"known_bad": [str(self.bad_list)], "known_good": [str(self.good_list)],
-                            "sample_wait": 10, "analyses_per_minute": 600, "clamd_socket": None,
+                            "sample_wait": 10, "analyses_per_minute": 600,
+                            "clamd_socket": str(self.clamd_socket) if self.clamd_socket else None,
                             "quarantine": {"enabled": True, "allow_networks": ["127.0.0.0/8"], "duration": 600}}}
         path = self.run / "manager.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -117,6 +121,9 @@ def stack():
         s.mosquitto = Mosquitto(run).start()
         s.influx = InfluxDB(run).start()
         s.procs += [s.mosquitto.proc, s.influx.proc]
+        if clamd_installed():
+            clamd, s.clamd_socket = start_clamd(run, {"Marker": CLAM_MARKER})
+            s.procs.append(clamd)
         s.benign, s.benign_sha = s.binary("benign", b"benign")
         s.listed, s.listed_sha = s.binary("listed-bad", b"listed-bad")
         s.good_list.write_text(f"{s.benign_sha} test-benign\n")
@@ -293,3 +300,16 @@ def test_killed_decider_is_restarted_and_events_still_reported(stack):
             assert execute(target) == 0
         wait_for(lambda: sum(h["kind"] == "executed" for h in stack.ctl("verdicts.get", sha256=sha)["history"])
                  or None, 5, "executions reported to the manager")
+
+
+def test_clamav_verdict_reaches_the_endpoint(stack):
+    """Unknown to the lists and YARA: the sample goes to a real clamd, whose finding is pushed."""
+    if stack.clamd_socket is None:
+        pytest.skip("clamd is not installed (scripts/setup installs clamav-daemon)")
+    clam_bin, clam_sha = stack.binary("clam-hit", CLAM_MARKER)
+    with stack.agent("block-malicious", "clam"):
+        assert execute(clam_bin) == 0                   # unknown: runs, and its sample is asked for
+        wait_for(lambda: stack.ctl("verdicts.get", sha256=clam_sha)["record"]["verdict"] == "malicious", 20,
+                 "ClamAV verdict")
+        assert stack.ctl("verdicts.get", sha256=clam_sha)["record"]["source"] == "clamav:Vigil.Test.Marker.UNOFFICIAL"
+        wait_for(lambda: execute(clam_bin) == "EPERM", 5, "the ClamAV verdict reaching the endpoint")

@@ -18,8 +18,16 @@ import pytest
 from vigil.lab.services import ManagedProcess
 
 
+def _clamd_path() -> str | None:
+    return shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None)
+
+
+def clamd_installed() -> bool:
+    return _clamd_path() is not None
+
+
 def start_clamd(run_dir: Path, markers: dict[str, bytes], timeout: float = 60.0) -> tuple[ManagedProcess, Path]:
-    clamd = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None)
+    clamd = _clamd_path()
     if clamd is None:
         pytest.skip("clamd is not installed (scripts/setup installs clamav-daemon)")
     d = run_dir / "clamd"

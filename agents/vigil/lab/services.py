@@ -55,11 +55,13 @@ class ManagedProcess:
         self.log_path = run_dir / "logs" / f"{name}.log"
         self.pid_path = run_dir / "pids" / f"{name}.pid"
         self.proc: subprocess.Popen | None = None
+        self.log_start = 0
 
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
+        self.log_start = logf.tell()    # the log is appended across restarts; log_text() is this run's
         env = dict(os.environ)
         env.update(self.env or {})
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
@@ -95,8 +97,12 @@ class ManagedProcess:
         return self.proc.returncode
 
     def log_text(self) -> str:
+        """What this run of the process logged (earlier runs' lines stay in the file above it):
+        waiting for a line after a restart must not find the previous run's."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_start)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 

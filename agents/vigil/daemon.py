@@ -89,9 +89,17 @@ def main(name: str, schema: type[C], make_service: Callable[[C], Service],
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except FatalError as exc:
+        log.error("stopping: %s", exc)
+        return 1
     log.info("vigil-%s stopped", name)
     return 0
 
 
 class StartupError(RuntimeError):
     """Raised by a service that cannot start (missing kernel feature, unreadable key...)."""
+
+
+class FatalError(RuntimeError):
+    """Raised by a running service that cannot go on and wants its service manager to restart it
+    (the broker refused its credentials): exit status 1."""

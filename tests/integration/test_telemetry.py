@@ -286,6 +286,6 @@ def test_refused_credentials_make_the_engine_exit_for_its_service_manager_to_ret
         time.sleep(0.1)
     assert eng.proc.returncode != 0
     log = eng.log_text()
-    assert "MQTT broker refused the engine" in log and ("Not authorized" in log or "Bad user name" in log), log
+    assert "stopping: MQTT broker refused the engine" in log and ("Not authorized" in log or "Bad user name" in log), log
     # fail-open: the datapath the engine installed is still in the kernel
     assert lab.run("engine", ["nft", "list", "table", "bridge", "vigil"], check=False).returncode == 0

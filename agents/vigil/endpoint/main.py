@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__, payload, topics
 from ..control import ControlServer
 from ..counters import Counters
-from ..daemon import StartupError, main as daemon_main
+from ..daemon import FatalError, StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will, new_client_id, response_properties
 from .config import EndpointConfig
 
@@ -388,7 +388,7 @@ class EndpointService:
                         for corr in [c for c, (_, t) in self._asks.items() if now - t > 30]:
                             del self._asks[corr]
                 if self.mqtt.fatal:
-                    raise StartupError(f"MQTT broker refused the endpoint: {self.mqtt.fatal}")
+                    raise FatalError(f"MQTT broker refused the endpoint: {self.mqtt.fatal}")
         finally:
             self._stopping.set()
             with self._decider_lock:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import __version__, payload, plugins, topics
 from ..counters import Counters
-from ..daemon import StartupError, main as daemon_main
+from ..daemon import FatalError, StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
 from . import datapath
 from .api import EngineContext
@@ -278,7 +278,7 @@ class EngineService:
                 if self.mqtt.fatal:
                     # refused credentials never heal by waiting: exit non-zero so the service
                     # manager restarts us (and retries) — the kernel's rule set keeps working
-                    raise StartupError(f"MQTT broker refused the engine: {self.mqtt.fatal}")
+                    raise FatalError(f"MQTT broker refused the engine: {self.mqtt.fatal}")
                 self.publisher.pump()
                 self.outbox.flush(self.learning.mode)
                 # wake early for an urgent event (a block decision) or to drain the spool

@@ -13,7 +13,7 @@ import time
 from .. import plugins
 from ..control import ControlServer
 from ..counters import Counters
-from ..daemon import StartupError, main as daemon_main
+from ..daemon import FatalError, StartupError, main as daemon_main
 from ..influx import InfluxWriter, line
 from ..mqtt import MqttClient, new_client_id
 from .api import Context, _NoPolicy
@@ -76,7 +76,7 @@ class ManagerService:
                     self.publish_self_stats()
                     next_stats = time.monotonic() + 10
                 if self.mqtt.fatal:
-                    raise StartupError(f"MQTT broker refused the manager: {self.mqtt.fatal}")
+                    raise FatalError(f"MQTT broker refused the manager: {self.mqtt.fatal}")
         finally:
             self.stop_event.set()
             self.mqtt.stop()

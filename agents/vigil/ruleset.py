@@ -206,7 +206,7 @@ def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str
                     pass
                 else:
                     if len(signed) >= _BIG:
-                        with _quiet_gc():
+                        with quiet_gc():
                             msg = payload.decode(signed, kind)
                     else:
                         msg = payload.decode(signed, kind)
@@ -352,14 +352,16 @@ def _entries(items: Any, field_name: str) -> list[Entry]:
         raise PayloadError("bad-field", f"{field_name} must be a list")
     if len(items) < 10_000:
         return _entries_checked(items, field_name)
-    with _quiet_gc():
+    with quiet_gc():
         return _entries_checked(items, field_name)
 
 
-class _quiet_gc:
-    """No cyclic collection while a large message is parsed: only acyclic objects are made, and
-    collections would walk them all.  On exit they go to the permanent generation (O(1); still
-    freed by reference counting) rather than being walked by the first collection after enable."""
+class quiet_gc:
+    """No cyclic collection while a large rule set is parsed or planned: only acyclic objects are
+    made, and the full collections their allocation triggers would walk everything held (measured:
+    1M entries planned in 3.8 s instead of 4.8-5.4 s).  On exit they go to the permanent
+    generation (O(1); still freed by reference counting) rather than being walked by the first
+    collection after enable (0.85 s of the first apply of a 1M plan was that one collection)."""
 
     def __enter__(self):
         self.was = gc.isenabled()

@@ -1,9 +1,10 @@
 """Tier ``roles``: the Ansible roles converge real Debian 12 containers (systemd as PID 1) under
 Molecule's podman driver, stay idempotent, and the verify playbook checks the running fleet.
 
-Scenario ``fleet`` (roles/molecule/fleet): a manager and an engine; verify proves the services
-run from valid configs, the broker refuses anonymous clients, the bridge is as DESIGN.md says,
-and the engine is registered at the manager (``vigilctl engines``).
+Scenario ``fleet`` (roles/molecule/fleet): a manager, an engine and an endpoint; verify proves the
+services run from valid configs, the broker speaks only TLS (the fleet CA verifies its certificate
+from every host) and refuses anonymous clients, the bridge is as DESIGN.md says, and the engine
+is registered at the manager (``vigilctl engines``).
 """
 from __future__ import annotations
 

@@ -133,6 +133,17 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
 
+def recv_until(s: socket.socket, end: bytes, bufsize: int = 65536) -> bytes:
+    """Read from a stream socket until the data ends with ``end`` or the peer closes."""
+    buf = b""
+    while not buf.endswith(end):
+        chunk = s.recv(bufsize)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 def call(path: Path | str, method: str, timeout: float = 30.0, **params: Any) -> Any:
     """Call a method; returns its result or raises ControlError (also when the daemon is down)."""
     try:
@@ -140,12 +151,7 @@ def call(path: Path | str, method: str, timeout: float = 30.0, **params: Any) ->
             s.settimeout(timeout)
             s.connect(str(path))
             s.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+            buf = recv_until(s, b"\n")
     except FileNotFoundError:
         raise ControlError("unreachable", f"no control socket at {path}: is the daemon running?") from None
     except (ConnectionRefusedError, socket.timeout, OSError) as exc:

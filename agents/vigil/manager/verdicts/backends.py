@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...control import recv_until
 from .store import is_sha256
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,13 @@ class Clamd:
                 except (BrokenPipeError, ConnectionResetError) as exc:
                     # clamd answers "INSTREAM size limit exceeded. ERROR" and hangs up while we
                     # are still sending (StreamMaxLength): report its words, not the broken pipe
-                    said = _read_answer(s).decode(errors="replace")
+                    try:
+                        said = recv_until(s, b"\0").rstrip(b"\0").decode(errors="replace")
+                    except OSError:
+                        said = ""
                     raise BackendError(f"clamd at {self.socket_path} stopped reading the sample: "
                                        f"{said or exc}") from None
-                buf = _read_answer(s, raising=True)
+                buf = recv_until(s, b"\0", 4096)
         except OSError as exc:
             raise BackendError(f"clamd at {self.socket_path}: {exc}") from None
         answer = buf.rstrip(b"\0").decode(errors="replace")
@@ -166,21 +170,6 @@ class Clamd:
         if answer.endswith(": OK"):
             return None
         raise BackendError(f"clamd answered {answer[:200]!r}")
-
-
-def _read_answer(s: socket.socket, raising: bool = False) -> bytes:
-    """clamd's reply, up to its NUL terminator or the end of the stream."""
-    buf = b""
-    try:
-        while not buf.endswith(b"\0"):
-            part = s.recv(4096)
-            if not part:
-                break
-            buf += part
-    except OSError:
-        if raising:
-            raise
-    return buf.rstrip(b"\0") if not raising else buf
 
 
 class BackendError(RuntimeError):

@@ -186,3 +186,15 @@ def test_flows_that_began_before_the_interval_are_not_new_connections():
     det = Detector("e1", Thresholds())
     f, summary = det.evaluate(curls(start_ms), 1.0, base, learned=True, since_ms=start_ms - 2000)
     assert "brute-force" in _kinds(f) and summary.new_flows == 60
+
+
+def test_uncompleted_connections_are_never_brute_force():
+    """hping3 -S --flood: hundreds of SYNs a second that never complete are a flood (once over its
+    threshold), not brute force, whatever interval boundary they straddle."""
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    learn(det, base)
+    syns = [flow(ATTACKER, SERVER, 80, conn_state="S0", pkts=(1, 0), nbytes=(60, 0)) for _ in range(200)]
+    f, _ = det.evaluate(syns, 1.0, base, learned=True)
+    assert "brute-force" not in _kinds(f)
+    f, _ = det.evaluate(syns * 2, 1.0, base, learned=True)
+    assert "flood" in _kinds(f) and "brute-force" not in _kinds(f)

@@ -125,10 +125,11 @@ class Detector:
             failed, half = _failed(f)
             if is_new:
                 new += 1
-                svc = (dst, proto, dport)
-                s.new_svc[svc] += 1
-                s.bytes_svc[svc] += int(f.get("orig_bytes_total", f.get("orig_bytes")) or 0) + \
-                    int(f.get("resp_bytes_total", f.get("resp_bytes")) or 0)
+                if not failed:   # brute force is completed short connections; a SYN flood is not
+                    svc = (dst, proto, dport)
+                    s.new_svc[svc] += 1
+                    s.bytes_svc[svc] += int(f.get("orig_bytes_total", f.get("orig_bytes")) or 0) + \
+                        int(f.get("resp_bytes_total", f.get("resp_bytes")) or 0)
                 if failed:
                     rejected += not half
                     halfopen += half

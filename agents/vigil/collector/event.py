@@ -107,3 +107,20 @@ def severity_from_word(word: Any) -> int | None:
     if word is None:
         return None
     return _WORD_SEVERITY.get(str(word).strip().lower())
+
+
+def unescape(s: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """Backslash escapes read left to right: ``\\\\`` is one backslash, each ``(escape, value)`` of
+    ``pairs`` (e.g. ``('\\\\"', '"')``) is replaced, any other backslash stays.  Splitting on the
+    escaped backslashes first pairs them exactly as a left-to-right scan does; then every piece is
+    plain ``str.replace`` -- linear, and no Python call per escape (a regex ``sub`` with a
+    replacement per match took 20 ms on 64 KB of escapes)."""
+    if "\\" not in s:
+        return s
+    pieces = s.split("\\\\")
+    for i, p in enumerate(pieces):
+        if "\\" in p:
+            for esc, val in pairs:
+                p = p.replace(esc, val)
+            pieces[i] = p
+    return "\\".join(pieces)

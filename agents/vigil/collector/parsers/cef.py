@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from ..event import CRITICAL, HIGH, LOW, MEDIUM, Event, norm_action, proto_name, severity_from_word, to_port
+from ..event import (CRITICAL, HIGH, LOW, MEDIUM, Event, norm_action, proto_name, severity_from_word,
+                     to_port, unescape)
 
 START = re.compile(r"(?:CEF: ?)?\d{1,2}\|")
-_KEY_SPLIT = re.compile(r" +([\w.,\[\]:-]+)=")
-_UNESC = re.compile(r"\\(.)")
-_ESC_MAP = {"n": "\n", "r": "\r", "=": "=", "\\": "\\", "|": "|"}
+# A key starts right after a space and runs up to "=".  The lookbehind and the possessive run keep
+# this linear: ``" +key="`` tried at every space of a long run of spaces was quadratic (a 64 KB
+# extension of spaces took ~70 s).  Trailing spaces of a value are stripped below.
+_KEY_SPLIT = re.compile(r"(?<= )([\w.,\[\]:-]++)=")
+_ESCAPES = (("\\=", "="), ("\\|", "|"), ("\\n", "\n"), ("\\r", "\r"))
 _ALIASES = {
     "sourceAddress": "src", "destinationAddress": "dst", "sourcePort": "spt", "destinationPort": "dpt",
     "transportProtocol": "proto", "deviceAction": "act", "deviceHostName": "dvchost",
@@ -30,7 +33,7 @@ def looks_like(body: str) -> bool:
 
 
 def _unesc(s: str) -> str:
-    return _UNESC.sub(lambda m: _ESC_MAP.get(m.group(1), "\\" + m.group(1)), s) if "\\" in s else s
+    return unescape(s, _ESCAPES)
 
 
 def split_header(s: str) -> list[str]:

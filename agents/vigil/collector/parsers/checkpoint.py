@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import re
 
-from ..event import Event, norm_action, proto_name, severity_from_word, to_port
+from ..event import Event, norm_action, proto_name, severity_from_word, to_port, unescape
 from ..syslog import Header, iso_time
 
-_KV_COLON = re.compile(r'([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
-_KV_EQ = re.compile(r'([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
+# A key starts where a run of key characters starts (the lookbehind): tried inside a long run of
+# key characters with no ``:"`` after it, every start rescanned the rest of the run (quadratic).
+_KV_COLON = re.compile(r'(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
+_KV_EQ = re.compile(r'(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
 _KV_START = re.compile(r'\[?[a-z_]+:"')
 _PACKET = re.compile(r"<([0-9a-fA-F.:]+),(\d+),([0-9a-fA-F.:]+),(\d+),(\d+)")
 _SD_ID = re.compile(r"\[[^\s\]]+@\d")
-_UNESC = re.compile(r'\\(["\\\]])')
+_ESCAPES = (('\\"', '"'), ("\\]", "]"))
 _NUM_SEV = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 
 
@@ -43,7 +45,7 @@ def fields(text: str) -> tuple[dict[str, str], int]:
     dups = 0
     for k, v in matches:
         if "\\" in v:
-            v = _UNESC.sub(r"\1", v)
+            v = unescape(v, _ESCAPES)
         if k in out:
             dups += 1
             continue

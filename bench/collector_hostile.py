@@ -1,0 +1,90 @@
+"""Parser cost on pathological input: the worst case per parser at 64 KB, next to ``str.split``.
+
+For every parser's seed message (``vigil.collector.pathological``) every family -- a token the
+parsers look for (spaces, ``=``, quotes, ``[client ``, ``key:"``, ...) repeated at a point the parser
+reaches, followed by the rest of the message, by nothing, or by a tail that changes the parser --
+is parsed at 64 KB (the default ``max_message_size``) through the collector's ``parse()``.  The
+slowest families are timed again (best of 5) at 64 KB and at 32 KB.  Printed per parser: the
+worst family, its time, ``str.split`` of the same message (the baseline, same run), the ratio,
+and the 32 KB -> 64 KB time ratio (linear cost: about 2).  Goal: <= 20 ms each, ratio <= 2
+(noise allowing: <= 2.5 is reported as met).
+
+    .venv/bin/python bench/collector_hostile.py [--size 65536] [--top 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from vigil.collector.parsers import parse
+from vigil.collector.pathological import SEEDS, families, family
+
+GOAL_S = 0.020
+GOAL_RATIO = 2.5
+
+
+def once(fn, arg) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def best(fn, arg, n: int = 5) -> float:
+    return min(once(fn, arg) for _ in range(n))
+
+
+def run_parse(msg: str) -> None:
+    parse(msg, ref=1700000000.0)
+
+
+def run_split(msg: str) -> None:
+    msg.split(" ")
+
+
+def describe(cut: int, tok: str, tail: str | None) -> str:
+    t = "rest" if tail is None else repr(tail) if tail else "none"
+    return f"{tok!r}* at {cut}, tail {t}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=65536)
+    ap.add_argument("--top", type=int, default=5, help="families re-timed per parser")
+    args = ap.parse_args()
+    try:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core
+    except (AttributeError, OSError):
+        pass
+    big, half = args.size, args.size // 2
+    print(f"collector parsers on pathological input: worst family per parser at {big // 1024} KB "
+          f"(best of 5), str.split of the same message as baseline")
+    print(f"{'parser':20} {'families':>8} {'worst ms':>9} {'split ms':>9} {'ratio':>7} "
+          f"{'x2 size':>8}  goal  worst family")
+    total_fam = 0
+    all_met = True
+    for fmt, seed in SEEDS.items():
+        fams = list(families(fmt))
+        total_fam += len(fams)
+        first = sorted(((once(run_parse, family(seed, c, tok, tail, big)), (c, tok, tail))
+                        for c, tok, tail in fams), key=lambda x: -x[0])[:args.top]
+        rows = []
+        for _t, key in first:
+            m64 = family(seed, *key, big)
+            m32 = family(seed, *key, half)
+            t64, t32 = best(run_parse, m64), best(run_parse, m32)
+            rows.append((t64, t64 / max(t32, 1e-9), best(run_split, m64), key))
+        rows.sort(key=lambda r: -r[0])
+        t64, growth, split, key = rows[0]
+        worst_growth = max(r[1] for r in rows)
+        met = t64 <= GOAL_S and worst_growth <= GOAL_RATIO
+        all_met &= met
+        print(f"{fmt:20} {len(fams):8} {t64 * 1000:9.2f} {split * 1000:9.3f} {t64 / split:7.0f} "
+              f"{worst_growth:8.2f}  {'met' if met else 'MISSED'}  {describe(*key)}")
+    print(f"{total_fam} families; goal <= {GOAL_S * 1000:.0f} ms at {big // 1024} KB and time(64 KB)/"
+          f"time(32 KB) <= {GOAL_RATIO} (worst of the {args.top} slowest families): "
+          f"{'met' if all_met else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,6 +95,19 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
     return None
 
 
+def raw_event(message: str, reason: str, ref: float | None = None) -> Event:
+    """The message as a raw ``syslog`` event with its header fields, marked with why its parse was
+    not kept (a message whose parsed event could not be stored is stored this way)."""
+    raw = message.rstrip("\r\n")
+    try:
+        header, body = parse_header(raw, ref)
+    except Exception:                  # parse_header does not raise; nothing here may
+        header, body = None, raw
+    ev = _raw(header, body, raw)
+    ev.extra["parse_error"] = reason
+    return ev
+
+
 def parse(message: str, ref: float | None = None, hint: str = "auto",
           stats: ParseStats | None = None) -> Event | None:
     """Parse one syslog message or one multi-line record.  None only for a blank message."""

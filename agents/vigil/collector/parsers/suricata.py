@@ -6,6 +6,16 @@ from ..event import INFO, LOW, Event, norm_action, proto_name, severity_from_pri
 from ..syslog import iso_time
 
 
+# The EVE event types Suricata 6-8 write (docs.suricata.io, "Eve JSON Format"); ``format`` is an
+# InfluxDB tag, so any other name becomes ``suricata-other`` (the name itself stays in ``category``):
+# a sender must not be able to make a new series per message.
+EVENT_TYPES = frozenset((
+    "alert", "anomaly", "arp", "bittorrent_dht", "dcerpc", "dhcp", "dnp3", "dns", "doh2", "drop",
+    "fileinfo", "flow", "frame", "ftp", "ftp_data", "http", "http2", "ike", "ikev2", "krb5", "ldap",
+    "mdns", "modbus", "mqtt", "netflow", "nfs", "pgsql", "pop3", "quic", "rdp", "rfb", "sip", "smb",
+    "smtp", "snmp", "ssh", "stats", "tftp", "tls", "websocket"))
+
+
 def looks_like(obj: dict) -> bool:
     return isinstance(obj.get("event_type"), str)
 
@@ -17,7 +27,7 @@ def unwrap(obj: dict) -> dict:
 
 def parse(obj: dict, raw: str) -> Event:
     et = str(obj.get("event_type"))
-    ev = Event("suricata", f"suricata-{et}", raw)
+    ev = Event("suricata", f"suricata-{et}" if et in EVENT_TYPES else "suricata-other", raw)
     ts = obj.get("timestamp") or obj.get("@timestamp")
     if isinstance(ts, str):
         ev.time = iso_time(ts.strip())

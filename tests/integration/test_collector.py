@@ -37,9 +37,13 @@ def sample_lines(samples_dir: Path, rel: str) -> list[str]:
 
 
 def octet(msgs: list[str]) -> bytes:
+    """RFC 6587 octet counting frames syslog messages: lines without a PRI get RFC 3164's default
+    (13, user.notice), as a relay would add it; the collector frames by count only before a PRI."""
     out = b""
     for m in msgs:
         b = m.encode()
+        if not b.startswith(b"<"):
+            b = b"<13>" + b
         out += b"%d " % len(b) + b
     return out
 
@@ -112,8 +116,8 @@ def test_collector_end_to_end(lab, samples_dir, tmp_path):
                 s.sendall(octet([sqli_line(i) for i in range(6)]))
         # garbage: an oversized frame, binary noise, a bad TLS client; then a good line on the same TCP
         with socket.create_connection(("127.0.0.1", tcp)) as s:
-            s.sendall(b"999999 " + b"A" * 20000)
-            s.sendall(b"A" * (999999 - 20000))
+            s.sendall(b"999999 <13>" + b"A" * 20000)
+            s.sendall(b"A" * (999999 - 20004))
             s.sendall(b"\x00\xff\xfe garbage \x01\n" + b"x" * 9000 + b"\n")
             s.sendall(b"<13>Nov 23 10:00:00 host app: still alive\n")
         with socket.create_connection(("127.0.0.1", tls)) as s:

@@ -83,7 +83,8 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
         if body.startswith("--") and modsecurity.AUDIT_BOUNDARY.match(body.split("\n", 1)[0].strip()):
             return modsecurity.parse_native(body)
     if hint in ("auto", "snort"):
-        if header is None:
+        if header is None or header.time is None and header.host is None and header.kind == "rfc3164":
+            # no header, or only a PRI ("<13>" + a Snort fast/CSV line, as a relay adds it)
             if body[:1].isdecimal():
                 ev = snort.parse_fast(body, ref) or snort.parse_csv(body, ref)
                 if ev:

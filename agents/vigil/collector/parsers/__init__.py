@@ -31,16 +31,26 @@ class ParseStats:
         self.empty = 0
 
 
+# RFC 3164 4.3.3: a message without a (valid) PRI is given 13, user.notice
+_DEFAULT_PRI = Header("rfc3164", 13)
+
+
 def _raw(header: Header | None, body: str, raw: str) -> Event:
     if header is None:
-        return Event("syslog", "raw", raw)
+        ev = Event("syslog", "raw", raw, severity=severity_from_syslog(_DEFAULT_PRI.severity))
+        ev.extra = {"facility": _DEFAULT_PRI.facility, "pri_default": True}
+        return ev
     ev = Event("syslog", f"syslog-{header.kind}", raw, time=header.time, device=header.host)
-    if header.severity is not None:
-        ev.severity = severity_from_syslog(header.severity)
+    pri = header if header.pri is not None else _DEFAULT_PRI
+    ev.severity = severity_from_syslog(pri.severity)
     ev.extra = {"app": header.app, "procid": header.procid, "msgid": header.msgid,
-                "facility": header.facility, "msg": body}
+                "facility": pri.facility, "msg": body}
+    if header.pri is None:
+        ev.extra["pri_default"] = True
     if header.sd:
         ev.extra["sd"] = header.sd
+    if header.relay:
+        ev.extra["relay"] = header.relay
     return ev
 
 
@@ -93,6 +103,16 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
                 return snort.parse_full(body.strip("\n"), ref)
         elif _SNORT_BODY.match(body):
             return snort.parse_syslog(header, body, raw)
+        else:
+            # a fast.log or CSV line relayed behind a syslog header, with or without a tag
+            # ("<13>Nov 13 10:00:01 relay 11/13-10:00:01.1 [**] ..." puts "11/13-10" in the tag)
+            for text in (body, header.after_host):
+                if text and text[:1].isdecimal():
+                    ev = snort.parse_fast(text, header.time or ref) or snort.parse_csv(text, header.time or ref)
+                    if ev:
+                        ev.raw = raw
+                        ev.device = header.host
+                        return ev
     return None
 
 

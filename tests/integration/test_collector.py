@@ -139,7 +139,7 @@ def test_collector_end_to_end(lab, samples_dir, tmp_path):
                                 "WHERE source_type='snort' AND \"source\"='ids'")
         assert len(rows) == len(snort)
         assert {r["peer"] for r in rows} == {"127.0.0.2"}
-        assert any(r["sig_id"] == "1:1917:6" and r["sig_name"] == "SCAN UPnP service discover attempt"
+        assert any(r["sig_id"] == "1:1917" and r["sig_name"] == "SCAN UPnP service discover attempt"
                    and r["src"] == "192.168.15.10" and r["dport"] == 1900 for r in rows)
         fw = lab.influx.query("SELECT src, dport FROM security_event WHERE \"source\"='fw' AND action='allow'")
         assert len(fw) >= 5

@@ -120,6 +120,6 @@ def test_elastic_expected_snort_syslog(samples_dir):
         assert ev.sport == doc["source"].get("port")
         assert ev.dport == doc["destination"].get("port")
         rule = doc["rule"]
-        assert ev.sig_id == f"1:{rule['id']}:{rule['version']}"
+        assert ev.sig_id == f"1:{rule['id']}" and ev.extra["rev"] == int(rule["version"])
         assert ev.sig_name == rule["description"]
     assert len(docs) == 3

@@ -78,7 +78,10 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
         if m:
             ev.src, sport, ev.dst, dport, proto = m.groups()
             ev.sport, ev.dport, ev.proto = to_port(sport), to_port(dport), proto_name(proto)
-    ev.action = norm_action(kv.get("action"))
+    # Log Exporter records without "action" (Expert Shell logins, SmartEvent alerts) carry the
+    # rule's alert type in "alert" (Check Point sk144192, "Log Exporter" field list: alert =
+    # "Alert level of matched rule"); such a record is an alert, not a pass or a block
+    ev.action = norm_action(kv.get("action")) or ("alert" if kv.get("alert") else None)
     sev = kv.get("severity")
     ev.severity = _NUM_SEV.get(sev) if sev in _NUM_SEV else severity_from_word(sev)
     ev.sig_id = kv.get("protection_id") or kv.get("rule_uid") or kv.get("rule") or None
@@ -86,6 +89,13 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
                    or kv.get("rule_name") or kv.get("operation") or None)
     ev.category = kv.get("product") or None
     ev.extra = {"kv": kv}
+    # the record's text: "subject"/"additional_info" (audit and alert records), "description",
+    # "msg" -- Log Exporter field names, sk144192
+    for k in ("subject", "additional_info", "description", "msg", "message_info"):
+        v = kv.get(k)
+        if v and not v.isspace():
+            ev.extra["msg"] = v
+            break
     if dups:
         ev.extra["duplicate_keys"] = dups
     return ev

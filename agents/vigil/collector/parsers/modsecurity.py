@@ -171,8 +171,45 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
         if ms:
             ev.extra["server"] = ms.group(1)
     msg = body.split("ModSecurity:", 1)[1] if "ModSecurity:" in body else body
+    if not _is_rule_message(msg):
+        # ModSecurity's own engine messages (audit log write failures, DBM and mutex errors,
+        # request body limits): about the server, not an alert from the client
+        ev.extra["client"] = ev.src
+        ev.src = ev.sport = None
+        ev.category = "modsecurity-engine"
+        ev.sig_name = msg.strip()[:200] or None
+        ev.severity = _APACHE_LEVEL.get(_apache_level(body))
+        return ev
     _fill(ev, rule_fields(msg), msg)
     return ev
+
+
+# The message classes a rule match writes (ModSecurity 2 reference manual, "Actions": disruptive
+# actions log "Access denied with code N", "Access allowed", "Redirecting", "Proxying", "Pausing";
+# non-disruptive matches "Warning."); every rule message also names its rule with [id "..."].
+# Anything else ("Audit log: Failed writing ...", "Failed to lock global mutex", "Request body no
+# files data length is larger than the configured limit") is the engine talking about itself.
+_RULE_CLASSES = ("Access denied", "Access allowed", "Warning.", "Redirecting", "Proxying", "Pausing",
+                 "Intercepted")
+
+
+def _is_rule_message(msg: str) -> bool:
+    m = msg.lstrip()
+    return m.startswith(_RULE_CLASSES) or '[id "' in m
+
+
+_APACHE_LEVEL = {"emerg": CRITICAL, "alert": CRITICAL, "crit": HIGH, "error": HIGH, "warn": MEDIUM,
+                 "notice": LOW, "info": INFO, "debug": INFO}
+
+
+def _apache_level(body: str) -> str | None:
+    """The level of an Apache 2.4 "[module:level]" or 2.2 "[level]" field, or nginx's "[level]"."""
+    for part in body[:200].split("] [")[:3]:
+        part = part.strip("[] ")
+        level = part.rpartition(":")[2]
+        if level in _APACHE_LEVEL:
+            return level
+    return None
 
 
 def _pick(messages: list[str]) -> tuple[dict, str]:

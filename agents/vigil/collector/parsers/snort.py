@@ -22,8 +22,24 @@ def _time(mo, dd, yy, h, mi, s, frac, ref):
     return bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, frac, ref)
 
 
+def rule_id(gid, sid) -> str | None:
+    """One canonical rule id for Snort and Suricata: ``gid:sid``.  fast.log, alert_full, syslog
+    and CSV write ``gid:sid:rev`` (Snort manual, "Output modules"); EVE writes ``signature_id``
+    with ``gid`` beside it (Suricata docs, "Eve JSON format"; gid 1 when absent).  The revision
+    is kept in ``extra["rev"]``: a rule is the same rule across revisions, so that
+    ``1:2034125:4`` from fast.log and ``2034125`` from EVE join in correlation."""
+    if sid is None or sid == "":
+        return None
+    if isinstance(sid, bool) or not isinstance(sid, (int, str)) or not str(sid).isdecimal():
+        return None
+    g = gid if isinstance(gid, (int, str)) and not isinstance(gid, bool) and str(gid).isdecimal() else 1
+    return f"{int(g)}:{int(sid)}"
+
+
 def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dport) -> Event:
-    ev.sig_id = f"{gid}:{sid}:{rev}"
+    ev.sig_id = rule_id(gid, sid)
+    if rev is not None and str(rev).isdecimal():
+        ev.extra["rev"] = int(rev)
     ev.sig_name = msg.strip() or None
     ev.category = cls or None
     ev.severity = severity_from_priority(prio) if prio is not None else None

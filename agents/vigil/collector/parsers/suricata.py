@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..event import INFO, LOW, Event, norm_action, proto_name, severity_from_priority, to_port
 from ..syslog import iso_time
+from .snort import rule_id
 
 
 # The EVE event types Suricata 6-8 write (docs.suricata.io, "Eve JSON Format"); ``format`` is an
@@ -43,7 +44,9 @@ def parse(obj: dict, raw: str) -> Event:
     ev.category = et
     alert = obj.get("alert")
     if et == "alert" and isinstance(alert, dict):
-        ev.sig_id = _s(alert.get("signature_id"))
+        ev.sig_id = rule_id(alert.get("gid"), alert.get("signature_id"))
+        if isinstance(alert.get("rev"), int) and not isinstance(alert.get("rev"), bool):
+            ev.extra["rev"] = alert["rev"]
         ev.sig_name = _s(alert.get("signature"))
         ev.category = _s(alert.get("category")) or "alert"
         ev.severity = severity_from_priority(alert.get("severity"))

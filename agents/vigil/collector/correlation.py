@@ -24,14 +24,15 @@ from typing import Any, Callable
 
 import yaml
 
-from .event import FIELDS, SEVERITY_NAMES, Event
+from .event import FIELDS, SEVERITY_NAMES, Event, is_alert
 
 log = logging.getLogger(__name__)
 
 RULE_TYPES = ("threshold", "distinct", "sequence")
 DEFAULT_RULES = Path(__file__).parent / "rules"
 _RULE_KEYS = {"name", "type", "description", "match", "group_by", "window", "count", "distinct",
-              "steps", "duration", "reason", "cooldown", "enabled"}
+              "steps", "duration", "reason", "cooldown", "enabled", "events"}
+EVENT_CLASSES = ("alerts", "all")
 _COND_KEYS = {"regex", "any", "not", "min", "max", "exists"}
 
 
@@ -230,6 +231,7 @@ class Rule:
     reason: str = ""
     cooldown: float = 0.0
     source: str = ""
+    events: str = "alerts"       # alerts: only alert-class events (event.is_alert) count; all: any
 
 
 def _num(v: Any, where: str, minimum: float, integer: bool = False) -> float:
@@ -276,6 +278,9 @@ def parse_rules(data: Any, source: str) -> list[Rule]:
             rule.duration = _num(spec["duration"], f"{where}.duration", 1)
         rule.reason = str(spec.get("reason") or spec.get("description") or name)
         rule.cooldown = _num(spec.get("cooldown", rule.window), f"{where}.cooldown", 0)
+        rule.events = spec.get("events", "alerts")
+        if rule.events not in EVENT_CLASSES:
+            raise RuleError(f"{where}.events: must be one of {', '.join(EVENT_CLASSES)}, got {rule.events!r}")
         if rtype == "sequence":
             for k in ("match", "count", "distinct"):
                 if k in spec:
@@ -372,24 +377,27 @@ class Correlator:
         self.evidence: dict[str, dict[str, tuple]] = {r.name: {} for r in rules if r.type == "distinct"}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
-        self._by_type: dict[str, list[Rule]] = {}
+        self._by_type: dict[tuple[str, bool], list[tuple]] = {}
         # per rule, a closure over its own state and parameters: handler(group, event, brief, now)
         self._handlers = {r.name: getattr(self, "_" + r.type)(r) for r in rules}
 
-    def _rules_for(self, source_type: str) -> list[tuple]:
-        """The rules that can match events of a source type, each with what process() needs:
-        (rule, match test or None for a sequence, group getter, handler, state, cooldowns)."""
-        rs = self._by_type.get(source_type)
+    def _rules_for(self, source_type: str, alert: bool) -> list[tuple]:
+        """The rules that can match events of a source type and class (alert or telemetry), each
+        with what process() needs: (rule, match test or None for a sequence, group getter,
+        handler, state, cooldowns)."""
+        rs = self._by_type.get((source_type, alert))
         if rs is None:
             rs = []
             for r in self.rules:
+                if not alert and r.events == "alerts":
+                    continue
                 ms = r.steps if r.type == "sequence" else [r.match]
                 if any(m.source_types is None or source_type in m.source_types for m in ms):
                     # the source_type condition holds for every event given to this entry
                     test = None if r.type == "sequence" else r.match.test_rest
                     rs.append((r, test, _getter(r.group_by), self._handlers[r.name],
                                self.state[r.name], self.cooldown[r.name]))
-            self._by_type[source_type] = rs
+            self._by_type[(source_type, alert)] = rs
         return rs
 
     def _inc(self, name: str, n: int = 1) -> None:
@@ -407,7 +415,7 @@ class Correlator:
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
         brief = None
-        for rule, test, get, handler, state, cooldown in self._rules_for(ev.source_type):
+        for rule, test, get, handler, state, cooldown in self._rules_for(ev.source_type, is_alert(ev)):
             if test is not None and not test(ev):
                 continue
             g = get(ev)

@@ -47,6 +47,18 @@ class Event:
         return {k: getattr(self, k) for k in FIELDS if k != "source"}
 
 
+def is_alert(ev: Event) -> bool:
+    """Alert-class: the event reports a detection or a verdict against traffic (action alert or
+    block), or is a CEF record without an action (CEF is an event format: every record names a
+    signature).  Everything else -- flows, DNS/HTTP/TLS/SMB records, allowed connections, audit
+    and engine messages, plain syslog -- is telemetry, which correlation rules ignore unless they
+    say ``events: all``."""
+    a = ev.action
+    if a == "alert" or a == "block":
+        return True
+    return a is None and ev.source_type == "cef" and ev.sig_id is not None
+
+
 _PROTO_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "47": "gre", "50": "esp"}
 
 

@@ -63,6 +63,9 @@ def parse(obj: dict, raw: str) -> Event:
         ev.extra["flow_state"] = fl.get("state")
         ev.extra["flow_reason"] = fl.get("reason")
         ev.severity = INFO
+    elif et == "drop":                  # IPS mode: a packet dropped (Suricata docs, "Eve JSON format")
+        ev.action = "block"
+        ev.severity = LOW
     else:
         ev.severity = INFO
     if isinstance(obj.get("app_proto"), str):

@@ -182,7 +182,9 @@ def parse_header(line: str, ref: float | None = None, _depth: int = 0) -> tuple[
             ts_s, host, app, procid, msgid = m5.groups()
             ts = None if ts_s == "-" else iso_time(ts_s)
             if ts is not None or ts_s == "-":
-                h = Header("rfc5424", pri, ts, _nil(host), _nil(app), _nil(procid), _nil(msgid))
+                # RFC 5424 6.2: HOSTNAME 1*255, APP-NAME 1*48, PROCID 1*128, MSGID 1*32 characters
+                h = Header("rfc5424", pri, ts, _nil(host[:255]), _nil(app[:48]), _nil(procid[:128]),
+                           _nil(msgid[:32]))
                 body = rest[m5.end():]
                 if body.startswith("-"):
                     body = body[2:] if body.startswith("- ") else body[1:]

@@ -85,8 +85,19 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
             return ev
     if hint in ("auto", "checkpoint") and checkpoint.looks_like(header, body):
         return checkpoint.parse(header, body, raw)
-    if hint in ("auto", "cef") and cef.looks_like(body):
-        return cef.parse(body, raw, header.time if header else None, header.host if header else None)
+    if hint in ("auto", "cef"):
+        if cef.looks_like(body):
+            return cef.parse(body, raw, header.time if header else None, header.host if header else None)
+        if header is not None and "CEF:" in body:
+            i = cef.find(body)
+            if i < 0 and header.after_host:
+                j = cef.find(header.after_host)
+                if j >= 0:
+                    body, i = header.after_host, j
+            if i >= 0:
+                ev = cef.parse(body[i:], raw, header.time, header.host)
+                ev.extra["prefix"] = body[:i].rstrip(" :")
+                return ev
     if hint in ("auto", "modsecurity"):
         if modsecurity.looks_like_errorlog(body):
             return modsecurity.parse_errorlog(header, body, raw, ref)

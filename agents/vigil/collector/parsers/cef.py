@@ -33,6 +33,16 @@ def looks_like(body: str) -> bool:
     return bool(START.match(body)) and body.count("|") >= 7
 
 
+def find(body: str) -> int:
+    """Where "CEF:" starts when it follows something the header parser left in the body: a tag
+    glued to it ("ASM:CEF:0|", F5's ASM CEF guide) or the rest of an RFC 5424 header sent without
+    its version ("8710 - - CEF:0|", Elastic's empty-fields test); -1 if none in the first 200."""
+    i = body.find("CEF:", 0, 200)
+    if i > 0 and body[i - 1] in " :" and body.count("|", i) >= 7:
+        return i
+    return -1
+
+
 def _unesc(s: str) -> str:
     return unescape(s, _ESCAPES)
 

@@ -37,6 +37,10 @@ def rule_id(gid, sid) -> str | None:
 
 
 def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dport) -> Event:
+    if msg == "(null)":                 # Suricata writes "(null)" for a rule without msg/classtype
+        msg = ""
+    if cls == "(null)":
+        cls = None
     ev.sig_id = rule_id(gid, sid)
     if rev is not None and str(rev).isdecimal():
         ev.extra["rev"] = int(rev)
@@ -59,6 +63,12 @@ def _hostport(s: str) -> tuple[str | None, str | None]:
     if s.count(":") == 1:
         host, _, port = s.partition(":")
         return host, port
+    if s.count(":") == 8:
+        # Suricata's fast.log writes IPv6 in full (eight groups) with the port after a ninth
+        # colon: "0000:...:0001:3000" (suricata-verify http2-files expected fast.log)
+        host, _, port = s.rpartition(":")
+        if port.isdecimal():
+            return host, port
     return s, None
 
 
@@ -138,6 +148,13 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
         return None
     parts, end = ts
     body = line[end:].lstrip()
+    verdict = None
+    if body.startswith("[") and not body.startswith("[**]"):
+        # inline mode writes the verdict first: "[Drop] [**] ...", "[wDrop]" (would drop: test
+        # mode), "[Block]"; Snort 2 manual, alert_fast; Suricata writes "[Drop]" in IPS mode
+        word, sep, rest = body[1:].partition("] ")
+        if sep and word in _VERDICTS:
+            verdict, body = _VERDICTS[word], rest.lstrip()
     if not body.startswith("[**] "):
         return None
     fields = _alert(body[5:])
@@ -147,7 +164,14 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
         ev = Event("suricata", "suricata-fast", line, time=_time(*parts, ref))
     else:
         ev = Event("snort", "snort-fast", line, time=_time(*parts, ref))
-    return _fill(ev, *fields)
+    _fill(ev, *fields)
+    if verdict:
+        ev.action = verdict
+    return ev
+
+
+_VERDICTS = {"Drop": "block", "Block": "block", "Reject": "block", "sDrop": "block", "wDrop": "alert",
+             "wBlock": "alert"}
 
 
 def parse_syslog(header: Header, body: str, raw: str) -> Event | None:

@@ -47,11 +47,23 @@ def _unesc(s: str) -> str:
     return unescape(s, _ESCAPES)
 
 
+_MARK_BS, _MARK_PIPE = "\ue000", "\ue001"     # private-use characters standing in for escapes
+
+
 def split_header(s: str) -> list[str]:
     """Seven header fields and the extension; pipes escaped with a backslash do not split."""
     fast = s.split("|", 7)
     if "\\" not in s or not any("\\" in p for p in fast[:7]):
         return fast
+    if _MARK_BS not in s and _MARK_PIPE not in s:
+        # escaped backslashes, then escaped pipes, set aside as marks: a plain split then cuts at
+        # the unescaped pipes only (C speed; the character loop below took 11 ms on 64 KB)
+        t = s.replace("\\\\", _MARK_BS).replace("\\|", _MARK_PIPE)
+        ps = t.split("|", 7)
+        out = [p.replace(_MARK_PIPE, "|").replace(_MARK_BS, "\\") for p in ps[:7]]
+        if len(ps) == 8:
+            out.append(s[len(s) - len(ps[7].replace(_MARK_PIPE, "\\|").replace(_MARK_BS, "\\\\")):])
+        return out
     parts, cur, i, n = [], [], 0, len(s)
     while i < n and len(parts) < 7:
         c = s[i]

@@ -305,7 +305,10 @@ def parse_native(record: str) -> Event:
     msgs: list[str] = []
     intercepted = False
     for ln in record.split("\n"):
-        mb = AUDIT_BOUNDARY.match(ln.strip())
+        if not ln:
+            continue
+        c = ln[0]
+        mb = AUDIT_BOUNDARY.match(ln.strip()) if c == "-" or c in " \t" else None
         if mb:
             section = mb.group(2)
             continue

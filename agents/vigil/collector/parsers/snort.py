@@ -192,12 +192,17 @@ def parse_full(record: str, ref: float | None) -> Event | None:
     cls = prio = proto = src = sport = dst = dport = None
     for ln in lines[1:]:
         ln = ln.rstrip()
-        mc = _FULL_CLASS.match(ln)
+        if not ln:
+            continue
+        if proto is not None and prio is not None:
+            break                       # everything alert_full says about the alert is read
+        c = ln[0]
+        mc = _FULL_CLASS.match(ln) if c == "[" else None
         if mc and prio is None:
             cls, prio = mc.groups()
             continue
-        ma = _FULL_ADDR.match(ln)
-        if ma and src is None:
+        ma = _FULL_ADDR.match(ln) if "0" <= c <= "9" and src is None else None
+        if ma:
             g = ma.groups()
             ev.time = _time(*g[:7], ref)
             src, sport, dst, dport = g[7:]

@@ -185,21 +185,33 @@ def _time(v: str | None, ref: float | None = None) -> float | None:
 _TIME_KEYS = ("rt", "end", "start")
 
 
-def _event_time(kv: dict[str, str], ref: float | None) -> float | None:
-    for k, v in kv.items():
-        if "utc" in k.lower() and not k.endswith("Label"):
+def _utc_key(k: str) -> bool:
+    """A key that names UTC as a word: eventTimeUTC, startUtc, utc_time, event_utc (not
+    categoryOutcome)."""
+    if k.endswith("Label"):
+        return False
+    i = k.find("Utc")
+    return "UTC" in k or (i >= 0 and not k[i + 3:i + 4].islower()) or k.startswith("utc_") or "_utc" in k
+
+
+def _event_time(kv: dict[str, str], ext: str, ref: float | None) -> float | None:
+    if "UTC" in ext or "Utc" in ext or "utc_" in ext or "_utc" in ext:   # C-speed looks first
+        for k, v in kv.items():
+            if _utc_key(k):
+                t = _time(v, ref)
+                if t is not None:
+                    return t
+        for n in ("1", "2"):
+            if "utc" in kv.get(f"deviceCustomDate{n}Label", "").lower():
+                t = _time(kv.get(f"deviceCustomDate{n}"), ref)
+                if t is not None:
+                    return t
+    for k in _TIME_KEYS:
+        v = kv.get(k)
+        if v:
             t = _time(v, ref)
             if t is not None:
                 return t
-    for n in ("1", "2"):
-        if "utc" in kv.get(f"deviceCustomDate{n}Label", "").lower():
-            t = _time(kv.get(f"deviceCustomDate{n}"), ref)
-            if t is not None:
-                return t
-    for k in _TIME_KEYS:
-        t = _time(kv.get(k), ref)
-        if t is not None:
-            return t
     return None
 
 
@@ -216,9 +228,8 @@ def parse(body: str, raw: str, header_time: float | None = None, header_host: st
         for long_name, short in _ALIASES.items():     # full key names as the short ones
             if long_name in kv:
                 kv.setdefault(short, kv.pop(long_name))
-    ev = Event("cef", "cef", raw, time=_event_time(kv, header_time) if kv else None)
-    if ev.time is None:
-        ev.time = header_time
+    t = _event_time(kv, ext, header_time) if kv else None
+    ev = Event("cef", "cef", raw, time=header_time if t is None else t)
     ev.device = kv.get("dvchost") or kv.get("dvc") or header_host
     ev.src, ev.dst = kv.get("src") or None, kv.get("dst") or None
     ev.sport, ev.dport = to_port(kv.get("spt")), to_port(kv.get("dpt"))

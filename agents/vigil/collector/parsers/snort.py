@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import re
+from time import time as _now
 
 from ..event import Event, proto_name, severity_from_priority, to_port
 from ..syslog import Header, bsd_time, iso_time
@@ -15,11 +16,26 @@ _FULL_ADDR = re.compile(_TS + r" ([0-9A-Fa-f.:]+?)(?::(\d+))? -> ([0-9A-Fa-f.:]+
 _MON = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
 
+_second_cache: dict[tuple, float | None] = {}
+
+
 def _time(mo, dd, yy, h, mi, s, frac, ref):
-    if not 1 <= int(mo) <= 12:
-        return None
-    year = None if yy is None else yy if len(yy) == 4 else str(2000 + int(yy))
-    return bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, frac, ref)
+    """The time of a Snort/Suricata date; each second's result is remembered (for the hour of the
+    reference time), since a stream repeats it for every alert written in that second."""
+    key = (mo, dd, yy, h, mi, s, int(ref if ref is not None else _now()) // 3600)
+    ts = _second_cache.get(key, False)
+    if ts is False:
+        if not (mo.isdecimal() and 1 <= int(mo) <= 12):
+            ts = None
+        else:
+            year = None if yy is None else yy if len(yy) == 4 else str(2000 + int(yy))
+            ts = bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, None, ref)
+        if len(_second_cache) > 4096:
+            _second_cache.clear()
+        _second_cache[key] = ts
+    if ts is None or not frac:
+        return ts
+    return ts + int(frac) / 10 ** len(frac)
 
 
 def rule_id(gid, sid) -> str | None:
@@ -41,9 +57,16 @@ def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dpor
         msg = ""
     if cls == "(null)":
         cls = None
-    ev.sig_id = rule_id(gid, sid)
-    if rev is not None and str(rev).isdecimal():
-        ev.extra["rev"] = int(rev)
+    if sid.__class__ is str and gid.__class__ is str and sid[:1] != "0" and gid[:1] != "0" \
+            and sid.isdecimal() and gid.isdecimal():
+        ev.sig_id = gid + ":" + sid                 # digits from a text line (rule_id's common case)
+    else:
+        ev.sig_id = rule_id(gid, sid)
+    if rev.__class__ is str:
+        if rev.isdecimal():
+            ev.extra["rev"] = int(rev)
+    elif rev.__class__ is int:
+        ev.extra["rev"] = rev
     ev.sig_name = msg.strip() or None
     ev.category = cls or None
     ev.severity = severity_from_priority(prio) if prio is not None else None
@@ -149,14 +172,15 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
     parts, end = ts
     body = line[end:].lstrip()
     verdict = None
-    if body.startswith("[") and not body.startswith("[**]"):
+    if not body.startswith("[**] "):
         # inline mode writes the verdict first: "[Drop] [**] ...", "[wDrop]" (would drop: test
         # mode), "[Block]"; Snort 2 manual, alert_fast; Suricata writes "[Drop]" in IPS mode
         word, sep, rest = body[1:].partition("] ")
-        if sep and word in _VERDICTS:
-            verdict, body = _VERDICTS[word], rest.lstrip()
-    if not body.startswith("[**] "):
-        return None
+        if not (body[:1] == "[" and sep and word in _VERDICTS):
+            return None
+        verdict, body = _VERDICTS[word], rest.lstrip()
+        if not body.startswith("[**] "):
+            return None
     fields = _alert(body[5:])
     if fields is None:
         return None

@@ -216,3 +216,36 @@ def test_tcp_stream_mixing_octet_counting_and_lines_keeps_every_message_whole(tm
         assert counters.get("syslog_malformed_frames") == 0 and counters.get("syslog_oversized") == 0
     finally:
         comp.close()
+
+
+def test_pathological_datagrams_do_not_stall_the_other_senders(tmp_path: Path):
+    """Issue 14: one UDP datagram (a CEF extension of spaces, ~70 s at 64 KB) blocked the single
+    worker, so every source waited.  Datagrams of the slowest families at ~64 KB, then a valid
+    message: all stored within a few seconds."""
+    from vigil.collector.pathological import SEEDS, family
+    counters = Counters()
+    ctx = Context("m", tmp_path, None, _Writer(), counters, ControlServer(tmp_path / "c.sock"), _NoPolicy(counters),
+                  threading.Event())
+    comp = CollectorComponent(CollectorConfig(udp="127.0.0.1:0", default_rules=False), ctx)
+    hostile = ["CEF:0|a|b|c|d|e|5|k=" + " " * 64000 + "x",
+               '<134>1 2026-11-23T10:00:01Z gw CheckPoint 1 - [' + "a" * 64000,
+               "[Mon Nov 23 10:00:01 2026] [error] " + "[client " * 7900 + " ModSecurity: x",
+               family(SEEDS["checkpoint-sd"], 83, 'k="', None, 64000),
+               family(SEEDS["snort-full"], 39, "\n", None, 64000)]
+    comp.start()
+    try:
+        port = comp.server.bound["udp"][1]
+        t0 = time.monotonic()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for m in hostile:
+                u.sendto(m.encode(), ("127.0.0.1", port))
+                time.sleep(0.01)            # one 64 KB datagram at a time into the socket buffer
+            u.sendto(b"<13>Nov 23 10:00:01 host app: after the hostile ones", ("127.0.0.1", port))
+        deadline = t0 + 10
+        while len(ctx.writer.lines) < len(hostile) + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(ctx.writer.lines) == len(hostile) + 1
+        assert "after the hostile ones" in ctx.writer.lines[-1]
+        assert time.monotonic() - t0 < 3
+    finally:
+        comp.close()

@@ -96,22 +96,65 @@ def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
     sf = _str_field
     parts = [prefix, " peer=", sf(peer)]
     add = parts.append
-    for name, v in ((",device=", ev.device), (",src=", ev.src), (",dst=", ev.dst), (",proto=", ev.proto),
-                    (",action_raw=", action), (",sig_id=", ev.sig_id), (",sig_name=", ev.sig_name),
-                    (",category=", ev.category)):
-        if v is not None:
-            if type(v) is not str:
-                raise Rejected("field_type", name[1:-1])
-            add(name)
-            add(sf(v))
-    for name, v in ((",sport=", ev.sport), (",dport=", ev.dport)):
-        if v is not None:
-            if type(v) is not int or not 0 <= v <= 65535:
-                raise Rejected("value_range", f"{name[1:-1]} {v!r:.40}")
-            add(f"{name}{v}i")
+    # unrolled (this runs for every message): each string field is checked to be a str
+    v = ev.device
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "device")
+        add(",device=")
+        add(sf(v))
+    v = ev.src
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "src")
+        add(",src=")
+        add(sf(v))
+    v = ev.dst
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "dst")
+        add(",dst=")
+        add(sf(v))
+    v = ev.proto
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "proto")
+        add(",proto=")
+        add(sf(v))
+    if action is not None:
+        add(",action_raw=")
+        add(sf(action))
+    v = ev.sig_id
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "sig_id")
+        add(",sig_id=")
+        add(sf(v))
+    v = ev.sig_name
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "sig_name")
+        add(",sig_name=")
+        add(sf(v))
+    v = ev.category
+    if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "category")
+        add(",category=")
+        add(sf(v))
+    v = ev.sport
+    if v is not None:
+        if v.__class__ is not int or not 0 <= v <= 65535:
+            raise Rejected("value_range", f"sport {v!r:.40}")
+        add(f",sport={v}i")
+    v = ev.dport
+    if v is not None:
+        if v.__class__ is not int or not 0 <= v <= 65535:
+            raise Rejected("value_range", f"dport {v!r:.40}")
+        add(f",dport={v}i")
     t = ev.time
     if t is not None:
-        if type(t) is not float and type(t) is not int:
+        if t.__class__ is not float and t.__class__ is not int:
             raise Rejected("field_type", "time")
         ms = t * 1000
         if not -_MAX_MS < ms < _MAX_MS:         # also NaN and the infinities

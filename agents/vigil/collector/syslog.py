@@ -53,7 +53,6 @@ _ISO_PREFIX = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?(?:
 # ("<4.6>"), names with -vv ("<auth.info>", a number where there is no name); syslogd.c, fprintlog
 _VV = re.compile(r"<([a-z0-9]{1,10})\.([a-z0-9]{1,10})> ")
 _YEAR_FIRST = re.compile(r"(\d{4}) ([A-Za-z]{3}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?:? ?")
-_YEAR_LAST = re.compile(r"((?:19|20)\d\d) ")
 _TAG = re.compile(r"([^\s:\[]{1,64})(?:\[([^\]\s]*)\])?:? ?")
 
 
@@ -173,7 +172,7 @@ def parse_header(line: str, ref: float | None = None, _depth: int = 0) -> tuple[
                 rest = rest.lstrip(" ")  # "<38> Mar  7 ..." (space after PRI)
     # RFC 5424 (with or without PRI: Wazuh's Check Point lines have none)
     if rest.startswith("1 "):
-        if rest[6:7] == "-" and rest[12:13] == " " and rest[15:16] == ":":
+        if rest[12:13] == " " and rest[6:7] == "-" and rest[15:16] == ":":
             # "1 2018-03-21 17:25:25 host ...": a space for the T (Check Point exporters; syslog-ng's
             # checkpoint parser test reads it as the time): joined so the fields line up
             rest = rest[:12] + "T" + rest[13:]
@@ -182,9 +181,10 @@ def parse_header(line: str, ref: float | None = None, _depth: int = 0) -> tuple[
             ts_s, host, app, procid, msgid = m5.groups()
             ts = None if ts_s == "-" else iso_time(ts_s)
             if ts is not None or ts_s == "-":
-                # RFC 5424 6.2: HOSTNAME 1*255, APP-NAME 1*48, PROCID 1*128, MSGID 1*32 characters
-                h = Header("rfc5424", pri, ts, _nil(host[:255]), _nil(app[:48]), _nil(procid[:128]),
-                           _nil(msgid[:32]))
+                if len(host) > 255 or len(app) > 48 or len(procid) > 128 or len(msgid) > 32:
+                    # RFC 5424 6.2: HOSTNAME 1*255, APP-NAME 1*48, PROCID 1*128, MSGID 1*32
+                    host, app, procid, msgid = host[:255], app[:48], procid[:128], msgid[:32]
+                h = Header("rfc5424", pri, ts, _nil(host), _nil(app), _nil(procid), _nil(msgid))
                 body = rest[m5.end():]
                 if body.startswith("-"):
                     body = body[2:] if body.startswith("- ") else body[1:]
@@ -198,13 +198,27 @@ def parse_header(line: str, ref: float | None = None, _depth: int = 0) -> tuple[
                     body = body[1:]
                 return h, body
     # RFC 3164 / BSD
-    ts, after = _time_prefix(rest, ref)
+    mb = _BSD_TIME.match(rest) if rest[:1].isalpha() else None
+    if mb is not None and mb.group(3) is None and rest[mb.end() - 1:mb.end()] == " " \
+            and rest[mb.end():mb.end() + 2] in ("19", "20"):
+        mb = None                   # perhaps a year after the time: the general path below
+    if mb is not None:              # the common case, inline: "Mmm dd hh:mm:ss "
+        key = (mb.group(0), int(ref if ref is not None else time.time()) // 3600)
+        ts = _bsd_cache.get(key, False)
+        if ts is False:
+            ts = bsd_time(*mb.groups(), ref=ref)
+            if len(_bsd_cache) > 4096:
+                _bsd_cache.clear()
+            _bsd_cache[key] = ts
+        after = rest[mb.end():] if ts is not None else None
+    else:
+        ts, after = _time_prefix(rest, ref)
     if after is None:
         if pri is not None:
             return Header("rfc3164", pri), rest
         return None, line
     h = Header("rfc3164", pri, ts)
-    mv = _VV.match(after)
+    mv = _VV.match(after) if after[:1] == "<" else None
     if mv:
         after = after[mv.end():]
         if pri is None:
@@ -216,7 +230,8 @@ def parse_header(line: str, ref: float | None = None, _depth: int = 0) -> tuple[
     if not sp:
         return h, ""
     h.after_host = after2
-    if _depth == 0 and after2[:1].isalnum():
+    c = after2[:1]
+    if _depth == 0 and ("A" <= c <= "Z" and after2[3:4] == " " or "0" <= c <= "9" and after2[4:5] in (" ", "-")):
         # relayed: the relay's header, then the original one ("2019 May 06 09:28:12 relay May 6
         # 07:28:11 10.0.0.16 %ASA-..."); the original gives time, host and tag, its year taken
         # from the relay's time, and the relay is kept
@@ -247,11 +262,10 @@ def _time_prefix(rest: str, ref: float | None) -> tuple[float | None, str | None
             return None, None
         end = mb.end()
         fields = mb.groups()
-        if fields[2] is None and rest[end - 1:end] == " ":
-            my = _YEAR_LAST.match(rest, end)
-            if my:
-                fields = fields[:2] + (my.group(1),) + fields[3:]
-                end = my.end()
+        if fields[2] is None and rest[end + 4:end + 5] == " " and rest[end:end + 2] in ("19", "20") \
+                and rest[end - 1:end] == " " and rest[end + 2:end + 4].isdigit():
+            fields = fields[:2] + (rest[end:end + 4],) + fields[3:]     # year after the time
+            end += 5
         key = (rest[:end], int(ref if ref is not None else time.time()) // 3600)
         ts = _bsd_cache.get(key, False)
         if ts is False:

@@ -13,10 +13,11 @@ from ..event import (CRITICAL, HIGH, LOW, MEDIUM, Event, norm_action, proto_name
 from ..syslog import bsd_time
 
 START = re.compile(r"(?:CEF: ?)?\d{1,2}\|")
-# A key starts right after a space and runs up to "=".  The lookbehind and the possessive run keep
-# this linear: ``" +key="`` tried at every space of a long run of spaces was quadratic (a 64 KB
-# extension of spaces took ~70 s).  Trailing spaces of a value are stripped below.
-_KEY_SPLIT = re.compile(r"(?<= )([\w.,\[\]:-]++)=")
+# A key starts right after a space and runs up to "=".  One space, not " +", and a possessive run
+# keep this linear: " +key=" tried at every space of a long run of spaces rescanned the run (a
+# 64 KB extension of spaces took ~70 s).  Spaces before a key stay at the end of the previous
+# value, which is stripped below.
+_KEY_SPLIT = re.compile(r" ([\w.,\[\]:-]++)=")
 _ESCAPES = (("\\=", "="), ("\\|", "|"), ("\\n", "\n"), ("\\r", "\r"))
 _ALIASES = {
     "sourceAddress": "src", "destinationAddress": "dst", "sourcePort": "spt", "destinationPort": "dpt",

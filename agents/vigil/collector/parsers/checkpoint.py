@@ -14,10 +14,12 @@ import re
 from ..event import Event, norm_action, proto_name, severity_from_word, to_port, unescape
 from ..syslog import Header, iso_time
 
-# A key starts where a run of key characters starts (the lookbehind): tried inside a long run of
-# key characters with no ``:"`` after it, every start rescanned the rest of the run (quadratic).
-_KV_COLON = re.compile(r'(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
-_KV_EQ = re.compile(r'(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
+# A key starts after a character that cannot be in a key (the text is searched with a space in
+# front): tried inside a long run of key characters with no ``:"`` after it, every start used to
+# rescan the rest of the run (quadratic).  The separator is consumed, so two pairs need something
+# between them (Check Point writes "; " or " ").
+_KV_COLON = re.compile(r'[^A-Za-z0-9_.\-]([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
+_KV_EQ = re.compile(r'[^A-Za-z0-9_.\-]([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
 _KV_START = re.compile(r'\[?[a-z_]+:"')
 _PACKET = re.compile(r"<([0-9a-fA-F.:]+),(\d+),([0-9a-fA-F.:]+),(\d+),(\d+)")
 _SD_ID = re.compile(r"\[[^\s\]]+@\d")
@@ -38,9 +40,9 @@ def looks_like(header: Header | None, body: str) -> bool:
 
 def fields(text: str) -> tuple[dict[str, str], int]:
     if text.startswith("[Fields@") or _SD_ID.match(text):
-        matches = _KV_EQ.findall(text)
+        matches = _KV_EQ.findall(" " + text)
     else:
-        matches = _KV_COLON.findall(text)
+        matches = _KV_COLON.findall(" " + text)
     out: dict[str, str] = {}
     dups = 0
     for k, v in matches:

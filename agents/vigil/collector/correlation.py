@@ -377,28 +377,29 @@ class Correlator:
         self.evidence: dict[str, dict[str, tuple]] = {r.name: {} for r in rules if r.type == "distinct"}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
-        self._by_type: dict[tuple[str, bool], list[tuple]] = {}
+        self._by_type: dict[str, tuple[list[tuple], list[tuple]]] = {}
         # per rule, a closure over its own state and parameters: handler(group, event, brief, now)
         self._handlers = {r.name: getattr(self, "_" + r.type)(r) for r in rules}
 
-    def _rules_for(self, source_type: str, alert: bool) -> list[tuple]:
-        """The rules that can match events of a source type and class (alert or telemetry), each
-        with what process() needs: (rule, match test or None for a sequence, group getter,
-        handler, state, cooldowns)."""
-        rs = self._by_type.get((source_type, alert))
-        if rs is None:
-            rs = []
+    def _rules_for(self, source_type: str) -> tuple[list[tuple], list[tuple]]:
+        """The rules that can match events of a source type, for telemetry ([0]) and for alerts
+        ([1]), each with what process() needs: (rule, match test or None for a sequence, group
+        getter, handler, state, cooldowns)."""
+        pair = self._by_type.get(source_type)
+        if pair is None:
+            pair = ([], [])
             for r in self.rules:
-                if not alert and r.events == "alerts":
-                    continue
                 ms = r.steps if r.type == "sequence" else [r.match]
                 if any(m.source_types is None or source_type in m.source_types for m in ms):
                     # the source_type condition holds for every event given to this entry
                     test = None if r.type == "sequence" else r.match.test_rest
-                    rs.append((r, test, _getter(r.group_by), self._handlers[r.name],
-                               self.state[r.name], self.cooldown[r.name]))
-            self._by_type[(source_type, alert)] = rs
-        return rs
+                    entry = (r, test, _getter(r.group_by), self._handlers[r.name],
+                             self.state[r.name], self.cooldown[r.name])
+                    pair[1].append(entry)
+                    if r.events == "all":
+                        pair[0].append(entry)
+            self._by_type[source_type] = pair
+        return pair
 
     def _inc(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -415,9 +416,13 @@ class Correlator:
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
         brief = None
+        telemetry, alerts = self._rules_for(ev.source_type)
         a = ev.action                   # event.is_alert, inlined: this runs for every event
-        alert = a == "alert" or a == "block" or (a is None and ev.source_type == "cef" and ev.sig_id is not None)
-        for rule, test, get, handler, state, cooldown in self._rules_for(ev.source_type, alert):
+        if a == "alert" or a == "block" or (a is None and ev.source_type == "cef" and ev.sig_id is not None):
+            entries = alerts
+        else:
+            entries = telemetry
+        for rule, test, get, handler, state, cooldown in entries:
             if test is not None and not test(ev):
                 continue
             g = get(ev)

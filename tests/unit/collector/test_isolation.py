@@ -100,7 +100,7 @@ _msg = st.one_of(
 )
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(_msg, min_size=1, max_size=25))
 def test_one_bad_message_never_loses_its_neighbours(tmp_path_factory, batch):
     comp = _component(tmp_path_factory.getbasetemp())

@@ -171,3 +171,30 @@ def test_snort_fast_samples_agree_with_their_own_lines(samples_dir):
         assert datetime.utcfromtimestamp(ev.time).strftime("%m/%d-%H:%M:%S.%f") == ln[:21]
         n += 1
     assert n >= 5
+
+
+def test_checkpoint_samples_agree_with_their_own_fields(samples_dir):
+    """Log Exporter (sk144192), read independently: every key:"value" pair of the record is in the
+    event's fields with its value; "origin" is the device; src/dst/service as the record says."""
+    n = 0
+    for name in ("test-checkpoint.log", "test-r81x.log"):
+        for ln in (samples_dir / "checkpoint" / name).read_text(encoding="utf-8").split("\n"):
+            if "CheckPoint" not in ln:
+                continue
+            ev = parse(ln, ref=REF)
+            pairs = re.findall(r'(?:\[|; )([a-z_0-9:]+?)::?"((?:[^"\\]|\\.)*)"', ln)
+            kv = ev.extra["kv"]
+            for k, v in pairs:
+                if k in kv and "\\" not in v:
+                    assert kv[k] == v or ev.extra.get("duplicate_keys"), (name, k)
+            assert len(kv) + ev.extra.get("duplicate_keys", 0) == len(pairs), (name, ln[:100])
+            if "origin" in kv:
+                assert ev.device == kv["origin"]
+            if kv.get("src"):
+                assert ev.src == kv["src"]
+            if kv.get("dst"):
+                assert ev.dst == kv["dst"]
+            if kv.get("service", "").isdecimal():
+                assert ev.dport == int(kv["service"])
+            n += 1
+    assert n >= 20

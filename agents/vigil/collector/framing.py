@@ -31,34 +31,6 @@ class StreamFramer:
         self.oversized = 0
         self.malformed = 0
 
-    def _octet_header(self, buf: bytearray, pos: int, n: int) -> tuple[int, int] | None | bool:
-        """At a digit: ``(length, start)`` for ``LEN SP <PRI>``, False when it is not one (an LF
-        line), None when more bytes are needed to tell."""
-        sp = buf.find(b" ", pos, pos + _MAX_LEN_DIGITS + 1)
-        if sp < 0:
-            if n - pos <= _MAX_LEN_DIGITS and bytes(buf[pos:n]).isdigit():
-                return None
-            return False
-        digits = bytes(buf[pos:sp])
-        if not digits.isdigit():
-            return False
-        # "<PRI>": 1-3 digits and ">" right after the space; anything else is an LF line (a
-        # year-first timestamp "2015 Nov 13 ...", an RFC 5424 line without PRI "1 2019-...").
-        i = sp + 1
-        if i >= n:
-            return None
-        if buf[i] != 60:                                    # "<"
-            return False
-        j = i + 1
-        while j < n and j <= i + 3 and 48 <= buf[j] <= 57:
-            j += 1
-        if j >= n:
-            return None
-        if j == i + 1 or buf[j] != 62 or int(bytes(buf[i + 1:j])) > 191:     # ">"
-            self.malformed += 1                             # "LEN <" without a valid PRI
-            return False
-        return int(digits), sp + 1
-
     def feed(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         buf = self.buf
@@ -81,26 +53,40 @@ class StreamFramer:
                 self.discard_line = False
                 continue
             c = buf[pos]
-            if 49 <= c <= 57 and not (pos == 0 and self.noeol):   # octet counting: "123 <PRI>msg"
-                hdr = self._octet_header(buf, pos, n)
-                if hdr is None:
-                    break                          # need more bytes to decide
-                if hdr:
-                    length, start = hdr
-                    if length > max_size:
-                        # a sender's octet-counted frame that is too big: skipped whole, so the
-                        # next frame's boundary is kept (as an LF line it would run into the next
-                        # frames, which have no LF between them)
-                        self.oversized += 1
-                        self.skip = length
-                        pos = start
-                        continue
-                    if n - start < length:
-                        break                      # incomplete frame
-                    out.append(bytes(buf[start:start + length]))
-                    pos = start + length
-                    self.noeol = 0
-                    continue
+            if 49 <= c <= 57 and not (pos == 0 and self.noeol):
+                # octet counting only for "LEN <PRI>": a length without leading zero (at most 9
+                # digits), a space, then "<", 1-3 digits (at most 191) and ">"; anything else is
+                # an LF line (a year-first "2015 Nov 13 ...", RFC 5424 without PRI "1 2019-...")
+                sp = buf.find(b" ", pos, pos + _MAX_LEN_DIGITS + 1)
+                if sp < 0:
+                    if n - pos <= _MAX_LEN_DIGITS and buf[pos:n].isdigit():
+                        break                      # need more bytes to decide
+                elif sp + 1 >= n:
+                    break
+                elif buf[sp + 1] == 60:            # "<"
+                    gt = buf.find(b">", sp + 2, sp + 6)
+                    if gt < 0 and n < sp + 6 and (sp + 2 >= n or buf[sp + 2:n].isdigit()):
+                        break                      # the PRI may still be arriving
+                    digits = buf[pos:sp]
+                    if digits.isdigit():
+                        pri = buf[sp + 2:gt] if gt > 0 else b""
+                        if pri.isdigit() and int(pri) <= 191:
+                            length, start = int(digits), sp + 1
+                            if length > max_size:
+                                # a sender's octet-counted frame that is too big: skipped by its
+                                # count, so the next frame's boundary is kept (as an LF line it
+                                # would run into the next frames, which have no LF between them)
+                                self.oversized += 1
+                                self.skip = length
+                                pos = start
+                                continue
+                            if n - start < length:
+                                break              # incomplete frame
+                            out.append(bytes(buf[start:start + length]))
+                            pos = start + length
+                            self.noeol = 0
+                            continue
+                        self.malformed += 1        # "LEN <" without a valid PRI: read as a line
             # LF framing; the bytes of a line still arriving are not searched again
             nl = buf.find(b"\n", pos + (self.noeol if pos == 0 else 0))
             if nl < 0:

@@ -31,12 +31,19 @@ _MEAS_ESC = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _TAG_ESC = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
 def _field_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
+        if not INT64_MIN <= v <= INT64_MAX:     # InfluxDB refuses the whole batch (400)
+            raise ValueError(f"integer field out of int64 range: {v}")
         return f"{v}i"
     if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"float field not finite: {v}")
         return repr(v)
     s = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{s}"'

@@ -37,9 +37,13 @@ def sample_lines(samples_dir: Path, rel: str) -> list[str]:
 
 
 def octet(msgs: list[str]) -> bytes:
+    """RFC 6587 octet counting frames syslog messages: lines without a PRI get RFC 3164's default
+    (13, user.notice), as a relay would add it; the collector frames by count only before a PRI."""
     out = b""
     for m in msgs:
         b = m.encode()
+        if not b.startswith(b"<"):
+            b = b"<13>" + b
         out += b"%d " % len(b) + b
     return out
 
@@ -112,8 +116,8 @@ def test_collector_end_to_end(lab, samples_dir, tmp_path):
                 s.sendall(octet([sqli_line(i) for i in range(6)]))
         # garbage: an oversized frame, binary noise, a bad TLS client; then a good line on the same TCP
         with socket.create_connection(("127.0.0.1", tcp)) as s:
-            s.sendall(b"999999 " + b"A" * 20000)
-            s.sendall(b"A" * (999999 - 20000))
+            s.sendall(b"999999 <13>" + b"A" * 20000)
+            s.sendall(b"A" * (999999 - 20004))
             s.sendall(b"\x00\xff\xfe garbage \x01\n" + b"x" * 9000 + b"\n")
             s.sendall(b"<13>Nov 23 10:00:00 host app: still alive\n")
         with socket.create_connection(("127.0.0.1", tls)) as s:
@@ -135,7 +139,7 @@ def test_collector_end_to_end(lab, samples_dir, tmp_path):
                                 "WHERE source_type='snort' AND \"source\"='ids'")
         assert len(rows) == len(snort)
         assert {r["peer"] for r in rows} == {"127.0.0.2"}
-        assert any(r["sig_id"] == "1:1917:6" and r["sig_name"] == "SCAN UPnP service discover attempt"
+        assert any(r["sig_id"] == "1:1917" and r["sig_name"] == "SCAN UPnP service discover attempt"
                    and r["src"] == "192.168.15.10" and r["dport"] == 1900 for r in rows)
         fw = lab.influx.query("SELECT src, dport FROM security_event WHERE \"source\"='fw' AND action='allow'")
         assert len(fw) >= 5
@@ -183,3 +187,31 @@ def test_collector_config_errors_name_the_key(lab, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "bad.yaml: rules[0] (x).count: must be at least 1" in r.stderr + r.stdout
+
+
+def test_crafted_messages_are_rejected_alone_and_the_rest_reach_influxdb(lab, tmp_path):
+    """Issue 14: one message whose event could not become a point (a JSON address of the wrong
+    type, a time beyond int64 milliseconds) made the whole batch fail, and values beyond int64 were
+    sent to InfluxDB, which refuses the batch they travel in.  Here valid and crafted messages
+    share one TCP connection (so one batch): InfluxDB 1.6 must accept every point -- the valid
+    events parsed, the crafted ones raw -- and the manager must count each rejection by reason."""
+    tcp = free_port()
+    lab.start_manager(policy=POLICY, collector={"tcp": f"127.0.0.1:{tcp}", "default_rules": False})
+    lab.wait_log("manager", "collector: listening tcp", timeout=20)
+    sock_path = lab.run_dir / "manager.sock"
+    valid = [f"<134>Nov 23 10:00:01 fw CEF:0|V|P|1.0|100|Threat|8|src=10.44.0.{i} spt=4444 dst=10.0.1.1 "
+             f"dpt=80 act=blocked" for i in range(1, 41)]
+    crafted = [json.dumps({"seconds": 1700000000, "src_addr": 1234, "sid": 1, "gid": 1, "rev": 1, "msg": "m"}),
+               'time:"' + "9" * 22 + '"; action:"Drop"; src:"10.44.1.1"',
+               'time:"' + "9" * 400 + '"; action:"Drop"; src:"10.44.1.2"',
+               "CEF:0|V|P|1|1|n|5|src=10.44.1.3 rt=" + "9" * 20]
+    msgs = valid[:20] + crafted + valid[20:]
+    with socket.create_connection(("127.0.0.1", tcp)) as s:
+        s.sendall(("\n".join(msgs) + "\n").encode())
+    wait_for(lambda: count(lab, "source_type='cef'") == len(valid), 20, "every valid event stored")
+    wait_for(lambda: count(lab, "source_type='syslog'") == len(crafted), 20, "the crafted messages stored raw")
+    raw = lab.influx.query("SELECT raw FROM security_event WHERE source_type='syslog'")
+    assert sorted(r["raw"] for r in raw) == sorted(crafted)
+    c = control.call(sock_path, "manager.status")["counters"]
+    assert c.get("collector_rejected_field_type") == 1 and c.get("collector_rejected_value_range") == 3
+    assert c.get("influx_batches_rejected", 0) == 0 and c.get("collector_worker_errors", 0) == 0

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from ..influx import line
@@ -34,7 +34,7 @@ from ..manager.api import Context, DecisionRequest
 from .config import CollectorConfig
 from .correlation import Correlator, Firing, is_ip, load_rules
 from .event import SEVERITY_NAMES, Event
-from .parsers import ParseStats, parse
+from .parsers import ParseStats, parse, raw_event
 from .server import SourceMap, SyslogServer
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,41 @@ def _str_field(v: str) -> str:
     return '"' + v + '"'
 
 
+class Rejected(ValueError):
+    """An event that cannot become a point; ``reason`` is the counted name."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+_MAX_MS = 9.2e18          # event_time is an int64 field in ms: |t| below 2**63 ms, finite
+
+
 def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
     """One point; tags are few and bounded (type, format, severity, action class, named source).
 
     Equivalent to ``influx.line`` (tested against it), built faster: the tag part is cached per
-    tag combination and only string/int fields occur."""
-    action = (ev.action if ev.action in _TAG_ACTIONS else "other") if ev.action else None
+    tag combination and only string/int fields occur.  Every value is checked before it is
+    written (strings are strings, ports 0-65535, severity 0-4, the time finite and within int64
+    milliseconds); anything else raises ``Rejected`` -- one bad value must not make InfluxDB
+    refuse the whole batch it travels in."""
+    sev = ev.severity
+    if sev is not None and (type(sev) is not int or not 0 <= sev <= 4):
+        raise Rejected("value_range", f"severity {sev!r:.40}")
+    action = ev.action
+    if action is not None and type(action) is not str:
+        raise Rejected("field_type", "action")
+    tag_action = (action if action in _TAG_ACTIONS else "other") if action else None
     source = ev.source if ev.source != peer else None
-    key = (ev.source_type, ev.format, ev.severity, action, source)
+    key = (ev.source_type, ev.format, sev, tag_action, source)
     prefix = _prefix_cache.get(key)
     if prefix is None:
+        if type(ev.source_type) is not str or type(ev.format) is not str:
+            raise Rejected("field_type", "source_type/format")
         tags = {"source_type": ev.source_type, "format": ev.format,
-                "severity": SEVERITY_NAMES[ev.severity] if ev.severity is not None else None,
-                "action": action, "source": source}
+                "severity": SEVERITY_NAMES[sev] if sev is not None else None,
+                "action": tag_action, "source": source}
         prefix = MEASUREMENT + "".join(f",{k}={str(v).translate(_TAG_ESC)}" for k, v in sorted(tags.items())
                                        if v is not None and v != "")
         if len(_prefix_cache) > 10000:
@@ -74,44 +96,70 @@ def event_line(ev: Event, peer: str, ts_ns: int, raw_max: int) -> str:
     sf = _str_field
     parts = [prefix, " peer=", sf(peer)]
     add = parts.append
+    # unrolled (this runs for every message): each string field is checked to be a str
     v = ev.device
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "device")
         add(",device=")
         add(sf(v))
     v = ev.src
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "src")
         add(",src=")
         add(sf(v))
     v = ev.dst
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "dst")
         add(",dst=")
         add(sf(v))
     v = ev.proto
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "proto")
         add(",proto=")
         add(sf(v))
-    v = ev.action
-    if v is not None:
+    if action is not None:
         add(",action_raw=")
-        add(sf(v))
+        add(sf(action))
     v = ev.sig_id
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "sig_id")
         add(",sig_id=")
         add(sf(v))
     v = ev.sig_name
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "sig_name")
         add(",sig_name=")
         add(sf(v))
     v = ev.category
     if v is not None:
+        if v.__class__ is not str:
+            raise Rejected("field_type", "category")
         add(",category=")
         add(sf(v))
-    if ev.sport is not None:
-        add(f",sport={ev.sport}i")
-    if ev.dport is not None:
-        add(f",dport={ev.dport}i")
-    if ev.time is not None:
-        add(f",event_time={int(ev.time * 1000)}i")
+    v = ev.sport
+    if v is not None:
+        if v.__class__ is not int or not 0 <= v <= 65535:
+            raise Rejected("value_range", f"sport {v!r:.40}")
+        add(f",sport={v}i")
+    v = ev.dport
+    if v is not None:
+        if v.__class__ is not int or not 0 <= v <= 65535:
+            raise Rejected("value_range", f"dport {v!r:.40}")
+        add(f",dport={v}i")
+    t = ev.time
+    if t is not None:
+        if t.__class__ is not float and t.__class__ is not int:
+            raise Rejected("field_type", "time")
+        ms = t * 1000
+        if not -_MAX_MS < ms < _MAX_MS:         # also NaN and the infinities
+            raise Rejected("value_range", f"time {t!r:.40}")
+        add(f",event_time={int(ms)}i")
     add(",raw=")
     add(sf(ev.raw[:raw_max]))
     add(f" {ts_ns}")
@@ -130,6 +178,7 @@ class CollectorComponent:
         self.correlator = Correlator(self.rules, self._on_fire, cfg.max_groups, ctx.counters)
         self.server = SyslogServer(cfg, ctx.counters, self.sources)
         self.stats = ParseStats()
+        self.rejected: Counter[str] = Counter()
         self.proposed: deque[dict] = deque(maxlen=50)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
@@ -175,7 +224,12 @@ class CollectorComponent:
     def handle(self, sender: str, msgs: list[bytes], now: float | None = None, keep: bool = False) -> list[Event]:
         """Parse, store and correlate one batch; the events are returned only with ``keep`` (the
         worker lets each one go once it is done with it: a batch of live events survived GC
-        collections and made full collections frequent)."""
+        collections and made full collections frequent).
+
+        Each message is on its own: a message whose event cannot become a point (``Rejected``,
+        or anything a parser let through) is counted by reason (``collector_rejected_<reason>``)
+        and stored as a raw event instead; a parser that failed already gave a raw event
+        (``parser_error``).  The rest of the batch is stored whatever one message holds."""
         src_cfg = self.sources.lookup(sender)
         name = src_cfg.name if src_cfg else sender
         hint = src_cfg.format if src_cfg else "auto"
@@ -190,17 +244,29 @@ class CollectorComponent:
         last = self._last_ns
         try:
             for data in msgs:
-                ev = parse(data.decode("utf-8", errors="replace"), hint=hint, stats=stats)
-                if ev is None:
-                    empty += 1
-                    continue
-                ev.source = name
+                text = data.decode("utf-8", errors="replace")
                 ts = time_ns()
                 if ts <= last:                 # unique timestamps: InfluxDB would merge equal points
                     ts = last + 1
                 last = ts
-                add_line(event_line(ev, sender, ts, raw_max))
-                process(ev, now)
+                try:
+                    ev = parse(text, hint=hint, stats=stats)
+                    if ev is None:
+                        empty += 1
+                        continue
+                    ev.source = name
+                    add_line(event_line(ev, sender, ts, raw_max))
+                    if "parse_error" in ev.extra:
+                        self._rejected("parser_error")
+                except Exception as exc:       # this message only: never its neighbours
+                    ev = self._keep_raw(text, exc, name, sender, ts, raw_max, add_line)
+                    if ev is None:
+                        continue
+                try:
+                    process(ev, now)
+                except Exception:
+                    self._rejected("correlation_error")
+                    log.exception("collector: correlation failed on a %s event from %s", ev.format, sender)
                 if add_event is not None:
                     add_event(ev)
         finally:
@@ -211,6 +277,25 @@ class CollectorComponent:
             self.ctx.writer.write(out_lines)
             self.counters.inc("collector_events", len(out_lines))
         return events
+
+    def _rejected(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        self.counters.inc("collector_rejected_" + reason)
+
+    def _keep_raw(self, text: str, exc: Exception, name: str, sender: str, ts: int, raw_max: int,
+                  add_line) -> Event | None:
+        reason = exc.reason if isinstance(exc, Rejected) else "store_error"
+        self._rejected(reason)
+        log.debug("collector: message from %s rejected (%s): %s", sender, reason, exc)
+        try:
+            ev = raw_event(text, (str(exc) if isinstance(exc, Rejected) else f"{reason}: {exc}")[:200])
+            ev.source = name
+            add_line(event_line(ev, sender, ts, raw_max))
+            return ev
+        except Exception:              # not even the raw form: counted, the batch goes on
+            self._rejected("unstorable")
+            log.exception("collector: message from %s could not be stored even raw", sender)
+            return None
 
     def _on_fire(self, f: Firing) -> None:
         self.counters.inc("correlation_fired")
@@ -250,6 +335,7 @@ class CollectorComponent:
                 "tls_handshake_failures": self.server.tls_handshake_failures(),
                 "queue": self.server.queue.qsize(),
                 "parsed": dict(self.stats.parsed), "parse_errors": dict(self.stats.errors),
+                "rejected": dict(self.rejected),
                 "rules": {r.name: self.correlator.fired[r.name] for r in self.rules},
                 "correlation_groups": self.correlator.groups(),
                 "rate_limited_by_sender": dict(self.server.per_source_dropped),

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 RULE_TYPES = ("threshold", "distinct", "sequence")
 DEFAULT_RULES = Path(__file__).parent / "rules"
 _RULE_KEYS = {"name", "type", "description", "match", "group_by", "window", "count", "distinct",
-              "steps", "duration", "reason", "cooldown", "enabled"}
+              "steps", "duration", "reason", "cooldown", "enabled", "events"}
+EVENT_CLASSES = ("alerts", "all")
 _COND_KEYS = {"regex", "any", "not", "min", "max", "exists"}
 
 
@@ -230,6 +231,7 @@ class Rule:
     reason: str = ""
     cooldown: float = 0.0
     source: str = ""
+    events: str = "alerts"       # alerts: only alert-class events (event.is_alert) count; all: any
 
 
 def _num(v: Any, where: str, minimum: float, integer: bool = False) -> float:
@@ -276,6 +278,9 @@ def parse_rules(data: Any, source: str) -> list[Rule]:
             rule.duration = _num(spec["duration"], f"{where}.duration", 1)
         rule.reason = str(spec.get("reason") or spec.get("description") or name)
         rule.cooldown = _num(spec.get("cooldown", rule.window), f"{where}.cooldown", 0)
+        rule.events = spec.get("events", "alerts")
+        if rule.events not in EVENT_CLASSES:
+            raise RuleError(f"{where}.events: must be one of {', '.join(EVENT_CLASSES)}, got {rule.events!r}")
         if rtype == "sequence":
             for k in ("match", "count", "distinct"):
                 if k in spec:
@@ -372,25 +377,29 @@ class Correlator:
         self.evidence: dict[str, dict[str, tuple]] = {r.name: {} for r in rules if r.type == "distinct"}
         self.cooldown: dict[str, dict[str, float]] = {r.name: {} for r in rules}
         self.fired: dict[str, int] = {r.name: 0 for r in rules}
-        self._by_type: dict[str, list[Rule]] = {}
+        self._by_type: dict[str, tuple[list[tuple], list[tuple]]] = {}
         # per rule, a closure over its own state and parameters: handler(group, event, brief, now)
         self._handlers = {r.name: getattr(self, "_" + r.type)(r) for r in rules}
 
-    def _rules_for(self, source_type: str) -> list[tuple]:
-        """The rules that can match events of a source type, each with what process() needs:
-        (rule, match test or None for a sequence, group getter, handler, state, cooldowns)."""
-        rs = self._by_type.get(source_type)
-        if rs is None:
-            rs = []
+    def _rules_for(self, source_type: str) -> tuple[list[tuple], list[tuple]]:
+        """The rules that can match events of a source type, for telemetry ([0]) and for alerts
+        ([1]), each with what process() needs: (rule, match test or None for a sequence, group
+        getter, handler, state, cooldowns)."""
+        pair = self._by_type.get(source_type)
+        if pair is None:
+            pair = ([], [])
             for r in self.rules:
                 ms = r.steps if r.type == "sequence" else [r.match]
                 if any(m.source_types is None or source_type in m.source_types for m in ms):
                     # the source_type condition holds for every event given to this entry
                     test = None if r.type == "sequence" else r.match.test_rest
-                    rs.append((r, test, _getter(r.group_by), self._handlers[r.name],
-                               self.state[r.name], self.cooldown[r.name]))
-            self._by_type[source_type] = rs
-        return rs
+                    entry = (r, test, _getter(r.group_by), self._handlers[r.name],
+                             self.state[r.name], self.cooldown[r.name])
+                    pair[1].append(entry)
+                    if r.events == "all":
+                        pair[0].append(entry)
+            self._by_type[source_type] = pair
+        return pair
 
     def _inc(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -407,7 +416,13 @@ class Correlator:
     def process(self, ev: Event, now: float) -> list[Firing]:
         fired: list[Firing] = []
         brief = None
-        for rule, test, get, handler, state, cooldown in self._rules_for(ev.source_type):
+        telemetry, alerts = self._rules_for(ev.source_type)
+        a = ev.action                   # event.is_alert, inlined: this runs for every event
+        if a == "alert" or a == "block" or (a is None and ev.source_type == "cef" and ev.sig_id is not None):
+            entries = alerts
+        else:
+            entries = telemetry
+        for rule, test, get, handler, state, cooldown in entries:
             if test is not None and not test(ev):
                 continue
             g = get(ev)

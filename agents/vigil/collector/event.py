@@ -47,6 +47,18 @@ class Event:
         return {k: getattr(self, k) for k in FIELDS if k != "source"}
 
 
+def is_alert(ev: Event) -> bool:
+    """Alert-class: the event reports a detection or a verdict against traffic (action alert or
+    block), or is a CEF record without an action (CEF is an event format: every record names a
+    signature).  Everything else -- flows, DNS/HTTP/TLS/SMB records, allowed connections, audit
+    and engine messages, plain syslog -- is telemetry, which correlation rules ignore unless they
+    say ``events: all``."""
+    a = ev.action
+    if a == "alert" or a == "block":
+        return True
+    return a is None and ev.source_type == "cef" and ev.sig_id is not None
+
+
 _PROTO_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "47": "gre", "50": "esp"}
 
 
@@ -107,3 +119,20 @@ def severity_from_word(word: Any) -> int | None:
     if word is None:
         return None
     return _WORD_SEVERITY.get(str(word).strip().lower())
+
+
+def unescape(s: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """Backslash escapes read left to right: ``\\\\`` is one backslash, each ``(escape, value)`` of
+    ``pairs`` (e.g. ``('\\\\"', '"')``) is replaced, any other backslash stays.  Splitting on the
+    escaped backslashes first pairs them exactly as a left-to-right scan does; then every piece is
+    plain ``str.replace`` -- linear, and no Python call per escape (a regex ``sub`` with a
+    replacement per match took 20 ms on 64 KB of escapes)."""
+    if "\\" not in s:
+        return s
+    pieces = s.split("\\\\")
+    for i, p in enumerate(pieces):
+        if "\\" in p:
+            for esc, val in pairs:
+                p = p.replace(esc, val)
+            pieces[i] = p
+    return "\\".join(pieces)

@@ -1,10 +1,13 @@
 """Splitting byte streams and files into messages.
 
 ``StreamFramer`` implements RFC 6587 for syslog over TCP/TLS: each frame is either octet-counted
-(``LEN SP MSG``) or terminated by LF; the choice is made per frame from its first bytes (a length
-without leading zero, a space, then ``<`` or a length of at least 10), so one connection may even
-mix them and LF lines that start with digits (Snort times, RFC 5424 without PRI) stay LF lines.
-Oversized frames are skipped (counted), never buffered whole.
+(``LEN SP MSG``) or terminated by LF; the choice is made per frame from its first bytes: octet
+counting only for a length without leading zero (at most 9 digits), a space and a valid ``<PRI>``
+(RFC 6587 3.4.1 frames a syslog message, which starts with its PRI).  Anything else is an LF line,
+so one connection may mix them, and LF lines that start with digits (a year-first time ``2015 Nov
+13 ...``, Snort times, RFC 5424 without PRI, Cisco sequence numbers) stay whole.  Oversized frames
+are skipped (counted), never buffered whole; an octet-counted one is skipped by its length, so the
+next frame's boundary is kept.  Each byte is searched for LF once, however slowly a line arrives.
 
 ``records(text)`` splits a log *file* into records: one per line, except the multi-line forms some
 tools write to files (Snort alert_full, pretty-printed JSON, ModSecurity's native serial audit
@@ -24,6 +27,7 @@ class StreamFramer:
         self.buf = bytearray()
         self.skip = 0            # bytes still to discard from an oversized octet-counted frame
         self.discard_line = False  # discarding an oversized LF frame up to its LF
+        self.noeol = 0           # leading bytes of buf known to hold no LF (a line still arriving)
         self.oversized = 0
         self.malformed = 0
 
@@ -49,41 +53,52 @@ class StreamFramer:
                 self.discard_line = False
                 continue
             c = buf[pos]
-            if 49 <= c <= 57:                      # octet counting: "123 <msg>" (no leading zero)
+            if 49 <= c <= 57 and not (pos == 0 and self.noeol):
+                # octet counting only for "LEN <PRI>": a length without leading zero (at most 9
+                # digits), a space, then "<", 1-3 digits (at most 191) and ">"; anything else is
+                # an LF line (a year-first "2015 Nov 13 ...", RFC 5424 without PRI "1 2019-...")
                 sp = buf.find(b" ", pos, pos + _MAX_LEN_DIGITS + 1)
                 if sp < 0:
-                    if n - pos <= _MAX_LEN_DIGITS and bytes(buf[pos:n]).isdigit():
-                        break                      # need more bytes
-                    # not a length (e.g. "12/30-14:09:21 ..." Snort time): an LF frame
+                    if n - pos <= _MAX_LEN_DIGITS and buf[pos:n].isdigit():
+                        break                      # need more bytes to decide
                 elif sp + 1 >= n:
-                    break                          # need the byte after the space to decide
-                else:
-                    digits = bytes(buf[pos:sp])
-                    length = int(digits) if digits.isdigit() else -1
-                    # A real octet-counted frame holds a syslog message: "<PRI>..." or at least
-                    # 10 bytes.  This keeps LF lines such as "1 2019-05-15T..." (RFC 5424 without
-                    # PRI) from being read as a 1-byte frame.
-                    if length >= 0 and (buf[sp + 1] == 60 or length >= 10):
-                        start = sp + 1
-                        if length > max_size:
-                            self.oversized += 1
-                            self.skip = length
-                            pos = start
+                    break
+                elif buf[sp + 1] == 60:            # "<"
+                    gt = buf.find(b">", sp + 2, sp + 6)
+                    if gt < 0 and n < sp + 6 and (sp + 2 >= n or buf[sp + 2:n].isdigit()):
+                        break                      # the PRI may still be arriving
+                    digits = buf[pos:sp]
+                    if digits.isdigit():
+                        pri = buf[sp + 2:gt] if gt > 0 else b""
+                        if pri.isdigit() and int(pri) <= 191:
+                            length, start = int(digits), sp + 1
+                            if length > max_size:
+                                # a sender's octet-counted frame that is too big: skipped by its
+                                # count, so the next frame's boundary is kept (as an LF line it
+                                # would run into the next frames, which have no LF between them)
+                                self.oversized += 1
+                                self.skip = length
+                                pos = start
+                                continue
+                            if n - start < length:
+                                break              # incomplete frame
+                            out.append(bytes(buf[start:start + length]))
+                            pos = start + length
+                            self.noeol = 0
                             continue
-                        if n - start < length:
-                            break                  # incomplete frame
-                        out.append(bytes(buf[start:start + length]))
-                        pos = start + length
-                        continue
-                    if length < 0:
-                        self.malformed += 1
-            nl = buf.find(b"\n", pos)
+                        self.malformed += 1        # "LEN <" without a valid PRI: read as a line
+            # LF framing; the bytes of a line still arriving are not searched again
+            nl = buf.find(b"\n", pos + (self.noeol if pos == 0 else 0))
             if nl < 0:
                 if n - pos > max_size:
                     self.oversized += 1
                     self.discard_line = True
+                    self.noeol = 0
                     pos = n
+                else:
+                    self.noeol = n - pos
                 break
+            self.noeol = 0
             if nl - pos > max_size:
                 self.oversized += 1
             else:
@@ -93,7 +108,8 @@ class StreamFramer:
                 if frame:
                     out.append(bytes(frame))
             pos = nl + 1
-        del buf[:pos]
+        if pos:
+            del buf[:pos]
         return out
 
     def tail(self) -> bytes | None:
@@ -101,6 +117,7 @@ class StreamFramer:
         if self.buf and not self.skip and not self.discard_line and len(self.buf) <= self.max_size:
             data = bytes(self.buf).rstrip(b"\r")
             self.buf.clear()
+            self.noeol = 0
             return data or None
         return None
 

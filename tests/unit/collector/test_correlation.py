@@ -70,11 +70,11 @@ def test_distinct_counts_different_values(tmp_path):
     fired = []
     c = Correlator(rs, fired.append)
     for t, sig in ((0, "a"), (1, "a"), (2, "b"), (3, "b")):
-        c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id=sig, severity=2), t)
+        c.process(Event("snort", "f", "x", action="alert", src="10.0.0.9", sig_id=sig, severity=2), t)
     assert not fired
-    c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id="c", severity=1), 4)   # below min
+    c.process(Event("snort", "f", "x", action="alert", src="10.0.0.9", sig_id="c", severity=1), 4)   # below min
     assert not fired
-    c.process(Event("snort", "f", "x", src="10.0.0.9", sig_id="c", severity=3), 5)
+    c.process(Event("snort", "f", "x", action="alert", src="10.0.0.9", sig_id="c", severity=3), 5)
     assert [f.count for f in fired] == [3]
 
 
@@ -85,9 +85,9 @@ def test_distinct_window_slides(tmp_path):
     fired = []
     c = Correlator(rs, fired.append)
     for t, dst in ((0, "1"), (5, "2"), (11, "3")):   # "1" is out of the window when "3" comes
-        c.process(Event("snort", "f", "x", src="10.0.0.9", dst=dst), t)
+        c.process(Event("snort", "f", "x", action="alert", src="10.0.0.9", dst=dst), t)
     assert not fired
-    c.process(Event("snort", "f", "x", src="10.0.0.9", dst="4"), 12)
+    c.process(Event("snort", "f", "x", action="alert", src="10.0.0.9", dst="4"), 12)
     assert fired
 
 
@@ -123,13 +123,13 @@ def test_sequence_window_is_measured_from_the_first_step(tmp_path):
 """, tmp_path)
     fired = []
     c = Correlator(rs, fired.append)
-    c.process(Event("snort", "f", "x", src="1.1.1.1"), 0)
-    c.process(Event("suricata", "f", "x", src="1.1.1.1"), 90)
-    c.process(Event("modsecurity", "f", "x", src="1.1.1.1"), 150)   # 150 s after the first step
+    c.process(Event("snort", "f", "x", action="alert", src="1.1.1.1"), 0)
+    c.process(Event("suricata", "f", "x", action="alert", src="1.1.1.1"), 90)
+    c.process(Event("modsecurity", "f", "x", action="alert", src="1.1.1.1"), 150)   # 150 s after the first step
     assert not fired
-    c.process(Event("snort", "f", "x", src="1.1.1.1"), 160)
-    c.process(Event("suricata", "f", "x", src="1.1.1.1"), 170)
-    c.process(Event("modsecurity", "f", "x", src="1.1.1.1"), 180)
+    c.process(Event("snort", "f", "x", action="alert", src="1.1.1.1"), 160)
+    c.process(Event("suricata", "f", "x", action="alert", src="1.1.1.1"), 170)
+    c.process(Event("modsecurity", "f", "x", action="alert", src="1.1.1.1"), 180)
     assert len(fired) == 1
 
 
@@ -206,7 +206,7 @@ def test_state_holds_no_events_and_is_untracked_by_the_gc():
     c = Correlator(load_rules([DEFAULT_RULES]), lambda f: None)
     for i in range(300):
         c.process(waf(f"10.0.{i // 250}.{i % 250}", sig=str(i % 7)), float(i))
-        c.process(Event("snort", "snort-fast", "x", src=f"10.1.0.{i % 250}", dst=f"10.2.0.{i % 13}",
+        c.process(Event("snort", "snort-fast", "x", action="alert", src=f"10.1.0.{i % 250}", dst=f"10.2.0.{i % 13}",
                         sig_id=f"1:{i % 9}:1", severity=3, category="attempted-recon"), float(i))
     for _ in range(3):      # a collection untracks a tuple once what it holds is untracked: inside out
         gc.collect()
@@ -227,7 +227,7 @@ def test_sequence_keeps_no_state_for_events_that_start_no_chain(tmp_path):
   - {name: s, type: sequence, window: 60, steps: [{match: {source_type: snort}}, {match: {source_type: modsecurity}}]}
 """, tmp_path)
     c = Correlator(rs, lambda f: None, max_groups=2)
-    c.process(Event("snort", "f", "x", src="1.1.1.1"), 0)
+    c.process(Event("snort", "f", "x", action="alert", src="1.1.1.1"), 0)
     for i in range(10):        # later steps alone: no group made, nothing evicted
         c.process(waf(f"10.0.0.{i}"), 1)
     assert c.groups() == 1
@@ -239,9 +239,50 @@ def test_distinct_evidence_is_the_last_values_still_in_the_window(tmp_path):
   - {name: d, type: distinct, match: {source_type: snort}, distinct: dport, count: 2, window: 10}
 """, tmp_path)
     c = Correlator(rs, lambda f: None)
-    ev = lambda port: Event("snort", "f", "x", src="1.1.1.1", dport=port)   # noqa: E731
+    ev = lambda port: Event("snort", "f", "x", action="alert", src="1.1.1.1", dport=port)   # noqa: E731
     c.process(ev(1), 0)
     c.process(ev(2), 20)                # port 1 fell out of the window
     c.process(ev(2), 21)
     f = c.process(ev(3), 22)[0]
     assert [e["dport"] for e in f.events] == [2, 3] and f.count == 2
+
+
+def test_telemetry_from_one_host_to_many_fires_no_default_rule():
+    """Issue 14: 25 EVE dns/flow/smb records from one host to 25 hosts fired ids-host-sweep.  They
+    are telemetry (no alert, no verdict); sweep and flood rules count alert-class events only."""
+    import json
+    fired = []
+    c = Correlator(load_rules([DEFAULT_RULES]), fired.append)
+    kinds = [("dns", {"dns": {"type": "query", "rrname": "example.org"}}),
+             ("flow", {"flow": {"pkts_toserver": 3, "state": "closed"}}),
+             ("smb", {"smb": {"command": "SMB2_COMMAND_NEGOTIATE"}})]
+    for i in range(25):
+        et, extra = kinds[i % 3]
+        rec = {"timestamp": "2026-11-23T10:00:01.1+0000", "event_type": et, "src_ip": "10.5.0.7",
+               "src_port": 40000 + i, "dest_ip": f"10.6.0.{i + 1}", "dest_port": 445, "proto": "TCP", **extra}
+        ev = parse(json.dumps(rec))
+        assert ev.source_type == "suricata" and ev.format == f"suricata-{et}"
+        c.process(ev, float(i))
+    assert fired == []
+    # the same sweep as alerts does fire
+    for i in range(25):
+        rec = {"timestamp": "2026-11-23T10:00:01.1+0000", "event_type": "alert", "src_ip": "10.5.0.7",
+               "dest_ip": f"10.6.0.{i + 1}", "alert": {"signature_id": 2001219, "signature": "ET SCAN x",
+                                                       "severity": 3}}
+        c.process(parse(json.dumps(rec)), 30.0 + i)
+    assert [f.rule.name for f in fired] == ["ids-host-sweep"]
+
+
+def test_a_rule_may_count_telemetry_with_events_all(tmp_path):
+    rs = rules("""rules:
+  - {name: talk, type: distinct, events: all, match: {source_type: suricata}, distinct: dst, count: 3, window: 60}
+  - {name: alerts-only, type: distinct, match: {source_type: suricata}, distinct: dst, count: 3, window: 60}
+""", tmp_path)
+    fired = []
+    c = Correlator(rs, fired.append)
+    for i in range(3):
+        c.process(Event("suricata", "suricata-flow", "x", src="10.0.0.1", dst=f"10.0.1.{i}"), float(i))
+    assert [f.rule.name for f in fired] == ["talk"]
+    with pytest.raises(RuleError, match=r"events: must be one of alerts, all"):
+        parse_rules({"rules": [{"name": "x", "type": "threshold", "events": "some", "match": {}, "count": 1,
+                                "window": 1}]}, "f.yaml")

@@ -1,6 +1,8 @@
 """RFC 6587 framing and file record splitting."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -40,7 +42,7 @@ def test_lf_lines_starting_with_digits_are_not_lengths():
 
 def test_oversized_octet_frame_is_skipped_without_buffering():
     f = StreamFramer(512)
-    out = f.feed(b"100000 " + b"x" * 1000)
+    out = f.feed(b"100000 <13>" + b"x" * 996)
     assert out == [] and f.oversized == 1 and len(f.buf) == 0
     out = f.feed(b"x" * 99000 + b"<13>after\n")
     assert out == [b"<13>after"]
@@ -55,7 +57,7 @@ def test_oversized_lf_frame_is_discarded_up_to_its_newline():
 
 def test_bad_length_counts_as_malformed_and_resyncs():
     f = StreamFramer(512)
-    assert f.feed(b"12x34 nonsense\n<13>ok\n") == [b"12x34 nonsense", b"<13>ok"]
+    assert f.feed(b"12x34 nonsense\n12 <x>bad pri\n<13>ok\n") == [b"12x34 nonsense", b"12 <x>bad pri", b"<13>ok"]
     assert f.malformed == 1
 
 
@@ -76,12 +78,50 @@ def test_framer_never_raises_and_never_exceeds_cap(chunks, step):
     assert len(f.buf) <= 512 + 16
 
 
+_pri = st.integers(0, 191).map(lambda p: b"<%d>" % p)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(min_size=0, max_size=200).map(lambda b: b"<" + b), min_size=1, max_size=10))
+@given(st.lists(st.tuples(_pri, st.binary(min_size=0, max_size=200)).map(b"".join), min_size=1, max_size=10))
 def test_octet_counted_roundtrip(msgs):
     f = StreamFramer(4096)
     stream = b"".join(b"%d %s" % (len(m), m) for m in msgs)
     assert f.feed(stream) == msgs
+
+
+_OCTET_LIKE = re.compile(rb"[1-9][0-9]{0,8} <[0-9]{1,3}>")
+# LF lines, many starting with digits: year-first and Snort times, RFC 5424 without PRI, Cisco
+# sequence numbers, a count with a space but no PRI
+_lf_line = st.one_of(
+    st.sampled_from([b"2015 Nov 13 10:00:01 host app: x", b"1 2019-05-15T16:25:50Z h CheckPoint 1 - [a:\"b\"]",
+                     b"12/30-14:09:21.116402  [**] [1:1917:6] SCAN [**]", b"681: Aug 17 17:41:24.776 AEST: %SYS-5",
+                     b"20 bytes here is not a count", b"300 <notapri> x", b"7 <", b"<13>Nov 13 10:00:01 h a: m"]),
+    st.binary(min_size=1, max_size=120).map(lambda b: b.replace(b"\n", b" ").replace(b"\r", b" ")),
+).filter(lambda b: b.strip(b" ") != b"" and not _OCTET_LIKE.match(b))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("octet"), st.tuples(_pri, st.binary(max_size=200)).map(b"".join)),
+                          st.tuples(st.just("lf"), _lf_line)), min_size=1, max_size=15),
+       st.integers(1, 97))
+def test_mixed_framing_never_loses_a_boundary(frames, step):
+    f = StreamFramer(4096)
+    stream = b"".join(b"%d %s" % (len(m), m) if kind == "octet" else m + b"\n" for kind, m in frames)
+    got = []
+    for i in range(0, len(stream), step):
+        got += f.feed(stream[i:i + step])
+    assert got == [m for _kind, m in frames]
+
+
+def test_a_slowly_arriving_line_is_searched_once():
+    f = StreamFramer(1 << 20)
+    f.feed(b"<13>" + b"x" * 1000)
+    assert f.noeol == 1004
+    for _ in range(1000):
+        assert f.feed(b"y") == []
+    assert f.noeol == 2004
+    assert f.feed(b"\n2015 Nov 13 10:00:01 h a: m\n") == [b"<13>" + b"x" * 1000 + b"y" * 1000,
+                                                            b"2015 Nov 13 10:00:01 h a: m"]
 
 
 def test_records_groups_multiline_forms():

@@ -120,6 +120,81 @@ def test_elastic_expected_snort_syslog(samples_dir):
         assert ev.sport == doc["source"].get("port")
         assert ev.dport == doc["destination"].get("port")
         rule = doc["rule"]
-        assert ev.sig_id == f"1:{rule['id']}:{rule['version']}"
+        assert ev.sig_id == f"1:{rule['id']}" and ev.extra["rev"] == int(rule["version"])
         assert ev.sig_name == rule["description"]
     assert len(docs) == 3
+
+
+def test_eve_samples_agree_with_their_own_records(samples_dir):
+    """Checked from the EVE records themselves (Suricata docs, "Eve JSON format"), not from the
+    expectation files: addresses, ports, event type, time, and gid:signature_id for alerts."""
+    from vigil.collector.framing import records
+    n = 0
+    for path in sorted((samples_dir / "suricata").glob("*")):
+        for _first, _count, rec in records(path.read_text(encoding="utf-8")):
+            try:
+                obj = json.loads(rec)
+            except ValueError:
+                continue
+            obj = obj.get("_source", obj) if isinstance(obj.get("_source"), dict) else obj
+            if not isinstance(obj.get("event_type"), str):
+                continue
+            ev = parse(rec, ref=REF)
+            assert ev.format == f"suricata-{obj['event_type']}", path.name
+            assert (ev.src, ev.dst, ev.sport, ev.dport) == \
+                (obj.get("src_ip"), obj.get("dest_ip"), obj.get("src_port"), obj.get("dest_port")), path.name
+            ts = obj.get("timestamp") or obj.get("@timestamp")
+            want = datetime.fromisoformat(re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", ts.replace("Z", "+00:00")))
+            assert ev.time == pytest.approx(want.timestamp()), path.name
+            if obj["event_type"] == "alert":
+                assert ev.sig_id == f"{obj['alert'].get('gid', 1)}:{obj['alert']['signature_id']}"
+            n += 1
+    assert n >= 10
+
+
+def test_snort_fast_samples_agree_with_their_own_lines(samples_dir):
+    """alert_fast (Snort manual, "Output modules"): "MM/DD-HH:MM:SS.us [**] [gid:sid:rev] msg [**]
+    ... {PROTO} src:port -> dst:port", read here by a plain split, not by the parser."""
+    n = 0
+    for ln in (samples_dir / "snort" / "test-log-fast.log").read_text().split("\n"):
+        if "[**]" not in ln:
+            continue
+        ev = parse(ln, ref=REF)
+        gid, sid, _rev = ln.split("[**] [", 1)[1].split("]", 1)[0].split(":")
+        assert ev.sig_id == f"{gid}:{sid}"
+        proto, flow = ln.rsplit("{", 1)[1].split("} ")
+        a, b = flow.split(" -> ")
+        assert ev.proto == proto.lower()
+        for (host, port), (got_h, got_p) in ((a.rsplit(":", 1) if a.count(":") == 1 else (a, None), (ev.src, ev.sport)),
+                                             (b.rsplit(":", 1) if b.count(":") == 1 else (b, None), (ev.dst, ev.dport))):
+            assert got_h == host and got_p == (int(port) if port else None), ln
+        assert datetime.utcfromtimestamp(ev.time).strftime("%m/%d-%H:%M:%S.%f") == ln[:21]
+        n += 1
+    assert n >= 5
+
+
+def test_checkpoint_samples_agree_with_their_own_fields(samples_dir):
+    """Log Exporter (sk144192), read independently: every key:"value" pair of the record is in the
+    event's fields with its value; "origin" is the device; src/dst/service as the record says."""
+    n = 0
+    for name in ("test-checkpoint.log", "test-r81x.log"):
+        for ln in (samples_dir / "checkpoint" / name).read_text(encoding="utf-8").split("\n"):
+            if "CheckPoint" not in ln:
+                continue
+            ev = parse(ln, ref=REF)
+            pairs = re.findall(r'(?:\[|; )([a-z_0-9:]+?)::?"((?:[^"\\]|\\.)*)"', ln)
+            kv = ev.extra["kv"]
+            for k, v in pairs:
+                if k in kv and "\\" not in v:
+                    assert kv[k] == v or ev.extra.get("duplicate_keys"), (name, k)
+            assert len(kv) + ev.extra.get("duplicate_keys", 0) == len(pairs), (name, ln[:100])
+            if "origin" in kv:
+                assert ev.device == kv["origin"]
+            if kv.get("src"):
+                assert ev.src == kv["src"]
+            if kv.get("dst"):
+                assert ev.dst == kv["dst"]
+            if kv.get("service", "").isdecimal():
+                assert ev.dport == int(kv["service"])
+            n += 1
+    assert n >= 20

@@ -88,7 +88,7 @@ def test_oversized_datagram_and_tcp_frame_are_counted():
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.sendto(b"z" * 5000, ("127.0.0.1", srv.bound["udp"][1]))
         with socket.create_connection(("127.0.0.1", srv.bound["tcp"][1])) as s:
-            s.sendall(b"5000 " + b"q" * 5000 + b"4 <1>a" + b"<13>" + b"w" * 3000 + b"\n<13>ok\n")
+            s.sendall(b"5000 <13>" + b"q" * 4996 + b"4 <1>a" + b"<13>" + b"w" * 3000 + b"\n<13>ok\n")
         got = drain(srv, 2)
         assert [m for _, m in got] == [b"<1>a", b"<13>ok"]
         assert wait_counter(c, "syslog_oversized", 3) == 3
@@ -168,3 +168,84 @@ def test_event_line_matches_the_generic_line_protocol_writer():
     assert got.split(" ", 1)[0] == want.split(" ", 1)[0]
     assert sorted(got.split(" ", 1)[1].rsplit(" ", 1)[0].split(",")) == \
         sorted(want.split(" ", 1)[1].rsplit(" ", 1)[0].split(","))
+
+
+def test_tcp_stream_mixing_octet_counting_and_lines_keeps_every_message_whole(tmp_path: Path):
+    """Real socket to the real collector (listener, framer, worker): octet-counted frames and LF
+    lines in one connection, many lines starting with digits, sent in odd-sized pieces; every
+    message must be stored whole, in order (issue 14: a year-first "2015 Nov 13 ..." line was read
+    as a 2015-byte frame and swallowed the messages after it)."""
+    counters = Counters()
+    ctx = Context("m", tmp_path, None, _Writer(), counters, ControlServer(tmp_path / "c.sock"), _NoPolicy(counters),
+                  threading.Event())
+    comp = CollectorComponent(CollectorConfig(tcp="127.0.0.1:0", default_rules=False), ctx)
+    lf = ["2015 Nov 13 10:00:%02d fw01 sshd[1]: Failed password for root from 10.0.0.%d port 22",
+          "1 2019-05-15T16:25:%02dZ gw CheckPoint 1 - [action:\"Drop\"; src:\"10.1.0.%d\"]",
+          "12/30-14:09:%02d.116402  [**] [1:1917:6] SCAN UPnP [**] {UDP} 10.2.0.%d:1 -> 10.0.0.2:1900",
+          "681: Aug 17 17:41:%02d.776 AEST: %%SYS-5-CONFIG_I: by 10.3.0.%d",
+          "2019 May 06 09:28:%02d vm->10.0.0.16 May 6 07:28:11 10.4.0.%d %%ASA-3-1: x"]
+    octet = ["<13>Nov 13 10:00:%02d h app: octet %d with\nan embedded LF",
+             "<134>1 2026-11-23T10:00:%02dZ gw CheckPoint 1 - [src:\"10.5.0.%d\"] 2015 Nov 13",
+             "<38>Nov 23 10:00:%02d ids snort: [1:1:1] x {TCP} 10.6.0.%d:1 -> 10.0.0.1:2"]
+    msgs, stream = [], b""
+    for i in range(300):
+        if i % 3:
+            m = lf[i % len(lf)] % (i % 60, i % 250)
+            stream += m.encode() + b"\n"
+        else:
+            m = octet[i % len(octet)] % (i % 60, i % 250)
+            stream += b"%d %s" % (len(m.encode()), m.encode())
+        msgs.append(m)
+    comp.start()
+    try:
+        with socket.create_connection(("127.0.0.1", comp.server.bound["tcp"][1])) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            i, step = 0, 1
+            while i < len(stream):
+                s.sendall(stream[i:i + step])
+                i += step
+                step = step * 7 % 1499 + 1           # 1 to 1499 bytes, boundaries everywhere
+                if i % 5 == 0:
+                    time.sleep(0.001)
+        deadline = time.monotonic() + 10
+        while len(ctx.writer.lines) < len(msgs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raws = [ln.rsplit(",raw=", 1)[1].rsplit(" ", 1)[0] for ln in ctx.writer.lines]
+        want = ['"' + m.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"' for m in msgs]
+        assert raws == want
+        assert counters.get("syslog_malformed_frames") == 0 and counters.get("syslog_oversized") == 0
+    finally:
+        comp.close()
+
+
+def test_pathological_datagrams_do_not_stall_the_other_senders(tmp_path: Path):
+    """Issue 14: one UDP datagram (a CEF extension of spaces, ~70 s at 64 KB) blocked the single
+    worker, so every source waited.  Datagrams of the slowest families at ~64 KB, then a valid
+    message: all stored within a few seconds."""
+    from vigil.collector.pathological import SEEDS, family
+    counters = Counters()
+    ctx = Context("m", tmp_path, None, _Writer(), counters, ControlServer(tmp_path / "c.sock"), _NoPolicy(counters),
+                  threading.Event())
+    comp = CollectorComponent(CollectorConfig(udp="127.0.0.1:0", default_rules=False), ctx)
+    hostile = ["CEF:0|a|b|c|d|e|5|k=" + " " * 64000 + "x",
+               '<134>1 2026-11-23T10:00:01Z gw CheckPoint 1 - [' + "a" * 64000,
+               "[Mon Nov 23 10:00:01 2026] [error] " + "[client " * 7900 + " ModSecurity: x",
+               family(SEEDS["checkpoint-sd"], 83, 'k="', None, 64000),
+               family(SEEDS["snort-full"], 39, "\n", None, 64000)]
+    comp.start()
+    try:
+        port = comp.server.bound["udp"][1]
+        t0 = time.monotonic()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for m in hostile:
+                u.sendto(m.encode(), ("127.0.0.1", port))
+                time.sleep(0.01)            # one 64 KB datagram at a time into the socket buffer
+            u.sendto(b"<13>Nov 23 10:00:01 host app: after the hostile ones", ("127.0.0.1", port))
+        deadline = t0 + 10
+        while len(ctx.writer.lines) < len(hostile) + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(ctx.writer.lines) == len(hostile) + 1
+        assert "after the hostile ones" in ctx.writer.lines[-1]
+        assert time.monotonic() - t0 < 3
+    finally:
+        comp.close()

@@ -31,16 +31,26 @@ class ParseStats:
         self.empty = 0
 
 
+# RFC 3164 4.3.3: a message without a (valid) PRI is given 13, user.notice
+_DEFAULT_PRI = Header("rfc3164", 13)
+
+
 def _raw(header: Header | None, body: str, raw: str) -> Event:
     if header is None:
-        return Event("syslog", "raw", raw)
+        ev = Event("syslog", "raw", raw, severity=severity_from_syslog(_DEFAULT_PRI.severity))
+        ev.extra = {"facility": _DEFAULT_PRI.facility, "pri_default": True}
+        return ev
     ev = Event("syslog", f"syslog-{header.kind}", raw, time=header.time, device=header.host)
-    if header.severity is not None:
-        ev.severity = severity_from_syslog(header.severity)
+    pri = header if header.pri is not None else _DEFAULT_PRI
+    ev.severity = severity_from_syslog(pri.severity)
     ev.extra = {"app": header.app, "procid": header.procid, "msgid": header.msgid,
-                "facility": header.facility, "msg": body}
+                "facility": pri.facility, "msg": body}
+    if header.pri is None:
+        ev.extra["pri_default"] = True
     if header.sd:
         ev.extra["sd"] = header.sd
+    if header.relay:
+        ev.extra["relay"] = header.relay
     return ev
 
 
@@ -75,15 +85,27 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
             return ev
     if hint in ("auto", "checkpoint") and checkpoint.looks_like(header, body):
         return checkpoint.parse(header, body, raw)
-    if hint in ("auto", "cef") and cef.looks_like(body):
-        return cef.parse(body, raw, header.time if header else None, header.host if header else None)
+    if hint in ("auto", "cef"):
+        if cef.looks_like(body):
+            return cef.parse(body, raw, header.time if header else None, header.host if header else None)
+        if header is not None and "CEF:" in body:
+            i = cef.find(body)
+            if i < 0 and header.after_host:
+                j = cef.find(header.after_host)
+                if j >= 0:
+                    body, i = header.after_host, j
+            if i >= 0:
+                ev = cef.parse(body[i:], raw, header.time, header.host)
+                ev.extra["prefix"] = body[:i].rstrip(" :")
+                return ev
     if hint in ("auto", "modsecurity"):
         if modsecurity.looks_like_errorlog(body):
             return modsecurity.parse_errorlog(header, body, raw, ref)
         if body.startswith("--") and modsecurity.AUDIT_BOUNDARY.match(body.split("\n", 1)[0].strip()):
             return modsecurity.parse_native(body)
     if hint in ("auto", "snort"):
-        if header is None:
+        if header is None or header.time is None and header.host is None and header.kind == "rfc3164":
+            # no header, or only a PRI ("<13>" + a Snort fast/CSV line, as a relay adds it)
             if body[:1].isdecimal():
                 ev = snort.parse_fast(body, ref) or snort.parse_csv(body, ref)
                 if ev:
@@ -92,7 +114,30 @@ def _detect(header: Header | None, body: str, raw: str, ref: float | None, hint:
                 return snort.parse_full(body.strip("\n"), ref)
         elif _SNORT_BODY.match(body):
             return snort.parse_syslog(header, body, raw)
+        else:
+            # a fast.log or CSV line relayed behind a syslog header, with or without a tag
+            # ("<13>Nov 13 10:00:01 relay 11/13-10:00:01.1 [**] ..." puts "11/13-10" in the tag)
+            for text in (body, header.after_host):
+                if text and text[:1].isdecimal():
+                    ev = snort.parse_fast(text, header.time or ref) or snort.parse_csv(text, header.time or ref)
+                    if ev:
+                        ev.raw = raw
+                        ev.device = header.host
+                        return ev
     return None
+
+
+def raw_event(message: str, reason: str, ref: float | None = None) -> Event:
+    """The message as a raw ``syslog`` event with its header fields, marked with why its parse was
+    not kept (a message whose parsed event could not be stored is stored this way)."""
+    raw = message.rstrip("\r\n")
+    try:
+        header, body = parse_header(raw, ref)
+    except Exception:                  # parse_header does not raise; nothing here may
+        header, body = None, raw
+    ev = _raw(header, body, raw)
+    ev.extra["parse_error"] = reason
+    return ev
 
 
 def parse(message: str, ref: float | None = None, hint: str = "auto",

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import re
 
-from ..event import Event, norm_action, proto_name, severity_from_word, to_port
+from ..event import Event, norm_action, proto_name, severity_from_word, to_port, unescape
 from ..syslog import Header, iso_time
 
-_KV_COLON = re.compile(r'([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
-_KV_EQ = re.compile(r'([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
+# A key starts after a character that cannot be in a key (the text is searched with a space in
+# front): tried inside a long run of key characters with no ``:"`` after it, every start used to
+# rescan the rest of the run (quadratic).  The separator is consumed, so two pairs need something
+# between them (Check Point writes "; " or " ").
+_KV_COLON = re.compile(r'[^A-Za-z0-9_.\-]([A-Za-z0-9_.\-]++)::?"((?:[^"\\]++|\\.)*+)"')
+_KV_EQ = re.compile(r'[^A-Za-z0-9_.\-]([A-Za-z0-9_.\-]++)="((?:[^"\\]++|\\.)*+)"')
 _KV_START = re.compile(r'\[?[a-z_]+:"')
 _PACKET = re.compile(r"<([0-9a-fA-F.:]+),(\d+),([0-9a-fA-F.:]+),(\d+),(\d+)")
 _SD_ID = re.compile(r"\[[^\s\]]+@\d")
-_UNESC = re.compile(r'\\(["\\\]])')
+_ESCAPES = (('\\"', '"'), ("\\]", "]"))
 _NUM_SEV = {"0": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 
 
@@ -36,14 +40,14 @@ def looks_like(header: Header | None, body: str) -> bool:
 
 def fields(text: str) -> tuple[dict[str, str], int]:
     if text.startswith("[Fields@") or _SD_ID.match(text):
-        matches = _KV_EQ.findall(text)
+        matches = _KV_EQ.findall(" " + text)
     else:
-        matches = _KV_COLON.findall(text)
+        matches = _KV_COLON.findall(" " + text)
     out: dict[str, str] = {}
     dups = 0
     for k, v in matches:
         if "\\" in v:
-            v = _UNESC.sub(r"\1", v)
+            v = unescape(v, _ESCAPES)
         if k in out:
             dups += 1
             continue
@@ -76,7 +80,10 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
         if m:
             ev.src, sport, ev.dst, dport, proto = m.groups()
             ev.sport, ev.dport, ev.proto = to_port(sport), to_port(dport), proto_name(proto)
-    ev.action = norm_action(kv.get("action"))
+    # Log Exporter records without "action" (Expert Shell logins, SmartEvent alerts) carry the
+    # rule's alert type in "alert" (Check Point sk144192, "Log Exporter" field list: alert =
+    # "Alert level of matched rule"); such a record is an alert, not a pass or a block
+    ev.action = norm_action(kv.get("action")) or ("alert" if kv.get("alert") else None)
     sev = kv.get("severity")
     ev.severity = _NUM_SEV.get(sev) if sev in _NUM_SEV else severity_from_word(sev)
     ev.sig_id = kv.get("protection_id") or kv.get("rule_uid") or kv.get("rule") or None
@@ -84,6 +91,13 @@ def parse(header: Header | None, body: str, raw: str) -> Event:
                    or kv.get("rule_name") or kv.get("operation") or None)
     ev.category = kv.get("product") or None
     ev.extra = {"kv": kv}
+    # the record's text: "subject"/"additional_info" (audit and alert records), "description",
+    # "msg" -- Log Exporter field names, sk144192
+    for k in ("subject", "additional_info", "description", "msg", "message_info"):
+        v = kv.get(k)
+        if v and not v.isspace():
+            ev.extra["msg"] = v
+            break
     if dups:
         ev.extra["duplicate_keys"] = dups
     return ev

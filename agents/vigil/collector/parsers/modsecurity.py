@@ -11,9 +11,9 @@ from ..syslog import Header, MONTHS, bsd_time
 import calendar
 
 _BRACKET = re.compile(r'\[(file|line|id|rev|msg|data|severity|ver|maturity|accuracy|tag|hostname|uri|unique_id) "((?:[^"\\]++|\\.)*+)"\]')
-_CLIENT = re.compile(r"\[client ([^\]]+)\]")
 _APACHE_TIME = re.compile(r"\[(?:[A-Za-z]{3} )?([A-Za-z]{3}) (\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\]")
 _NGINX_TIME = re.compile(r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) ")
+_CLIENT = re.compile(r"\[client ([^\]]+)\]")
 _NGINX_CLIENT = re.compile(r", client: ([^,\s]+)")
 _NGINX_SERVER = re.compile(r", server: ([^,\s]+)")
 _SEV_NUM = {"0": CRITICAL, "1": CRITICAL, "2": HIGH, "3": HIGH, "4": MEDIUM, "5": LOW, "6": INFO, "7": INFO}
@@ -118,6 +118,26 @@ def _client(values: list[str], apache24: bool) -> tuple[str | None, int | None]:
     return (addr or first), port
 
 
+def _clients(text: str) -> list[str]:
+    """The values of every ``[client VALUE]`` in order.  A scan, not a regex: ``\\[client ([^]]+)]``
+    tried from every ``[client `` rescanned the rest of the text when no ``]`` followed (a 64 KB
+    line of repeated ``[client `` took seconds)."""
+    if len(text) < 1024:        # short (the usual prefix): the regex, at most ~0.1 ms however crafted
+        return _CLIENT.findall(text)
+    out: list[str] = []
+    i = text.find("[client ")
+    while i >= 0:
+        j = text.find("]", i + 8)
+        if j < 0:
+            break                      # no "]" after this one: none after the later ones either
+        if j > i + 8:
+            out.append(text[i + 8:j])
+            i = text.find("[client ", j + 1)
+        else:
+            i = text.find("[client ", i + 1)
+    return out
+
+
 def looks_like_errorlog(body: str) -> bool:
     return "ModSecurity:" in body
 
@@ -135,7 +155,7 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
         mon, dd, h, mi, s, frac, y = m.groups()
         ev.time = _dated_time(mon, dd, y, h, mi, s, frac[:6] if frac else None) or ev.time
         apache24 = bool(frac) or "[pid " in body[:120] and ":tid " in body[:160]
-        ev.src, ev.sport = _client(_CLIENT.findall(body.split("ModSecurity:", 1)[0]), apache24)
+        ev.src, ev.sport = _client(_clients(body.split("ModSecurity:", 1)[0]), apache24)
     else:
         mn = _NGINX_TIME.match(body)
         if mn:
@@ -149,13 +169,49 @@ def parse_errorlog(header: Header | None, body: str, raw: str, ref: float | None
         if mc:
             ev.src = mc.group(1)
         else:
-            ev.src, ev.sport = _client(_CLIENT.findall(body), False)
+            ev.src, ev.sport = _client(_clients(body), False)
         ms = _NGINX_SERVER.search(body)
         if ms:
             ev.extra["server"] = ms.group(1)
     msg = body.split("ModSecurity:", 1)[1] if "ModSecurity:" in body else body
+    if not _is_rule_message(msg):
+        # ModSecurity's own engine messages (audit log write failures, DBM and mutex errors,
+        # request body limits): about the server, not an alert from the client
+        ev.extra["client"] = ev.src
+        ev.src = ev.sport = None
+        ev.category = "modsecurity-engine"
+        ev.sig_name = msg.strip()[:200] or None
+        ev.severity = _APACHE_LEVEL.get(_apache_level(body))
+        return ev
     _fill(ev, rule_fields(msg), msg)
     return ev
+
+
+# The message classes a rule match writes (ModSecurity 2 reference manual, "Actions": disruptive
+# actions log "Access denied with code N", "Access allowed", "Redirecting", "Proxying", "Pausing";
+# non-disruptive matches "Warning."); every rule message also names its rule with [id "..."].
+# Anything else ("Audit log: Failed writing ...", "Failed to lock global mutex", "Request body no
+# files data length is larger than the configured limit") is the engine talking about itself.
+_RULE_CLASSES = ("Access denied", "Access allowed", "Warning.", "Redirecting", "Proxying", "Pausing",
+                 "Intercepted")
+
+
+def _is_rule_message(msg: str) -> bool:
+    return '[id "' in msg or msg[:64].lstrip().startswith(_RULE_CLASSES)
+
+
+_APACHE_LEVEL = {"emerg": CRITICAL, "alert": CRITICAL, "crit": HIGH, "error": HIGH, "warn": MEDIUM,
+                 "notice": LOW, "info": INFO, "debug": INFO}
+
+
+def _apache_level(body: str) -> str | None:
+    """The level of an Apache 2.4 "[module:level]" or 2.2 "[level]" field, or nginx's "[level]"."""
+    for part in body[:200].split("] [")[:3]:
+        part = part.strip("[] ")
+        level = part.rpartition(":")[2]
+        if level in _APACHE_LEVEL:
+            return level
+    return None
 
 
 def _pick(messages: list[str]) -> tuple[dict, str]:
@@ -251,7 +307,10 @@ def parse_native(record: str) -> Event:
     msgs: list[str] = []
     intercepted = False
     for ln in record.split("\n"):
-        mb = AUDIT_BOUNDARY.match(ln.strip())
+        if not ln:
+            continue
+        c = ln[0]
+        mb = AUDIT_BOUNDARY.match(ln.strip()) if c == "-" or c in " \t" else None
         if mb:
             section = mb.group(2)
             continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import re
+from time import time as _now
 
 from ..event import Event, proto_name, severity_from_priority, to_port
 from ..syslog import Header, bsd_time, iso_time
@@ -15,15 +16,57 @@ _FULL_ADDR = re.compile(_TS + r" ([0-9A-Fa-f.:]+?)(?::(\d+))? -> ([0-9A-Fa-f.:]+
 _MON = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
 
+_second_cache: dict[tuple, float | None] = {}
+
+
 def _time(mo, dd, yy, h, mi, s, frac, ref):
-    if not 1 <= int(mo) <= 12:
+    """The time of a Snort/Suricata date; each second's result is remembered (for the hour of the
+    reference time), since a stream repeats it for every alert written in that second."""
+    key = (mo, dd, yy, h, mi, s, int(ref if ref is not None else _now()) // 3600)
+    ts = _second_cache.get(key, False)
+    if ts is False:
+        if not (mo.isdecimal() and 1 <= int(mo) <= 12):
+            ts = None
+        else:
+            year = None if yy is None else yy if len(yy) == 4 else str(2000 + int(yy))
+            ts = bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, None, ref)
+        if len(_second_cache) > 4096:
+            _second_cache.clear()
+        _second_cache[key] = ts
+    if ts is None or not frac:
+        return ts
+    return ts + int(frac) / 10 ** len(frac)
+
+
+def rule_id(gid, sid) -> str | None:
+    """One canonical rule id for Snort and Suricata: ``gid:sid``.  fast.log, alert_full, syslog
+    and CSV write ``gid:sid:rev`` (Snort manual, "Output modules"); EVE writes ``signature_id``
+    with ``gid`` beside it (Suricata docs, "Eve JSON format"; gid 1 when absent).  The revision
+    is kept in ``extra["rev"]``: a rule is the same rule across revisions, so that
+    ``1:2034125:4`` from fast.log and ``2034125`` from EVE join in correlation."""
+    if sid is None or sid == "":
         return None
-    year = None if yy is None else yy if len(yy) == 4 else str(2000 + int(yy))
-    return bsd_time(_MON[int(mo) - 1], dd, year, h, mi, s, frac, ref)
+    if isinstance(sid, bool) or not isinstance(sid, (int, str)) or not str(sid).isdecimal():
+        return None
+    g = gid if isinstance(gid, (int, str)) and not isinstance(gid, bool) and str(gid).isdecimal() else 1
+    return f"{int(g)}:{int(sid)}"
 
 
 def _fill(ev: Event, gid, sid, rev, msg, cls, prio, proto, src, sport, dst, dport) -> Event:
-    ev.sig_id = f"{gid}:{sid}:{rev}"
+    if msg == "(null)":                 # Suricata writes "(null)" for a rule without msg/classtype
+        msg = ""
+    if cls == "(null)":
+        cls = None
+    if sid.__class__ is str and gid.__class__ is str and sid[:1] != "0" and gid[:1] != "0" \
+            and sid.isdecimal() and gid.isdecimal():
+        ev.sig_id = gid + ":" + sid                 # digits from a text line (rule_id's common case)
+    else:
+        ev.sig_id = rule_id(gid, sid)
+    if rev.__class__ is str:
+        if rev.isdecimal():
+            ev.extra["rev"] = int(rev)
+    elif rev.__class__ is int:
+        ev.extra["rev"] = rev
     ev.sig_name = msg.strip() or None
     ev.category = cls or None
     ev.severity = severity_from_priority(prio) if prio is not None else None
@@ -43,6 +86,12 @@ def _hostport(s: str) -> tuple[str | None, str | None]:
     if s.count(":") == 1:
         host, _, port = s.partition(":")
         return host, port
+    if s.count(":") == 8:
+        # Suricata's fast.log writes IPv6 in full (eight groups) with the port after a ninth
+        # colon: "0000:...:0001:3000" (suricata-verify http2-files expected fast.log)
+        host, _, port = s.rpartition(":")
+        if port.isdecimal():
+            return host, port
     return s, None
 
 
@@ -122,8 +171,16 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
         return None
     parts, end = ts
     body = line[end:].lstrip()
+    verdict = None
     if not body.startswith("[**] "):
-        return None
+        # inline mode writes the verdict first: "[Drop] [**] ...", "[wDrop]" (would drop: test
+        # mode), "[Block]"; Snort 2 manual, alert_fast; Suricata writes "[Drop]" in IPS mode
+        word, sep, rest = body[1:].partition("] ")
+        if not (body[:1] == "[" and sep and word in _VERDICTS):
+            return None
+        verdict, body = _VERDICTS[word], rest.lstrip()
+        if not body.startswith("[**] "):
+            return None
     fields = _alert(body[5:])
     if fields is None:
         return None
@@ -131,7 +188,14 @@ def parse_fast(line: str, ref: float | None) -> Event | None:
         ev = Event("suricata", "suricata-fast", line, time=_time(*parts, ref))
     else:
         ev = Event("snort", "snort-fast", line, time=_time(*parts, ref))
-    return _fill(ev, *fields)
+    _fill(ev, *fields)
+    if verdict:
+        ev.action = verdict
+    return ev
+
+
+_VERDICTS = {"Drop": "block", "Block": "block", "Reject": "block", "sDrop": "block", "wDrop": "alert",
+             "wBlock": "alert"}
 
 
 def parse_syslog(header: Header, body: str, raw: str) -> Event | None:
@@ -152,12 +216,17 @@ def parse_full(record: str, ref: float | None) -> Event | None:
     cls = prio = proto = src = sport = dst = dport = None
     for ln in lines[1:]:
         ln = ln.rstrip()
-        mc = _FULL_CLASS.match(ln)
+        if not ln:
+            continue
+        if proto is not None and prio is not None:
+            break                       # everything alert_full says about the alert is read
+        c = ln[0]
+        mc = _FULL_CLASS.match(ln) if c == "[" else None
         if mc and prio is None:
             cls, prio = mc.groups()
             continue
-        ma = _FULL_ADDR.match(ln)
-        if ma and src is None:
+        ma = _FULL_ADDR.match(ln) if "0" <= c <= "9" and src is None else None
+        if ma:
             g = ma.groups()
             ev.time = _time(*g[:7], ref)
             src, sport, dst, dport = g[7:]

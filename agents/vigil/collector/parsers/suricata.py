@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from ..event import INFO, LOW, Event, norm_action, proto_name, severity_from_priority, to_port
 from ..syslog import iso_time
+from .snort import rule_id
+
+
+# The EVE event types Suricata 6-8 write (docs.suricata.io, "Eve JSON Format"); ``format`` is an
+# InfluxDB tag, so any other name becomes ``suricata-other`` (the name itself stays in ``category``):
+# a sender must not be able to make a new series per message.
+EVENT_TYPES = frozenset((
+    "alert", "anomaly", "arp", "bittorrent_dht", "dcerpc", "dhcp", "dnp3", "dns", "doh2", "drop",
+    "fileinfo", "flow", "frame", "ftp", "ftp_data", "http", "http2", "ike", "ikev2", "krb5", "ldap",
+    "mdns", "modbus", "mqtt", "netflow", "nfs", "pgsql", "pop3", "quic", "rdp", "rfb", "sip", "smb",
+    "smtp", "snmp", "ssh", "stats", "tftp", "tls", "websocket"))
 
 
 def looks_like(obj: dict) -> bool:
@@ -17,7 +28,7 @@ def unwrap(obj: dict) -> dict:
 
 def parse(obj: dict, raw: str) -> Event:
     et = str(obj.get("event_type"))
-    ev = Event("suricata", f"suricata-{et}", raw)
+    ev = Event("suricata", f"suricata-{et}" if et in EVENT_TYPES else "suricata-other", raw)
     ts = obj.get("timestamp") or obj.get("@timestamp")
     if isinstance(ts, str):
         ev.time = iso_time(ts.strip())
@@ -33,7 +44,9 @@ def parse(obj: dict, raw: str) -> Event:
     ev.category = et
     alert = obj.get("alert")
     if et == "alert" and isinstance(alert, dict):
-        ev.sig_id = _s(alert.get("signature_id"))
+        ev.sig_id = rule_id(alert.get("gid"), alert.get("signature_id"))
+        if isinstance(alert.get("rev"), int) and not isinstance(alert.get("rev"), bool):
+            ev.extra["rev"] = alert["rev"]
         ev.sig_name = _s(alert.get("signature"))
         ev.category = _s(alert.get("category")) or "alert"
         ev.severity = severity_from_priority(alert.get("severity"))
@@ -50,6 +63,9 @@ def parse(obj: dict, raw: str) -> Event:
         ev.extra["flow_state"] = fl.get("state")
         ev.extra["flow_reason"] = fl.get("reason")
         ev.severity = INFO
+    elif et == "drop":                  # IPS mode: a packet dropped (Suricata docs, "Eve JSON format")
+        ev.action = "block"
+        ev.severity = LOW
     else:
         ev.severity = INFO
     if isinstance(obj.get("app_proto"), str):

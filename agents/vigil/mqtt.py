@@ -129,13 +129,14 @@ class MqttClient:
             if self._stopping.is_set() or self.fatal is not None:
                 break
             self._stopping.wait(self._backoff)
+            # doubles after every failed or lost link; a successful CONNACK resets it
+            self._backoff = min(self._backoff * 2, max(self._backoff_min, int(self.cfg.reconnect_max)))
         if self._stopping.is_set() and c.socket() is not None:
             # stop() came while a connection was being made: close that one cleanly too
             c.disconnect()
             for _ in range(10):
                 if c.loop(0.1) != paho.MQTT_ERR_SUCCESS or not c.want_write():
                     break
-            self._backoff = min(self._backoff * 2, int(self.cfg.reconnect_max))
 
     def stop(self, timeout: float = 5.0) -> None:
         try:

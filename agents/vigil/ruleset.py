@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import json
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import payload
+from .files import atomic_write
 from .payload import PayloadError
 
 ACTIONS = ("drop", "allow")
@@ -66,12 +66,12 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """PKCS8 PEM, unencrypted, mode 0600, written atomically."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    _write_atomic(Path(path), pem, 0o600)
+    atomic_write(path, pem, 0o600)
 
 
 def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomic(Path(path), pem, 0o644)
+    atomic_write(path, pem, 0o644)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -122,18 +122,6 @@ def _pub_differs(path: Path, pub: Ed25519PublicKey) -> bool:
         return key_id(load_public_key(path)) != key_id(pub)
     except ValueError:
         return True
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 # -- signing ----------------------------------------------------------------------------------

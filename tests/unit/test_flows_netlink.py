@@ -56,7 +56,7 @@ def done() -> bytes:
 
 def parse_all(buf: bytes):
     out = []
-    for mtype, flags, start, end in ct.iter_messages(buf, len(buf)):
+    for mtype, _flags, start, end in ct.iter_messages(buf, len(buf)):
         if mtype >> 8 == 1:
             out.append(ct.parse_ct(buf, start + 4, end))
     return out

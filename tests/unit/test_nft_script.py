@@ -30,7 +30,7 @@ def E(value, ttl=None, action="drop", scope=None, id=None):
 def test_table_script_declares_every_set_flushes_chains_and_fills_guards():
     s = nft.table_script([rs_net("10.0.0.0/24"), rs_net("10.0.0.5/32"), rs_net("fd00::/64")])
     assert s.startswith("table bridge vigil {")
-    for name, spec in nft.SETS.items():
+    for name, _spec in nft.SETS.items():
         assert f"set {name} {{" in s
     assert "policy accept" in s and "hook forward" in s
     assert s.count("flush chain bridge vigil") == 3

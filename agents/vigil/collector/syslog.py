@@ -11,7 +11,6 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
               "authpriv", "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2",

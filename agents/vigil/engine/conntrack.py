@@ -308,7 +308,7 @@ class ConntrackReader:
             view = memoryview(buf)
             while True:
                 n = self._sock.recv_into(buf)
-                for mtype, flags, start, end in iter_messages(view, n):
+                for mtype, _flags, start, end in iter_messages(view, n):
                     if mtype == NLMSG_DONE:
                         return
                     if mtype == NLMSG_ERROR:

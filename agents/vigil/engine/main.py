@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 from .. import __version__, payload, plugins, topics
 from ..counters import Counters
+from ..files import atomic_write
 from ..daemon import FatalError, StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
 from . import datapath
@@ -70,7 +70,7 @@ class Learning:
         return 1.0 if self.period == 0 else min(1.0, self.elapsed / self.period)
 
     def save(self) -> None:
-        _atomic_write(self.path, json.dumps({"elapsed": self.elapsed, "mode": self.mode}))
+        atomic_write(self.path, json.dumps({"elapsed": self.elapsed, "mode": self.mode}))
 
 
 class EventOutbox:
@@ -114,12 +114,6 @@ class EventOutbox:
     @property
     def backlog(self) -> int:
         return self.publisher.backlog
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class EngineService:
@@ -226,7 +220,7 @@ class EngineService:
                     "dropped_batches_total": self.counters.get("flow_batches_dropped"),
                     "poll_ms": round(poll_s * 1000, 2), "flows": chunk}
             # seq is persisted before the batch leaves, so a restart never reuses a number
-            _atomic_write(self.seq_path, str(self.seq))
+            atomic_write(self.seq_path, str(self.seq))
             self.publisher.submit(self.seq, payload.encode("flows", self.cfg.engine_id, body))
             self.counters.inc("flow_batches")
             self.counters.inc("flow_records", len(chunk))

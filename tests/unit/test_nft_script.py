@@ -318,3 +318,10 @@ def test_config_rejects_bad_networks():
         EnforcementConfig(management_networks=["10.0.0.300/24"])
     with pytest.raises(ValueError, match="max_elements"):
         EnforcementConfig(max_elements=0)
+
+
+def test_one_nft_error_for_the_whole_engine():
+    from vigil.engine import datapath
+    assert datapath.NftError is nft.NftError
+    with pytest.raises(nft.NftError, match="syntax error|Error"):
+        nft.nft_cli("this is not nft\n", check_only=True)

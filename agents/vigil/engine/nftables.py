@@ -58,7 +58,8 @@ _ETHER = {4: "ip", 6: "ip6"}
 
 
 class NftError(RuntimeError):
-    pass
+    """nft, libnftables or the kernel refused a change or a query (the one such error of the engine:
+    the flow-accounting tables in datapath.py raise it too)."""
 
 
 def net_sets(kind: str, family: int) -> list[str]:
@@ -230,18 +231,24 @@ def _check_managed(name: str, local_ok: bool = False) -> None:
 
 # -- backends ---------------------------------------------------------------------------------
 
+def nft_cli(script: str, check_only: bool = False, timeout: float = 120.0) -> None:
+    """Run an nft script as one transaction (``nft -f -``; ``-c``: only check it)."""
+    argv = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]
+    try:
+        r = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise NftError("the nft command is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise NftError(f"nft did not finish within {timeout}s") from None
+    if r.returncode != 0:
+        raise NftError(_first_lines(r.stderr) or f"nft exited {r.returncode}")
+
+
 class CliBackend:
     name = "cli"
 
     def run(self, script: str, timeout: float = 120.0) -> None:
-        try:
-            r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            raise NftError("the nft command is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise NftError(f"nft did not finish within {timeout}s") from None
-        if r.returncode != 0:
-            raise NftError(_first_lines(r.stderr) or f"nft exited {r.returncode}")
+        nft_cli(script, timeout=timeout)
 
     def query(self, command: str) -> str:
         r = subprocess.run(["nft", "-j", *command.split()], capture_output=True, text=True, timeout=30)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil import ruleset as rs
 from vigil.counters import Counters
 from vigil.engine import nftables as nft
@@ -184,17 +185,6 @@ def test_restore_drops_expired_and_purge_forgets_them():
 
 # -- the part, with a fake MQTT client and the dry-run writer --------------------------------
 
-class FakeMqtt:
-    def __init__(self):
-        self.subs, self.published = {}, []
-
-    def subscribe(self, topic, handler, qos=1):
-        self.subs[topic] = handler
-
-    def publish(self, topic, data, qos=1, retain=False, properties=None):
-        self.published.append((topic, json.loads(data), retain))
-
-
 @pytest.fixture
 def key():
     return Ed25519PrivateKey.generate()
@@ -235,8 +225,9 @@ def test_part_applies_rejects_and_reports(tmp_path, key):
     assert ctx.counters.get("ruleset_same_generation") == 1
     assert part.handle("ruleset-delta", rs.encode_signed("ruleset-delta", "m", rs.delta_body(
         "e1", 3, 4, add=[rs.entry("b", "drop", "cidr", "10.9.0.0/16", None)]), key))
-    topic, state, retained = ctx.mqtt.published[-1]
-    assert topic == "vigil/v1/engine/e1/ruleset/state" and retained
+    sent = ctx.mqtt.sent[-1]
+    state = sent.json()
+    assert sent.topic == "vigil/v1/engine/e1/ruleset/state" and sent.retain
     assert state["generation"] == 4 and state["counts"]["block4"] == 1 and state["counts"]["blocknet4"] == 1
     assert state["error"] is None and state["rejected"]["unknown-key"] == 1
     saved = json.loads((tmp_path / "ruleset.json").read_text())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil import payload, ruleset, topics
 from vigil.control import ControlError, ControlServer
 from vigil.counters import Counters
@@ -23,24 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class FakeMqtt:
-    def __init__(self):
-        self.published: list[tuple[str, bytes, bool]] = []
-        self.subs: list[str] = []
-
-    def subscribe(self, topic, handler, qos=1):
-        self.subs.append(topic)
-
-    def publish(self, topic, data, qos=1, retain=False, properties=None):
-        self.published.append((topic, data, retain))
-
-    def last(self, topic):
-        for t, d, _ in reversed(self.published):
-            if t == topic:
-                return d
-        return None
 
 
 class FakeWriter:
@@ -205,9 +188,9 @@ def test_component_is_the_decision_sink_and_signs_rule_sets(tmp_path):
     d3 = ruleset.decode_delta(mqtt.last(topics.engine("e1", "ruleset/delta")), pub, "e1")
     assert d3.add[0].value == "10.77.0.66" and d3.add[0].ttl > 4000
     # nothing changed: nothing published
-    n = len(mqtt.published)
+    n = len(mqtt.sent)
     comp.tick()
-    assert len(mqtt.published) == n
+    assert len(mqtt.sent) == n
 
 
 def test_control_errors_are_clear(tmp_path):
@@ -257,9 +240,9 @@ def test_engine_behind_gets_the_snapshot_again(tmp_path):
     comp.tick()
     comp.fleet.on_ruleset_state("e1", {"generation": 0})
     comp.publisher.sync_all()       # first time behind: start the clock
-    n = len(mqtt.published)
+    n = len(mqtt.sent)
     comp.publisher.sync_all()
-    assert len(mqtt.published) == n + 1 and ctx.counters.get("ruleset_resyncs") == 1
+    assert len(mqtt.sent) == n + 1 and ctx.counters.get("ruleset_resyncs") == 1
 
 
 def test_engine_events_become_decisions(tmp_path):

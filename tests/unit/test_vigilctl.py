@@ -18,7 +18,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def manager(tmp_path):
-    from tests.unit.test_policy import FakeMqtt, FakeWriter, status
+    from tests.support.fake_mqtt import FakeMqtt
+    from tests.unit.test_policy import FakeWriter, status
     ctl = ControlServer(tmp_path / "m.sock")
     ctx = Context("m", tmp_path / "state", FakeMqtt(), FakeWriter(), Counters(), ctl, None, threading.Event())
     (tmp_path / "state").mkdir()

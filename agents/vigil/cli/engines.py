@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .decisions import COLUMNS as DECISION_COLUMNS, _rows as decision_rows
+from .decisions import COLUMNS as DECISION_COLUMNS, rows as decision_rows
 from .output import emit, ts
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..common import LogConfig, MqttConfig
-from ..engine.config import check_id
+from ..contracts.ids import check_id
 
 MODES = ("monitor", "block-malicious", "lockdown")
 

@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import InfluxConfig, LogConfig, MqttConfig
-from ..engine.config import check_id
+from ..contracts.ids import check_id
 from .verdicts.config import VerdictsConfig
-from .policy import PolicyConfig
+from .policy_config import PolicyConfig
 from ..collector.config import CollectorConfig
 
 

@@ -28,15 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import payload
+from .contracts import vocab
+from .contracts.engine import RulesetMeta
 from .files import atomic_write
 from .payload import PayloadError
 
-ACTIONS = ("drop", "allow")
-SCOPES = ("ip", "cidr", "flow")
-MODES = ("learning", "enforcing")
-FLOW_PROTOS = ("tcp", "udp", "sctp")
-MAX_TEXT = 1024          # id, origin, reason
-MAX_TTL = 10 * 365 * 86400
+# the vocabulary of entries and rule sets (contracts.vocab), named here for this module's readers
+ACTIONS, SCOPES, MODES, FLOW_PROTOS, MAX_TEXT, MAX_TTL = (
+    vocab.ACTIONS, vocab.SCOPES, vocab.MODES, vocab.FLOW_PROTOS, vocab.MAX_TEXT, vocab.MAX_TTL)
 _OCTETS = frozenset(str(i) for i in range(256))      # canonical octets: no sign, space or leading 0
 
 PRIVATE_KEY_FILE = "signing.key"
@@ -472,10 +471,7 @@ def _check_head(msg: dict[str, Any], engine_id: str | None) -> None:
     gen = msg.get("generation")
     if not _int(gen) or gen < 0:
         raise PayloadError("bad-generation", f"generation must be a non-negative integer, got {gen!r}")
-    if not _int(msg.get("issued_at")):
-        raise PayloadError("bad-field", "issued_at must be an integer (epoch ms)")
-    if msg.get("mode") not in (None, *MODES):
-        raise PayloadError("bad-field", f"mode {msg.get('mode')!r} not one of learning, enforcing, null")
+    RulesetMeta.from_body(msg)          # the head's other fields (issued_at, mode): PayloadError bad-field
 
 
 def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry], list[tuple[str, str, str]]]:

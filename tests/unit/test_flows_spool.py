@@ -67,7 +67,7 @@ def test_events_are_spooled_through_an_outage_and_an_engine_restart(tmp_path):
     box = outbox(mq, c)
     box.emit({"type": "tcp-flags", "src": "10.77.0.66", "detail": "XMAS"})
     box.flush("enforcing")
-    box.emit({"type": "arp-rebind", "src": "02:00:00:00:00:66"})
+    box.emit({"type": "arp-rebind", "ip": "10.77.0.10", "new_mac": "02:00:00:00:00:66"})
     box.flush("enforcing")
     assert mq.sent == [] and box.backlog == 2
     first_seq = box.seq

@@ -99,7 +99,7 @@ def test_bad_requests_are_counted_and_answered_with_an_error(svc):
     svc.on_request(msg(topics.endpoint("ep1", "verdict/request"),
                        payload.encode("verdict-request", "ep1", {"sha256": "XYZ"}), props))
     assert svc.counters.get("verdict_requests_rejected_not-json") == 1
-    assert svc.counters.get("verdict_requests_rejected_bad-sha256") == 1
+    assert svc.counters.get("verdict_requests_rejected_bad-field") == 1
     assert all(m["status"] == "error" for m in (s.json() for s in svc.ctx.mqtt.on("resp/x")))
 
 

@@ -103,10 +103,8 @@ def test_engines_learning_column_says_done_for_an_enforcing_engine(manager, caps
     """An engine switched to enforcing before its clock ran out reported LEARNING 99 %."""
     from tests.unit.test_policy import status
     comp, sock = manager
-    enforcing = status("e3", mode="enforcing")
-    enforcing["learning"] = {"progress": 0.994, "elapsed": 7.95, "period": 8}
-    learning = status("e4", mode="learning")
-    learning["learning"] = {"progress": 0.999, "elapsed": 7.99, "period": 8}
+    enforcing = status("e3", mode="enforcing", learning={"progress": 0.994, "elapsed": 7.95, "period": 8})
+    learning = status("e4", mode="learning", learning={"progress": 0.999, "elapsed": 7.99, "period": 8})
     comp.on_status("e3", enforcing)
     comp.on_status("e4", learning)
     rc, out, _ = run(sock, capsys, "engines")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import payload, ruleset, topics
+from ..contracts.engine import RulesetState
 from ..files import atomic_write
 from ..payload import PayloadError
 from .api import EngineContext
@@ -450,7 +451,7 @@ class Enforcement:
     def publish_state(self) -> None:
         try:
             body = self.state_body()
-            self.ctx.mqtt.publish(self.topic_state, payload.encode("ruleset-state", self.engine_id, body),
+            self.ctx.mqtt.publish(self.topic_state, RulesetState.from_body(body).encode(self.engine_id),
                                   qos=1, retain=True)
         except Exception:
             self.ctx.counters.inc("ruleset_state_errors")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..ruleset import MAX_TTL
+from ..contracts.vocab import MAX_TTL, SEVERITY_RANK
 
 if TYPE_CHECKING:
     from .detections import Thresholds
@@ -42,8 +42,8 @@ class DetectionConfig:
         for k in ("hscan_hosts", "vscan_ports", "flood_failed", "brute_new"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}: must be at least 1")
-        if self.event_min_severity not in SEVERITY:
-            raise ValueError(f"event_min_severity: one of {', '.join(SEVERITY)}")
+        if self.event_min_severity not in SEVERITY_RANK:
+            raise ValueError(f"event_min_severity: one of {', '.join(SEVERITY_RANK)}")
         if self.event_max_age <= 0:
             raise ValueError("event_max_age: must be > 0 seconds")
 
@@ -53,9 +53,6 @@ class DetectionConfig:
                           flood_failed=self.flood_failed, flood_pps=self.flood_pps, brute_new=self.brute_new,
                           brute_max_bytes=self.brute_max_bytes, k=self.k, factor=self.factor,
                           min_intervals=self.min_intervals, new_service=self.new_service)
-
-
-SEVERITY = {"info": 0, "low": 1, "medium": 2, "warning": 2, "high": 3, "critical": 4}
 
 
 @dataclass(frozen=True)

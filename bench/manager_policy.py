@@ -11,8 +11,8 @@ import random
 import statistics
 import time
 
-from vigil.manager.baselines import Baseline
-from vigil.manager.detections import Detector, Thresholds
+from vigil.manager.policy.baselines import Baseline
+from vigil.manager.policy.detections import Detector, Thresholds
 
 N = 100_000
 

@@ -153,7 +153,7 @@ def test_the_checker_sees_a_cross_program_import_and_a_cycle():
     graph = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
     assert sorted(map(sorted, (c for c in _strongly_connected(graph) if len(c) > 1))) == [["a", "b", "c"]]
     targets = {t for t, _, _ in imports("vigil.manager.config")}
-    assert "vigil.manager.policy_config" in targets and "vigil.contracts.ids" in targets
+    assert "vigil.manager.policy.config" in targets and "vigil.contracts.ids" in targets
     assert program("vigil.collector.component") == program("vigil.manager.api") == "manager"
 
 
@@ -165,6 +165,6 @@ def test_loading_the_managers_config_imports_no_policy_code():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())
     assert "vigil.manager.config" in loaded
-    policy_stack = {"vigil.manager.policy", "vigil.manager.decisions", "vigil.manager.detections",
-                    "vigil.manager.fleet", "vigil.manager.baselines", "vigil.manager.ingest"}
+    policy_stack = {"vigil.manager.policy.component", "vigil.manager.policy.decisions", "vigil.manager.policy.detections",
+                    "vigil.manager.policy.fleet", "vigil.manager.policy.baselines", "vigil.manager.ingest.component"}
     assert not loaded & policy_stack, sorted(loaded & policy_stack)

@@ -5,7 +5,7 @@ import pytest
 
 from vigil import payload
 from vigil.contracts.engine import EngineStatus
-from vigil.manager.ingest import status_points
+from vigil.manager.ingest.component import status_points
 
 pytestmark = pytest.mark.unit
 

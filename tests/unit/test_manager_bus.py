@@ -17,9 +17,9 @@ from vigil.control import ControlServer
 from vigil.counters import Counters
 from vigil.manager.api import Context
 from vigil.manager.config import IngestConfig
-from vigil.manager.ingest import IngestComponent
-from vigil.manager.policy import PolicyComponent
-from vigil.manager.policy_config import PolicyConfig
+from vigil.manager.ingest.component import IngestComponent
+from vigil.manager.policy.component import PolicyComponent
+from vigil.manager.policy.config import PolicyConfig
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ from vigil.contracts.engine import EngineStatus, EventBatch, RulesetState
 from vigil.control import ControlError, ControlServer
 from vigil.counters import Counters
 from vigil.manager.api import Context, DecisionRequest
-from vigil.manager.decisions import DecisionStore, Rejected
-from vigil.manager.policy import PolicyComponent, PolicyConfig
+from vigil.manager.policy.decisions import DecisionStore, Rejected
+from vigil.manager.policy.component import PolicyComponent, PolicyConfig
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from vigil.cli.decisions import duration, scoped_value
 from vigil.control import ControlServer
 from vigil.counters import Counters
 from vigil.manager.api import Context
-from vigil.manager.policy import PolicyComponent, PolicyConfig
+from vigil.manager.policy.component import PolicyComponent, PolicyConfig
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..common import InfluxConfig, LogConfig, MqttConfig
 from ..contracts.ids import check_id
 from .verdicts.config import VerdictsConfig
-from .policy_config import PolicyConfig
+from .policy.config import PolicyConfig
 from ..collector.config import CollectorConfig
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..contracts.vocab import MAX_TTL, SEVERITY_RANK
+from ...contracts.vocab import MAX_TTL, SEVERITY_RANK
 
 if TYPE_CHECKING:
     from .detections import Thresholds

@@ -16,18 +16,18 @@ import time
 import zlib
 from typing import Any
 
-from .. import ruleset, topics
-from ..contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
-from ..contracts.vocab import SEVERITY_RANK
-from ..control import ControlError
-from ..influx import line
-from .api import DecisionRequest
+from ... import ruleset, topics
+from ...contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
+from ...contracts.vocab import SEVERITY_RANK
+from ...control import ControlError
+from ...influx import line
+from ..api import DecisionRequest
 from .baselines import BaselineStore
 from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets, quarantine_networks
 from .detections import Detector
 from .fleet import Fleet, Publisher, snapshot_generation
-from .policy_config import PolicyConfig
-from .seqtrack import SeqTracker, sending_engine
+from .config import PolicyConfig
+from ..seqtrack import SeqTracker, sending_engine
 
 log = logging.getLogger(__name__)
 

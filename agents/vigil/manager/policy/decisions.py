@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .. import ruleset
-from ..counters import Counters
+from ... import ruleset
+from ...counters import Counters
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contracts.engine import EngineStatus, RulesetState
-from .. import payload, ruleset, topics
-from ..counters import Counters
+from ...contracts.engine import EngineStatus, RulesetState
+from ... import payload, ruleset, topics
+from ...counters import Counters
 from .decisions import DecisionStore, quarantine_networks
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ...files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from .. import topics
-from ..contracts.engine import EngineStatus, EventBatch, FlowBatch
-from ..counters import Counters
-from ..influx import line
-from .config import IngestConfig
-from .seqtrack import SeqTracker, sending_engine
+from ... import topics
+from ...contracts.engine import EngineStatus, EventBatch, FlowBatch
+from ...counters import Counters
+from ...influx import line
+from ..config import IngestConfig
+from ..seqtrack import SeqTracker, sending_engine
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def start_engine(lab, wait_text: str = "mqtt: connected", timeout: float = 60, *
 
 def iperf(lab, seconds: float) -> float:
     """Gbit/s received by the server."""
-    for attempt in range(3):
+    for _attempt in range(3):
         r = lab.run("client", ["iperf3", "-c", lab.ip("server"), "-t", str(seconds), "-J"], timeout=seconds + 30,
                     check=False)
         try:

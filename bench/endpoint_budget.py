@@ -187,7 +187,7 @@ def main() -> int:
               f"budget 0.1 % -> {cpu_pct / 0.1:.2f} of budget)")
         print(f"idle {args.idle:.0f} s: agent {idle[0]:.3f} s, decider {idle[1]:.3f} s CPU = "
               f"{100 * sum(idle) / args.idle:.4f} % of one core")
-        print(f"  (CPU from /proc/<pid>/task/*/schedstat; a thread that exited during the run is not counted)")
+        print("  (CPU from /proc/<pid>/task/*/schedstat; a thread that exited during the run is not counted)")
         print(f"RSS max: agent {rss_max[0]:.1f} MB + decider {rss_max[1]:.1f} MB = {sum(rss_max):.1f} MB "
               f"(budget 50 MB -> {sum(rss_max) / 50:.2f} of budget)")
         print(f"decider counters: {final['decider']['counters']}; events dropped "

@@ -79,7 +79,7 @@ def main() -> int:
                 pub.clear_states()
                 start_engine(lab, enforcement=enf)
                 # restored from disk (or, if a save was cut short, from the retained snapshot)
-                pub.wait_state(lambda s: s["generation"] == 1 and s["counts"]["block4"] == n, timeout=600)
+                pub.wait_state(lambda s, n=n: s["generation"] == 1 and s["counts"]["block4"] == n, timeout=600)
                 restore = time.monotonic() - t
                 full.append(iperf(lab, args.seconds))
                 print(f"  round {i + 1}: plain {plain[-1]:6.2f}  flow accounting {flow[-1]:6.2f}  "

@@ -11,8 +11,8 @@ import random
 import statistics
 import time
 
-from vigil.manager.baselines import Baseline
-from vigil.manager.detections import Detector, Thresholds
+from vigil.manager.policy.baselines import Baseline
+from vigil.manager.policy.detections import Detector, Thresholds
 
 N = 100_000
 
@@ -21,7 +21,7 @@ def records(rng: random.Random) -> list[dict]:
     out = []
     servers = [f"10.1.0.{i}" for i in range(1, 51)]
     clients = [f"10.2.{i // 250}.{i % 250}" for i in range(2000)]
-    for i in range(N - 500):
+    for _i in range(N - 500):
         st = "REJ" if rng.random() < 0.01 else rng.choice(("SF", "S1"))
         out.append({"src": rng.choice(clients), "dst": rng.choice(servers), "sport": rng.randint(1024, 65535),
                     "dport": rng.choice((80, 443, 22, 53, 8080)), "proto": "tcp", "new": rng.random() < 0.3,

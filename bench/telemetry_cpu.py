@@ -26,6 +26,7 @@ import uuid
 from pyroute2 import netns
 
 from vigil.engine import conntrack as ct
+from vigil.engine import netlink as nl
 from vigil.engine.flows import FlowTable
 
 INTERVAL = 10.0
@@ -53,11 +54,11 @@ def create_message(i: int, seq: int) -> bytes:
              + nla(ct.CTA_MARK, struct.pack(">I", 1)))
     body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attrs
     return struct.pack("=IHHII", 16 + len(body), (1 << 8) | ct.IPCTNL_MSG_CT_NEW,
-                       ct.NLM_F_REQUEST | 0x400 | 0x200, seq, 0) + body  # CREATE | EXCL
+                       nl.NLM_F_REQUEST | 0x400 | 0x200, seq, 0) + body  # CREATE | EXCL
 
 
 def fill(n: int) -> None:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ct.NETLINK_NETFILTER)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     s.bind((0, 0))
     s.setblocking(False)
     chunk = []

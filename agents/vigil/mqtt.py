@@ -1,5 +1,14 @@
 """One MQTT v5 client for every Vigil process (paho-mqtt 2.x, callback API v2).
 
+- a bus: any number of subscribers per topic filter, each receiving every message of its filter
+  (paho keeps one callback per filter; here the client dispatches itself).  ``subscribe(filter,
+  handler)`` hands the raw message; ``subscribe_kind(filter, Kind, handler)`` decodes it through its
+  contract first (once per message, however many subscribe) and counts what does not decode as
+  ``payload_rejected_<reason>``.  Every subscription carries an MQTT v5 subscription identifier, so
+  a message is handed to the subscribers of the subscriptions it came through — a shared
+  subscription (``$share/group/...``) and a plain one on the same topic in one process each get
+  exactly their own copies (ingest takes a share of the flow batches, the policy all of its
+  engines').  Without identifiers (a broker that sends none) the topic is matched instead;
 - subscriptions are (re)made in ``on_connect``, so they survive reconnects;
 - a last-will is set before connecting (retained ``offline`` status for devices);
 - reconnects back off between ``reconnect_min`` and ``reconnect_max``;
@@ -18,8 +27,8 @@ import socket
 import ssl
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,11 +36,23 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from .common import MqttConfig
+from .contracts.base import Contract
+from .contracts.envelope import PayloadError
 from .counters import Counters
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[paho.MQTTMessage], None]
+K = TypeVar("K", bound=Contract)
+
+
+@dataclass
+class _Subscription:
+    topic_filter: str               # as subscribed, $share prefix included
+    match: str                      # what a topic is matched against ($share prefix removed)
+    qos: int
+    sub_id: int
+    handlers: list[Callable[[paho.MQTTMessage, dict], None]] = field(default_factory=list)
 
 # CONNACK reason codes after which retrying cannot help.
 _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid",
@@ -55,7 +76,9 @@ class MqttClient:
         self.cfg = cfg
         self.client_id = client_id
         self.counters = counters or Counters()
-        self._subs: list[tuple[str, int, Handler]] = []
+        self._subs: dict[str, _Subscription] = {}       # by filter as subscribed
+        self._subs_by_id: dict[int, _Subscription] = {}
+        self._subs_lock = threading.Lock()
         self._on_connected = on_connected
         self.connected = threading.Event()
         self.fatal: str | None = None
@@ -84,7 +107,7 @@ class MqttClient:
         self._c.on_socket_open = _nodelay
         self._c.on_connect = self._handle_connect
         self._c.on_disconnect = self._handle_disconnect
-        self._c.on_message = self._handle_unmatched
+        self._c.on_message = self._dispatch
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,13 +152,14 @@ class MqttClient:
             if self._stopping.is_set() or self.fatal is not None:
                 break
             self._stopping.wait(self._backoff)
+            # doubles after every failed or lost link; a successful CONNACK resets it
+            self._backoff = min(self._backoff * 2, max(self._backoff_min, int(self.cfg.reconnect_max)))
         if self._stopping.is_set() and c.socket() is not None:
             # stop() came while a connection was being made: close that one cleanly too
             c.disconnect()
             for _ in range(10):
                 if c.loop(0.1) != paho.MQTT_ERR_SUCCESS or not c.want_write():
                     break
-            self._backoff = min(self._backoff * 2, int(self.cfg.reconnect_max))
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -156,11 +180,57 @@ class MqttClient:
 
     # -- API -------------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Register a handler; the subscription is made now if connected and on every reconnect."""
-        self._subs.append((topic_filter, qos, handler))
-        self._c.message_callback_add(_match_filter(topic_filter), self._guard(handler, topic_filter))
-        if self.connected.is_set():
-            self._c.subscribe(topic_filter, qos=qos)
+        """Add a subscriber of ``topic_filter`` (any number per filter; each gets every message).
+        The subscription is made now if connected, and again on every reconnect."""
+        self._add(topic_filter, qos, self._guard(lambda msg, _decoded: handler(msg), topic_filter))
+
+    def subscribe_kind(self, topic_filter: str, kind: type[K], handler: Callable[[paho.MQTTMessage, K], None],
+                       qos: int = 1) -> None:
+        """Add a subscriber that receives each message decoded through its contract ``kind``.
+        An empty payload (a cleared retained message) is skipped; one that does not decode is
+        counted (``payload_rejected``, ``payload_rejected_<reason>``), logged and not handed on."""
+        def typed(msg: paho.MQTTMessage, decoded: dict) -> None:
+            if not msg.payload:
+                return
+            obj = decoded.get(kind)
+            if obj is None:
+                try:
+                    obj = decoded[kind] = kind.decode(msg.payload)
+                except PayloadError as exc:
+                    decoded[kind] = exc
+                    self.counters.inc("payload_rejected")
+                    self.counters.inc(f"payload_rejected_{exc.reason}")
+                    log.warning("mqtt: rejected payload on %s: %s", msg.topic, exc)
+                    return
+            if isinstance(obj, PayloadError):
+                return                   # rejected (and counted) for an earlier subscriber
+            handler(msg, obj)
+        self._add(topic_filter, qos, self._guard(typed, topic_filter))
+
+    def _add(self, topic_filter: str, qos: int, run: Callable[[paho.MQTTMessage, dict], None]) -> None:
+        with self._subs_lock:
+            sub = self._subs.get(topic_filter)
+            new = sub is None
+            if new:
+                sub = _Subscription(topic_filter, _match_filter(topic_filter), qos, len(self._subs) + 1)
+                self._subs[topic_filter] = sub
+                self._subs_by_id[sub.sub_id] = sub
+            sub.qos = max(sub.qos, qos)
+            sub.handlers.append(run)
+        if new and self.connected.is_set():
+            self._subscribe(self._c, sub)
+
+    @staticmethod
+    def _subscribe(client: paho.Client, sub: _Subscription) -> None:
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = sub.sub_id
+        client.subscribe(sub.topic_filter, qos=sub.qos, properties=props)
+
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        """filter -> number of subscribers (for status and tests)."""
+        with self._subs_lock:
+            return {f: len(s.handlers) for f, s in self._subs.items()}
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 properties: Properties | None = None) -> paho.MQTTMessageInfo:
@@ -204,8 +274,10 @@ class MqttClient:
         log.info("mqtt: connected as %s", self.client_id)
         self._backoff = self._backoff_min
         self.counters.inc("mqtt_connects")
-        for topic_filter, qos, _ in self._subs:
-            client.subscribe(topic_filter, qos=qos)
+        with self._subs_lock:
+            subs = list(self._subs.values())
+        for sub in subs:
+            self._subscribe(client, sub)
         self.connected.set()
         if self._on_connected is not None:
             try:
@@ -219,13 +291,27 @@ class MqttClient:
             self.counters.inc("mqtt_disconnects")
         self.connected.clear()
 
-    def _handle_unmatched(self, client, userdata, msg):
-        self.counters.inc("mqtt_unmatched_messages")
+    def _dispatch(self, client, userdata, msg):
+        """Hand a message to the subscribers of every subscription it came through."""
+        ids = getattr(msg.properties, "SubscriptionIdentifier", None) if msg.properties else None
+        with self._subs_lock:
+            if ids:
+                subs = [self._subs_by_id[i] for i in (ids if isinstance(ids, list) else [ids])
+                        if i in self._subs_by_id]
+            else:
+                subs = [s for s in self._subs.values() if paho.topic_matches_sub(s.match, msg.topic)]
+            handlers = [h for sub in subs for h in sub.handlers]
+        if not handlers:
+            self.counters.inc("mqtt_unmatched_messages")
+            return
+        decoded: dict = {}              # contract -> decoded message, shared by its subscribers
+        for h in handlers:
+            h(msg, decoded)
 
-    def _guard(self, handler: Handler, topic_filter: str):
-        def run(client, userdata, msg):
+    def _guard(self, handler: Callable[[paho.MQTTMessage, dict], None], topic_filter: str):
+        def run(msg, decoded):
             try:
-                handler(msg)
+                handler(msg, decoded)
             except Exception:
                 self.counters.inc("handler_errors")
                 log.exception("mqtt: handler for %s failed on %s", topic_filter, msg.topic)

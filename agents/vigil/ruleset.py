@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import json
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -29,14 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import payload
+from .contracts import vocab
+from .contracts.engine import RulesetMeta
+from .files import atomic_write
 from .payload import PayloadError
 
-ACTIONS = ("drop", "allow")
-SCOPES = ("ip", "cidr", "flow")
-MODES = ("learning", "enforcing")
-FLOW_PROTOS = ("tcp", "udp", "sctp")
-MAX_TEXT = 1024          # id, origin, reason
-MAX_TTL = 10 * 365 * 86400
+# the vocabulary of entries and rule sets (contracts.vocab), named here for this module's readers
+ACTIONS, SCOPES, MODES, FLOW_PROTOS, MAX_TEXT, MAX_TTL = (
+    vocab.ACTIONS, vocab.SCOPES, vocab.MODES, vocab.FLOW_PROTOS, vocab.MAX_TEXT, vocab.MAX_TTL)
 _OCTETS = frozenset(str(i) for i in range(256))      # canonical octets: no sign, space or leading 0
 
 PRIVATE_KEY_FILE = "signing.key"
@@ -66,12 +65,12 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """PKCS8 PEM, unencrypted, mode 0600, written atomically."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    _write_atomic(Path(path), pem, 0o600)
+    atomic_write(path, pem, 0o600)
 
 
 def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomic(Path(path), pem, 0o644)
+    atomic_write(path, pem, 0o644)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -122,18 +121,6 @@ def _pub_differs(path: Path, pub: Ed25519PublicKey) -> bool:
         return key_id(load_public_key(path)) != key_id(pub)
     except ValueError:
         return True
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -484,10 +471,7 @@ def _check_head(msg: dict[str, Any], engine_id: str | None) -> None:
     gen = msg.get("generation")
     if not _int(gen) or gen < 0:
         raise PayloadError("bad-generation", f"generation must be a non-negative integer, got {gen!r}")
-    if not _int(msg.get("issued_at")):
-        raise PayloadError("bad-field", "issued_at must be an integer (epoch ms)")
-    if msg.get("mode") not in (None, *MODES):
-        raise PayloadError("bad-field", f"mode {msg.get('mode')!r} not one of learning, enforcing, null")
+    RulesetMeta.from_body(msg)          # the head's other fields (issued_at, mode): PayloadError bad-field
 
 
 def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry], list[tuple[str, str, str]]]:

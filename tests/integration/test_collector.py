@@ -8,7 +8,6 @@ enforcing engine's signed rule set.
 """
 from __future__ import annotations
 
-import json
 import queue
 import socket
 import ssl

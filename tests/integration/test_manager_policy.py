@@ -190,7 +190,7 @@ def test_engine_events_and_collector_style_proposals(lab):
         time.sleep(0.5)
         peer.pub(topics.engine("e1", "events"), "events", "e1", {"engine": "e1", "events": [
             {"type": "scan", "detail": "scan: 40 ports", "src": "10.77.0.70", "severity": "high",
-             "action": "blocked"},
+             "action": "block"},
             {"type": "arp-spoof", "detail": "mac changed", "src": "10.77.0.71", "severity": "warning"}]})
         deadline = time.monotonic() + 10
         got = []

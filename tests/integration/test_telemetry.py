@@ -164,7 +164,7 @@ def test_broker_outage_of_30s_loses_no_batch(engine_lab):
     lab, col = engine_lab
     _start_engine(lab, mqtt={"reconnect_max": 2.0})
     col.wait(lambda: len(col.flows) >= 2, 15, "first batches")
-    pinger = lab.popen("client", ["ping", "-i", "0.2", lab.ip("server")], name="ping")
+    lab.popen("client", ["ping", "-i", "0.2", lab.ip("server")], name="ping")
     # the broker goes first: a batch it acknowledged while nobody listened would be gone for good
     # (this test's subscriber is not persistent), which is the test's gap, not the engine's
     lab.mosquitto.stop()

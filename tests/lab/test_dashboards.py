@@ -138,7 +138,7 @@ def execute(path: Path) -> int | str:
 def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
     t_start = time.monotonic()
     db = InfluxHTTP(InfluxConfig(url=lab.influx.url, database="vigil"))
-    client, server, attacker = lab.ip("client"), lab.ip("server"), lab.ip("attacker")
+    client, server, _attacker = lab.ip("client"), lab.ip("server"), lab.ip("attacker")
     run, mnt = mount_tmpfs("d")
     agent: ManagedProcess | None = None
     try:
@@ -234,7 +234,7 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
     failures: list[str] = []
     n_targets = n_with_data = n_nonzero = n_panels = n_panels_with_data = n_queries = 0
     got: dict[tuple[str, str, str], list[dict]] = {}
-    for name, text in dashboards.generate().items():
+    for _name, text in dashboards.generate().items():
         board = json.loads(text)
         uid = board["uid"]
         variables: dict[str, list[str]] = {}

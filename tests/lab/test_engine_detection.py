@@ -3,7 +3,6 @@ reported in learning mode while ``client`` keeps working; crafted XMAS/NULL prob
 spoof (scapy in the attacker's namespace) produce events."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time

@@ -7,9 +7,9 @@ tests).  ``states`` collects what the engine reports on ``ruleset/state``.
 
 ``kernel_set(run, name)`` lists one set of ``bridge vigil`` with ``nft -j`` through ``run``
 (e.g. ``lambda argv: lab.run("engine", argv)``) and returns {element text: seconds left or None}.
-``kernel_elements(run, name)`` is the tolerant reader: the set's element texts, or None when nft
-fails, by its exit status or by ``run`` raising CalledProcessError (no ``bridge vigil`` table or no
-such set, e.g. an engine without its enforcement part).
+``kernel_elements(run, name)`` returns the set's element texts and raises ``KernelSetError`` when
+nft fails, by its exit status or by ``run`` raising CalledProcessError (no ``bridge vigil`` table or
+no such set); ``missing_ok=True`` makes it return None then (waiting for the table to appear).
 """
 from __future__ import annotations
 
@@ -116,14 +116,24 @@ def kernel_set(run: Callable[[list[str]], Any], name: str) -> dict[str, float | 
     return dict(_elements(json.loads(r.stdout)))
 
 
-def kernel_elements(run: Callable[[list[str]], Any], name: str) -> set[str] | None:
-    """The elements of ``bridge vigil <name>``; None when nft fails (no such table or set)."""
+class KernelSetError(AssertionError):
+    """Listing a set of ``bridge vigil`` failed: no such table or set, or nft refused."""
+
+
+def kernel_elements(run: Callable[[list[str]], Any], name: str, missing_ok: bool = False) -> set[str] | None:
+    """The elements of ``bridge vigil <name>``.  When nft fails (no such table or set) this raises
+    ``KernelSetError`` with nft's message, so a broken enforcement table fails the test that reads
+    it; ``missing_ok=True`` returns None instead, for a caller that waits for the table to appear."""
     try:
         r = run(_list_set(name))
-    except subprocess.CalledProcessError:
-        return None
+    except subprocess.CalledProcessError as exc:
+        if missing_ok:
+            return None
+        raise KernelSetError(f"nft list set bridge vigil {name} failed: {exc.stderr or exc}") from None
     if r.returncode != 0:
-        return None
+        if missing_ok:
+            return None
+        raise KernelSetError(f"nft list set bridge vigil {name} failed ({r.returncode}): {r.stderr}")
     return {el for el, _ in _elements(json.loads(r.stdout))}
 
 

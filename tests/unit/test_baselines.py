@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from vigil.manager.baselines import Baseline, BaselineStore, Stat
-from vigil.manager.detections import Detector, Thresholds
+from vigil.manager.policy.baselines import Baseline, BaselineStore, Stat
+from vigil.manager.policy.detections import Detector, Thresholds
 
 pytestmark = pytest.mark.unit
 

@@ -102,7 +102,7 @@ def test_queries_use_only_what_the_system_writes():
                     continue
                 unknown = [i for i in idents if i not in known]
                 assert not unknown, f"{name} / {p['title']}: {unknown} are neither tags nor fields of {measurements}"
-                for rx in regex_fields.findall(q):
+                for _rx in regex_fields.findall(q):
                     assert "manager_stats" in measurements, q
 
 

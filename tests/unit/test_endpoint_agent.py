@@ -15,6 +15,8 @@ from vigil.config import from_dict
 from vigil.endpoint import console
 from vigil.endpoint.config import EndpointConfig
 from vigil.endpoint.main import EndpointService
+from vigil.contracts import decider as proto
+from vigil.contracts.endpoint import ExecEvent, VerdictChange
 from vigil.mqtt import response_properties
 
 pytestmark = pytest.mark.unit
@@ -49,8 +51,7 @@ def test_ask_and_answer_by_correlation(agent):
     body = payload.encode("verdict-response", "m", {"status": "ok", "sha256": "a" * 64, "verdict": "malicious",
                                                     "source": "yara:X", "ttl": 30})
     agent._on_response(msg(agent.response_topic, body, response_properties("x", props.CorrelationData)))
-    assert agent.sent[-1] == {"t": "verdict", "sha256": "a" * 64, "verdict": "malicious", "source": "yara:X",
-                              "ttl": 30.0}
+    assert agent.sent[-1] == proto.Verdict(sha256="a" * 64, verdict="malicious", source="yara:X", ttl=30.0)
     # the same answer again (late duplicate): not ours any more
     agent._on_response(msg(agent.response_topic, body, response_properties("x", props.CorrelationData)))
     assert agent.counters.get("verdict_responses_unmatched") == 1
@@ -60,14 +61,14 @@ def test_bad_answer_falls_back_at_once(agent):
     agent._ask("b" * 64, 10, "/bin/y")
     corr = agent.published[-1][2].CorrelationData
     agent._on_response(msg(agent.response_topic, b"garbage", response_properties("x", corr)))
-    assert agent.sent[-1]["error"].startswith("manager:")
+    assert agent.sent[-1].error.startswith("manager:") and agent.sent[-1].verdict is None
     assert agent.counters.get("verdict_responses_rejected_not-json") == 1
 
 
 def test_offline_answers_at_once(agent):
     agent.mqtt.connected.clear()
     agent._ask("c" * 64, 1, "/x")
-    assert agent.sent[-1] == {"t": "verdict", "sha256": "c" * 64, "error": "offline"}
+    assert agent.sent[-1] == proto.Verdict(sha256="c" * 64, error="offline")
     assert agent.published == []
 
 
@@ -75,7 +76,8 @@ def test_push_filters_invalid_entries(agent):
     body = payload.encode("verdicts", "m", {"verdicts": [{"sha256": "d" * 64, "verdict": "benign", "ttl": 5},
                                                          {"sha256": "e" * 64, "verdict": "evil"}, "junk"]})
     agent._on_push(msg(topics.VERDICTS, body))
-    assert agent.sent[-1]["verdicts"] == [{"sha256": "d" * 64, "verdict": "benign", "source": "", "ttl": 5.0}]
+    assert agent.sent[-1] == proto.Push(verdicts=[VerdictChange(sha256="d" * 64, verdict="benign", ttl=5.0)])
+    assert agent.counters.get("verdict_pushes_rejected_bad-field") == 2
     agent._on_push(msg(topics.VERDICTS, b"{}"))
     assert agent.counters.get("verdict_pushes_rejected_no-schema") == 1
 
@@ -84,7 +86,7 @@ def test_sample_upload_checked(agent, tmp_path):
     prog = tmp_path / "prog"
     prog.write_bytes(b"program bytes")
     sha = hashlib.sha256(b"program bytes").hexdigest()
-    agent._on_decision({"t": "ev", "action": "allowed", "sha256": sha, "path": str(prog), "count": 1})
+    agent._on_decision(proto.Exec(action="allowed", sha256=sha, path=str(prog), count=1))
     req = payload.encode("sample-request", "m", {"sha256": sha, "max_bytes": 1 << 20})
     agent._send_sample(req)
     topic, s, _ = agent.published[-1]
@@ -103,10 +105,10 @@ def test_sample_upload_checked(agent, tmp_path):
 
 def test_events_bounded_and_blocks_flushed_at_once(agent):
     for i in range(agent.cfg.max_pending_events + 3):
-        agent._on_decision({"action": "allowed", "sha256": f"{i:064x}", "path": "/p", "count": 2})
+        agent._on_decision(ExecEvent(action="allowed", sha256=f"{i:064x}", path="/p", count=2))
     assert agent.counters.get("events_dropped") == 3
     assert agent.counters.get("executions_allowed") == 2 * (agent.cfg.max_pending_events + 3)
-    agent._on_decision({"action": "blocked", "sha256": "1" * 64, "path": "/evil"})
+    agent._on_decision(ExecEvent(action="blocked", sha256="1" * 64, path="/evil"))
     batches = [m for t, m, _ in agent.published if t == topics.endpoint("ep1", "events")]
     assert batches and batches[-1]["events"][-1]["action"] == "blocked"
     # the queue was full: the block pushed out one more of the oldest, and every kept one was sent

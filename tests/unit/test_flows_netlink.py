@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from vigil.engine import conntrack as ct
+from vigil.engine import netlink as nl
 from vigil.engine.flows import FlowTable, conn_state
 
 pytestmark = pytest.mark.unit
@@ -21,7 +22,7 @@ def nla(t: int, value: bytes, nested: bool = False) -> bytes:
 
 def ct_message(*, src="10.77.0.2", dst="10.77.0.10", sport=40000, dport=80, proto=6, ct_id=7,
                status=0b110, mark=1, state=3, counters=((3, 180), (2, 120)), start_ns=0, stop_ns=0,
-               msg_type=ct.IPCTNL_MSG_CT_NEW, flags=ct.NLM_F_MULTI, family=socket.AF_INET) -> bytes:
+               msg_type=ct.IPCTNL_MSG_CT_NEW, flags=nl.NLM_F_MULTI, family=socket.AF_INET) -> bytes:
     v6 = ":" in src
     af = socket.AF_INET6 if v6 else socket.AF_INET
     ip = nla(ct.CTA_IP_V6_SRC if v6 else ct.CTA_IP_V4_SRC, socket.inet_pton(af, src)) + \
@@ -51,12 +52,12 @@ def ct_message(*, src="10.77.0.2", dst="10.77.0.10", sport=40000, dport=80, prot
 
 
 def done() -> bytes:
-    return struct.pack("=IHHII", 20, ct.NLMSG_DONE, ct.NLM_F_MULTI, 1, 0) + b"\0" * 4
+    return struct.pack("=IHHII", 20, nl.NLMSG_DONE, nl.NLM_F_MULTI, 1, 0) + b"\0" * 4
 
 
 def parse_all(buf: bytes):
     out = []
-    for mtype, flags, start, end in ct.iter_messages(buf, len(buf)):
+    for mtype, _flags, start, end in nl.iter_messages(buf, len(buf)):
         if mtype >> 8 == 1:
             out.append(ct.parse_ct(buf, start + 4, end))
     return out
@@ -79,7 +80,7 @@ def test_parse_ipv6_and_icmp_type_code_in_port_fields():
 
 
 def test_events_new_update_destroy_are_told_apart():
-    buf = (ct_message(ct_id=1, flags=ct.NLM_F_CREATE | 0x200)
+    buf = (ct_message(ct_id=1, flags=nl.NLM_F_CREATE | 0x200)
            + ct_message(ct_id=1, status=0b110)
            + ct_message(ct_id=1, msg_type=ct.IPCTNL_MSG_CT_DELETE, start_ns=5_000_000_000, stop_ns=9_000_000_000))
     evs = ct.parse_events(memoryview(buf), len(buf))
@@ -170,9 +171,27 @@ def test_syn_answered_by_rst_is_rej_although_conntrack_never_set_seen_reply():
 def test_known_ids_reuse_the_tuple_and_still_read_fresh_counters():
     buf = ct_message(ct_id=9, counters=((5, 500), (4, 400)), state=7)
     known = {9: ct.CtEntry(9, 4, 6, "10.1.1.1", "10.2.2.2", 1111, 443, 1, 0, 3, 1, 1, 1, 1)}
-    _, _, start, end = next(ct.iter_messages(buf, len(buf)))
+    _, _, start, end = next(nl.iter_messages(buf, len(buf)))
     e = ct.parse_ct(buf, start + 4, end, known)
     assert (e.src, e.dst, e.sport, e.dport) == ("10.1.1.1", "10.2.2.2", 1111, 443)  # from the known entry
     assert (e.orig_bytes, e.resp_bytes, e.tcp_state) == (500, 400, 7)                 # fresh from the message
     e2 = ct.parse_ct(buf, start + 4, end, {8: known[9]})
     assert (e2.src, e2.dport) == ("10.77.0.2", 80)
+
+
+def test_one_netlink_framing_for_conntrack_nflog_and_the_nft_batch():
+    from vigil.engine import nflog, nfnetlink
+    assert nfnetlink.NetlinkError is nflog.NetlinkError is ct.NetlinkError is nl.NetlinkError
+    assert issubclass(nl.NetlinkError, OSError)
+    assert nl.attr(3, b"abcde") == struct.pack("=HH", 9, 3) + b"abcde" + b"\0" * 3   # padded to 4
+    msg = nl.nfnl_message(1, 1, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, 7, socket.AF_INET)
+    assert msg == ct.dump_request(7, socket.AF_INET)
+    assert struct.unpack_from("=IHHII", msg) == (20, (1 << 8) | 1, 0x301, 7, 0)
+    # a config message of NFLOG: group in res_id, big-endian
+    cfg = nflog.config_message(5, 1, nl.attr(1, b"\x01"))
+    assert cfg[16:20] == bytes([socket.AF_UNSPEC, 0, 0, 5]) and struct.unpack_from("=H", cfg, 4)[0] == (4 << 8) | 1
+    with pytest.raises(struct.error):
+        list(nl.iter_messages(struct.pack("=IHHII", 400, 2, 0, 1, 0), 16))      # claims more than was read
+    err = struct.pack("=IHHII", 36, nl.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -1) + bytes(16)
+    (mtype, _, start, _), = nl.iter_messages(err, len(err))
+    assert mtype == nl.NLMSG_ERROR and nl.error_code(err, start) == 1

@@ -1,58 +1,38 @@
 """The on-disk batch spool: order, PUBACK before delete, bound with a drop counter, restart."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil.counters import Counters
 from vigil.engine.spool import Spool, SpoolPublisher
 
 pytestmark = pytest.mark.unit
 
 
-class Info:
-    def __init__(self):
-        self.rc = 0
-        self.acked = False
-
-    def is_published(self):
-        return self.acked
-
-
-class FakeMqtt:
-    def __init__(self):
-        self.connected = threading.Event()
-        self.sent: list[tuple[str, bytes, Info]] = []
-
-    def publish(self, topic, data, qos=1):
-        info = Info()
-        self.sent.append((topic, data, info))
-        return info
-
-
 def test_batches_wait_on_disk_while_offline_and_replay_in_order(tmp_path):
     c = Counters()
-    mq = FakeMqtt()
+    mq = FakeMqtt(connected=False, auto_ack=False)
     pub = SpoolPublisher(mq, "t/flows", Spool(tmp_path, 1 << 20, c), c, max_inflight=3)
     for seq in range(1, 8):
         pub.submit(seq, f"batch {seq}".encode())
     assert mq.sent == [] and len(list(tmp_path.glob("*.json"))) == 7
     mq.connected.set()
     pub.pump()
-    assert [d for _, d, _ in mq.sent] == [b"batch 1", b"batch 2", b"batch 3"]  # at most 3 in flight
+    assert [d for d in (x.data for x in mq.sent)] == [b"batch 1", b"batch 2", b"batch 3"]  # at most 3 in flight
     pub.pump()
     assert len(mq.sent) == 3  # nothing acknowledged yet: nothing deleted, nothing more sent
-    mq.sent[1][2].acked = True  # PUBACK for 2 only
+    mq.sent[1].info.acked = True  # PUBACK for 2 only
     pub.pump()
-    assert sorted(pub.spool.entries) == [1, 3, 4, 5, 6, 7] and mq.sent[-1][1] == b"batch 4"
-    for _, _, info in mq.sent:
+    assert sorted(pub.spool.entries) == [1, 3, 4, 5, 6, 7] and mq.sent[-1].data == b"batch 4"
+    for info in (x.info for x in mq.sent):
         info.acked = True
     while pub.backlog:
         pub.pump()
-        for _, _, info in mq.sent:
+        for info in (x.info for x in mq.sent):
             info.acked = True
-    assert [d for _, d, _ in mq.sent] == [f"batch {i}".encode() for i in range(1, 8)]
+    assert [d for d in (x.data for x in mq.sent)] == [f"batch {i}".encode() for i in range(1, 8)]
     assert list(tmp_path.glob("*.json")) == [] and c.get("flow_batches_acked") == 7
 
 
@@ -83,26 +63,26 @@ def test_events_are_spooled_through_an_outage_and_an_engine_restart(tmp_path):
         pub = SpoolPublisher(mq, "t/events", Spool(tmp_path, 1 << 20, c, what="event_batches"), c)
         return EventOutbox(pub, "e1", c, limit=100)
 
-    c, mq = Counters(), FakeMqtt()
+    c, mq = Counters(), FakeMqtt(connected=False, auto_ack=False)
     box = outbox(mq, c)
     box.emit({"type": "tcp-flags", "src": "10.77.0.66", "detail": "XMAS"})
     box.flush("enforcing")
-    box.emit({"type": "arp-rebind", "src": "02:00:00:00:00:66"})
+    box.emit({"type": "arp-rebind", "ip": "10.77.0.10", "new_mac": "02:00:00:00:00:66"})
     box.flush("enforcing")
     assert mq.sent == [] and box.backlog == 2
     first_seq = box.seq
     # the engine restarts while the broker is still away: the new outbox finds both batches
-    c2, mq2 = Counters(), FakeMqtt()
+    c2, mq2 = Counters(), FakeMqtt(connected=False, auto_ack=False)
     box2 = outbox(mq2, c2)
     assert box2.backlog == 2 and box2.seq == first_seq
     mq2.connected.set()
     box2.emit({"type": "dhcp-offer", "src": "10.77.0.99"})
     box2.flush("enforcing")
-    bodies = [payload.decode(d, "events") for _, d, _ in mq2.sent]
+    bodies = [payload.decode(d, "events") for d in (x.data for x in mq2.sent)]
     assert [[e["type"] for e in b["events"]] for b in bodies] == [["tcp-flags"], ["arp-rebind"], ["dhcp-offer"]]
     seqs = [b["seq"] for b in bodies]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3 and bodies[0]["events"][0]["mode"] == "enforcing"
-    for _, _, info in mq2.sent:
+    for info in (x.info for x in mq2.sent):
         info.acked = True
     box2.flush("enforcing")
     assert box2.backlog == 0 and list(tmp_path.glob("*.json")) == [] and c2.get("event_batches_acked") == 3
@@ -110,7 +90,7 @@ def test_events_are_spooled_through_an_outage_and_an_engine_restart(tmp_path):
 
 def test_full_event_spool_counts_the_events_dropped(tmp_path):
     from vigil.engine.main import EventOutbox
-    c, mq = Counters(), FakeMqtt()
+    c, mq = Counters(), FakeMqtt(connected=False, auto_ack=False)
     box = EventOutbox(SpoolPublisher(mq, "t/events", Spool(tmp_path, 300, c, what="event_batches"), c), "e1", c, 100)
     for i in range(5):
         box.emit({"type": "tcp-flags", "src": f"10.77.0.{i}", "detail": "NULL"})

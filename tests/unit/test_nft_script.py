@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil import ruleset as rs
+from vigil.contracts.engine import RulesetState
 from vigil.counters import Counters
 from vigil.engine import nftables as nft
 from vigil.engine.api import EngineContext
@@ -30,7 +32,7 @@ def E(value, ttl=None, action="drop", scope=None, id=None):
 def test_table_script_declares_every_set_flushes_chains_and_fills_guards():
     s = nft.table_script([rs_net("10.0.0.0/24"), rs_net("10.0.0.5/32"), rs_net("fd00::/64")])
     assert s.startswith("table bridge vigil {")
-    for name, spec in nft.SETS.items():
+    for name, _spec in nft.SETS.items():
         assert f"set {name} {{" in s
     assert "policy accept" in s and "hook forward" in s
     assert s.count("flush chain bridge vigil") == 3
@@ -184,17 +186,6 @@ def test_restore_drops_expired_and_purge_forgets_them():
 
 # -- the part, with a fake MQTT client and the dry-run writer --------------------------------
 
-class FakeMqtt:
-    def __init__(self):
-        self.subs, self.published = {}, []
-
-    def subscribe(self, topic, handler, qos=1):
-        self.subs[topic] = handler
-
-    def publish(self, topic, data, qos=1, retain=False, properties=None):
-        self.published.append((topic, json.loads(data), retain))
-
-
 @pytest.fixture
 def key():
     return Ed25519PrivateKey.generate()
@@ -235,10 +226,11 @@ def test_part_applies_rejects_and_reports(tmp_path, key):
     assert ctx.counters.get("ruleset_same_generation") == 1
     assert part.handle("ruleset-delta", rs.encode_signed("ruleset-delta", "m", rs.delta_body(
         "e1", 3, 4, add=[rs.entry("b", "drop", "cidr", "10.9.0.0/16", None)]), key))
-    topic, state, retained = ctx.mqtt.published[-1]
-    assert topic == "vigil/v1/engine/e1/ruleset/state" and retained
-    assert state["generation"] == 4 and state["counts"]["block4"] == 1 and state["counts"]["blocknet4"] == 1
-    assert state["error"] is None and state["rejected"]["unknown-key"] == 1
+    sent = ctx.mqtt.sent[-1]
+    state = RulesetState.decode(sent.data)
+    assert sent.topic == "vigil/v1/engine/e1/ruleset/state" and sent.retain
+    assert state.generation == 4 and state.counts["block4"] == 1 and state.counts["blocknet4"] == 1
+    assert state.error is None and state.rejected["unknown-key"] == 1
     saved = json.loads((tmp_path / "ruleset.json").read_text())
     assert saved["generation"] == 4 and len(saved["entries"]) == 2
 
@@ -318,3 +310,37 @@ def test_config_rejects_bad_networks():
         EnforcementConfig(management_networks=["10.0.0.300/24"])
     with pytest.raises(ValueError, match="max_elements"):
         EnforcementConfig(max_elements=0)
+
+
+def test_one_nft_error_for_the_whole_engine():
+    from vigil.engine import datapath
+    assert datapath.NftError is nft.NftError
+    with pytest.raises(nft.NftError, match="syntax error|Error"):
+        nft.nft_cli("this is not nft\n", check_only=True)
+
+
+def test_the_planner_returns_a_change_and_applies_nothing():
+    p = Policy()
+    plan = p.plan_snapshot([E("10.0.0.1", 60), E("10.5.0.0/16")], ISSUED, NOW)
+    change = p.change(plan, NOW)
+    assert change.kind == "replace" and change.contents["block4"] == [("10.0.0.1", 60000)]
+    assert change.contents["blocknet4"] == [("10.5.0.0/16", None)]
+    assert p.entries == {} and p.counts(NOW)["block4"] == 0        # nothing held until commit()
+    d = p.plan_delta([E("10.0.0.2")], [], ISSUED, NOW)
+    assert p.change(d, NOW).kind == "update" and p.entries == {}
+
+
+def test_the_dry_run_records_the_batch_production_sends():
+    contents = {"block4": [("10.0.0.1", 60000), ("10.0.0.2", None)], "blocknet4": [("10.5.0.0/16", None)]}
+    w = nft.NftWriter(nft.DryRunBackend())
+    w.replace(contents)
+    # the very bytes the netlink path sends, and the same change as a script for people
+    assert w.backend.batches == [nft.replace_batch(contents).finish()]
+    assert "add element bridge vigil block4 { 10.0.0.1 timeout 60000ms, 10.0.0.2 }" in w.backend.scripts[-1]
+    w.bulk = False                                      # the script path, as the nft CLI would run it
+    w.replace(contents)
+    assert len(w.backend.batches) == 1 and w.backend.scripts[-1] == nft.replace_script(contents)
+    w.update({"block4": [("10.0.0.3", 1000)]}, {})
+    assert "10.0.0.3 timeout 1000ms" in w.backend.scripts[-1] and w.transactions == 3
+    with pytest.raises(nft.NftError, match="not an IPv4 address"):   # the encoder checks, dry run or not
+        nft.NftWriter(nft.DryRunBackend()).replace({"block4": [("10.0.0.300", None)]})

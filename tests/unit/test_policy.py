@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil import payload, ruleset, topics
+from vigil.contracts.engine import EngineStatus, EventBatch, RulesetState
 from vigil.control import ControlError, ControlServer
 from vigil.counters import Counters
 from vigil.manager.api import Context, DecisionRequest
-from vigil.manager.decisions import DecisionStore, Rejected
-from vigil.manager.policy import PolicyComponent, PolicyConfig
+from vigil.manager.policy.decisions import DecisionStore, Rejected
+from vigil.manager.policy.component import PolicyComponent, PolicyConfig
 
 pytestmark = pytest.mark.unit
 
@@ -23,24 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-class FakeMqtt:
-    def __init__(self):
-        self.published: list[tuple[str, bytes, bool]] = []
-        self.subs: list[str] = []
-
-    def subscribe(self, topic, handler, qos=1):
-        self.subs.append(topic)
-
-    def publish(self, topic, data, qos=1, retain=False, properties=None):
-        self.published.append((topic, data, retain))
-
-    def last(self, topic):
-        for t, d, _ in reversed(self.published):
-            if t == topic:
-                return d
-        return None
 
 
 class FakeWriter:
@@ -171,9 +155,15 @@ def component(tmp_path, **cfg):
     return comp, ctx, mqtt
 
 
-def status(engine, mode="enforcing", tags=(), gen=None):
-    return {"schema": "vigil.status/1", "ts": payload.now_ms(), "sender": engine, "state": "running",
-            "mode": mode, "tags": list(tags), "learning": {"progress": 1.0}, "ruleset_generation": gen}
+def status(engine, mode="enforcing", tags=(), gen=None, learning=None):
+    """An engine's status as the policy receives it: decoded through its contract."""
+    return EngineStatus.decode(payload.encode("status", engine, {
+        "state": "running", "engine": engine, "mode": mode, "tags": list(tags),
+        "learning": learning or {"progress": 1.0}, "ruleset_generation": gen}))
+
+
+def events(engine, *evs):
+    return EventBatch.decode(payload.encode("events", engine, {"engine": engine, "seq": 1, "events": list(evs)}))
 
 
 def test_component_is_the_decision_sink_and_signs_rule_sets(tmp_path):
@@ -205,9 +195,9 @@ def test_component_is_the_decision_sink_and_signs_rule_sets(tmp_path):
     d3 = ruleset.decode_delta(mqtt.last(topics.engine("e1", "ruleset/delta")), pub, "e1")
     assert d3.add[0].value == "10.77.0.66" and d3.add[0].ttl > 4000
     # nothing changed: nothing published
-    n = len(mqtt.published)
+    n = len(mqtt.sent)
     comp.tick()
-    assert len(mqtt.published) == n
+    assert len(mqtt.sent) == n
 
 
 def test_control_errors_are_clear(tmp_path):
@@ -255,23 +245,29 @@ def test_engine_behind_gets_the_snapshot_again(tmp_path):
     comp, ctx, mqtt = component(tmp_path, resync_after=0.0)
     comp.on_status("e1", status("e1"))
     comp.tick()
-    comp.fleet.on_ruleset_state("e1", {"generation": 0})
+    comp.fleet.on_ruleset_state("e1", RulesetState(generation=0))
     comp.publisher.sync_all()       # first time behind: start the clock
-    n = len(mqtt.published)
+    n = len(mqtt.sent)
     comp.publisher.sync_all()
-    assert len(mqtt.published) == n + 1 and ctx.counters.get("ruleset_resyncs") == 1
+    assert len(mqtt.sent) == n + 1 and ctx.counters.get("ruleset_resyncs") == 1
 
 
 def test_engine_events_become_decisions(tmp_path):
     comp, ctx, mqtt = component(tmp_path)
     comp.on_status("e1", status("e1"))
-    comp.on_events("e1", {"events": [
-        {"type": "dns-tunnel", "src": "10.77.0.66", "severity": "high", "reason": "long TXT queries"},
+    comp.on_events("e1", events(
+        "e1",
+        {"type": "dns-tunnel", "src": "10.77.0.66", "severity": "high", "detail": "long TXT queries"},
         {"type": "odd-ttl", "src": "10.77.0.67", "severity": "low"},
-        "garbage"]})
+        "garbage",
+        # an address-less finding (ARP rebind names MACs): counted, never a proposal of a MAC as an ip
+        {"type": "arp-rebind", "severity": "high", "ip": "10.77.0.10", "new_mac": "02:77:00:00:00:66"}))
     active = comp.store.list()
     assert [(d.value, d.origin) for d in active] == [("10.77.0.66", "engine-local:dns-tunnel")]
     assert active[0].engines == ["e1"] and ctx.counters.get("engine_events_malformed") == 1
+    assert "long TXT queries" in active[0].reason
+    assert ctx.counters.get("engine_events_without_address") == 1
+    assert ctx.counters.get("decisions_rejected_invalid") == 0
 
 
 def test_partitioning_by_engine_id(tmp_path):
@@ -297,8 +293,9 @@ def test_events_replayed_after_an_outage_are_not_acted_on(tmp_path):
     comp, ctx, mqtt = component(tmp_path)
     comp.on_status("e1", status("e1"))
     now = int(time.time() * 1000)
-    comp.on_events("e1", {"events": [
+    comp.on_events("e1", events(
+        "e1",
         {"type": "tcp-flags", "src": "10.77.0.66", "severity": "high", "ts": now - 3_600_000},  # an hour old
-        {"type": "tcp-flags", "src": "10.77.0.67", "severity": "high", "ts": now - 2_000}]})
+        {"type": "tcp-flags", "src": "10.77.0.67", "severity": "high", "ts": now - 2_000}))
     assert [d.value for d in comp.store.list()] == ["10.77.0.67"]
     assert ctx.counters.get("engine_events_stale") == 1

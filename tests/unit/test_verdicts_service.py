@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
+from tests.support.fake_mqtt import FakeMqtt
 from vigil import payload, topics
 from vigil.config import ConfigError, from_dict, loads
 from vigil.control import ControlError, ControlServer
@@ -26,23 +26,6 @@ from vigil.mqtt import response_properties
 
 pytestmark = pytest.mark.unit
 MARKER = b"VIGIL-TEST-MALWARE-5f1c0b9e"
-
-
-class FakeMqtt:
-    def __init__(self):
-        self.published: list[tuple[str, dict, object]] = []
-        self.subs: dict[str, object] = {}
-        self.connected = threading.Event()
-        self.connected.set()
-
-    def subscribe(self, topic, handler, qos=1):
-        self.subs[topic] = handler
-
-    def publish(self, topic, data, qos=1, retain=False, properties=None):
-        self.published.append((topic, json.loads(data), properties))
-
-    def on(self, topic_prefix):
-        return [(t, m, p) for t, m, p in self.published if t.startswith(topic_prefix)]
 
 
 class FakeWriter:
@@ -89,9 +72,9 @@ def request(s: VerdictService, sha: str, endpoint="ep1", corr=b"\x00\x01", path=
     body = payload.encode("verdict-request", endpoint, {"sha256": sha, "size": size, "path": path})
     s.on_request(msg(topics.endpoint(endpoint, "verdict/request"), body,
                      response_properties(topics.endpoint(endpoint, "verdict/response"), corr)))
-    t, m, p = s.ctx.mqtt.published[-1]
-    assert t == topics.endpoint(endpoint, "verdict/response") and p.CorrelationData == corr
-    return m
+    sent = s.ctx.mqtt.sent[-1]
+    assert sent.topic == topics.endpoint(endpoint, "verdict/response") and sent.properties.CorrelationData == corr
+    return sent.json()
 
 
 def test_listed_hashes_answered_at_once_bad_wins(svc):
@@ -116,8 +99,8 @@ def test_bad_requests_are_counted_and_answered_with_an_error(svc):
     svc.on_request(msg(topics.endpoint("ep1", "verdict/request"),
                        payload.encode("verdict-request", "ep1", {"sha256": "XYZ"}), props))
     assert svc.counters.get("verdict_requests_rejected_not-json") == 1
-    assert svc.counters.get("verdict_requests_rejected_bad-sha256") == 1
-    assert all(m["status"] == "error" for _, m, _ in svc.ctx.mqtt.on("resp/x"))
+    assert svc.counters.get("verdict_requests_rejected_bad-field") == 1
+    assert all(m["status"] == "error" for m in (s.json() for s in svc.ctx.mqtt.on("resp/x")))
 
 
 def _serve_sample(svc, data: bytes, tamper: bool = False):
@@ -126,7 +109,7 @@ def _serve_sample(svc, data: bytes, tamper: bool = False):
     while not svc.ctx.mqtt.on(topics.endpoint("ep1", "sample/request")):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    _, req, _ = svc.ctx.mqtt.on(topics.endpoint("ep1", "sample/request"))[-1]
+    req = svc.ctx.mqtt.on(topics.endpoint("ep1", "sample/request"))[-1].json()
     sent = data + (b"x" if tamper else b"")
     svc.on_sample(msg(topics.endpoint("ep1", "sample"), payload.encode("sample", "ep1", {
         "sha256": req["sha256"], "size": len(sent), "data": base64.b64encode(sent).decode()})))
@@ -147,7 +130,7 @@ def test_yara_analysis_through_sample_upload_pushes_verdict(svc):
     data = b"\x7fELF...." + MARKER
     sha, rec = _analyse_uploaded(svc, data)
     assert (rec.verdict, rec.source) == ("malicious", "yara:Vigil_Test_Marker")
-    pushed = [m for _, m, _ in svc.ctx.mqtt.on(topics.VERDICTS)]
+    pushed = [s.json() for s in svc.ctx.mqtt.on(topics.VERDICTS)]
     assert pushed[-1]["verdicts"][0] == {"sha256": sha, "verdict": "malicious", "source": "yara:Vigil_Test_Marker",
                                          "ttl": svc.cfg.ttl_malicious}
     assert request(svc, sha)["verdict"] == "malicious"
@@ -182,7 +165,7 @@ def test_operator_override_wins_and_clear_returns_to_lists(svc):
     r = svc.ctl_set(sha256=sha, verdict="benign", reason="vendor tool, false positive")
     assert r["record"]["source"] == "operator"
     assert request(svc, sha)["verdict"] == "benign"        # the list no longer decides
-    assert svc.ctx.mqtt.on(topics.VERDICTS)[-1][1]["verdicts"][0]["verdict"] == "benign"
+    assert svc.ctx.mqtt.on(topics.VERDICTS)[-1].json()["verdicts"][0]["verdict"] == "benign"
     svc.ctl_clear(sha256=sha)
     assert request(svc, sha)["verdict"] == "malicious"
     hist = svc.ctl_get(sha256=sha)["history"]

@@ -11,14 +11,15 @@ from vigil.cli.decisions import duration, scoped_value
 from vigil.control import ControlServer
 from vigil.counters import Counters
 from vigil.manager.api import Context
-from vigil.manager.policy import PolicyComponent, PolicyConfig
+from vigil.manager.policy.component import PolicyComponent, PolicyConfig
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def manager(tmp_path):
-    from tests.unit.test_policy import FakeMqtt, FakeWriter, status
+    from tests.support.fake_mqtt import FakeMqtt
+    from tests.unit.test_policy import FakeWriter, status
     ctl = ControlServer(tmp_path / "m.sock")
     ctx = Context("m", tmp_path / "state", FakeMqtt(), FakeWriter(), Counters(), ctl, None, threading.Event())
     (tmp_path / "state").mkdir()
@@ -96,3 +97,19 @@ def test_allowlist_and_engine_commands(manager, capsys):
     assert "10.77.0.67" in out and "would-block: e2" in out
     rc, out, _ = run(sock, capsys, "--json", "engines", "report", "e1")
     assert json.loads(out) == []
+
+
+def test_engines_learning_column_says_done_for_an_enforcing_engine(manager, capsys):
+    """An engine switched to enforcing before its clock ran out reported LEARNING 99 %."""
+    from tests.unit.test_policy import status
+    comp, sock = manager
+    enforcing = status("e3", mode="enforcing", learning={"progress": 0.994, "elapsed": 7.95, "period": 8})
+    learning = status("e4", mode="learning", learning={"progress": 0.999, "elapsed": 7.99, "period": 8})
+    comp.on_status("e3", enforcing)
+    comp.on_status("e4", learning)
+    rc, out, _ = run(sock, capsys, "engines")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rc == 0
+    assert rows["e3"][4] == "done"
+    assert rows["e4"][4] == "99%"          # floored: 99.9 % is not shown as 100 %
+    assert rows["e1"][4] == "done" and rows["e2"][4] == "100%"

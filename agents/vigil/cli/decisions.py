@@ -48,7 +48,7 @@ def human_left(sec) -> str:
     return f"{sec}s"
 
 
-def _rows(items: list[dict]) -> list[dict]:
+def rows(items: list[dict]) -> list[dict]:
     for d in items:
         d["targets"] = ",".join(d.get("engines") or []) or "all"
         if d.get("would_block_on"):
@@ -98,7 +98,7 @@ def cmd_list(args, client) -> None:
     for k in ("engine", "origin", "value"):
         if getattr(args, k, None):
             params[k] = getattr(args, k)
-    emit(args, _rows(client("decisions.list", **params)), COLUMNS)
+    emit(args, rows(client("decisions.list", **params)), COLUMNS)
 
 
 def cmd_add(args, client) -> None:
@@ -106,15 +106,15 @@ def cmd_add(args, client) -> None:
     params = {"scope": scope, "value": value, "reason": args.reason, "engines": args.engine}
     if args.duration:
         params["duration"] = duration(args.duration)
-    emit(args, _rows([client("decisions.add", **params)]), COLUMNS)
+    emit(args, rows([client("decisions.add", **params)]), COLUMNS)
 
 
 def cmd_delete(args, client) -> None:
     params = {"key": args.key}
     if args.suppress:
         params["suppress"] = duration(args.suppress)
-    emit(args, _rows(client("decisions.delete", **params)), COLUMNS)
+    emit(args, rows(client("decisions.delete", **params)), COLUMNS)
 
 
 def cmd_extend(args, client) -> None:
-    emit(args, _rows(client("decisions.extend", key=args.key, duration=duration(args.duration))), COLUMNS)
+    emit(args, rows(client("decisions.extend", key=args.key, duration=duration(args.duration))), COLUMNS)

@@ -1,7 +1,9 @@
 """vigilctl engines: the fleet as the manager sees it; mode switch; learning report."""
 from __future__ import annotations
 
-from .decisions import COLUMNS as DECISION_COLUMNS, _rows as decision_rows
+import math
+
+from .decisions import COLUMNS as DECISION_COLUMNS, rows as decision_rows
 from .output import emit, ts
 
 
@@ -26,7 +28,7 @@ def cmd_list(args, client) -> None:
     engines = client("engines.list")
     for e in engines:
         e["seen"] = ts(e.get("ts") or (e.get("last_status") or 0) * 1000)
-        e["learning_pct"] = f"{100 * float((e.get('learning') or {}).get('progress', 0) or 0):.0f}%"
+        e["learning_pct"] = learning_column(e)
         if "online" not in e:
             e["online"] = e.get("state") == "running"
         e["generation"] = f"{e.get('ruleset_generation')}/{e['published_generation']}" \
@@ -35,6 +37,16 @@ def cmd_list(args, client) -> None:
                          ("LEARNING", "learning_pct"), ("GENERATION", "generation"),
                          ("BLOCKS", "enforced"), ("WOULD-BLOCK", "would_block"), ("VERSION", "version"),
                          ("LAST SEEN", "seen")])
+
+
+def learning_column(e: dict) -> str:
+    """Learning progress while an engine learns; ``done`` once it enforces, whether its clock ran
+    out or an operator switched it (its clock then stops short of 100 %).  Floored, so 99.9 %
+    is not shown as 100 %."""
+    if e.get("mode") == "enforcing":
+        return "done"
+    progress = float((e.get("learning") or {}).get("progress", 0) or 0)
+    return f"{math.floor(100 * min(max(progress, 0.0), 1.0))}%"
 
 
 def cmd_mode(args, client) -> None:

@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Literal
 
 from ..common import LogConfig, MqttConfig
-from ..engine.config import check_id
-
-MODES = ("monitor", "block-malicious", "lockdown")
+from ..contracts.ids import check_id
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
     endpoint_id: str = "endpoint"
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    mode: Literal["monitor", "block-malicious", "lockdown"] = "monitor"
+    mode: Literal["monitor", "block-malicious", "lockdown"] = "monitor"   # contracts.vocab.ENDPOINT_MODES
     # Mount points to watch (FAN_MARK_MOUNT: the whole mount each path is on).
     mounts: list[Path] = field(default_factory=lambda: [Path("/")])
     # Also watch plain opens on those mounts to catch programs run through the dynamic loader

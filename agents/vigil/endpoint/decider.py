@@ -27,11 +27,14 @@ import sys
 import time
 from collections import defaultdict
 
+from ..contracts import decider as proto
+from ..contracts.endpoint import DEFAULT_TTL, ExecEvent
+from ..contracts.envelope import PayloadError
+from ..contracts.vocab import VERDICTS
 from . import fanotify as fan
 from .decide import IdentityCache, VerdictCache, decide
 
 LOADERS = ("ld-linux", "ld-musl", "ld.so", "ld64.so")
-VERDICTS = ("benign", "malicious", "grayware", "unknown")
 
 
 class Pending:
@@ -81,12 +84,12 @@ class Decider:
         self.table = {v: decide(mode, v) for v in VERDICTS}   # the fast path's answers for this mode
 
     # -- plumbing to the agent (never blocks: a full socket drops the message and counts it) --
-    def send(self, msg: dict) -> bool:
+    def send(self, msg: proto.Message) -> bool:
         try:
-            self.sock.send(json.dumps(msg, separators=(",", ":")).encode())
+            self.sock.send(msg.wire())
             return True
         except (BlockingIOError, InterruptedError):
-            self.c[f"dropped_{msg['t']}"] += 1
+            self.c[f"dropped_{msg.T}"] += 1
             return False
 
     def run(self) -> None:
@@ -216,7 +219,7 @@ class Decider:
             keep_fd = True
             if first:
                 c["asked"] += 1
-                if not self.send({"t": "ask", "sha256": sha, "size": st.st_size, "path": path}):
+                if not self.send(proto.Ask(sha256=sha, size=st.st_size, path=path)):
                     self.resolve(sha, "unknown", "agent-busy")
         except OSError:
             c["event_errors"] += 1
@@ -315,7 +318,7 @@ class Decider:
             if not self.summary:
                 self.next_report = time.monotonic() + self.report_interval
                 self.due = True          # arm the report timer
-            self.summary[key] = {"t": "ev", "ts": int(time.time() * 1000), "action": "allowed",
+            self.summary[key] = {"ts": int(time.time() * 1000), "action": "allowed",
                                  "verdict": cached[0], "source": cached[1], "sha256": sha, "path": path,
                                  "pid": pid, "size": size, "via": via, "mode": self.mode, "latency_us": latency,
                                  "count": 1, "cached": True}
@@ -351,15 +354,15 @@ class Decider:
         self.c[f"decisions_{out.action}"] += 1
         latency = int((time.monotonic() - p.t0) * 1e6)
         ts = int(time.time() * 1000)
-        self.send({"t": "ev", "ts": ts, "action": out.action, "verdict": verdict, "source": source,
-                   "sha256": p.sha, "path": p.path, "pid": p.pid, "size": p.size, "via": p.via, "mode": self.mode,
-                   "latency_us": latency, "count": 1, "cached": cached})
+        self.send(proto.Exec(ts=ts, action=out.action, verdict=verdict, source=source, sha256=p.sha, path=p.path,
+                             pid=p.pid, size=p.size, via=p.via, mode=self.mode, latency_us=latency, count=1,
+                             cached=cached))
 
     def flush_summary(self) -> None:
         events = list(self.summary.values())
         self.summary.clear()
         for i in range(0, len(events), 200):
-            self.send({"t": "evs", "events": events[i:i + 200]})
+            self.send(proto.ExecBatch(events=[ExecEvent.from_body(e) for e in events[i:i + 200]]))
 
     def _answer(self, fd: int, allow: bool) -> None:
         try:
@@ -394,42 +397,42 @@ class Decider:
             if not raw:
                 raise SystemExit(0)
             try:
-                msg = json.loads(raw)
-                self.on_message(msg)
-            except (ValueError, KeyError, TypeError):
+                msg = proto.from_wire(raw)
+            except PayloadError:
                 self.c["bad_messages"] += 1
+                continue
+            self.on_message(msg)
 
-    def on_message(self, msg: dict) -> None:
-        t = msg["t"]
-        if t == "verdict":
-            sha = msg["sha256"]
-            if msg.get("error"):
+    def on_message(self, msg: proto.Message) -> None:
+        if isinstance(msg, proto.Verdict):
+            sha = msg.sha256
+            if msg.error or msg.verdict is None:
                 self.c["offline_answers"] += len(self.pending.get(sha, ()))
-                self.resolve(sha, "unknown", str(msg["error"]))
+                self.resolve(sha, "unknown", str(msg.error or "no verdict"))
                 return
-            if msg["verdict"] != "benign" and sha in self.ignored_shas:
+            if msg.verdict != "benign" and sha in self.ignored_shas:
                 self.flush_ignores("verdict")
-            self.verdicts.put(sha, msg["verdict"], msg.get("source", ""), float(msg.get("ttl", 60)))
-            self.resolve(sha, msg["verdict"], msg.get("source", ""))
-        elif t == "push":
-            if any(v["verdict"] != "benign" and v["sha256"] in self.ignored_shas for v in msg["verdicts"]):
+            self.verdicts.put(sha, msg.verdict, msg.source, float(msg.ttl))
+            self.resolve(sha, msg.verdict, msg.source)
+        elif isinstance(msg, proto.Push):
+            if any(v.verdict != "benign" and v.sha256 in self.ignored_shas for v in msg.verdicts):
                 self.flush_ignores("verdict")
-            for v in msg["verdicts"]:
-                self.verdicts.put(v["sha256"], v["verdict"], v.get("source", ""), float(v.get("ttl", 60)))
+            for v in msg.verdicts:
+                self.verdicts.put(v.sha256, v.verdict, v.source, float(v.ttl if v.ttl is not None else DEFAULT_TTL))
                 self.c["pushed"] += 1
-        elif t == "mode":
-            if msg["mode"] in ("monitor", "block-malicious", "lockdown"):
-                self.mode = msg["mode"]
-                self.flush_ignores("mode")
-        elif t == "flush":
+        elif isinstance(msg, proto.SetMode):
+            self.mode = msg.mode
+            self.flush_ignores("mode")
+        elif isinstance(msg, proto.Flush):
             self.flush_summary()
-        elif t == "stats?":
-            self.send({"t": "stats", "mode": self.mode, "counters": dict(self.c),
-                       "identity_cache": len(self.ids), "verdict_cache": len(self.verdicts),
-                       "verdict_cache_by_verdict": self.verdicts.counts(), "cache_hits": self.verdicts.hits,
-                       "cache_misses": self.verdicts.misses, "pending": sum(map(len, self.pending.values())),
-                       "kernel_cache": self.kernel_cache, "ignore_marks": self.ignored,
-                       "rss_kb": _rss_kb()})
+        elif isinstance(msg, proto.StatsQuery):
+            self.send(proto.Stats(mode=self.mode, counters=dict(self.c), identity_cache=len(self.ids),
+                                  verdict_cache=len(self.verdicts), verdict_cache_by_verdict=self.verdicts.counts(),
+                                  cache_hits=self.verdicts.hits, cache_misses=self.verdicts.misses,
+                                  pending=sum(map(len, self.pending.values())), kernel_cache=self.kernel_cache,
+                                  ignore_marks=self.ignored, rss_kb=_rss_kb()))
+        else:
+            self.c["bad_messages"] += 1          # a message the agent never sends to us
 
 
 def _rss_kb() -> int:
@@ -457,10 +460,10 @@ def main() -> int:
             group.mark_mount(m, mask)
     except OSError as exc:
         sock.setblocking(True)
-        sock.send(json.dumps({"t": "fatal", "error": str(exc)}).encode())
+        sock.send(proto.Fatal(error=str(exc)).wire())
         return 1
     d = Decider(cfg, sock, group)
-    d.send({"t": "ready", "pid": os.getpid(), "mounts": cfg["mounts"]})
+    d.send(proto.Ready(pid=os.getpid(), mounts=cfg["mounts"]))
     try:
         d.run()
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, payload, topics
+from .. import __version__, topics
+from ..contracts import decider as proto
+from ..contracts.endpoint import (DEFAULT_TTL, EndpointEvents, EndpointStatus, ExecEvent, Sample, SampleRequest,
+                                  VerdictChanges, VerdictRequest, VerdictResponse)
+from ..contracts.envelope import PayloadError
 from ..control import ControlServer
 from ..counters import Counters
 from ..daemon import FatalError, StartupError, main as daemon_main
@@ -42,7 +47,7 @@ class EndpointService:
         self.mode = cfg.mode
         self.status_topic = topics.endpoint(cfg.endpoint_id, "status")
         self.response_topic = topics.endpoint(cfg.endpoint_id, "verdict/response")
-        will = Will(self.status_topic, payload.encode("endpoint-status", cfg.endpoint_id, {"state": "offline"}))
+        will = Will(self.status_topic, EndpointStatus(state="offline").encode(cfg.endpoint_id))
         # The network thread sleeps up to a quarter of the keepalive (not paho's 1 s): a publish from
         # another thread or incoming data wakes it at once, and a ping is due only every keepalive,
         # so it goes out at most keepalive/4 late — well inside the broker's 1.5 × keepalive.
@@ -83,25 +88,25 @@ class EndpointService:
         theirs.close()
         ours.settimeout(timeout)
         try:
-            first = json.loads(ours.recv(1 << 16) or b"{}")
-        except (socket.timeout, ValueError) as exc:
+            first = proto.from_wire(ours.recv(1 << 16) or b"{}")
+        except (socket.timeout, PayloadError) as exc:
             self.decider.kill()
             raise StartupError(f"the decider process did not start: {exc}") from None
-        if first.get("t") != "ready":
+        if not isinstance(first, proto.Ready):
             self.decider.wait(5)
-            raise StartupError(f"cannot watch executions: {first.get('error', first)}")
+            raise StartupError(f"cannot watch executions: {getattr(first, 'error', first)}")
         ours.settimeout(None)
         self.sock = ours
-        log.info("decider %d watching %s in %s mode", first["pid"], ", ".join(first["mounts"]), self.mode)
+        log.info("decider %d watching %s in %s mode", first.pid, ", ".join(first.mounts), self.mode)
         if reader:
             threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
 
-    def to_decider(self, msg: dict) -> None:
+    def to_decider(self, msg: proto.Message) -> None:
         sock = self.sock
         if sock is None:
             return
         try:
-            sock.send(json.dumps(msg, separators=(",", ":")).encode())
+            sock.send(msg.wire())
         except OSError:
             self.counters.inc("decider_send_errors")
 
@@ -134,20 +139,24 @@ class EndpointService:
             if not raw:
                 return
             try:
-                msg = json.loads(raw)
-                t = msg["t"]
-                if t == "ev":
-                    self._on_decision(msg)
-                elif t == "evs":
-                    for ev in msg["events"]:
-                        self._on_decision(ev)
-                    self.flush_events()
-                elif t == "ask":
-                    self._ask(msg["sha256"], msg.get("size"), msg.get("path", ""))
-                elif t == "stats":
-                    self._stats = msg
-                    self._stats_event.set()
-            except (ValueError, KeyError, TypeError):
+                msg = proto.from_wire(raw)
+            except PayloadError:
+                self.counters.inc("decider_bad_messages")
+                continue
+            if isinstance(msg, ExecEvent):          # proto.Exec: one execution
+                self._on_decision(msg)
+            elif isinstance(msg, proto.ExecBatch):
+                if msg.invalid:
+                    self.counters.inc("decider_bad_messages", msg.invalid)
+                for ev in msg.events:
+                    self._on_decision(ev)
+                self.flush_events()
+            elif isinstance(msg, proto.Ask):
+                self._ask(msg.sha256, msg.size, msg.path)
+            elif isinstance(msg, proto.Stats):
+                self._stats = msg.body()
+                self._stats_event.set()
+            else:
                 self.counters.inc("decider_bad_messages")
 
     def _decider_gone(self, sock: socket.socket) -> socket.socket | None:
@@ -174,11 +183,11 @@ class EndpointService:
                 return None
             return self.sock
 
-    def _on_decision(self, ev: dict) -> None:
-        ev.pop("t", None)
-        self.counters.inc(f"executions_{ev['action']}", int(ev.get("count", 1)))
-        if ev.get("sha256"):
-            self._remember_path(ev["sha256"], ev.get("path", ""))
+    def _on_decision(self, decision: ExecEvent) -> None:
+        self.counters.inc(f"executions_{decision.action}", decision.count)
+        if decision.sha256:
+            self._remember_path(decision.sha256, decision.path)
+        ev = ExecEvent.body(decision)     # as an ExecEvent (an Exec message would add its "t")
         self._recent.append(ev)
         with self._events_lock:
             self._events.append(ev)
@@ -187,7 +196,7 @@ class EndpointService:
             if len(self._events) > self.cfg.max_pending_events:
                 self._events.popleft()
                 self.counters.inc("events_dropped")
-        if ev["action"] != "allowed":
+        if decision.action != "allowed":
             self.flush_events()   # a block is news for the manager (quarantine): do not wait for the batch
 
     def _remember_path(self, sha: str, path: str) -> None:
@@ -202,15 +211,15 @@ class EndpointService:
             self._remember_path(sha, path)       # the manager may ask for the sample before the event
         if not self.mqtt.connected.is_set():
             self.counters.inc("verdict_requests_offline")
-            self.to_decider({"t": "verdict", "sha256": sha, "error": "offline"})
+            self.to_decider(proto.Verdict(sha256=sha, error="offline"))
             return
         with self._asks_lock:
             self._corr += 1
             corr = self._corr.to_bytes(8, "big")
             self._asks[corr] = (sha, time.monotonic())
-        body = {"sha256": sha, "size": size, "path": path}
+        request = VerdictRequest(sha256=sha, size=size, path=path)
         self.mqtt.publish(topics.endpoint(self.cfg.endpoint_id, "verdict/request"),
-                          payload.encode("verdict-request", self.cfg.endpoint_id, body), qos=1,
+                          request.encode(self.cfg.endpoint_id), qos=1,
                           properties=response_properties(self.response_topic, corr))
         self.counters.inc("verdict_requests")
 
@@ -223,32 +232,30 @@ class EndpointService:
             return
         sha = ask[0]
         try:
-            r = payload.decode(msg.payload, "verdict-response")
-            if r.get("status") != "ok":
-                raise payload.PayloadError("error-status", str(r.get("error")))
-            if r.get("sha256") != sha or r.get("verdict") not in ("benign", "malicious", "grayware", "unknown"):
-                raise payload.PayloadError("bad-verdict", f"{r.get('sha256')} {r.get('verdict')!r}")
-        except payload.PayloadError as exc:
+            r = VerdictResponse.decode(msg.payload)
+            if r.status != "ok":
+                raise PayloadError("error-status", str(r.error))
+            if r.sha256 != sha or r.verdict is None:
+                raise PayloadError("bad-verdict", f"{r.sha256} {r.verdict!r}")
+        except PayloadError as exc:
             self.counters.inc(f"verdict_responses_rejected_{exc.reason}")
-            self.to_decider({"t": "verdict", "sha256": sha, "error": f"manager: {exc.reason}"})
+            self.to_decider(proto.Verdict(sha256=sha, error=f"manager: {exc.reason}"))
             return
         self.counters.inc("verdict_responses")
-        self.to_decider({"t": "verdict", "sha256": sha, "verdict": r["verdict"], "source": r.get("source", ""),
-                         "ttl": float(r.get("ttl") or 60)})
+        self.to_decider(proto.Verdict(sha256=sha, verdict=r.verdict, source=r.source, ttl=float(r.ttl or DEFAULT_TTL)))
 
     def _on_push(self, msg) -> None:
         try:
-            p = payload.decode(msg.payload, "verdicts")
-            items = [v for v in p.get("verdicts", []) if isinstance(v, dict) and isinstance(v.get("sha256"), str)
-                     and v.get("verdict") in ("benign", "malicious", "grayware", "unknown")]
-        except (payload.PayloadError, AttributeError, TypeError) as exc:
-            self.counters.inc(f"verdict_pushes_rejected_{getattr(exc, 'reason', 'bad')}")
+            changes = VerdictChanges.decode(msg.payload)
+        except PayloadError as exc:
+            self.counters.inc(f"verdict_pushes_rejected_{exc.reason}")
             return
-        self.counters.inc("verdict_pushes", len(items))
-        if items:
-            self.to_decider({"t": "push", "verdicts": [{"sha256": v["sha256"], "verdict": v["verdict"],
-                                                        "source": str(v.get("source", "")),
-                                                        "ttl": float(v.get("ttl") or 60)} for v in items]})
+        if changes.invalid:
+            self.counters.inc("verdict_pushes_rejected_bad-field", changes.invalid)
+        self.counters.inc("verdict_pushes", len(changes.verdicts))
+        if changes.verdicts:
+            self.to_decider(proto.Push(verdicts=[dataclasses.replace(v, ttl=float(v.ttl or DEFAULT_TTL))
+                                                 for v in changes.verdicts]))
 
     def _on_sample_request(self, msg) -> None:
         threading.Thread(target=self._send_sample, args=(msg.payload,), name="sample", daemon=True).start()
@@ -256,18 +263,17 @@ class EndpointService:
     def _send_sample(self, raw: bytes) -> None:
         topic = topics.endpoint(self.cfg.endpoint_id, "sample")
         try:
-            req = payload.decode(raw, "sample-request")
-            sha = req["sha256"]
-            cap = min(int(req.get("max_bytes") or self.cfg.sample_max_bytes), self.cfg.sample_max_bytes)
-        except (payload.PayloadError, KeyError, TypeError, ValueError) as exc:
+            req = SampleRequest.decode(raw)
+            sha = req.sha256
+            cap = min(req.max_bytes or self.cfg.sample_max_bytes, self.cfg.sample_max_bytes)
+        except PayloadError as exc:
             self.counters.inc("sample_requests_rejected")
             log.warning("bad sample request: %s", exc)
             return
 
         def refuse(error: str) -> None:
             self.counters.inc(f"samples_refused_{error}")
-            self.mqtt.publish(topic, payload.encode("sample", self.cfg.endpoint_id,
-                                                    {"sha256": sha, "status": "error", "error": error}))
+            self.mqtt.publish(topic, Sample(sha256=sha, status="error", error=error).encode(self.cfg.endpoint_id))
 
         path = self._paths.get(sha)
         if not path:
@@ -283,8 +289,8 @@ class EndpointService:
             return refuse("too-large")
         if hashlib.sha256(data).hexdigest() != sha:
             return refuse("changed")
-        self.mqtt.publish(topic, payload.encode("sample", self.cfg.endpoint_id, {
-            "sha256": sha, "size": len(data), "path": path, "data": base64.b64encode(data).decode()}))
+        self.mqtt.publish(topic, Sample(sha256=sha, size=len(data), path=path,
+                                        data=base64.b64encode(data).decode()).encode(self.cfg.endpoint_id))
         self.counters.inc("samples_sent")
         log.info("sent sample %s (%d bytes) to the manager", sha, len(data))
 
@@ -306,16 +312,16 @@ class EndpointService:
 
     def publish_status(self) -> None:
         st = self._stats   # the decider's last answer; a fresh one is asked for the next status
-        self.to_decider({"t": "stats?"})
-        body = {"state": "online", "mode": self.mode, "version": __version__, "host": self.host,
-                "address": self.address(), "mounts": [str(m) for m in self.cfg.mounts],
-                "cache": {"verdicts": st.get("verdict_cache"), "identities": st.get("identity_cache"),
-                          "hits": st.get("cache_hits"), "misses": st.get("cache_misses")},
-                "decisions": {k: v for k, v in (st.get("counters") or {}).items()
-                              if k.startswith("decisions_") or k in ("timeouts", "offline_answers")},
-                "counters": self.counters.snapshot()}
-        self.mqtt.publish(self.status_topic, payload.encode("endpoint-status", self.cfg.endpoint_id, body),
-                          qos=1, retain=True)
+        self.to_decider(proto.StatsQuery())
+        status = EndpointStatus(
+            state="online", mode=self.mode, version=__version__, host=self.host, address=self.address(),
+            mounts=[str(m) for m in self.cfg.mounts],
+            cache={"verdicts": st.get("verdict_cache"), "identities": st.get("identity_cache"),
+                   "hits": st.get("cache_hits"), "misses": st.get("cache_misses")},
+            decisions={k: v for k, v in (st.get("counters") or {}).items()
+                       if k.startswith("decisions_") or k in ("timeouts", "offline_answers")},
+            counters=self.counters.snapshot())
+        self.mqtt.publish(self.status_topic, status.encode(self.cfg.endpoint_id), qos=1, retain=True)
 
     def flush_events(self) -> None:
         if not self.mqtt.connected.is_set():
@@ -330,14 +336,15 @@ class EndpointService:
         if not batch:
             return
         for i in range(0, len(batch), 500):
-            body = {"host": self.host, "address": self.address(), "mode": self.mode, "events": batch[i:i + 500]}
+            events = EndpointEvents(host=self.host, address=self.address(), mode=self.mode,
+                                    events=[ExecEvent.from_body(e) for e in batch[i:i + 500]])
             self.mqtt.publish(topics.endpoint(self.cfg.endpoint_id, "events"),
-                              payload.encode("endpoint-events", self.cfg.endpoint_id, body), qos=1)
+                              events.encode(self.cfg.endpoint_id), qos=1)
         self.counters.inc("events_sent", len(batch))
 
     def decider_stats(self, timeout: float = 1.0) -> dict[str, Any]:
         self._stats_event.clear()
-        self.to_decider({"t": "stats?"})
+        self.to_decider(proto.StatsQuery())
         if not self._stats_event.wait(timeout):
             return {"error": "the decider did not answer"}
         return {k: v for k, v in self._stats.items() if k != "t"}
@@ -399,7 +406,7 @@ class EndpointService:
                     except subprocess.TimeoutExpired:
                         self.decider.kill()
             self.flush_events()
-            self.mqtt.publish_wait(self.status_topic, payload.encode("endpoint-status", eid, {"state": "offline"}),
+            self.mqtt.publish_wait(self.status_topic, EndpointStatus(state="offline").encode(eid),
                                    retain=True, timeout=2)
             self.mqtt.stop()
             self.control.stop()

@@ -109,7 +109,7 @@ class ProtocolChecks:
 
     # -- folding of repeats ---------------------------------------------------------------------
     def _fold(self, ev: dict) -> dict | None:
-        key = (ev["type"], ev.get("detail"), ev.get("src"))
+        key = (ev["type"], ev.get("detail"), ev.get("src"), ev.get("ip"), ev.get("new_mac"))
         now = self.clock()
         prev = self._recent.get(key)
         if prev is not None and now - prev[0] < self.repeat_window:
@@ -150,7 +150,9 @@ class ProtocolChecks:
             self.arp.put(ip, (mac, now))
             self._count("arp_bindings_replaced")
             return []
-        return [self._event(s, "arp-rebind", "reply rebinds a known IP to a new MAC", src=mac,
+        # no ``src``: that names an IP address to block (contracts.engine.EngineEvent), and the
+        # sender here is known only by its MAC
+        return [self._event(s, "arp-rebind", "reply rebinds a known IP to a new MAC", src=None,
                             ip=ip, known_mac=known, new_mac=mac, severity="high")]
 
     # -- IPv4 -------------------------------------------------------------------------------------

@@ -1,20 +1,12 @@
 """Configuration of vigil-engine (``/etc/vigil/engine.yaml``)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ..common import LogConfig, MqttConfig
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_id(value: str, key: str) -> None:
-    if not _ID.match(value):
-        raise ValueError(f"{key}: must be 1-64 characters of letters, digits, '.', '_' or '-' "
-                         f"(it becomes an MQTT topic level), got {value!r}")
+from ..contracts.ids import check_id
 
 
 @dataclass(frozen=True)

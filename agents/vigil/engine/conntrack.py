@@ -23,6 +23,10 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
+from .netlink import (BE16, BE32, BE64, NETLINK_ADD_MEMBERSHIP, NFGEN, NLA, NLH, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+                      NLMSG_DONE, NLMSG_ERROR, SOL_NETLINK, NetlinkError, error_code, iter_messages, nfnl_message,
+                      open_socket)
+
 log = logging.getLogger(__name__)
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 47: "gre"}
@@ -31,23 +35,13 @@ TCP_STATES = {0: "none", 1: "syn_sent", 2: "syn_recv", 3: "established", 4: "fin
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_CREATE = 0x400
-NLM_F_DUMP = 0x300
 NFNLGRP_CONNTRACK_NEW = 1
 NFNLGRP_CONNTRACK_UPDATE = 2
 NFNLGRP_CONNTRACK_DESTROY = 3
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 
 # ctnetlink attribute types (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
@@ -60,18 +54,9 @@ CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES, CTA_COUNTERS32_PACKETS, CTA_COUNTERS32_BYTES = 1, 2, 3, 4
 CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP = 1, 2
 
-_NLH = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_BE16 = struct.Struct(">H")
-_BE32 = struct.Struct(">I")
-_BE64 = struct.Struct(">Q")
-_NFGEN = struct.Struct("=BBH")
+_NLH, _NLA, _BE16, _BE32, _BE64, _NFGEN = NLH, NLA, BE16, BE32, BE64, NFGEN   # the hot parsers' local names
 
 EV_NEW, EV_UPDATE, EV_DESTROY = "new", "update", "destroy"
-
-
-class NetlinkError(OSError):
-    pass
 
 
 @dataclass(slots=True)
@@ -251,35 +236,12 @@ def parse_ct(data, pos: int, end: int, known: dict | None = None) -> CtEntry | N
                    op, ob, rp, rb, zone, start, stop)
 
 
-def iter_messages(data, length: int) -> Iterator[tuple[int, int, int, int]]:
-    """(type, flags, payload start, message end) of each netlink message in a receive buffer."""
-    pos = 0
-    while pos + 16 <= length:
-        mlen, mtype, flags, _seq, _pid = _NLH.unpack_from(data, pos)
-        if mlen < 16 or pos + mlen > length:
-            raise struct.error(f"bad netlink message length {mlen} at {pos}")
-        yield mtype, flags, pos + 16, pos + mlen
-        pos += (mlen + 3) & ~3
-
-
-def _nl_error(data, start: int) -> int:
-    return -struct.unpack_from("=i", data, start)[0]
-
-
 def dump_request(seq: int, family: int = socket.AF_UNSPEC) -> bytes:
-    body = _NFGEN.pack(family, 0, 0)
-    return _NLH.pack(16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-                     NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    return nfnl_message(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family)
 
 
-def _open(rcvbuf: int) -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (root)
-    except OSError:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((0, 0))
-    return s
+_open = open_socket
+_nl_error = error_code
 
 
 class ConntrackReader:
@@ -308,7 +270,7 @@ class ConntrackReader:
             view = memoryview(buf)
             while True:
                 n = self._sock.recv_into(buf)
-                for mtype, flags, start, end in iter_messages(view, n):
+                for mtype, _flags, start, end in iter_messages(view, n):
                     if mtype == NLMSG_DONE:
                         return
                     if mtype == NLMSG_ERROR:

@@ -15,30 +15,21 @@ These tables only mark and count: they never drop.  Enforcement lives in ``bridg
 from __future__ import annotations
 
 import logging
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .nftables import NftError, nft_cli
+
+__all__ = ["NftError", "nft", "probe", "install_flow_accounting"]
 
 log = logging.getLogger(__name__)
 
 FLOW_TABLE = "vigil_flow"
 
 
-class NftError(RuntimeError):
-    pass
-
-
 def nft(script: str, check_only: bool = False, timeout: float = 30.0) -> None:
     """Run an nft script as one transaction (``nft -f -``)."""
-    argv = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]
-    try:
-        r = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise NftError("the nft command is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise NftError(f"nft did not finish within {timeout}s") from None
-    if r.returncode != 0:
-        raise NftError(r.stderr.strip() or f"nft exited {r.returncode}")
+    nft_cli(script, check_only=check_only, timeout=timeout)
 
 
 @dataclass

@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import payload, ruleset, topics
+from ..contracts.engine import RulesetState
+from ..files import atomic_write
 from ..payload import PayloadError
 from .api import EngineContext
 from .config import EnforcementConfig
@@ -450,7 +451,7 @@ class Enforcement:
     def publish_state(self) -> None:
         try:
             body = self.state_body()
-            self.ctx.mqtt.publish(self.topic_state, payload.encode("ruleset-state", self.engine_id, body),
+            self.ctx.mqtt.publish(self.topic_state, RulesetState.from_body(body).encode(self.engine_id),
                                   qos=1, retain=True)
         except Exception:
             self.ctx.counters.inc("ruleset_state_errors")
@@ -490,13 +491,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(doc, separators=(",", ":"))     # the C encoder (json.dump is pure Python)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, separators=(",", ":")))   # the C encoder (json.dump is pure Python)
 
 
 def make(cfg: EnforcementConfig, ctx: EngineContext) -> Enforcement:

@@ -333,15 +333,24 @@ class Policy:
                 _bump(skipped, "overlap")
         return out
 
-    def apply(self, writer: nft.NftWriter, plan: Plan, now: float, extra: dict | None = None) -> None:
-        """Write ``plan`` to the kernel in one transaction (``extra``: set -> elements to refill
-        in the same transaction, e.g. the local sets at restore)."""
+    def change(self, plan: Plan, now: float, extra: dict | None = None) -> nft.Change:
+        """The kernel change that carries ``plan`` out, as one transaction (``extra``: set ->
+        elements to refill in the same transaction, e.g. the local sets at restore).  Applies
+        nothing and changes nothing here: ``commit(plan)`` once the kernel took it."""
         if plan.full:
             with quiet_gc():
-                return self._apply(writer, plan, now, extra)
-        return self._apply(writer, plan, now, extra)
+                return self._change(plan, now, extra)
+        return self._change(plan, now, extra)
 
-    def _apply(self, writer: nft.NftWriter, plan: Plan, now: float, extra: dict | None) -> None:
+    def apply(self, writer: nft.NftWriter, plan: Plan, now: float, extra: dict | None = None) -> None:
+        """``writer.commit(self.change(...))``: raises NftError, the policy then unchanged."""
+        change = self.change(plan, now, extra)
+        if plan.full:
+            with quiet_gc():            # encoding a full rule set makes ~1M short-lived objects
+                return writer.commit(change)
+        writer.commit(change)
+
+    def _change(self, plan: Plan, now: float, extra: dict | None) -> nft.Change:
         refill: dict[str, list[tuple[str, int | None]]] = {}
         for g in (_all_groups() if plan.full else sorted(plan.refill_groups)):
             refill.update(self.layers(g, plan.groups.get(g, []), now, plan.skipped))
@@ -358,10 +367,9 @@ class Policy:
             contents.update(refill)
             if extra:
                 contents.update(extra)
-            writer.replace(contents)
-        else:
-            put = {s: [(k, _ms(e, now)) for k, e in items] for s, items in plan.put.items()}
-            writer.update(put, plan.remove, refill)
+            return nft.Change.replacing(contents)
+        put = {s: [(k, _ms(e, now)) for k, e in items] for s, items in plan.put.items()}
+        return nft.Change.updating(put, plan.remove, refill)
 
     def commit(self, plan: Plan) -> None:
         if plan.full:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 from .. import __version__, payload, plugins, topics
+from ..contracts.engine import EngineStatus, EventBatch, FlowBatch
 from ..counters import Counters
+from ..files import atomic_write
 from ..daemon import FatalError, StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
 from . import datapath
@@ -70,7 +71,7 @@ class Learning:
         return 1.0 if self.period == 0 else min(1.0, self.elapsed / self.period)
 
     def save(self) -> None:
-        _atomic_write(self.path, json.dumps({"elapsed": self.elapsed, "mode": self.mode}))
+        atomic_write(self.path, json.dumps({"elapsed": self.elapsed, "mode": self.mode}))
 
 
 class EventOutbox:
@@ -106,20 +107,17 @@ class EventOutbox:
                 ev.setdefault("mode", mode)
             # unique and increasing across restarts even when the spool was empty at start
             self.seq = max(self.seq + 1, payload.now_ms())
-            body = {"engine": self.engine_id, "seq": self.seq, "events": items}
-            if not self.publisher.spool.put(self.seq, payload.encode("events", self.engine_id, body)):
+            batch = EventBatch.from_body({"engine": self.engine_id, "seq": self.seq, "events": items})
+            if batch.invalid:    # a check wrote an event its contract refuses: a bug, counted and shown
+                self.counters.inc("events_invalid", batch.invalid)
+                log.error("%d local events do not match their contract; dropped", batch.invalid)
+            if not self.publisher.spool.put(self.seq, batch.encode(self.engine_id)):
                 self.counters.inc("events_dropped", len(items))
         self.publisher.pump()
 
     @property
     def backlog(self) -> int:
         return self.publisher.backlog
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class EngineService:
@@ -139,7 +137,7 @@ class EngineService:
         self.learning = Learning(cfg.learning, self.state_dir / "learning.json")
         self.features: datapath.KernelFeatures | None = None
         self.status_topic = topics.engine(cfg.engine_id, "status")
-        will = Will(self.status_topic, payload.encode("status", cfg.engine_id, {"state": "offline"}))
+        will = Will(self.status_topic, EngineStatus(state="offline").encode(cfg.engine_id))
         self.mqtt = MqttClient(cfg.mqtt, f"engine-{cfg.engine_id}", self.counters, will=will,
                                on_connected=self.publish_status)
         marks = datapath.port_marks(cfg.bridge.ports)
@@ -201,9 +199,12 @@ class EngineService:
             **{p.name: _safe_status(p) for p in self.parts},
         }
 
+    def status_message(self, state: str = "running") -> bytes:
+        """The status through its contract (contracts.engine.EngineStatus)."""
+        return EngineStatus.from_body(self.status_body(state)).encode(self.cfg.engine_id)
+
     def publish_status(self, state: str = "running") -> None:
-        self.mqtt.publish(self.status_topic, payload.encode("status", self.cfg.engine_id, self.status_body(state)),
-                          qos=1, retain=True)
+        self.mqtt.publish(self.status_topic, self.status_message(state), qos=1, retain=True)
 
     # -- flows ----------------------------------------------------------------------------
     def poll_flows(self, interval_start_ms: int) -> None:
@@ -220,14 +221,14 @@ class EngineService:
             if not chunk and i > 0:
                 break
             self.seq += 1
-            body = {"engine": self.cfg.engine_id, "seq": self.seq, "source": self.features.flow_source,
-                    "interval": {"start": interval_start_ms, "end": now_ms}, "mode": self.learning.mode,
-                    "flows_tracked": len(self.table.flows), "evicted_total": self.table.evicted,
-                    "dropped_batches_total": self.counters.get("flow_batches_dropped"),
-                    "poll_ms": round(poll_s * 1000, 2), "flows": chunk}
+            batch = FlowBatch(engine=self.cfg.engine_id, seq=self.seq, source=self.features.flow_source,
+                              interval={"start": interval_start_ms, "end": now_ms}, mode=self.learning.mode,
+                              flows_tracked=len(self.table.flows), evicted_total=self.table.evicted,
+                              dropped_batches_total=self.counters.get("flow_batches_dropped"),
+                              poll_ms=round(poll_s * 1000, 2), flows=chunk)
             # seq is persisted before the batch leaves, so a restart never reuses a number
-            _atomic_write(self.seq_path, str(self.seq))
-            self.publisher.submit(self.seq, payload.encode("flows", self.cfg.engine_id, body))
+            atomic_write(self.seq_path, str(self.seq))
+            self.publisher.submit(self.seq, batch.encode(self.cfg.engine_id))
             self.counters.inc("flow_batches")
             self.counters.inc("flow_records", len(chunk))
         self.learning.save()
@@ -372,7 +373,7 @@ class EngineService:
         # A clean stop says so (retained) rather than leaving the last-will to the broker.
         if self.mqtt.connected.is_set():
             self.mqtt.publish_wait(self.status_topic,
-                                   payload.encode("status", self.cfg.engine_id, self.status_body("stopped")),
+                                   self.status_message("stopped"),
                                    retain=True, timeout=2.0)
         self.mqtt.stop()
         if self.reader is not None:

@@ -15,8 +15,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .conntrack import (_NLA, _NLH, _BE16, _BE32, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST,
-                        NLMSG_ERROR, iter_messages)
+from .netlink import (BE16 as _BE16, BE32 as _BE32, NLA as _NLA, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST,
+                      NLMSG_ERROR, NetlinkError, attr as _attr, error_code, iter_messages, nfnl_message)
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,9 @@ class Sample:
     ts: float = 0.0
 
 
-def _attr(atype: int, value: bytes) -> bytes:
-    raw = _NLA.pack(4 + len(value), atype) + value
-    return raw + b"\0" * ((4 - len(raw) % 4) % 4)
-
-
 def config_message(group: int, seq: int, *attrs: bytes, family: int = socket.AF_UNSPEC) -> bytes:
-    body = struct.pack("=BBH", family, 0, socket.htons(group)) + b"".join(attrs)
-    return _NLH.pack(16 + len(body), (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG,
-                     NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return nfnl_message(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, family,
+                        socket.htons(group), b"".join(attrs))
 
 
 def parse_packet(data, start: int, end: int) -> Sample:
@@ -137,9 +131,9 @@ class NflogReader:
             n = self._sock.recv_into(self._buf)
             for mtype, _flags, start, _end in iter_messages(memoryview(self._buf), n):
                 if mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", self._buf, start)[0]
+                    code = error_code(self._buf, start)
                     if code:
-                        raise OSError(code, f"nflog group {self.group}: {errno.errorcode.get(code, code)}")
+                        raise NetlinkError(code, f"nflog group {self.group}: {errno.errorcode.get(code, code)}")
                     return
 
     def fileno(self) -> int:

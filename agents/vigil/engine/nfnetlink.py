@@ -29,39 +29,28 @@ import socket
 import struct
 from typing import Iterable
 
-NETLINK_NETFILTER = 12
+from .netlink import (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_NETFILTER, NFGEN, NLA, NLA_F_NESTED, NLH, NLM_F_ACK,
+                      NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOL_NETLINK,
+                      NetlinkError, attr, error_code, set_buffer)
+
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
 NFPROTO_BRIDGE = 7
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
-NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-SOL_NETLINK = 270
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 NLMSGERR_ATTR_MSG = 1
 
 # NFTA_SET_ELEM_LIST_*: TABLE 1, SET 2, ELEMENTS 3; NFTA_SET_ELEM_*: KEY 1, FLAGS 3, TIMEOUT 4,
 # USERDATA 6; NFTA_DATA_VALUE 1; NFT_SET_ELEM_INTERVAL_END 1
 _MAX_NEST = 65535 - 4                       # an attribute's length is 16 bits
-_HDR = struct.Struct("=IHHII")              # nlmsghdr
-_NFGEN = struct.Struct("=BBH")              # nfgenmsg (res_id big-endian, written pre-swapped)
-_ATTR = struct.Struct("=HH")
+_HDR, _NFGEN, _ATTR = NLH, NFGEN, NLA
 _T_ELEM = struct.Struct(">8sQ8s")           # list elem + timeout header, timeout, key header
 _OPEN_UDATA = b"\x0a\x00\x06\x00\x01\x04\x01\x00\x00\x00\x00\x00"   # NFTNL_UDATA_SET_ELEM_FLAGS = open
 _PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
-class NetlinkError(RuntimeError):
-    pass
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return _ATTR.pack(n, kind) + data + b"\0" * (-n & 3)
+_attr = attr
 
 
 def _key_bytes(keylen: int) -> tuple[bytes, bytes]:
@@ -169,6 +158,7 @@ class Batch:
         self.table_attr = _attr(1, table.encode() + b"\0")
         self.parts: list[bytes] = [self._msg(NFNL_MSG_BATCH_BEGIN, 0, b"", batch=True)]
         self.acked = 0
+        self._data: bytes | None = None
 
     def _msg(self, mtype: int, flags: int, payload: bytes, batch: bool = False) -> bytes:
         seq = len(self.parts) if hasattr(self, "parts") else 0
@@ -197,9 +187,15 @@ class Batch:
             self.acked += 1
             i = j
 
+    def finish(self) -> bytes:
+        """The whole batch, as it goes to the kernel (the dry run records exactly this)."""
+        if self._data is None:
+            self.parts.append(self._msg(NFNL_MSG_BATCH_END, 0, b"", batch=True))
+            self._data = b"".join(self.parts)
+        return self._data
+
     def send(self) -> None:
-        self.parts.append(self._msg(NFNL_MSG_BATCH_END, 0, b"", batch=True))
-        data = b"".join(self.parts)
+        data = self.finish()
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         except OSError as exc:
@@ -207,8 +203,8 @@ class Batch:
         try:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)     # acks without the echoed request
             sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, len(data) + 65536)
-            _set_buf(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, max(1 << 20, self.acked * 1024))
+            set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, len(data) + 65536)
+            set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, max(1 << 20, self.acked * 1024))
             sock.bind((0, 0))
             sent = sock.sendto(data, (0, 0))
             if sent != len(data):
@@ -232,7 +228,7 @@ class Batch:
                 if length < 16:
                     break
                 if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", buf, off + 16)[0]
+                    err = error_code(buf, off + 16)
                     if seq == 0:          # the batch as a whole (commit failed): no further answers
                         got = self.acked
                     else:
@@ -245,13 +241,6 @@ class Batch:
             what = f"message {seq} of the batch" if seq else "the batch"
             raise NetlinkError(f"kernel refused {what}: {os.strerror(err)} ({errno.errorcode.get(err, err)})"
                                + (f": {text}" if text else ""))
-
-
-def _set_buf(sock: socket.socket, force_opt: int, plain_opt: int, size: int) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)      # needs CAP_NET_ADMIN (as writing does)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, plain_opt, size)
 
 
 def _ext_msg(msg: bytes, flags: int) -> str:

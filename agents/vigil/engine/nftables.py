@@ -30,8 +30,12 @@ new timeout (``add`` alone keeps an old timeout: that is how other bouncers drif
 touched by a delta are flushed and refilled whole (nft cannot delete and add overlapping intervals
 in one transaction).  Nothing here ever lists a set's elements.
 
-Backends: ``lib`` (libnftables through Debian's python3-nftables, one long-lived context: no fork
-per transaction), ``cli`` (``nft -f -``), ``dry-run`` (records scripts; for tests and ``--dry-run``).
+A kernel change is a ``Change`` (replace or update): the planner (enforce_plan.Policy.change)
+returns one and applies nothing; ``NftWriter.commit`` hands it to the backend.  Backends (one
+interface, ``Backend``): ``lib`` (libnftables through Debian's python3-nftables, one long-lived
+context: no fork per transaction), ``cli`` (``nft -f -``), ``dry-run`` (records the scripts and the
+exact nfnetlink batch bytes production would send; for tests and ``--dry-run``).  A replace goes
+as one raw nfnetlink batch from every backend while ``NftWriter.bulk``.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ import json
 import logging
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from . import nfnetlink
@@ -58,7 +62,8 @@ _ETHER = {4: "ip", 6: "ip6"}
 
 
 class NftError(RuntimeError):
-    pass
+    """nft, libnftables or the kernel refused a change or a query (the one such error of the engine:
+    the flow-accounting tables in datapath.py raise it too)."""
 
 
 def net_sets(kind: str, family: int) -> list[str]:
@@ -220,6 +225,39 @@ def update_script(put: dict[str, list[tuple[str, int | None]]], remove: dict[str
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+@dataclass
+class Change:
+    """One transaction on ``bridge vigil``, whatever carries it: what the planner returns and every
+    backend commits.  ``replace``: flush and refill each set of ``contents``; ``update``: remove,
+    put (re-asserting timeouts) and refill (interval sets), see ``update_script``."""
+    kind: str                                                   # "replace" or "update"
+    contents: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)   # replace
+    put: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)        # update
+    remove: dict[str, list[str]] = field(default_factory=dict)
+    refill: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
+
+    @classmethod
+    def replacing(cls, contents: dict[str, list[tuple[str, int | None]]]) -> "Change":
+        return cls("replace", contents=contents)
+
+    @classmethod
+    def updating(cls, put, remove, refill=None) -> "Change":
+        return cls("update", put=put, remove=remove, refill=refill or {})
+
+    def script(self) -> str:
+        """As an nft script (the nft CLI and libnftables backends)."""
+        if self.kind == "replace":
+            return replace_script(self.contents)
+        return update_script(self.put, self.remove, self.refill)
+
+    def batch(self) -> nfnetlink.Batch | None:
+        """As one raw nfnetlink batch; None for a kind that goes as a script only (deltas)."""
+        return replace_batch(self.contents) if self.kind == "replace" else None
+
+    def __bool__(self) -> bool:
+        return bool(self.contents or any(self.put.values()) or any(self.remove.values()) or self.refill)
+
+
 def _check_managed(name: str, local_ok: bool = False) -> None:
     spec = SETS.get(name)
     if spec is None or spec.kind == "guard" or (spec.kind == "local" and not local_ok):
@@ -229,19 +267,64 @@ def _check_managed(name: str, local_ok: bool = False) -> None:
 
 
 # -- backends ---------------------------------------------------------------------------------
+#
+# One interface: ``run(script)`` (table layout, deltas), ``query(command)`` (nft -j listings),
+# ``send_batch(batch)`` (a raw nfnetlink batch: bulk replaces), ``commit(change, bulk)`` (a Change
+# as a batch when bulk and it has one, else as a script) and ``drop_counters(query)``.  The dry-run
+# twin differs only where the kernel would be touched: it records the script or the exact batch
+# bytes production would send (``scripts``, ``batches``), so tests exercise the same encoders.
 
-class CliBackend:
+class Backend:
+    name = "base"
+
+    def run(self, script: str, timeout: float = 120.0) -> None:
+        raise NotImplementedError
+
+    def query(self, command: str) -> str:
+        raise NotImplementedError
+
+    def send_batch(self, batch: nfnetlink.Batch) -> None:
+        try:
+            batch.send()
+        except nfnetlink.NetlinkError as exc:
+            raise NftError(str(exc)) from None
+
+    def commit(self, change: Change, bulk: bool = True) -> None:
+        batch = change.batch() if bulk else None
+        if batch is not None:
+            self.send_batch(batch)
+        else:
+            script = change.script()
+            if script.strip():
+                self.run(script)
+
+    def drop_counters(self) -> dict[str, int] | None:
+        """comment -> packets per drop rule by a netlink rule dump; None: use ``query``."""
+        try:
+            return _netlink_drop_counters()
+        except Exception as exc:      # no pyroute2 / netlink refused: the slow path still works
+            log.debug("netlink rule dump failed (%s); listing the chains with nft", exc)
+            return None
+
+
+def nft_cli(script: str, check_only: bool = False, timeout: float = 120.0) -> None:
+    """Run an nft script as one transaction (``nft -f -``; ``-c``: only check it)."""
+    argv = ["nft", "-c", "-f", "-"] if check_only else ["nft", "-f", "-"]
+    try:
+        r = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise NftError("the nft command is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise NftError(f"nft did not finish within {timeout}s") from None
+    if r.returncode != 0:
+        raise NftError(_first_lines(r.stderr) or f"nft exited {r.returncode}")
+
+
+class CliBackend(Backend):
     name = "cli"
 
     def run(self, script: str, timeout: float = 120.0) -> None:
-        try:
-            r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            raise NftError("the nft command is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise NftError(f"nft did not finish within {timeout}s") from None
-        if r.returncode != 0:
-            raise NftError(_first_lines(r.stderr) or f"nft exited {r.returncode}")
+        nft_cli(script, timeout=timeout)
 
     def query(self, command: str) -> str:
         r = subprocess.run(["nft", "-j", *command.split()], capture_output=True, text=True, timeout=30)
@@ -250,7 +333,7 @@ class CliBackend:
         return r.stdout
 
 
-class LibBackend:
+class LibBackend(Backend):
     """libnftables in-process; one context for writing (never asked to list sets), one for queries."""
     name = "lib"
 
@@ -276,18 +359,31 @@ class LibBackend:
         return out
 
 
-class DryRunBackend:
-    """The twin: records every script instead of touching the kernel."""
+class DryRunBackend(Backend):
+    """The twin: records every kernel change instead of making it — a script as its text, a batch
+    as the very bytes production sends (and, for people and tests, the equivalent script too)."""
     name = "dry-run"
 
     def __init__(self):
         self.scripts: list[str] = []
+        self.batches: list[bytes] = []
 
     def run(self, script: str, timeout: float = 120.0) -> None:
         self.scripts.append(script)
 
     def query(self, command: str) -> str:
         return json.dumps({"nftables": []})
+
+    def send_batch(self, batch: nfnetlink.Batch) -> None:
+        self.batches.append(batch.finish())
+
+    def commit(self, change: Change, bulk: bool = True) -> None:
+        super().commit(change, bulk)
+        if bulk and change.kind == "replace":
+            self.scripts.append(change.script())    # the same change, readable
+
+    def drop_counters(self) -> dict[str, int] | None:
+        return None
 
 
 def _first_lines(text: str, n: int = 6) -> str:
@@ -337,23 +433,22 @@ class NftWriter:
             self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
             self._run(table_script(self.guards))
 
-    def replace(self, contents: dict[str, list[tuple[str, int | None]]]) -> None:
-        """Flush and refill each set in ``contents``: one transaction.  On a real kernel it goes as
-        one raw nfnetlink batch (engine/nfnetlink.py: nft's parser cost more than the kernel's
-        work, measured below); the dry-run twin records the equivalent nft script."""
-        if self.bulk and not isinstance(self.backend, DryRunBackend):
-            batch = replace_batch(contents)
-            with self.lock:
-                try:
-                    batch.send()
-                except nfnetlink.NetlinkError as exc:
-                    raise NftError(str(exc)) from None
-                self.transactions += 1
+    def commit(self, change: Change) -> None:
+        """One transaction.  A replace goes as one raw nfnetlink batch while ``bulk`` (nft's parser
+        cost more than the kernel's work: engine/nfnetlink.py), everything else as an nft script;
+        the backend decides how, the dry run included (it records the same bytes)."""
+        if not change:
             return
-        self._run(replace_script(contents))
+        with self.lock:
+            self.backend.commit(change, self.bulk)
+            self.transactions += 1
+
+    def replace(self, contents: dict[str, list[tuple[str, int | None]]]) -> None:
+        """Flush and refill each set in ``contents``: one transaction."""
+        self.commit(Change.replacing(contents))
 
     def update(self, put, remove, refill=None) -> None:
-        self._run(update_script(put, remove, refill))
+        self.commit(Change.updating(put, remove, refill))
 
     def delete_table(self) -> None:
         self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
@@ -363,11 +458,9 @@ class NftWriter:
 
         Read with a netlink rule dump: nft 1.0.6 fetches every set element to list a chain
         (measured: 2.4 s of CPU per read with 100k elements, while holding the writer lock)."""
-        if not isinstance(self.backend, DryRunBackend):
-            try:
-                return _netlink_drop_counters()
-            except Exception as exc:      # no pyroute2 / netlink refused: the slow path still works
-                log.debug("netlink rule dump failed (%s); listing the chains with nft", exc)
+        fast = self.backend.drop_counters()
+        if fast is not None:
+            return fast
         out: dict[str, int] = {}
         for chain in ("v4", "v6"):
             with self.lock:

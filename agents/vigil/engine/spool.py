@@ -12,9 +12,10 @@ handed to paho is not published again; the manager also drops duplicate ``seq`` 
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
+
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Spool:
         for seq, size in sorted(found):
             self.entries[seq] = size
             self.bytes += size
-        for p in self.dir.glob("*.tmp"):
+        for p in self.dir.glob("*.tmp"):                # a write a crash cut short
             p.unlink(missing_ok=True)
         if self.entries:
             log.info("spool %s: %d batches (%d bytes) waiting from an earlier run", self.dir.name,
@@ -56,11 +57,8 @@ class Spool:
             log.warning("spool %s full (%d bytes): batch %d dropped", self.dir.name, self.bytes, seq)
             return False
         path = self._path(seq)
-        tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         except OSError as exc:
             self._count(f"{self.what}_dropped")
             self._count("spool_write_errors")

@@ -5,15 +5,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import InfluxConfig, LogConfig, MqttConfig
-from ..engine.config import check_id
+from ..contracts.ids import check_id
 from .verdicts.config import VerdictsConfig
-from .policy import PolicyConfig
+from .policy.config import PolicyConfig
 from ..collector.config import CollectorConfig
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    # MQTT v5 shared subscription: several manager processes split the flow batches between them.
+    # MQTT v5 shared subscription: several manager processes split the writing of flow batches
+    # between them.  The policy takes its own unshared subscription (every batch of its partition's
+    # engines), so any policy.partition_count works with it (tests/integration/test_mqtt_bus.py).
     shared_subscription: bool = True
     share_group: str = "vigil"
     top_talkers: int = 10

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 # (config section, "module:factory"). The factory takes (section_config, context) and returns a
 # component. Order matters: policy first, so that later components can propose decisions.
 COMPONENTS: list[tuple[str, str]] = [
-    ("policy", "vigil.manager.policy:PolicyComponent"),
+    ("policy", "vigil.manager.policy.component:PolicyComponent"),
     ("collector", "vigil.collector.component:CollectorComponent"),
-    ("ingest", "vigil.manager.ingest:IngestComponent"),
+    ("ingest", "vigil.manager.ingest.component:IngestComponent"),
     ("verdicts", "vigil.manager.verdicts.service:VerdictService"),
 ]
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-VERDICTS = ("benign", "malicious", "grayware", "unknown")
 _HERE = Path(__file__).resolve().parent
 
 

@@ -27,17 +27,19 @@ import time
 from typing import Any
 
 from ... import payload, topics
+from ...contracts.endpoint import (EndpointEvents, EndpointStatus, Sample, SampleRequest, VerdictChange, VerdictChanges,
+                                   VerdictRequest, VerdictResponse)
 from ...control import ControlError
 from ...influx import line
 from ...mqtt import reply_properties
 from ..api import Context, DecisionRequest
 from .backends import BackendError, Clamd, Finding, HashLists, Yara
-from .config import VERDICTS, VerdictsConfig
+from ...contracts.vocab import VERDICTS
+from .config import VerdictsConfig
 from .store import Record, VerdictStore, is_sha256
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("allowed", "blocked", "would-block")
 
 
 class VerdictService:
@@ -127,9 +129,8 @@ class VerdictService:
         return rec
 
     def _push(self, rec: Record) -> None:
-        body = {"verdicts": [{"sha256": rec.sha256, "verdict": rec.verdict, "source": rec.source,
-                              "ttl": rec.ttl}]}
-        self.ctx.mqtt.publish(topics.VERDICTS, payload.encode("verdicts", self.ctx.manager_id, body), qos=1)
+        change = VerdictChange(sha256=rec.sha256, verdict=rec.verdict, source=rec.source, ttl=rec.ttl)
+        self.ctx.mqtt.publish(topics.VERDICTS, VerdictChanges(verdicts=[change]).encode(self.ctx.manager_id), qos=1)
         self.counters.inc("verdicts_pushed")
 
     # -- MQTT handlers ---------------------------------------------------------------------
@@ -138,79 +139,68 @@ class VerdictService:
         endpoint = dev[1] if dev else "?"
         rtopic, props = reply_properties(msg)
         try:
-            req = payload.decode(msg.payload, "verdict-request")
-            sha = req.get("sha256")
-            if not is_sha256(sha):
-                raise payload.PayloadError("bad-sha256", f"sha256 must be 64 lowercase hex digits, got {sha!r}")
-            size = req.get("size") if isinstance(req.get("size"), int) else None
-            path = req.get("path") if isinstance(req.get("path"), str) else ""
+            req = VerdictRequest.decode(msg.payload)
         except payload.PayloadError as exc:
             self.counters.inc(f"verdict_requests_rejected_{exc.reason}")
             log.warning("verdicts: bad request from %s: %s", endpoint, exc)
             if rtopic:
-                self.ctx.mqtt.publish(rtopic, payload.encode("verdict-response", self.ctx.manager_id, {
-                    "status": "error", "error": str(exc)}), qos=1, properties=props)
+                self.ctx.mqtt.publish(rtopic, VerdictResponse(status="error", error=str(exc)).encode(
+                    self.ctx.manager_id), qos=1, properties=props)
             return
         self.counters.inc("verdict_requests")
-        rec = self.current(sha, size, endpoint, path)
+        rec = self.current(req.sha256, req.size, endpoint, req.path)
         if rtopic is None:
             self.counters.inc("verdict_requests_without_response_topic")
             return
-        body = {"status": "ok", "sha256": sha, "verdict": rec.verdict, "source": rec.source, "ttl": rec.ttl}
-        self.ctx.mqtt.publish(rtopic, payload.encode("verdict-response", self.ctx.manager_id, body), qos=1,
-                              properties=props)
+        answer = VerdictResponse(status="ok", sha256=req.sha256, verdict=rec.verdict, source=rec.source, ttl=rec.ttl)
+        self.ctx.mqtt.publish(rtopic, answer.encode(self.ctx.manager_id), qos=1, properties=props)
 
     def on_status(self, msg) -> None:
         dev = topics.device_of(msg.topic)
         if not dev or dev[2] != "status" or dev[0] != "endpoint":
             return
         try:
-            st = payload.decode(msg.payload, "endpoint-status")
+            st = EndpointStatus.decode(msg.payload)
         except payload.PayloadError as exc:
             self.counters.inc(f"endpoint_status_rejected_{exc.reason}")
             return
-        self._endpoints[dev[1]] = {k: st.get(k) for k in ("state", "mode", "address", "host", "version")}
+        self._endpoints[dev[1]] = {"state": st.state, "mode": st.mode, "address": st.address, "host": st.host,
+                                   "version": st.version}
 
     def on_events(self, msg) -> None:
         dev = topics.device_of(msg.topic)
         endpoint = dev[1] if dev else "?"
         try:
-            batch = payload.decode(msg.payload, "endpoint-events")
-            events = batch.get("events")
-            if not isinstance(events, list):
-                raise payload.PayloadError("no-events", "events must be a list")
+            batch = EndpointEvents.decode(msg.payload)
         except payload.PayloadError as exc:
             self.counters.inc(f"endpoint_events_rejected_{exc.reason}")
             log.warning("verdicts: bad event batch from %s: %s", endpoint, exc)
             return
-        host = batch.get("host") if isinstance(batch.get("host"), str) else endpoint
-        address = batch.get("address") if isinstance(batch.get("address"), str) else None
+        host = batch.host if batch.host is not None else endpoint
+        address = batch.address
         if address or host:
             self._endpoints.setdefault(endpoint, {}).update({"address": address, "host": host})
+        if batch.invalid:
+            self.counters.inc("endpoint_events_invalid", batch.invalid)
         points = []
-        for ev in events:
-            if not isinstance(ev, dict) or not is_sha256(ev.get("sha256")) or ev.get("action") not in ACTIONS:
+        for ev in batch.events:
+            if not ev.sha256:                # could not be hashed (too large, unreadable): nothing to note
                 self.counters.inc("endpoint_events_invalid")
                 continue
-            count = ev.get("count") if isinstance(ev.get("count"), int) and ev["count"] > 0 else 1
-            self.counters.inc(f"endpoint_executions_{ev['action']}", count)
-            verdict = ev.get("verdict")
-            ts_ms = ev.get("ts") if isinstance(ev.get("ts"), int) else None
+            self.counters.inc(f"endpoint_executions_{ev.action}", ev.count)
             points.append(line("endpoint_executions",
-                               {"endpoint": endpoint, "action": ev["action"], "verdict": str(verdict),
-                                "via": str(ev.get("via", "exec"))},
-                               {"count": count, "sha256": ev["sha256"], "path": str(ev.get("path", ""))[:512],
-                                "source": str(ev.get("source", ""))},
-                               ts_ms * 1_000_000 if ts_ms else time.time_ns()))
-            if verdict == "benign":
+                               {"endpoint": endpoint, "action": ev.action, "verdict": ev.verdict, "via": ev.via},
+                               {"count": ev.count, "sha256": ev.sha256, "path": ev.path[:512], "source": ev.source},
+                               ev.ts * 1_000_000 if ev.ts else time.time_ns()))
+            if ev.verdict == "benign":
                 continue
-            sha, path = ev["sha256"], str(ev.get("path", ""))[:1024]
-            kind = "executed" if ev["action"] == "allowed" else ev["action"]
-            self.store.note(sha, kind, str(verdict), endpoint, f"{host} {address or '-'} {path}",
-                            ts=ev.get("ts", 0) / 1000 if isinstance(ev.get("ts"), int) else None)
-            rec = self.store.get(sha)
+            path = ev.path[:1024]
+            kind = "executed" if ev.action == "allowed" else ev.action
+            self.store.note(ev.sha256, kind, ev.verdict, endpoint, f"{host} {address or '-'} {path}",
+                            ts=ev.ts / 1000 if ev.ts is not None else None)
+            rec = self.store.get(ev.sha256)
             if rec is not None and rec.verdict == "malicious":
-                self._maybe_quarantine(endpoint, host, address, rec, path, ev["action"])
+                self._maybe_quarantine(endpoint, host, address, rec, path, ev.action)
         if points and self.ctx.writer is not None:
             self.ctx.writer.write(points)
 
@@ -218,10 +208,8 @@ class VerdictService:
         dev = topics.device_of(msg.topic)
         endpoint = dev[1] if dev else "?"
         try:
-            s = payload.decode(msg.payload, "sample")
-            sha = s.get("sha256")
-            if not is_sha256(sha):
-                raise payload.PayloadError("bad-sha256", repr(sha))
+            s = Sample.decode(msg.payload)
+            sha = s.sha256
         except payload.PayloadError as exc:
             self.counters.inc(f"samples_rejected_{exc.reason}")
             return
@@ -230,11 +218,11 @@ class VerdictService:
         if waiter is None:
             self.counters.inc("samples_unrequested")
             return
-        if s.get("status", "ok") != "ok":
+        if s.status != "ok":
             self.counters.inc("samples_refused")
-            self.store.set_analysis(sha, "waiting-sample", f"{endpoint} could not send it: {s.get('error')}")
+            self.store.set_analysis(sha, "waiting-sample", f"{endpoint} could not send it: {s.error}")
             return
-        data = s.get("data")
+        data = s.data
         try:
             raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
         except (binascii.Error, ValueError):
@@ -339,9 +327,9 @@ class VerdictService:
             self._samples[rec.sha256] = ev
         try:
             self.store.set_analysis(rec.sha256, "waiting-sample", f"asked {rec.last_endpoint}")
-            body = {"sha256": rec.sha256, "max_bytes": self.cfg.sample_max_bytes}
+            ask = SampleRequest(sha256=rec.sha256, max_bytes=self.cfg.sample_max_bytes)
             self.ctx.mqtt.publish(topics.endpoint(rec.last_endpoint, "sample/request"),
-                                  payload.encode("sample-request", self.ctx.manager_id, body), qos=1)
+                                  ask.encode(self.ctx.manager_id), qos=1)
             self.counters.inc("samples_requested")
             deadline = time.monotonic() + self.cfg.sample_wait
             while not ev.is_set() and time.monotonic() < deadline and not self.ctx.stop.is_set():

@@ -12,9 +12,8 @@ or half-open ``conn_state``; a UDP flow with no answer.
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .baselines import Baseline, IntervalSummary

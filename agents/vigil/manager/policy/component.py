@@ -14,102 +14,22 @@ import shutil
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .. import payload, ruleset, topics
-from ..control import ControlError
-from ..influx import line
-from .api import DecisionRequest
+from ... import ruleset, topics
+from ...contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
+from ...contracts.vocab import SEVERITY_RANK
+from ...control import ControlError
+from ...influx import line
+from ..api import DecisionRequest
 from .baselines import BaselineStore
 from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets, quarantine_networks
-from .detections import Detector, Thresholds
+from .detections import Detector
 from .fleet import Fleet, Publisher, snapshot_generation
+from .config import PolicyConfig
+from ..seqtrack import SeqTracker, sending_engine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    enabled: bool = True
-    # "engine": a detection blocks on the engine that saw it; "global": on every engine.
-    target: str = "engine"
-    window: float = 10.0
-    hscan_hosts: int = 8
-    vscan_ports: int = 12
-    flood_failed: int = 400
-    flood_pps: float = 4000.0
-    brute_new: int = 25
-    brute_max_bytes: int = 20000
-    k: float = 6.0
-    factor: float = 2.0
-    min_intervals: int = 10
-    new_service: bool = True
-    new_service_min_learned: float = 60.0   # traffic seconds learned before unknown services count
-    events: bool = True                     # engine protocol events -> decisions
-    event_min_severity: str = "high"
-    event_max_age: float = 600.0            # older events (replayed after an outage) are stored, not acted on
-
-    def __post_init__(self):
-        if self.target not in ("engine", "global"):
-            raise ValueError("target: must be engine or global")
-        if self.window <= 0:
-            raise ValueError("window: must be > 0 seconds")
-        for k in ("hscan_hosts", "vscan_ports", "flood_failed", "brute_new"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}: must be at least 1")
-        if self.event_min_severity not in _SEVERITY:
-            raise ValueError(f"event_min_severity: one of {', '.join(_SEVERITY)}")
-        if self.event_max_age <= 0:
-            raise ValueError("event_max_age: must be > 0 seconds")
-
-    def thresholds(self) -> Thresholds:
-        return Thresholds(window=self.window, hscan_hosts=self.hscan_hosts, vscan_ports=self.vscan_ports,
-                          flood_failed=self.flood_failed, flood_pps=self.flood_pps, brute_new=self.brute_new,
-                          brute_max_bytes=self.brute_max_bytes, k=self.k, factor=self.factor,
-                          min_intervals=self.min_intervals, new_service=self.new_service)
-
-
-_SEVERITY = {"info": 0, "low": 1, "medium": 2, "warning": 2, "high": 3, "critical": 4}
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    enabled: bool = True
-    ladder: list[float] = field(default_factory=lambda: [600.0, 3600.0, 86400.0, 604800.0])
-    offence_memory: float = 30 * 86400.0
-    unblock_suppress: float = 3600.0
-    # management network, gateways: never blocked, published as allow entries
-    allowlist: list[str] = field(default_factory=list)
-    max_active_decisions: int = 100_000
-    baseline_alpha: float = 0.01
-    baseline_alpha_suspicious: float = 0.001
-    baseline_save_interval: float = 30.0
-    resync_after: float = 10.0
-    partition_index: int = 0
-    partition_count: int = 1
-    # where else to put the public half of the signing key (for roles/lab to hand to engines)
-    public_key_file: Path | None = None
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
-
-    def __post_init__(self):
-        import ipaddress
-        if not self.ladder or any(d <= 0 or d > ruleset.MAX_TTL for d in self.ladder):
-            raise ValueError("ladder: a non-empty list of durations in seconds, each > 0")
-        if list(self.ladder) != sorted(self.ladder):
-            raise ValueError("ladder: durations must not decrease")
-        for v in self.allowlist:
-            try:
-                ipaddress.ip_network(v, strict=False)
-            except ValueError:
-                raise ValueError(f"allowlist: {v!r} is not an address or CIDR") from None
-        if not 0 < self.baseline_alpha <= 1 or not 0 < self.baseline_alpha_suspicious <= self.baseline_alpha:
-            raise ValueError("baseline_alpha: 0 < baseline_alpha_suspicious <= baseline_alpha <= 1")
-        if not 0 <= self.partition_index < self.partition_count:
-            raise ValueError("partition_index: must be 0..partition_count-1")
-        if self.unblock_suppress < 0 or self.offence_memory <= 0:
-            raise ValueError("unblock_suppress: must not be negative (offence_memory > 0)")
 
 
 def _invalid(exc: Exception) -> ControlError:
@@ -143,15 +63,16 @@ class PolicyComponent:
         self._last_sync = 0.0
         self._recent: dict[tuple, tuple[float, str]] = {}
         self._last_end: dict[str, int] = {}
+        self._seq = SeqTracker(ctx.counters, "policy_batches_duplicate")
         ctx.decisions = self
-        # the ingest component of this process hands us what it receives (see start())
-        if not hasattr(ctx, "consumers"):
-            ctx.consumers = {"flows": [], "status": [], "events": []}
-        ctx.consumers["flows"].append(self.on_flows)
-        ctx.consumers["status"].append(self.on_status)
-        ctx.consumers["events"].append(self.on_events)
-        ctx.mqtt.subscribe(topics.engine("+", "ruleset/state"), self._on_ruleset_state, qos=1)
-        ctx.mqtt.subscribe(topics.engine("+", "ruleset"), self._on_retained_snapshot, qos=1)
+        # Our own subscriptions, never shared: a partition needs every batch of its engines, whatever
+        # share of them the ingest component of this process writes.
+        m = ctx.mqtt
+        m.subscribe_kind(topics.engine("+", "flows"), FlowBatch, self._on_flows_msg, qos=1)
+        m.subscribe_kind(topics.engine("+", "status"), EngineStatus, self._on_status_msg, qos=1)
+        m.subscribe_kind(topics.engine("+", "events"), EventBatch, self._on_events_msg, qos=1)
+        m.subscribe_kind(topics.engine("+", "ruleset/state"), RulesetState, self._on_ruleset_state, qos=1)
+        m.subscribe(topics.engine("+", "ruleset"), self._on_retained_snapshot, qos=1)
         c = ctx.control
         c.register("engines.list", self.list_engines)
         c.register("engines.mode", self.set_mode)
@@ -167,27 +88,23 @@ class PolicyComponent:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if not getattr(self.ctx, "ingest_hub", False):
-            # No ingest in this process: subscribe ourselves (not shared: this process owns its
-            # partition of engines and needs every batch of them).
-            self.ctx.mqtt.subscribe(topics.engine("+", "flows"), self._raw("flows", self.on_flows), qos=1)
-            self.ctx.mqtt.subscribe(topics.engine("+", "status"), self._raw("status", self.on_status), qos=1)
-            self.ctx.mqtt.subscribe(topics.engine("+", "events"), self._raw("events", self.on_events), qos=1)
+        pass
 
-    def _raw(self, kind: str, fn):
-        def handle(msg):
-            if not msg.payload:
-                return
-            dev = topics.device_of(msg.topic)
-            if dev is None:
-                return
-            try:
-                data = payload.decode(msg.payload, kind)
-            except payload.PayloadError as exc:
-                self.counters.inc(f"payload_rejected_{exc.reason}")
-                return
-            fn(dev[1], data)
-        return handle
+    def _on_flows_msg(self, msg, batch: FlowBatch) -> None:
+        engine = sending_engine(msg.topic, batch.engine, self.counters)
+        if engine is None or self._seq.check(engine, batch.seq) == "duplicate":
+            return
+        self.on_flows(engine, batch)
+
+    def _on_status_msg(self, msg, st: EngineStatus) -> None:
+        engine = sending_engine(msg.topic, st.engine, self.counters)
+        if engine is not None:
+            self.on_status(engine, st)
+
+    def _on_events_msg(self, msg, batch: EventBatch) -> None:
+        engine = sending_engine(msg.topic, batch.engine, self.counters)
+        if engine is not None:
+            self.on_events(engine, batch)
 
     def tick(self) -> None:
         self.store.expire()
@@ -215,22 +132,16 @@ class PolicyComponent:
         return n == 1 or zlib.crc32(engine.encode()) % n == self.cfg.partition_index
 
     # -- inputs ---------------------------------------------------------------------------
-    def on_status(self, engine: str, msg: dict) -> None:
+    def on_status(self, engine: str, st: EngineStatus) -> None:
         if self.mine(engine):
-            self.fleet.on_status(engine, msg)
+            self.fleet.on_status(engine, st)
             # a (re)started engine: make sure it gets the current rule set promptly
             self._published_version = -1
 
-    def _on_ruleset_state(self, msg) -> None:
-        dev = topics.device_of(msg.topic)
-        if not msg.payload or dev is None or not self.mine(dev[1]):
-            return
-        try:
-            data = payload.decode(msg.payload, "ruleset-state")
-        except payload.PayloadError as exc:
-            self.counters.inc(f"payload_rejected_{exc.reason}")
-            return
-        self.fleet.on_ruleset_state(dev[1], data)
+    def _on_ruleset_state(self, msg, state: RulesetState) -> None:
+        engine = sending_engine(msg.topic, state.engine, self.counters)
+        if engine is not None and self.mine(engine):
+            self.fleet.on_ruleset_state(engine, state)
 
     def _on_retained_snapshot(self, msg) -> None:
         dev = topics.device_of(msg.topic)
@@ -240,16 +151,16 @@ class PolicyComponent:
         if gen is not None:
             self.publisher.forget_retained(dev[1], gen)
 
-    def on_flows(self, engine: str, msg: dict) -> None:
+    def on_flows(self, engine: str, batch: FlowBatch) -> None:
         if not self.mine(engine):
             self.counters.inc("policy_batches_other_partition")
             return
-        flows = msg.get("flows") or []
-        iv = msg.get("interval") or {}
-        try:
-            start, end = int(iv["start"]), int(iv["end"])
+        flows = batch.flows
+        bounds = batch.interval_bounds()
+        if bounds:
+            start, end = bounds
             seconds = max(0.001, (end - start) / 1000.0)
-        except (KeyError, TypeError, ValueError):
+        else:
             start = end = 0
             seconds = 1.0
         last_end = self._last_end.get(engine)
@@ -260,10 +171,8 @@ class PolicyComponent:
         since_ms = start - max(2000, end - start) if start else None
         self._last_end[engine] = max(end, last_end or 0)
         view = self.fleet.view(engine)
-        if view.mode is None and msg.get("mode") in ruleset.MODES:
-            view.mode = msg["mode"]
-        elif msg.get("mode") in ruleset.MODES:
-            view.mode = msg["mode"]
+        if batch.mode is not None:
+            view.mode = batch.mode
         learning = view.effective_mode == "learning"
         with self._lock:
             det = self.detectors.get(engine)
@@ -299,41 +208,34 @@ class PolicyComponent:
         if res.get("decision"):
             self._recent[key] = (now, res["decision"]["id"])
 
-    def on_events(self, engine: str, msg: dict) -> None:
+    def on_events(self, engine: str, batch: EventBatch) -> None:
         """Engine protocol events: each with a source address and a severity at or above the
-        configured one (or ``"action": "block"``) becomes a decision on that engine."""
+        configured one (or ``action: block``: the engine blocked it itself) becomes a decision on
+        that engine."""
+        if batch.invalid:
+            self.counters.inc("engine_events_malformed", batch.invalid)
         if not self.mine(engine) or not self.cfg.detection.events:
             return
-        events = msg.get("events")
-        if not isinstance(events, list):
-            events = [msg]
-        floor = _SEVERITY[self.cfg.detection.event_min_severity]
+        floor = SEVERITY_RANK[self.cfg.detection.event_min_severity]
         now_ms, max_age_ms = time.time() * 1000, self.cfg.detection.event_max_age * 1000
-        for ev in events:
-            if not isinstance(ev, dict):
-                self.counters.inc("engine_events_malformed")
+        for ev in batch.events:
+            if ev.src is None or ev.action == "none":  # "none": the engine's own never-block list
+                if ev.src is None and SEVERITY_RANK[ev.severity] >= floor:
+                    self.counters.inc("engine_events_without_address")   # e.g. ARP rebind: a MAC only
                 continue
-            src = ev.get("src") or ev.get("source")
-            sev = _SEVERITY.get(str(ev.get("severity", "")).lower(), -1)
-            if not src or ev.get("action") == "none":  # "none": the engine's own never-block list
+            if SEVERITY_RANK[ev.severity] < floor and ev.action != "block":
                 continue
-            if sev < floor and ev.get("action") not in ("block", "drop", "blocked"):
-                continue
-            ts = ev.get("ts")
-            if isinstance(ts, (int, float)) and now_ms - ts > max_age_ms:
+            if ev.ts is not None and now_ms - ev.ts > max_age_ms:
                 # spooled through a broker outage: the engine's own short block has long run
                 # out; a decision now would punish whoever holds the address today
                 self.counters.inc("engine_events_stale")
                 continue
-            kind = str(ev.get("type") or ev.get("kind") or "event")[:60]
-            reason = str(ev.get("reason") or ev.get("message") or ev.get("detail") or kind)[:400]
-            scope = ev.get("scope") if ev.get("scope") in ruleset.SCOPES else "ip"
-            value = ev.get("value") if scope != "ip" and isinstance(ev.get("value"), str) else src
-            dur = ev.get("duration")
-            self.propose(DecisionRequest(scope=scope, value=str(value), origin=f"engine-local:{kind}",
+            kind = ev.type[:60]
+            reason = (ev.detail or kind)[:400]
+            body = ev.body()
+            self.propose(DecisionRequest(scope="ip", value=ev.src, origin=f"engine-local:{kind}",
                                          reason=f"engine {engine}: {reason}", engines=[engine],
-                                         duration=float(dur) if isinstance(dur, (int, float)) and dur > 0 else None,
-                                         evidence={"engine": engine, "event": {k: ev[k] for k in list(ev)[:20]}}))
+                                         evidence={"engine": engine, "event": {k: body[k] for k in list(body)[:20]}}))
 
     # -- the decision sink ----------------------------------------------------------------
     def _learning_targets(self, targets: list[str]) -> list[str]:

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .. import ruleset
-from ..counters import Counters
+from ... import ruleset
+from ...counters import Counters
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def covers(net: ipaddress._BaseNetwork, scope: str, value: str) -> bool:
             return a.version == net.version and a in net
         if scope == "flow":
             src, dst = value.split("|")[:2]
-            a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+            a, _b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
             return a.version == net.version and a in net
         n = ipaddress.ip_network(value, strict=False)
         return n.version == net.version and n.overlaps(net)

@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import payload, ruleset, topics
-from ..counters import Counters
+from ...contracts.engine import EngineStatus, RulesetState
+from ... import payload, ruleset, topics
+from ...counters import Counters
 from .decisions import DecisionStore, quarantine_networks
 
 log = logging.getLogger(__name__)
@@ -84,33 +85,30 @@ class Fleet:
                 v.published_generation = int(raw) if raw else 0
             return v
 
-    def on_status(self, engine: str, msg: dict) -> None:
+    def on_status(self, engine: str, st: EngineStatus) -> None:
         v = self.view(engine)
-        v.state = str(msg.get("state", "unknown"))
-        if msg.get("mode") in ruleset.MODES:
-            v.mode = msg["mode"]
-        if isinstance(msg.get("tags"), list):
-            v.tags = [str(t) for t in msg["tags"]]
-        if isinstance(msg.get("learning"), dict):
-            v.learning = msg["learning"]
-        v.version = msg.get("version", v.version)
-        v.last_status = msg.get("ts", 0) / 1000.0
-        gen = msg.get("ruleset_generation")
+        v.state = st.state
+        if st.mode is not None:
+            v.mode = st.mode
+        if st.tags:
+            v.tags = list(st.tags)
+        if st.learning is not None:
+            v.learning = st.learning
+        v.version = st.version or v.version
+        v.last_status = st.ts / 1000.0
         # ruleset/state is the authority; a status only fills in until one has come (retained
         # messages of the two topics may arrive in either order after a restart)
-        if isinstance(gen, int) and not isinstance(gen, bool) and not v.state_seen:
-            v.applied_generation = gen
+        if st.ruleset_generation is not None and not v.state_seen:
+            v.applied_generation = st.ruleset_generation
 
-    def on_ruleset_state(self, engine: str, msg: dict) -> None:
+    def on_ruleset_state(self, engine: str, state: RulesetState) -> None:
         v = self.view(engine)
-        gen = msg.get("generation")
-        if isinstance(gen, int) and not isinstance(gen, bool):
-            v.applied_generation = gen
+        if state.generation is not None:
+            v.applied_generation = state.generation
             v.state_seen = True
-        v.applied_at = (msg.get("applied_at") or 0) / 1000.0 or None
-        v.ruleset_error = msg.get("error")
-        if isinstance(msg.get("counts"), dict):
-            v.counts = msg["counts"]
+        v.applied_at = (state.applied_at or 0) / 1000.0 or None
+        v.ruleset_error = state.error
+        v.counts = dict(state.counts)
 
     def set_mode(self, engine: str, mode: str | None) -> EngineView:
         import json

@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ...files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +228,7 @@ class BaselineStore:
             if not b.dirty:
                 continue
             path = self.dir / f"{b.engine}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(b.to_json()))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(b.to_json()))
             b.dirty = False
             n += 1
         return n

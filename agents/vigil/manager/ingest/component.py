@@ -19,34 +19,28 @@ A batch's points carry the interval end plus ``seq mod 10^6`` nanoseconds as the
 the chunks of one interval stay distinct points and a batch written twice (a QoS 1 redelivery)
 overwrites itself instead of counting twice.
 
-The ingest component is the process's single subscriber of flows, statuses and events (paho keeps
-one callback per topic filter); it hands each accepted message to the consumers registered in
-``ctx.consumers`` (the policy component).  Flows come through an MQTT v5 shared subscription when
-configured, so that several manager processes split the batches between them.
+Ingest only writes: it subscribes for itself (``MqttClient.subscribe_kind``), as every other
+component does for what it needs.  Flows come through an MQTT v5 shared subscription when
+configured, so that several manager processes split the writing between them; the policy takes
+its own, unshared subscription (it needs every batch of its engines).
 """
 from __future__ import annotations
 
 import heapq
 import logging
-import threading
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
-from .. import payload, topics
-from ..counters import Counters
-from ..influx import line
-from .config import IngestConfig
+from ... import topics
+from ...contracts.engine import EngineStatus, EventBatch, FlowBatch
+from ...counters import Counters
+from ...influx import line
+from ..config import IngestConfig
+from ..seqtrack import SeqTracker, sending_engine
 
 log = logging.getLogger(__name__)
 
 _SUMS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
-
-
-@dataclass
-class _SeqState:
-    last: int = 0
-    seen_recent: set[int] = field(default_factory=set)
 
 
 class FlowAggregator:
@@ -54,25 +48,11 @@ class FlowAggregator:
         self.cfg = cfg
         self.counters = counters
         self._services: set[tuple[str, int]] = set()
-        self._seq: dict[str, _SeqState] = defaultdict(_SeqState)
-        self._lock = threading.Lock()
+        self._seq = SeqTracker(counters, "flow_batches_duplicate", "flow_batch_gaps")
 
     def check_seq(self, engine: str, seq: int) -> str:
         """'new', 'duplicate' (already ingested) — and counts gaps."""
-        with self._lock:
-            st = self._seq[engine]
-            if seq in st.seen_recent or (st.last and seq <= st.last - 10_000):
-                self.counters.inc("flow_batches_duplicate")
-                return "duplicate"
-            if st.last and seq > st.last + 1:
-                self.counters.inc("flow_batch_gaps", seq - st.last - 1)
-            if seq > st.last:
-                st.last = seq
-            st.seen_recent.add(seq)
-            if len(st.seen_recent) > 4096:
-                floor = st.last - 2048
-                st.seen_recent = {s for s in st.seen_recent if s > floor}
-            return "new"
+        return self._seq.check(engine, seq)
 
     def _service_key(self, proto: str, port: int, busiest: set[tuple[str, int]]) -> str:
         key = (proto, port)
@@ -85,10 +65,11 @@ class FlowAggregator:
             self.counters.inc("service_series_capped")
         return "other"
 
-    def batch_points(self, msg: dict) -> list[str]:
-        engine = str(msg.get("engine") or msg.get("sender"))
-        ts_ns = int(msg.get("interval", {}).get("end", msg["ts"])) * 1_000_000 + int(msg.get("seq", 0)) % 1_000_000
-        flows = msg.get("flows") or []
+    def batch_points(self, batch: FlowBatch) -> list[str]:
+        engine = batch.engine
+        bounds = batch.interval_bounds()
+        ts_ns = (bounds[1] if bounds else batch.ts) * 1_000_000 + batch.seq % 1_000_000
+        flows = batch.flows
         total = dict.fromkeys(_SUMS, 0)
         new_flows = ended = 0
         svc: dict[tuple[str, int], dict] = defaultdict(lambda: {**dict.fromkeys(_SUMS, 0), "flows": 0,
@@ -115,8 +96,7 @@ class FlowAggregator:
             talkers[src] += vals[0] + vals[1]
         points = [line("engine_traffic", {"engine": engine},
                        {**total, "flows": len(flows), "new_flows": new_flows, "ended_flows": ended,
-                        "tracked": int(msg.get("flows_tracked", 0) or 0),
-                        "evicted_total": int(msg.get("evicted_total", 0) or 0)}, ts_ns)]
+                        "tracked": batch.flows_tracked, "evicted_total": batch.evicted_total}, ts_ns)]
         busiest = set(heapq.nlargest(self.cfg.top_services, svc,
                                      key=lambda k: svc[k]["orig_bytes"] + svc[k]["resp_bytes"]))
         folded: dict[tuple[str, str], dict] = {}
@@ -136,30 +116,24 @@ class FlowAggregator:
         for rank, (src, nbytes) in enumerate(top, 1):
             points.append(line("top_talkers", {"engine": engine, "rank": rank}, {"src": src, "bytes": nbytes}, ts_ns))
         points.append(line("flow_batches", {"engine": engine},
-                           {"seq": int(msg.get("seq", 0)), "records": len(flows),
-                            "poll_ms": float(msg.get("poll_ms", 0.0) or 0.0)}, ts_ns))
+                           {"seq": batch.seq, "records": len(flows), "poll_ms": float(batch.poll_ms)}, ts_ns))
         return points
 
 
-def status_points(msg: dict) -> list[str]:
-    engine = str(msg.get("engine") or msg.get("sender"))
-    learning = msg.get("learning") or {}
-    fields = {"state": str(msg.get("state", "")), "mode": str(msg.get("mode", "")),
-              "learning_progress": float(learning.get("progress", 0.0) or 0.0),
-              "flows_tracked": int(msg.get("flows_tracked", 0) or 0)}
-    gen = msg.get("ruleset_generation")
-    if isinstance(gen, int):
-        fields["ruleset_generation"] = gen
-    ts_ns = int(msg["ts"]) * 1_000_000
+def status_points(engine: str, st: EngineStatus) -> list[str]:
+    fields = {"state": st.state, "mode": st.mode or "", "learning_progress": st.learning_progress(),
+              "flows_tracked": st.flows_tracked}
+    if st.ruleset_generation is not None:
+        fields["ruleset_generation"] = st.ruleset_generation
+    ts_ns = st.ts * 1_000_000
     points = [line("engine_status", {"engine": engine}, fields, ts_ns)]
     # the engine's own counters (names fixed by its code: bounded), cumulative since it started
-    counters = {_field_name(k): v for k, v in (msg.get("counters") or {}).items()
+    counters = {_field_name(k): v for k, v in st.counters.items()
                 if isinstance(v, int) and not isinstance(v, bool)}
     if counters:
         points.append(line("engine_counters", {"engine": engine}, dict(list(counters.items())[:MAX_FIELDS]), ts_ns))
-    enf = msg.get("enforcement")
-    if isinstance(enf, dict):
-        points.extend(_enforcement_points(engine, enf, ts_ns))
+    if st.enforcement is not None:
+        points.extend(_enforcement_points(engine, st.enforcement, ts_ns))
     return points
 
 
@@ -206,15 +180,12 @@ class IngestComponent:
         self.aggregator = FlowAggregator(cfg, ctx.counters)
         self.engines: dict[str, dict] = {}
         self._event_types: set[str] = set()
-        if not hasattr(ctx, "consumers"):
-            ctx.consumers = {"flows": [], "status": [], "events": []}
-        ctx.ingest_hub = True
         flows = topics.engine("+", "flows")
         if cfg.shared_subscription:
             flows = topics.shared(flows, cfg.share_group)
-        ctx.mqtt.subscribe(flows, self.on_flows, qos=1)
-        ctx.mqtt.subscribe(topics.engine("+", "status"), self.on_status, qos=1)
-        ctx.mqtt.subscribe(topics.engine("+", "events"), self.on_events, qos=1)
+        ctx.mqtt.subscribe_kind(flows, FlowBatch, self.on_flows, qos=1)
+        ctx.mqtt.subscribe_kind(topics.engine("+", "status"), EngineStatus, self.on_status, qos=1)
+        ctx.mqtt.subscribe_kind(topics.engine("+", "events"), EventBatch, self.on_events, qos=1)
         if "engines.list" not in ctx.control.methods:  # the policy component's list is richer
             ctx.control.register("engines.list", self.list_engines)
 
@@ -233,83 +204,45 @@ class IngestComponent:
     def list_engines(self) -> list[dict]:
         return [self.engines[k] for k in sorted(self.engines)]
 
-    def _decode(self, msg, kind: str) -> dict | None:
-        try:
-            return payload.decode(msg.payload, kind)
-        except payload.PayloadError as exc:
-            self.counters.inc(f"payload_rejected_{exc.reason}")
-            self.counters.inc("payload_rejected")
-            log.warning("rejected payload on %s: %s", msg.topic, exc)
-            return None
-
-    def on_flows(self, msg) -> None:
-        data = self._decode(msg, "flows")
-        if data is None:
+    def on_flows(self, msg, batch: FlowBatch) -> None:
+        engine = sending_engine(msg.topic, batch.engine, self.counters)
+        if engine is None:
             return
-        dev = topics.device_of(msg.topic)
-        if dev is None or data.get("engine", dev[1]) != dev[1]:
-            self.counters.inc("payload_rejected_wrong_sender")
-            log.warning("flow batch on %s claims engine %r; ignored", msg.topic, data.get("engine"))
+        if self.aggregator.check_seq(engine, batch.seq) == "duplicate":
             return
-        if not isinstance(data.get("seq"), int) or not isinstance(data.get("flows", []), list):
-            self.counters.inc("payload_rejected_bad_fields")
-            log.warning("flow batch on %s lacks an integer seq or a flows list", msg.topic)
-            return
-        if self.aggregator.check_seq(dev[1], data["seq"]) == "duplicate":
-            return
-        data["engine"] = dev[1]
         if self.cfg.write_points:
-            self.ctx.writer.write(self.aggregator.batch_points(data))
+            self.ctx.writer.write(self.aggregator.batch_points(batch))
         self.counters.inc("flow_batches_ingested")
-        self.counters.inc("flow_records_ingested", len(data.get("flows", [])))
-        self._dispatch("flows", dev[1], data)
+        self.counters.inc("flow_records_ingested", len(batch.flows))
 
-    def _dispatch(self, kind: str, engine: str, data: dict) -> None:
-        for fn in self.ctx.consumers.get(kind, ()):
-            try:
-                fn(engine, data)
-            except Exception:
-                self.counters.inc(f"consumer_errors_{kind}")
-                log.exception("consumer of %s from %s failed", kind, engine)
-
-    def on_events(self, msg) -> None:
-        data = self._decode(msg, "events")
-        if data is None:
+    def on_events(self, msg, batch: EventBatch) -> None:
+        engine = sending_engine(msg.topic, batch.engine, self.counters)
+        if engine is None:
             return
-        dev = topics.device_of(msg.topic)
-        if dev is None:
-            return
-        events = data.get("events") if isinstance(data.get("events"), list) else [data]
+        if batch.invalid:
+            self.counters.inc("engine_events_malformed", batch.invalid)
         points = []
-        for i, ev in enumerate(events):
-            if not isinstance(ev, dict):
-                self.counters.inc("engine_events_malformed")
-                continue
-            etype = str(ev.get("type") or ev.get("kind") or "event")[:60]
+        for i, ev in enumerate(batch.events):
+            etype = ev.type[:60]
             if etype not in self._event_types:
                 if len(self._event_types) < self.cfg.max_event_types:
                     self._event_types.add(etype)
                 else:
                     etype = "other"
             fields = {k: (v if isinstance(v, (int, float, bool)) else str(v)[:500])
-                      for k, v in ev.items() if k not in ("type", "kind") and v is not None}
-            ts = ev.get("ts") if isinstance(ev.get("ts"), int) else data["ts"]
-            points.append(line("engine_events", {"engine": dev[1], "type": etype},
-                               fields or {"count": 1}, int(ts) * 1_000_000 + i))
+                      for k, v in ev.body().items() if k != "type" and v is not None}
+            ts = ev.ts if ev.ts is not None else batch.ts
+            points.append(line("engine_events", {"engine": engine, "type": etype},
+                               fields or {"count": 1}, ts * 1_000_000 + i))
         if self.cfg.write_points and points:
             self.ctx.writer.write(points)
         self.counters.inc("engine_events_ingested", len(points))
-        self._dispatch("events", dev[1], data)
 
-    def on_status(self, msg) -> None:
-        if not msg.payload:  # a cleared retained status
-            return
-        data = self._decode(msg, "status")
-        if data is None:
-            return
+    def on_status(self, msg, st: EngineStatus) -> None:
         dev = topics.device_of(msg.topic)
-        data["engine"] = dev[1] if dev else data.get("sender")
-        self.engines[data["engine"]] = data
+        if dev is None:
+            return
+        engine = dev[1]
+        self.engines[engine] = {**st.body(), "engine": engine, "ts": st.ts}
         if self.cfg.write_points:
-            self.ctx.writer.write(status_points(data))
-        self._dispatch("status", data["engine"], data)
+            self.ctx.writer.write(status_points(engine, st))

@@ -8,6 +8,7 @@ enforcing engine's signed rule set.
 """
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import ssl

@@ -9,7 +9,7 @@ with a deadline while other events keep being answered.
 
 Messages (JSON, one per datagram).  To the agent: ``ready``/``fatal``, ``ask`` (sha256, size, path),
 ``ev`` (one decision), ``evs`` (allowed execs answered from the cache, summed per file over the
-report interval, each with a ``count``), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
+report interval, each with a ``count``), ``bev`` (one behaviour rule match), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
 is unreachable), ``push`` (verdict changes), ``mode``, ``stats?``.
 """
 from __future__ import annotations
@@ -70,6 +70,13 @@ class Decider:
         self.ignored_shas: set[str] = set()
         self.next_flush = time.monotonic() + self.kernel_refresh
         self.due = False   # housekeeping wanted: the timer fired, or a summary / ignore mark began
+        # Behavioural protection (behaviour/engine.py): rules on the exec gate and on the process
+        # connector.  Its failure is counted and leaves the gate as it was (bh stays None).
+        self.bh = None
+        self.bh_paths: set[str] = set()     # paths of files whose exec goes through the behaviour gate
+        self.last_exec: tuple[int, str] | None = None
+        if cfg.get("behaviour"):
+            self._start_behaviour(cfg["behaviour"])
 
     @property
     def mode(self) -> str:
@@ -79,6 +86,8 @@ class Decider:
     def mode(self, mode: str) -> None:
         self._mode = mode
         self.table = {v: decide(mode, v) for v in VERDICTS}   # the fast path's answers for this mode
+        if getattr(self, "bh", None) is not None:
+            self.bh.set_mode(mode)
 
     # -- plumbing to the agent (never blocks: a full socket drops the message and counts it) --
     def send(self, msg: dict) -> bool:
@@ -101,6 +110,9 @@ class Decider:
         ep.register(fan_fd, select.EPOLLIN)
         ep.register(sock_fd, select.EPOLLIN)
         ep.register(timer_fd, select.EPOLLIN)
+        bh_fd = self.bh.fd if self.bh is not None else -1
+        if bh_fd >= 0:
+            ep.register(bh_fd, select.EPOLLIN)
         wait, read, monotonic = ep.poll, os.read, time.monotonic
         unpack, one, version = fan.META.unpack, fan.META.size, fan.FANOTIFY_METADATA_VERSION
         on = self._on
@@ -127,6 +139,8 @@ class Decider:
                                 continue
                         for ev in fan.parse(buf):   # several (or a malformed one: parse raises)
                             on(ev.mask, ev.fd, ev.pid)
+                    elif fd == bh_fd:
+                        self._behaviour_events()
                     elif fd == timer_fd:
                         timer.clear()
                         timer.at = None
@@ -149,6 +163,8 @@ class Decider:
             self.next_flush = time.monotonic() + self.kernel_refresh
         if self.pending:
             self.expire(now)
+        if self.bh is not None and self.bh.todo:
+            self._behaviour_drain()
         if self.summary and now >= self.next_report:
             self.flush_summary()
         due = None
@@ -195,6 +211,9 @@ class Decider:
                 if known is None:
                     return
             sha, path = known
+            if path in self.bh_paths and not self._behaviour_gate(fd, pid, path, t0):
+                return                       # denied by a behaviour rule (answered there)
+            self.last_exec = (pid, path)
             if not sha:
                 c["excluded"] += 1
                 self.fan.respond(fd, True)
@@ -203,7 +222,7 @@ class Decider:
             if cached is not None:
                 allow, action = self.table[cached[0]]
                 if action == "allowed":      # the common case, kept short: answer, then sum it up
-                    if self.kernel_cache and cached[0] == "benign":
+                    if self.kernel_cache and cached[0] == "benign" and path not in self.bh_paths:
                         self._ignore(fd, sha)
                     self.fan.respond(fd, True)
                     c["decisions_allowed"] += 1
@@ -243,8 +262,9 @@ class Decider:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         ids = self.ids._d
         known = ids.get(key)
-        if known is None or not known[0] or self.kernel_cache:
+        if known is None or not known[0] or self.kernel_cache or known[1] in self.bh_paths:
             return False
+        self.last_exec = (pid, known[1])
         sha = known[0]
         verdicts = self.verdicts
         v = verdicts._d.get(sha)
@@ -295,6 +315,8 @@ class Decider:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             path = "?"
+        if self.bh is not None and self._behaviour_target(path):
+            self.bh_paths.add(path)
         if path.startswith(self.excluded):
             self.ids.put(key, ("", path))
             return ("", path)
@@ -345,7 +367,7 @@ class Decider:
 
     def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
-        if self.kernel_cache and verdict == "benign" and p.sha:
+        if self.kernel_cache and verdict == "benign" and p.sha and p.path not in self.bh_paths:
             self._ignore(p.fd, p.sha)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
@@ -429,7 +451,60 @@ class Decider:
                        "verdict_cache_by_verdict": self.verdicts.counts(), "cache_hits": self.verdicts.hits,
                        "cache_misses": self.verdicts.misses, "pending": sum(map(len, self.pending.values())),
                        "kernel_cache": self.kernel_cache, "ignore_marks": self.ignored,
-                       "rss_kb": _rss_kb()})
+                       "behaviour": self.bh is not None, "rss_kb": _rss_kb()})
+
+    # -- behaviour rules (behaviour/engine.py); every call guarded: the gate must survive them --
+    def _start_behaviour(self, cfg: dict) -> None:
+        try:
+            from .behaviour.engine import Behaviour
+            self.bh = Behaviour(cfg, self.send, self.c, self.own_pids, self.mode)
+        except Exception:                   # noqa: BLE001 - any failure: no behaviour, gate intact
+            self.c["behaviour_start_errors"] += 1
+            self.bh = None
+
+    def _behaviour_target(self, path: str) -> bool:
+        try:
+            return self.bh.is_target(path)
+        except Exception:                   # noqa: BLE001
+            self.c["behaviour_errors"] += 1
+            return False
+
+    def _behaviour_gate(self, fd: int, pid: int, path: str, t0: float) -> bool:
+        """False when a rule denied the exec (the event is then answered here)."""
+        prev = self.last_exec
+        self.last_exec = (pid, path)
+        try:
+            allow = self.bh.gate(pid, path, prev, t0, fd)
+        except Exception:                   # noqa: BLE001
+            self.c["behaviour_errors"] += 1
+            return True
+        if not allow:
+            self._answer(fd, False)
+            self.c["decisions_blocked_behaviour"] += 1
+            self._behaviour_drain()
+        elif self.bh.todo:
+            self.due = True                 # a report (monitor): hashed after this exec is answered
+        return allow
+
+    def _behaviour_events(self) -> None:
+        try:
+            self.bh.on_connector()
+            self.bh_failures = 0
+        except Exception:                   # noqa: BLE001
+            self.c["behaviour_errors"] += 1
+            self.bh_failures = getattr(self, "bh_failures", 0) + 1
+            if self.bh_failures >= 100:     # failing on every event: stop listening (the fd leaves
+                self.c["behaviour_connector_disabled"] += 1   # the epoll set when closed), keep the gate
+                self.bh.close()
+        self._behaviour_drain()
+
+    def _behaviour_drain(self) -> None:
+        if self.bh.todo:
+            try:
+                self.bh.drain()
+            except Exception:               # noqa: BLE001
+                self.c["behaviour_errors"] += 1
+                self.bh.todo.clear()
 
 
 def _rss_kb() -> int:
@@ -460,7 +535,7 @@ def main() -> int:
         sock.send(json.dumps({"t": "fatal", "error": str(exc)}).encode())
         return 1
     d = Decider(cfg, sock, group)
-    d.send({"t": "ready", "pid": os.getpid(), "mounts": cfg["mounts"]})
+    d.send({"t": "ready", "pid": os.getpid(), "mounts": cfg["mounts"], "behaviour": d.bh is not None})
     try:
         d.run()
     finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, payload, topics
+from ..config import to_dict
 from ..control import ControlServer
 from ..counters import Counters
 from ..daemon import FatalError, StartupError, main as daemon_main
@@ -77,7 +78,8 @@ class EndpointService:
                 "max_hash_bytes": self.cfg.max_hash_bytes, "cache_entries": self.cfg.cache_entries,
                 "excluded": self.cfg.excluded(), "mounts": [str(m) for m in self.cfg.mounts],
                 "cover_loader": self.cfg.cover_loader, "report_interval": self.cfg.batch_interval,
-                "kernel_cache": self.cfg.kernel_cache, "kernel_cache_refresh": self.cfg.kernel_cache_refresh, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
+                "kernel_cache": self.cfg.kernel_cache, "kernel_cache_refresh": self.cfg.kernel_cache_refresh, "sock_fd": theirs.fileno(), "parent_pid": os.getpid(),
+                "behaviour": to_dict(self.cfg.behaviour) if self.cfg.behaviour.enabled else None}
         self.decider = subprocess.Popen([sys.executable, "-m", "vigil.endpoint.decider", json.dumps(conf)],
                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -93,6 +95,9 @@ class EndpointService:
         ours.settimeout(None)
         self.sock = ours
         log.info("decider %d watching %s in %s mode", first["pid"], ", ".join(first["mounts"]), self.mode)
+        if self.cfg.behaviour.enabled and not first.get("behaviour"):
+            self.counters.inc("behaviour_start_failures")
+            log.error("behaviour rules could not start in the decider; the exec gate runs without them")
         if reader:
             threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
 
@@ -142,6 +147,8 @@ class EndpointService:
                     for ev in msg["events"]:
                         self._on_decision(ev)
                     self.flush_events()
+                elif t == "bev":
+                    self._on_behaviour(msg)
                 elif t == "ask":
                     self._ask(msg["sha256"], msg.get("size"), msg.get("path", ""))
                 elif t == "stats":
@@ -189,6 +196,21 @@ class EndpointService:
                 self.counters.inc("events_dropped")
         if ev["action"] != "allowed":
             self.flush_events()   # a block is news for the manager (quarantine): do not wait for the batch
+
+    def _on_behaviour(self, ev: dict) -> None:
+        """A behaviour rule matched (behaviour/engine.py): reported at once, like a block."""
+        ev.pop("t", None)
+        ev["kind"] = "behaviour"
+        self.counters.inc(f"behaviour_{ev['action'].replace('-', '_')}")
+        log.warning("behaviour %s: rule %s (%s) pid %s %s", ev["action"], ev.get("rule"), ev.get("technique"),
+                    ev.get("pid"), ev.get("path"))
+        self._recent.append(ev)
+        with self._events_lock:
+            self._events.append(ev)
+            if len(self._events) > self.cfg.max_pending_events:
+                self._events.popleft()
+                self.counters.inc("events_dropped")
+        self.flush_events()
 
     def _remember_path(self, sha: str, path: str) -> None:
         self._paths[sha] = path

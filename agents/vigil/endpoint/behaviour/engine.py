@@ -1,0 +1,348 @@
+"""The behaviour evaluator and its enforcement, run inside the decider process.
+
+Two entry points, both called by the decider's single thread:
+
+* ``gate(pid, path, prev)`` — in the fanotify exec gate, for files classified as rule targets
+  (``is_target``, decided once per path): True to allow, False to deny.  ``pid`` still runs its old
+  image, so it is the process *asking* to run ``path``; ``prev`` is the (pid, path) of the exec
+  event before this one, which tells a script's ``#!`` interpreter from a direct exec.
+* ``on_connector()`` — exec and ptrace events from the process connector; kills what matches.
+
+Reports (with the process tree and hashes) are built after the answer or the kill, by ``drain``,
+so hashing never delays an enforcement.  In the decider, every call is wrapped: an exception here
+is counted (``behaviour_errors``) and the exec gate goes on.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from . import procfs
+from .rules import Rule, load_rules
+
+TREE_DEPTH = 6
+
+
+@dataclass
+class Exception_:
+    rule: str
+    path: str | None
+    unit: str | None
+    user: str | None
+
+    def matches(self, rule: str, path: str, unit: str | None, user: str) -> bool:
+        if self.rule not in ("*", rule):
+            return False
+        if self.path is not None and not fnmatch.fnmatchcase(path, self.path):
+            return False
+        if self.unit is not None and not (unit and fnmatch.fnmatchcase(unit, self.unit)):
+            return False
+        return self.user is None or self.user == user
+
+
+class Behaviour:
+    def __init__(self, cfg: dict, send, counters, own_pids: set[int], mode: str, connector=None):
+        self.cfg = cfg
+        self.send = send                   # the decider's non-blocking send to the agent
+        self.c = counters
+        self.own_pids = own_pids
+        rules = load_rules(cfg.get("rules_file"))
+        self.gate_rules = [r for r in rules if r.event == "gate"]
+        self.exec_rules = [r for r in rules if r.event == "exec"]
+        self.ptrace_rules = [r for r in rules if r.event == "ptrace"]
+        self.exceptions = [Exception_(e.get("rule", "*"), e.get("path"), e.get("unit"), e.get("user"))
+                           for e in cfg.get("exceptions") or ()]
+        self.hash_max = int(cfg.get("hash_max_bytes", 32 << 20))
+        self.behaviour_mode = cfg.get("mode", "inherit")
+        self.strict_always = bool(cfg.get("strict", False))
+        self.set_mode(mode)
+        self._targets: dict[str, bool] = {}
+        self._hashes: dict[tuple, str] = {}
+        self.todo: list[tuple] = []
+        self.connector = connector
+        if connector is None and cfg.get("connector", True) and (self.exec_rules or self.ptrace_rules):
+            from .connector import Connector
+            self.connector = Connector()
+        self.fd = self.connector.fd if self.connector is not None else -1
+
+    def set_mode(self, mode: str) -> None:
+        self.endpoint_mode = mode
+        if self.behaviour_mode == "inherit":
+            self.block = mode != "monitor"
+        else:
+            self.block = self.behaviour_mode == "block"
+        self.strict = self.strict_always or mode == "lockdown"
+
+    def close(self) -> None:
+        if self.connector is not None:
+            self.connector.close()
+
+    # -- the exec gate -------------------------------------------------------------------------
+    def is_target(self, path: str) -> bool:
+        """Whether an exec of ``path`` must go through ``gate`` (cached per path: called once per
+        file identity by the decider, which keeps a set of the targets for its fast path)."""
+        hit = self._targets.get(path)
+        if hit is None:
+            name = procfs.base(path)
+            hit = any(r.target is None or r.target(name) for r in self.gate_rules)
+            if len(self._targets) < 8192:
+                self._targets[path] = hit
+        return hit
+
+    def gate(self, pid: int, path: str, prev: tuple[int, str] | None, t0: float, fd: int = -1) -> bool:
+        name = procfs.base(path)
+        for r in self.gate_rules:
+            if r.strict and not self.strict:
+                continue
+            if not self._target_ok(r, name, path):
+                continue
+            service = None
+            if r.service_exe is not None or r.service_unit is not None:
+                service = self._service(r, pid)
+                if service is None:
+                    continue
+            if r.not_script and prev and prev[0] == pid and prev[1] != path and _is_script(prev[1]):
+                self.c["behaviour_scripts_allowed"] += 1
+                continue
+            socks = None
+            if r.stdio_socket:
+                socks = procfs.network_stdio(pid)
+                if not socks:
+                    continue
+            if self._excepted(r, path, pid):
+                continue
+            return self._enforce(r, pid, path, t0, service=service, socks=socks, gate_fd=fd)
+        return True
+
+    # -- the process connector -----------------------------------------------------------------
+    def on_connector(self) -> None:
+        try:
+            events = self.connector.read()
+        except OSError:               # ENOBUFS: the kernel dropped events (we were too slow)
+            self.c["behaviour_connector_overruns"] += 1
+            return
+        for kind, pid, tracer in events:
+            self.c[f"behaviour_{kind}_events"] += 1
+            if kind == "exec":
+                if pid not in self.own_pids:
+                    self._on_exec(pid)
+            elif tracer not in self.own_pids:
+                self._on_ptrace(pid, tracer)
+
+    def _on_exec(self, pid: int) -> None:
+        t0 = time.monotonic()
+        path = procfs.exe(pid)
+        if path is None:
+            return
+        name = procfs.base(path)
+        for r in self.exec_rules:
+            if r.strict and not self.strict:
+                continue
+            if r.target_memfd is not None and procfs.is_memfd(path) != r.target_memfd:
+                continue
+            if r.target_deleted is not None and procfs.is_deleted(path) != r.target_deleted:
+                continue
+            if not self._target_ok(r, name, path):
+                continue
+            service = None
+            if r.service_exe is not None or r.service_unit is not None:
+                service = self._service(r, pid)
+                if service is None:
+                    continue
+            socks = None
+            if r.stdio_socket:
+                socks = procfs.network_stdio(pid)
+                if not socks:
+                    continue
+            if self._excepted(r, path, pid):
+                continue
+            self._enforce(r, pid, path, t0, service=service, socks=socks)
+            return
+
+    def _on_ptrace(self, tracee: int, tracer: int) -> None:
+        t0 = time.monotonic()
+        path = procfs.exe(tracer)
+        if path is None:
+            return
+        name = procfs.base(path)
+        for r in self.ptrace_rules:
+            if r.strict and not self.strict:
+                continue
+            if r.tracer_not is not None and (r.tracer_not(name) or r.tracer_not(path)):
+                continue
+            if not self._target_ok(r, name, path):
+                continue
+            if self._excepted(r, path, tracer):
+                continue
+            self._enforce(r, tracer, path, t0, extra={"tracee": self._proc(tracee)})
+            return
+
+    # -- matching helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _target_ok(r: Rule, name: str, path: str) -> bool:
+        if r.target is not None and not r.target(name):
+            return False
+        if r.target_not is not None and (r.target_not(name) or r.target_not(path.lstrip("/"))
+                                         or r.target_not(path)):
+            return False
+        return True
+
+    def _service(self, r: Rule, pid: int) -> dict | None:
+        """The service the subject belongs to: itself or an ancestor up to r.depth by executable,
+        or its systemd unit (a service's children stay in its cgroup)."""
+        if r.service_unit is not None:
+            unit = procfs.unit(pid)
+            if unit and r.service_unit(unit):
+                return {"pid": pid, "unit": unit, "by": "unit"}
+        if r.service_exe is None:
+            return None
+        p = pid
+        for _ in range(r.depth + 1):
+            if p is None or p <= 1:
+                return None
+            exe = procfs.exe(p)
+            if exe and r.service_exe(procfs.base(exe)):
+                return {"pid": p, "exe": exe, "by": "exe"}
+            p = procfs.ppid(p)
+        return None
+
+    def _excepted(self, r: Rule, path: str, pid: int) -> bool:
+        if not self.exceptions:
+            return False
+        unit = procfs.unit(pid)
+        user = procfs.user(procfs.uid(pid))
+        for e in self.exceptions:
+            if e.matches(r.id, path, unit, user):
+                self.c[f"behaviour_excepted_{r.id}"] += 1
+                return True
+        return False
+
+    # -- enforcement and reports ------------------------------------------------------------------
+    def _enforce(self, r: Rule, pid: int, path: str, t0: float, service=None, socks=None, gate_fd=None,
+                 extra=None) -> bool:
+        """Act on a match; returns whether an exec at the gate may go on.  The process tree is read
+        before a kill (a dead process has no /proc), hashed after it (``drain``)."""
+        enforce = self.block and r.action != "report"
+        tree = self._tree(pid)
+        if gate_fd is not None:   # the gate's event fd: the very file asked for (not reopened by path)
+            target_fd = _dup(gate_fd)
+        else:
+            target_fd = _open(f"/proc/{pid}/exe")
+        closed = 0
+        action = "reported"
+        if enforce:
+            action = "blocked" if r.action == "deny" else "killed"
+            if r.action == "kill" or r.close_connections:
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    pidfd = None       # already gone
+                if pidfd is not None:
+                    try:
+                        if r.close_connections:
+                            closed = procfs.shutdown_sockets(pidfd, socks or procfs.network_stdio(pid, pidfd, (0, 1, 2)))
+                        if r.action == "kill":
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    except OSError:
+                        self.c["behaviour_enforce_errors"] += 1
+                    finally:
+                        os.close(pidfd)
+        elif r.action != "report":
+            action = "would-block"
+        self.c[f"behaviour_{action.replace('-', '_')}"] += 1
+        self.c[f"behaviour_rule_{r.id}"] += 1
+        ev = {"t": "bev", "ts": int(time.time() * 1000), "rule": r.id, "technique": r.technique,
+              "description": r.description, "event": r.event, "action": action, "mode": self.endpoint_mode,
+              "path": path, "pid": pid, "service": service, "closed": closed,
+              "latency_us": int((time.monotonic() - t0) * 1e6)}
+        if extra:
+            ev.update(extra)
+        self.todo.append((ev, tree, target_fd))
+        return not (enforce and r.action == "deny")
+
+    def _proc(self, pid: int) -> dict:
+        return {"pid": pid, "ppid": procfs.ppid(pid), "exe": procfs.exe(pid), "cmdline": procfs.cmdline(pid),
+                "user": procfs.user(procfs.uid(pid))}
+
+    def _tree(self, pid: int) -> list[tuple[dict, int | None]]:
+        out = []
+        p = pid
+        for _ in range(TREE_DEPTH):
+            if p is None or p < 1:
+                break
+            info = self._proc(p)
+            if info["exe"] is None and not info["cmdline"]:
+                break
+            out.append((info, _open(f"/proc/{p}/exe")))
+            if p == 1:
+                break
+            p = info["ppid"]
+        return out
+
+    def drain(self) -> None:
+        """Hash and send the reports waiting (after the gate's answer or the kill)."""
+        todo, self.todo = self.todo, []
+        for ev, tree, target_fd in todo:
+            ev["sha256"] = self._hash(target_fd)
+            ev["tree"] = []
+            for info, fd in tree:
+                info["sha256"] = self._hash(fd)
+                ev["tree"].append(info)
+            ev["parent"] = ev["tree"][1]["exe"] if len(ev["tree"]) > 1 else None
+            if ev["event"] == "gate" and ev["tree"]:
+                ev["parent"] = ev["tree"][0]["exe"]     # the process asking to run the file
+            self.send(ev)
+
+    def _hash(self, fd: int | None) -> str | None:
+        if fd is None:
+            return None
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sha = self._hashes.get(key)
+            if sha is None:
+                if st.st_size > self.hash_max:
+                    return None
+                h = hashlib.sha256()
+                off = 0
+                while True:
+                    b = os.pread(fd, 1 << 20, off)
+                    if not b:
+                        break
+                    h.update(b)
+                    off += len(b)
+                sha = h.hexdigest()
+                if len(self._hashes) >= 512:
+                    self._hashes.clear()
+                self._hashes[key] = sha
+            return sha
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+
+def _open(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _dup(fd: int) -> int | None:
+    try:
+        return os.dup(fd) if fd >= 0 else None
+    except OSError:
+        return None
+
+
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from . import procfs
 from .rules import Rule, load_rules
 
+readlink = os.readlink
+
 TREE_DEPTH = 6
 
 
@@ -62,6 +64,7 @@ class Behaviour:
         self.set_mode(mode)
         self._targets: dict[str, bool] = {}
         self._hashes: dict[tuple, str] = {}
+        self._exec_paths: dict[str, tuple[Rule, ...]] = {}
         self.todo: list[tuple] = []
         self.connector = connector
         if connector is None and cfg.get("connector", True) and (self.exec_rules or self.ptrace_rules):
@@ -125,28 +128,44 @@ class Behaviour:
         except OSError:               # ENOBUFS: the kernel dropped events (we were too slow)
             self.c["behaviour_connector_overruns"] += 1
             return
+        own = self.own_pids
+        execs = 0
         for kind, pid, tracer in events:
-            self.c[f"behaviour_{kind}_events"] += 1
             if kind == "exec":
-                if pid not in self.own_pids:
+                execs += 1
+                if pid not in own:
                     self._on_exec(pid)
-            elif tracer not in self.own_pids:
-                self._on_ptrace(pid, tracer)
+            else:
+                self.c["behaviour_ptrace_events"] += 1
+                if tracer not in own:
+                    self._on_ptrace(pid, tracer)
+        if execs:
+            self.c["behaviour_exec_events"] += execs
+
+    def _exec_candidates(self, path: str) -> tuple[Rule, ...]:
+        """The exec rules whose conditions on the executable's path alone hold (cached per path:
+        for an ordinary program the whole evaluation is a readlink and this look-up)."""
+        name = procfs.base(path)
+        out = tuple(r for r in self.exec_rules
+                    if (r.target_memfd is None or procfs.is_memfd(path) == r.target_memfd)
+                    and (r.target_deleted is None or procfs.is_deleted(path) == r.target_deleted)
+                    and self._target_ok(r, name, path))
+        if len(self._exec_paths) >= 8192:
+            self._exec_paths.clear()
+        self._exec_paths[path] = out
+        return out
 
     def _on_exec(self, pid: int) -> None:
         t0 = time.monotonic()
-        path = procfs.exe(pid)
-        if path is None:
+        try:
+            path = readlink(f"/proc/{pid}/exe")
+        except OSError:
             return
-        name = procfs.base(path)
-        for r in self.exec_rules:
+        rules = self._exec_paths.get(path)
+        if rules is None:
+            rules = self._exec_candidates(path)
+        for r in rules:
             if r.strict and not self.strict:
-                continue
-            if r.target_memfd is not None and procfs.is_memfd(path) != r.target_memfd:
-                continue
-            if r.target_deleted is not None and procfs.is_deleted(path) != r.target_deleted:
-                continue
-            if not self._target_ok(r, name, path):
                 continue
             service = None
             if r.service_exe is not None or r.service_unit is not None:

@@ -233,6 +233,14 @@ def main() -> int:
                   f"RSS {on['rss'] - off['rss']:+.1f} MB ({on['rss']:.1f} vs {off['rss']:.1f} MB); cached exec p95 "
                   f"{on['p95'] - off['p95']:+.3f} ms; connector exec events seen {on['connector_events']} "
                   f"({on['connector_events'] / on['elapsed']:.2f}/s during the sustained phase, host-wide)")
+            if on["connector_events"]:
+                # the connector wakes the decider for every exec on the host: on a shared machine other
+                # users' execs dominate; project to a host whose only execs are this run's rate
+                per_event = d_cpu / 100 * on["elapsed"] / on["connector_events"]
+                projected = off["cpu_pct"] + 100 * per_event * args.rate
+                print(f"  per connector event {per_event * 1e6:.0f} us of decider CPU; projected whole agent on a "
+                      f"host with only {args.rate:g} exec/s: {projected:.4f} % of one core "
+                      f"({projected / off['cpu_pct']:.2f}x baseline; budget 0.1 % -> {projected / 0.1:.2f} of budget)")
         return 0
     finally:
         for p in reversed(procs):

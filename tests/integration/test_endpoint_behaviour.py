@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -22,10 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.endpoint_behaviour import Events, Listener, Netns, memfd_payload_cmd
+from tests.support.endpoint_behaviour import Events, Listener, Netns, deleted_payload_cmd, memfd_payload_cmd
+from tests.support.waiting import wait_for
 from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
 from vigil.control import call
-from vigil.lab.services import ManagedProcess, Mosquitto, free_port, vigil_command
+from vigil.influx import InfluxError
+from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, free_port, vigil_command
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +76,22 @@ def stack():
         s.mnt_id = mount_id(s.mnt)
         s.mosquitto = Mosquitto(run).start()
         procs.append(s.mosquitto.proc)
+        s.influx = InfluxDB(run).start()
+        procs.append(s.influx.proc)
         s.events = events = Events(s.mosquitto.port)
         s.ns = ns = Netns()
+        mcfg = {"manager_id": "m", "mqtt": s.mosquitto.mqtt_config(),
+                "influx": {"url": s.influx.url, "flush_interval": 0.5},
+                "state_dir": str(run / "state"), "control_socket": str(run / "manager.sock"),
+                "verdicts": {"clamd_socket": None}}
+        (run / "manager.yaml").write_text(yaml.safe_dump(mcfg))
+        s.manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(run / "manager.yaml")],
+                                   run).start()
+        procs.append(s.manager)
+        deadline = time.monotonic() + 20
+        while "mqtt: connected" not in s.manager.log_text():
+            assert s.manager.alive() and time.monotonic() < deadline, s.manager.log_text()
+            time.sleep(0.05)
         yield s
     finally:
         if events is not None:
@@ -86,9 +103,9 @@ def stack():
         remove_tmpfs(run)
 
 
-def run_memfd_payload(*args: str, timeout: float = 10.0) -> tuple[int, float]:
+def run_memfd_payload(*args: str, timeout: float = 10.0, cmd=memfd_payload_cmd) -> tuple[int, float]:
     """(exit status, seconds from just before its execve to its death as seen by its parent)."""
-    p = subprocess.Popen(memfd_payload_cmd(SLEEP, *args), stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd(SLEEP, *args), stdout=subprocess.PIPE, text=True)
     try:
         t_exec = float(p.stdout.readline())
         p.wait(timeout)
@@ -126,6 +143,22 @@ def test_memfd_payload_killed_within_50ms_p95(stack):
         assert ev["tree"][0]["pid"] == ev["pid"] and ev["tree"][0]["cmdline"].startswith("payload 5")
         assert Path(ev["tree"][1]["exe"]).name.startswith("python")      # who ran it
         assert decider_counters(agent)["behaviour_killed"] >= 20
+    # the manager stores each event, with its technique, action and process tree
+    rows = wait_for(lambda: stack.influx.query(
+        "SELECT * FROM endpoint_behaviour WHERE \"rule\" = 'memfd-exec' AND \"endpoint\" = 'bhmem'"),
+        15, "behaviour events in InfluxDB", retry_on=(InfluxError,))
+    assert rows[0]["technique"] == "T1620" and rows[0]["action"] == "killed" and rows[0]["sha256"] == sha
+    assert "python" in json.loads(rows[0]["tree"])[1]["exe"]
+
+
+def test_exec_of_a_deleted_file_killed(stack):
+    stack.events.clear()
+    with stack.agent("block-malicious", "bhdel"):
+        rc, _ = run_memfd_payload("5", cmd=deleted_payload_cmd)
+        assert rc == -signal.SIGKILL
+        ev = stack.events.wait(lambda e: e["rule"] == "deleted-exec")
+        assert ev["action"] == "killed" and ev["path"].endswith("/dropper (deleted)")
+        assert ev["sha256"] == hashlib.sha256(Path(SLEEP).read_bytes()).hexdigest()
 
 
 def test_reverse_shell_killed_and_connection_closed(stack):

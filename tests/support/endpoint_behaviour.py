@@ -6,7 +6,8 @@
 ``Listener``: a TCP listener inside a namespace (a Python subprocess) reporting, one line each,
 ``accepted``, what it received and ``closed`` with a monotonic timestamp; it can send a line.
 ``memfd_payload_cmd``: a Python program that copies a binary into a memfd and executes it,
-printing the CLOCK_MONOTONIC time just before its execve.
+printing the CLOCK_MONOTONIC time just before its execve; ``deleted_payload_cmd`` the same from a
+file it deleted first.
 """
 from __future__ import annotations
 
@@ -173,3 +174,20 @@ os.execv(f"/proc/self/fd/{fd}", ["payload", *sys.argv[2:]])
 
 def memfd_payload_cmd(binary: str, *args: str) -> list[str]:
     return [sys.executable, "-c", MEMFD_PAYLOAD, binary, *args]
+
+
+DELETED_PAYLOAD = r"""
+import os, shutil, sys, tempfile, time
+d = tempfile.mkdtemp()
+path = os.path.join(d, "dropper")
+shutil.copy(sys.argv[1], path)
+fd = os.open(path, os.O_RDONLY)
+os.unlink(path); os.rmdir(d)
+print(time.clock_gettime(time.CLOCK_MONOTONIC), flush=True)
+os.execv(f"/proc/self/fd/{fd}", ["dropper", *sys.argv[2:]])
+"""
+
+
+def deleted_payload_cmd(binary: str, *args: str) -> list[str]:
+    """A program that copies ``binary`` to a file, deletes the file and executes it from its fd."""
+    return [sys.executable, "-c", DELETED_PAYLOAD, binary, *args]

@@ -320,3 +320,17 @@ def test_a_failing_behaviour_part_leaves_the_gate_answering(rig, fake_service):
     assert d2.bh is None and d2.c["behaviour_start_errors"] == 1
     ours.close()
     theirs.close()
+
+
+def test_connector_overruns_are_counted_and_events_around_them_kept(fake_service):
+    class Connector:
+        fd = -1
+
+        def read(self):
+            return [("exec", fake_service.pid, 0), ("overrun", 0, 0), ("exec", os.getpid(), 0)]
+
+    counters: dict = defaultdict(int)
+    b = Behaviour({"connector": False}, lambda m: None, counters, {os.getpid()}, "block-malicious",
+                  connector=Connector())
+    b.on_connector()
+    assert counters["behaviour_exec_events"] == 2 and counters["behaviour_connector_overruns"] == 1

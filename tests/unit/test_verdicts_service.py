@@ -306,3 +306,20 @@ def test_config_section_validated():
     with pytest.raises(ConfigError, match="1 KiB..256 MiB"):
         loads("verdicts: {sample_max_bytes: 1}\n", ManagerConfig)
     assert loads("{}", ManagerConfig).verdicts is None
+
+
+def test_behaviour_events_are_stored_with_bounded_tags(svc):
+    tree = [{"pid": 7, "ppid": 1, "exe": "/usr/bin/bash", "cmdline": "bash -i", "user": "www-data",
+             "sha256": "c" * 64}]
+    events(svc, "ep1", [
+        {"kind": "behaviour", "rule": "reverse-shell", "technique": "T1059.004", "action": "killed",
+         "path": "/usr/bin/bash", "pid": 7, "parent": "/usr/sbin/apache2", "sha256": "c" * 64, "tree": tree,
+         "ts": 1700000000000},
+        {"kind": "behaviour", "rule": "Bad Rule,x=1", "technique": "T1059", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "not-a-technique", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "T1620", "action": "exploded"}])
+    (point,) = svc.ctx.writer.lines
+    assert point.startswith("endpoint_behaviour,action=killed,endpoint=ep1,rule=reverse-shell,technique=T1059.004 ")
+    assert 'parent="/usr/sbin/apache2"' in point and point.endswith(" 1700000000000000000")
+    assert svc.counters.get("endpoint_behaviour_killed") == 1 and svc.counters.get("endpoint_behaviour_invalid") == 3
+    assert not svc.counters.get("endpoint_events_invalid")     # not mistaken for a malformed execution report

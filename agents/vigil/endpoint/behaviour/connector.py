@@ -10,6 +10,7 @@ CAP_NET_ADMIN and the initial network namespace (the connector is not namespaced
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -73,8 +74,8 @@ class Connector:
         self.sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn)
 
     def read(self, limit: int = 256):
-        """Events waiting now, as ("exec", tgid, 0) or ("ptrace", tracee_tgid, tracer_tgid).
-        Raises OSError(ENOBUFS) when the kernel dropped events (the caller counts it)."""
+        """Events waiting now, as ("exec", tgid, 0) or ("ptrace", tracee_tgid, tracer_tgid), and
+        ("overrun", 0, 0) where the kernel dropped events because the socket buffer was full."""
         out = []
         recv = self.sock.recv
         for _ in range(limit):
@@ -82,6 +83,11 @@ class Connector:
                 buf = recv(256)
             except BlockingIOError:
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                out.append(("overrun", 0, 0))
+                continue
             if len(buf) < DATA + 8:
                 continue
             what = EVENT_HEAD.unpack_from(buf, HEAD)[0]

@@ -123,11 +123,7 @@ class Behaviour:
 
     # -- the process connector -----------------------------------------------------------------
     def on_connector(self) -> None:
-        try:
-            events = self.connector.read()
-        except OSError:               # ENOBUFS: the kernel dropped events (we were too slow)
-            self.c["behaviour_connector_overruns"] += 1
-            return
+        events = self.connector.read()
         own = self.own_pids
         execs = 0
         for kind, pid, tracer in events:
@@ -135,10 +131,12 @@ class Behaviour:
                 execs += 1
                 if pid not in own:
                     self._on_exec(pid)
-            else:
+            elif kind == "ptrace":
                 self.c["behaviour_ptrace_events"] += 1
                 if tracer not in own:
                     self._on_ptrace(pid, tracer)
+            else:                     # the kernel dropped events: we were too slow (counted)
+                self.c["behaviour_connector_overruns"] += 1
         if execs:
             self.c["behaviour_exec_events"] += execs
 

@@ -9,7 +9,8 @@ MQTT (DESIGN.md topics):
   the hash it claims).
 - ``vigil/v1/verdicts``: every verdict change, so endpoint caches update without polling.
 - ``vigil/v1/endpoint/+/events``: execution reports; a malicious execution (or blocked attempt)
-  becomes a quarantine proposal when ``quarantine.enabled``.
+  becomes a quarantine proposal when ``quarantine.enabled``.  Behaviour events (``kind:
+  behaviour``) are stored as ``endpoint_behaviour`` points (no quarantine from them yet).
 
 Control methods: ``verdicts.get``, ``verdicts.set``, ``verdicts.clear``, ``verdicts.unknowns``,
 ``verdicts.stats``.
@@ -19,9 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -38,6 +41,9 @@ from .store import Record, VerdictStore, is_sha256
 log = logging.getLogger(__name__)
 
 ACTIONS = ("allowed", "blocked", "would-block")
+BEHAVIOUR_ACTIONS = ("blocked", "killed", "would-block", "reported")
+BEHAVIOUR_RULE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TECHNIQUE = re.compile(r"T\d{4}(\.\d{3})?")
 
 
 class VerdictService:
@@ -189,6 +195,11 @@ class VerdictService:
             self._endpoints.setdefault(endpoint, {}).update({"address": address, "host": host})
         points = []
         for ev in events:
+            if isinstance(ev, dict) and ev.get("kind") == "behaviour":
+                point = self._behaviour_point(endpoint, host, ev)
+                if point is not None:
+                    points.append(point)
+                continue
             if not isinstance(ev, dict) or not is_sha256(ev.get("sha256")) or ev.get("action") not in ACTIONS:
                 self.counters.inc("endpoint_events_invalid")
                 continue
@@ -213,6 +224,26 @@ class VerdictService:
                 self._maybe_quarantine(endpoint, host, address, rec, path, ev["action"])
         if points and self.ctx.writer is not None:
             self.ctx.writer.write(points)
+
+    def _behaviour_point(self, endpoint: str, host: str, ev: dict) -> str | None:
+        """A behaviour rule's match on an endpoint (issue 17) as one ``endpoint_behaviour`` point:
+        tags bounded to the rule id, its ATT&CK technique and the action; the process tree as JSON."""
+        rule, tech, action = ev.get("rule"), ev.get("technique"), ev.get("action")
+        if not (isinstance(rule, str) and BEHAVIOUR_RULE.fullmatch(rule) and isinstance(tech, str)
+                and TECHNIQUE.fullmatch(tech) and action in BEHAVIOUR_ACTIONS):
+            self.counters.inc("endpoint_behaviour_invalid")
+            return None
+        self.counters.inc(f"endpoint_behaviour_{action.replace('-', '_')}")
+        log.warning("verdicts: behaviour %s on %s (%s): rule %s (%s) %s", action, endpoint, host, rule, tech,
+                    str(ev.get("path", ""))[:256])
+        tree = ev.get("tree") if isinstance(ev.get("tree"), list) else []
+        ts_ms = ev.get("ts") if isinstance(ev.get("ts"), int) else None
+        sha = ev.get("sha256") if is_sha256(ev.get("sha256")) else None
+        return line("endpoint_behaviour", {"endpoint": endpoint, "rule": rule, "technique": tech, "action": action},
+                    {"count": 1, "path": str(ev.get("path", ""))[:512], "parent": str(ev.get("parent") or "")[:512],
+                     "pid": ev["pid"] if isinstance(ev.get("pid"), int) else None, "sha256": sha,
+                     "tree": json.dumps(tree, separators=(",", ":"))[:8192]},
+                    ts_ms * 1_000_000 if ts_ms else time.time_ns())
 
     def on_sample(self, msg) -> None:
         dev = topics.device_of(msg.topic)

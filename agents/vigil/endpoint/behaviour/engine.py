@@ -244,7 +244,9 @@ class Behaviour:
         """Act on a match; returns whether an exec at the gate may go on.  The process tree is read
         before a kill (a dead process has no /proc), hashed after it (``drain``)."""
         enforce = self.block and r.action != "report"
-        tree = self._tree(pid)
+        # the subject's arguments are read now only when it is about to be killed (they go with it);
+        # everything else waits until after the answer (drain): see procfs.cmdline
+        tree = self._tree(pid, subject_cmdline=enforce and r.action == "kill" and gate_fd is None)
         if gate_fd is not None:   # the gate's event fd: the very file asked for (not reopened by path)
             target_fd = _dup(gate_fd)
         else:
@@ -281,18 +283,19 @@ class Behaviour:
         self.todo.append((ev, tree, target_fd))
         return not enforce or r.action == "report"     # at the gate a kill also denies the exec
 
-    def _proc(self, pid: int) -> dict:
-        return {"pid": pid, "ppid": procfs.ppid(pid), "exe": procfs.exe(pid), "cmdline": procfs.cmdline(pid),
-                "user": procfs.user(procfs.uid(pid))}
+    def _proc(self, pid: int, cmdline: bool = False) -> dict:
+        st = procfs.stat(pid)
+        return {"pid": pid, "ppid": st[1] if st else None, "comm": st[0] if st else None, "exe": procfs.exe(pid),
+                "cmdline": procfs.cmdline(pid) if cmdline else None, "user": procfs.user(procfs.uid(pid))}
 
-    def _tree(self, pid: int) -> list[tuple[dict, int | None]]:
+    def _tree(self, pid: int, subject_cmdline: bool = False) -> list[tuple[dict, int | None]]:
         out = []
         p = pid
         for _ in range(TREE_DEPTH):
             if p is None or p < 1:
                 break
-            info = self._proc(p)
-            if info["exe"] is None and not info["cmdline"]:
+            info = self._proc(p, cmdline=subject_cmdline and p == pid)
+            if info["exe"] is None and info["comm"] is None:
                 break
             out.append((info, _open(f"/proc/{p}/exe")))
             if p == 1:
@@ -303,7 +306,14 @@ class Behaviour:
     def drain(self) -> None:
         """Hash and send the reports waiting (after the gate's answer or the kill)."""
         todo, self.todo = self.todo, []
-        for ev, tree, target_fd in todo:
+        for ev, tree, _ in todo:          # arguments first, while the processes still live
+            for info, _fd in tree:
+                if info["cmdline"] is None:
+                    info["cmdline"] = procfs.cmdline(info["pid"])
+            tracee = ev.get("tracee")
+            if tracee and tracee.get("cmdline") is None:
+                tracee["cmdline"] = procfs.cmdline(tracee["pid"])
+        for ev, tree, target_fd in todo:  # then the hashes (milliseconds for a large interpreter)
             ev["sha256"] = self._hash(target_fd)
             ev["tree"] = []
             for info, fd in tree:

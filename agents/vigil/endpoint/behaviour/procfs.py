@@ -1,7 +1,9 @@
 """/proc, read only for the process an event names (never a walk over all processes).
 
 Every reader returns None (or an empty value) when the process is gone or unreadable: a process can
-exit between the event and the read, and that is not an error.  Kernel names are decoded with
+exit between the event and the read, and that is not an error.  Only ``cmdline`` takes a lock of
+the target's memory map; the others (exe, stat, status, cgroup, fd links) do not, so only they are
+read before the gate answers.  Kernel names are decoded with
 ``surrogateescape`` so a hostile file name cannot break JSON encoding later (it is re-encoded with
 ``backslashreplace`` in ``describe``).
 """
@@ -28,17 +30,27 @@ def exe(pid: int) -> str | None:
         return None
 
 
-def ppid(pid: int) -> int | None:
+def stat(pid: int) -> tuple[str, int] | None:
+    """(comm, ppid) from /proc/PID/stat, which takes no lock of the process's memory map."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read(1024)
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'
-        return int(data[data.rindex(b")") + 2:].split(b" ", 2)[1])
+        end = data.rindex(b")")
+        comm = data[data.index(b"(") + 1:end].decode("utf-8", "backslashreplace")
+        return comm, int(data[end + 2:].split(b" ", 2)[1])
     except (OSError, ValueError, IndexError):
         return None
 
 
+def ppid(pid: int) -> int | None:
+    st = stat(pid)
+    return st[1] if st else None
+
+
 def cmdline(pid: int) -> str:
+    """The process's arguments.  Reading them takes the process's mmap lock, which a process stuck
+    in a page fault (a hung FUSE or NFS file) can hold for long: never read before an answer."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             data = f.read(CMDLINE_MAX)

@@ -284,3 +284,50 @@ def test_ptrace_attach_by_non_debugger_killed(stack):
     finally:
         victim.kill()
         victim.wait()
+
+
+DOWNLOADER = r"""
+import os, socket, sys
+# "downloads" a program: holds a connection to the attacker's server while it writes the file
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+data = open("/bin/true", "rb").read()
+with open(sys.argv[3], "wb") as f:
+    f.write(data)
+os.chmod(sys.argv[3], 0o755)
+try:
+    os.execv(sys.argv[3], [sys.argv[3]])
+except PermissionError:
+    print("EPERM", flush=True)
+"""
+
+
+def test_download_and_run_denied_in_strict_mode(stack):
+    port = free_port()
+    listener = Listener(stack.ns, port)
+    stack.events.clear()
+    fetched, local = stack.mnt / "fetched", stack.mnt / "local-build"
+    try:
+        with stack.agent("block-malicious", "bhdl", behaviour={"strict": True}, decision_deadline=0.05) as agent:
+            r = subprocess.run([sys.executable, "-c", DOWNLOADER, stack.ns.ns_ip, str(port), str(fetched)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.stdout.strip() == "EPERM", r
+            ev = stack.events.wait(lambda e: e["rule"] == "download-and-run")
+            assert ev["action"] == "blocked" and ev["technique"] == "T1105" and ev["path"] == str(fetched)
+            assert Path(ev["writer"]["exe"]).name.startswith("python") and ev["writer"]["age_ms"] < 30000
+            # a program written by a process without a network connection runs (not by this test's
+            # own process: it holds the MQTT connection of the event subscriber)
+            subprocess.run(["cp", "/bin/true", str(local)], check=True)
+            assert subprocess.run([str(local)]).returncode == 0
+            c = decider_counters(agent)
+            assert c["behaviour_network_writes"] == 1 and c["behaviour_writes_seen"] >= 2
+        # outside the stricter mode the rule is off and nothing watches writes
+        fetched.unlink()
+        listener.close()
+        listener = Listener(stack.ns, port)
+        with stack.agent("block-malicious", "bhdl2", decision_deadline=0.05) as agent:
+            r = subprocess.run([sys.executable, "-c", DOWNLOADER, stack.ns.ns_ip, str(port), str(fetched)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0 and "EPERM" not in r.stdout, r
+            assert "behaviour_writes_seen" not in decider_counters(agent)
+    finally:
+        listener.close()

@@ -64,6 +64,9 @@ def test_default_rules_load_and_each_names_a_technique():
     (RULE.replace("id: r1", "id: R 1"), "lower-case slug"),
     (RULE + RULE.split("rules:")[1], "rules[1].id: duplicate"),
     (RULE.replace("version: 1", "version: 2"), "version"),
+    (RULE.replace("{target: [\"@shells\"]}", "{from_network_within: 0}"), "rules[0].when.from_network_within: must be 1..3600"),
+    (RULE.replace("event: gate", "event: exec").replace("action: deny", "action: kill")
+     .replace("{target: [\"@shells\"]}", "{from_network_within: 5}"), "when.from_network_within: not available"),
 ])
 def test_validation_names_the_key(text, key):
     with pytest.raises(ConfigError) as exc:

@@ -74,6 +74,9 @@ class Decider:
         # connector.  Its failure is counted and leaves the gate as it was (bh stays None).
         self.bh = None
         self.bh_paths: set[str] = set()     # paths of files whose exec goes through the behaviour gate
+        self.bh_recent: dict = {}           # (dev, ino) of files just written from the network: same
+        self.bh_writes = False              # FAN_CLOSE_WRITE marked (a download-and-run rule is active)
+        self.mounts = list(cfg.get("mounts", ()))
         self.last_exec: tuple[int, str] | None = None
         if cfg.get("behaviour"):
             self._start_behaviour(cfg["behaviour"])
@@ -88,6 +91,7 @@ class Decider:
         self.table = {v: decide(mode, v) for v in VERDICTS}   # the fast path's answers for this mode
         if getattr(self, "bh", None) is not None:
             self.bh.set_mode(mode)
+            self._behaviour_marks()
 
     # -- plumbing to the agent (never blocks: a full socket drops the message and counts it) --
     def send(self, msg: dict) -> bool:
@@ -190,6 +194,9 @@ class Decider:
         if fd < 0:
             c["queue_overflows"] += 1
             return
+        if mask & fan.FAN_CLOSE_WRITE:      # a notification (no answer): download-and-run rules
+            self._behaviour_write(fd, pid)
+            return
         keep_fd = False
         try:
             if pid in self.own_pids:
@@ -211,7 +218,8 @@ class Decider:
                 if known is None:
                     return
             sha, path = known
-            if path in self.bh_paths and not self._behaviour_gate(fd, pid, path, t0):
+            if (path in self.bh_paths or (self.bh_recent and key[:2] in self.bh_recent)) and \
+                    not self._behaviour_gate(fd, pid, path, t0):
                 return                       # denied by a behaviour rule (answered there)
             self.last_exec = (pid, path)
             if not sha:
@@ -262,7 +270,8 @@ class Decider:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         ids = self.ids._d
         known = ids.get(key)
-        if known is None or not known[0] or self.kernel_cache or known[1] in self.bh_paths:
+        if known is None or not known[0] or self.kernel_cache or known[1] in self.bh_paths or \
+                (self.bh_recent and key[:2] in self.bh_recent):
             return False
         self.last_exec = (pid, known[1])
         sha = known[0]
@@ -458,9 +467,37 @@ class Decider:
         try:
             from .behaviour.engine import Behaviour
             self.bh = Behaviour(cfg, self.send, self.c, self.own_pids, self.mode)
+            self.bh_recent = self.bh.net_written
         except Exception:                   # noqa: BLE001 - any failure: no behaviour, gate intact
             self.c["behaviour_start_errors"] += 1
             self.bh = None
+            return
+        self._behaviour_marks()
+
+    def _behaviour_marks(self) -> None:
+        """FAN_CLOSE_WRITE on the watched mounts exactly while a download-and-run rule is active
+        (it wakes the decider for every file written there, so only in the stricter mode)."""
+        want = bool(self.bh.write_rules)
+        if want == self.bh_writes:
+            return
+        try:
+            for m in self.mounts:
+                if want:
+                    self.fan.mark_mount(m, fan.FAN_CLOSE_WRITE)
+                else:
+                    self.fan.unmark_mount(m, fan.FAN_CLOSE_WRITE)
+            self.bh_writes = want
+        except (OSError, AttributeError):
+            self.c["behaviour_mark_errors"] += 1
+
+    def _behaviour_write(self, fd: int, pid: int) -> None:
+        try:
+            if self.bh is not None:
+                self.bh.on_write(fd, pid)
+        except Exception:                   # noqa: BLE001
+            self.c["behaviour_errors"] += 1
+        finally:
+            self._close(fd)
 
     def _behaviour_target(self, path: str) -> bool:
         try:

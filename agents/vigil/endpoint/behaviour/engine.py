@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import os
 import signal
+import stat
 import time
 from dataclasses import dataclass
 
@@ -61,6 +62,9 @@ class Behaviour:
         self.hash_max = int(cfg.get("hash_max_bytes", 32 << 20))
         self.behaviour_mode = cfg.get("mode", "inherit")
         self.strict_always = bool(cfg.get("strict", False))
+        # (st_dev, st_ino) -> (monotonic, writer pid, writer exe) of files written by a process with a
+        # network socket, while a download-and-run rule is active (the decider checks membership)
+        self.net_written: dict[tuple[int, int], tuple[float, int, str | None]] = {}
         self.set_mode(mode)
         self._targets: dict[str, bool] = {}
         self._hashes: dict[tuple, str] = {}
@@ -79,6 +83,10 @@ class Behaviour:
         else:
             self.block = self.behaviour_mode == "block"
         self.strict = self.strict_always or mode == "lockdown"
+        self.write_rules = [r for r in self.gate_rules if r.from_network_within and (self.strict or not r.strict)]
+        self.write_window = max((r.from_network_within for r in self.write_rules), default=0.0)
+        if not self.write_rules:
+            self.net_written.clear()
 
     def close(self) -> None:
         if self.connector is not None:
@@ -91,7 +99,10 @@ class Behaviour:
         hit = self._targets.get(path)
         if hit is None:
             name = procfs.base(path)
-            hit = any(r.target is None or r.target(name) for r in self.gate_rules)
+            # a download-and-run rule alone does not make every file a target: the decider sends
+            # the execs of recently downloaded files through the gate by their identity instead
+            hit = any(r.target(name) if r.target is not None else not r.from_network_within
+                      for r in self.gate_rules)
             if len(self._targets) < 8192:
                 self._targets[path] = hit
         return hit
@@ -116,10 +127,52 @@ class Behaviour:
                 socks = procfs.network_stdio(pid)
                 if not socks:
                     continue
+            extra = None
+            if r.from_network_within:
+                written = self._downloaded(fd, r.from_network_within)
+                if written is None:
+                    continue
+                extra = {"writer": {"pid": written[1], "exe": written[2],
+                                    "age_ms": int((time.monotonic() - written[0]) * 1000)}}
             if self._excepted(r, path, pid):
                 continue
-            return self._enforce(r, pid, path, t0, service=service, socks=socks, gate_fd=fd)
+            return self._enforce(r, pid, path, t0, service=service, socks=socks, gate_fd=fd, extra=extra)
         return True
+
+    # -- files written by a process with a network connection (download and run) ------------------
+    def on_write(self, fd: int, pid: int) -> None:
+        """A FAN_CLOSE_WRITE event: remember the file if its writer holds a network socket."""
+        if not self.write_rules or pid in self.own_pids:
+            return
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        self.c["behaviour_writes_seen"] += 1
+        if not procfs.network_sockets(pid):
+            return
+        now = time.monotonic()
+        if len(self.net_written) >= 4096:
+            for k in [k for k, v in self.net_written.items() if now - v[0] > self.write_window]:
+                del self.net_written[k]
+            while len(self.net_written) >= 4096:
+                del self.net_written[next(iter(self.net_written))]
+        self.net_written[(st.st_dev, st.st_ino)] = (now, pid, procfs.exe(pid))
+        self.c["behaviour_network_writes"] += 1
+
+    def _downloaded(self, fd: int, window: float):
+        if fd < 0 or not self.net_written:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        w = self.net_written.get((st.st_dev, st.st_ino))
+        if w is None:
+            return None
+        if time.monotonic() - w[0] > window:
+            del self.net_written[(st.st_dev, st.st_ino)]
+            return None
+        return w
 
     # -- the process connector -----------------------------------------------------------------
     def on_connector(self) -> None:

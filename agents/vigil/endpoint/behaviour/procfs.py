@@ -138,6 +138,23 @@ def network_stdio(pid: int, pidfd: int | None = None, fds=(0, 1)) -> list[int]:
     return found
 
 
+def network_sockets(pid: int, limit_fds: int = 1024, limit_sockets: int = 16) -> bool:
+    """Whether the process holds an AF_INET/AF_INET6 socket (its fd links, bounded; each socket's
+    family asked of a pidfd_getfd duplicate)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")[:limit_fds]
+    except OSError:
+        return False
+    socks = []
+    for n in names:
+        t = fd_target(pid, int(n)) if n.isdigit() else None
+        if t is not None and t.startswith("socket:"):
+            socks.append(int(n))
+            if len(socks) >= limit_sockets:
+                break
+    return bool(socks) and bool(network_stdio(pid, fds=socks))
+
+
 def shutdown_sockets(pidfd: int, fds) -> int:
     """shutdown(SHUT_RDWR) the process's sockets on ``fds``: the connection ends for every holder
     of it (a kill alone would leave it open if another process shares the socket)."""

@@ -22,7 +22,7 @@ RULE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 # Which conditions each event source can evaluate.
 CONDITIONS = {
-    "gate": {"target", "target_not", "service", "not_script", "stdio_socket"},
+    "gate": {"target", "target_not", "service", "not_script", "stdio_socket", "from_network_within"},
     "exec": {"target", "target_not", "target_memfd", "target_deleted", "service", "stdio_socket"},
     "ptrace": {"tracer_not", "target", "target_not"},
 }
@@ -53,6 +53,13 @@ class When:
     not_script: bool = False                 # not the interpreter named by a script's #! line
     stdio_socket: bool | None = None         # fd 0 or 1 of the subject is an AF_INET/AF_INET6 socket
     tracer_not: list[str] | None = None      # ptrace: the tracer's base name is not one of these
+    # the executed file was written (closed after writing) at most this many seconds ago by a process
+    # holding a TCP/UDP socket: download and run (FAN_CLOSE_WRITE on the watched mounts)
+    from_network_within: float | None = None
+
+    def __post_init__(self):
+        if self.from_network_within is not None and not 1 <= self.from_network_within <= 3600:
+            raise ValueError("from_network_within: must be 1..3600 seconds")
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ class Rule:
     not_script: bool
     stdio_socket: bool | None
     tracer_not: Names | None
+    from_network_within: float | None = None
 
 
 def _resolve(names: list[str] | None, lists: dict[str, list[str]], source: str, key: str) -> Names | None:
@@ -168,7 +176,8 @@ def compile_rules(spec: RuleFile, source: str = "<rules>") -> list[Rule]:
             service_exe=_resolve(svc.exe, spec.lists, source, f"{k}.service.exe") if svc else None,
             service_unit=_resolve(svc.unit, spec.lists, source, f"{k}.service.unit") if svc else None,
             depth=svc.depth if svc else 0, not_script=w.not_script, stdio_socket=w.stdio_socket,
-            tracer_not=_resolve(w.tracer_not, spec.lists, source, f"{k}.tracer_not")))
+            tracer_not=_resolve(w.tracer_not, spec.lists, source, f"{k}.tracer_not"),
+            from_network_within=w.from_network_within))
     return rules
 
 

@@ -314,15 +314,17 @@ class Behaviour:
                 except OSError:
                     pidfd = None       # already gone
                 if pidfd is not None:
+                    grabbed = []
                     try:
                         if r.close_connections:
-                            closed = procfs.shutdown_sockets(pidfd, socks or procfs.network_stdio(pid, pidfd, (0, 1, 2)))
+                            grabbed = procfs.grab_sockets(pidfd, socks or procfs.network_stdio(pid, pidfd, (0, 1, 2)))
                         if r.action == "kill":
                             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     except OSError:
                         self.c["behaviour_enforce_errors"] += 1
                     finally:
                         os.close(pidfd)
+                        closed = procfs.shutdown_sockets(grabbed)
         elif r.action != "report":
             action = "would-block"
         self.c[f"behaviour_{action.replace('-', '_')}"] += 1

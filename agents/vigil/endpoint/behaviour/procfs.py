@@ -155,16 +155,23 @@ def network_sockets(pid: int, limit_fds: int = 1024, limit_sockets: int = 16) ->
     return bool(socks) and bool(network_stdio(pid, fds=socks))
 
 
-def shutdown_sockets(pidfd: int, fds) -> int:
-    """shutdown(SHUT_RDWR) the process's sockets on ``fds``: the connection ends for every holder
-    of it (a kill alone would leave it open if another process shares the socket)."""
-    done = 0
+def grab_sockets(pidfd: int, fds) -> list[socket.socket]:
+    """Duplicates, in this process, of another process's sockets on ``fds`` (taken before a kill,
+    shut down after it: the dead process cannot race the shutdown with a write and a SIGPIPE)."""
+    out = []
     for fd in fds:
         try:
-            dup = pidfd_getfd(pidfd, fd)
+            out.append(socket.socket(fileno=pidfd_getfd(pidfd, fd)))
         except OSError:
             continue
-        s = socket.socket(fileno=dup)
+    return out
+
+
+def shutdown_sockets(socks: list[socket.socket]) -> int:
+    """shutdown(SHUT_RDWR) each socket: the connection ends for every holder of it (a kill alone
+    would leave it open if another process shares the socket); then close our duplicates."""
+    done = 0
+    for s in socks:
         try:
             s.shutdown(socket.SHUT_RDWR)
             done += 1

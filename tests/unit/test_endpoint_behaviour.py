@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_endpoint_decider import FakeGroup
 from vigil.config import ConfigError, loads
 from vigil.endpoint import fanotify as fan
 from vigil.endpoint.behaviour import procfs
@@ -248,16 +249,6 @@ def test_an_ordinary_exec_matches_nothing():
 
 
 # -- the decider's hooks ----------------------------------------------------------------------
-class FakeGroup:
-    fd = -1
-
-    def __init__(self):
-        self.answers: list[tuple[int, bool]] = []
-
-    def respond(self, fd: int, allow: bool) -> None:
-        self.answers.append((fd, allow))
-
-
 @pytest.fixture
 def rig(tmp_path):
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

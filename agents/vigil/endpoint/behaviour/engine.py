@@ -114,19 +114,12 @@ class Behaviour:
                 continue
             if not self._target_ok(r, name, path):
                 continue
-            service = None
-            if r.service_exe is not None or r.service_unit is not None:
-                service = self._service(r, pid)
-                if service is None:
-                    continue
+            subject = self._subject_ok(r, pid)
+            if subject is None:
+                continue
             if r.not_script and prev and prev[0] == pid and prev[1] != path and _is_script(prev[1]):
                 self.c["behaviour_scripts_allowed"] += 1
                 continue
-            socks = None
-            if r.stdio_socket:
-                socks = procfs.network_stdio(pid)
-                if not socks:
-                    continue
             extra = None
             if r.from_network_within:
                 written = self._downloaded(fd, r.from_network_within)
@@ -136,7 +129,7 @@ class Behaviour:
                                     "age_ms": int((time.monotonic() - written[0]) * 1000)}}
             if self._excepted(r, path, pid):
                 continue
-            return self._enforce(r, pid, path, t0, service=service, socks=socks, gate_fd=fd, extra=extra)
+            return self._enforce(r, pid, path, t0, service=subject[0], socks=subject[1], gate_fd=fd, extra=extra)
         return True
 
     # -- files written by a process with a network connection (download and run) ------------------
@@ -218,19 +211,10 @@ class Behaviour:
         for r in rules:
             if r.strict and not self.strict:
                 continue
-            service = None
-            if r.service_exe is not None or r.service_unit is not None:
-                service = self._service(r, pid)
-                if service is None:
-                    continue
-            socks = None
-            if r.stdio_socket:
-                socks = procfs.network_stdio(pid)
-                if not socks:
-                    continue
-            if self._excepted(r, path, pid):
+            subject = self._subject_ok(r, pid)
+            if subject is None or self._excepted(r, path, pid):
                 continue
-            self._enforce(r, pid, path, t0, service=service, socks=socks)
+            self._enforce(r, pid, path, t0, service=subject[0], socks=subject[1])
             return
 
     def _on_ptrace(self, tracee: int, tracer: int) -> None:
@@ -260,6 +244,20 @@ class Behaviour:
                                          or r.target_not(path)):
             return False
         return True
+
+    def _subject_ok(self, r: Rule, pid: int) -> tuple[dict | None, list[int] | None] | None:
+        """The rule's conditions on the subject process: (the service it belongs to, its network
+        stdio fds) when they hold (None for a condition the rule does not have), else None."""
+        service = socks = None
+        if r.service_exe is not None or r.service_unit is not None:
+            service = self._service(r, pid)
+            if service is None:
+                return None
+        if r.stdio_socket:
+            socks = procfs.network_stdio(pid)
+            if not socks:
+                return None
+        return service, socks
 
     def _service(self, r: Rule, pid: int) -> dict | None:
         """The service the subject belongs to: itself or an ancestor up to r.depth by executable,

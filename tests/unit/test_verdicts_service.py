@@ -3,6 +3,7 @@ quarantine proposals, and bad input counted."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import socket
@@ -323,3 +324,17 @@ def test_behaviour_events_are_stored_with_bounded_tags(svc):
     assert 'parent="/usr/sbin/apache2"' in point and point.endswith(" 1700000000000000000")
     assert svc.counters.get("endpoint_behaviour_killed") == 1 and svc.counters.get("endpoint_behaviour_invalid") == 3
     assert not svc.counters.get("endpoint_events_invalid")     # not mistaken for a malformed execution report
+
+
+def test_behaviour_event_quarantines_only_when_its_rule_is_listed(svc):
+    ev = {"kind": "behaviour", "rule": "reverse-shell", "technique": "T1059.004", "action": "killed",
+          "path": "/usr/bin/bash", "pid": 7}
+    events(svc, "ep1", [ev])
+    assert svc.ctx.decisions.requests == []                  # on_behaviour is empty by default
+    svc.cfg = dataclasses.replace(svc.cfg, quarantine=dataclasses.replace(svc.cfg.quarantine,
+                                                                          on_behaviour=["reverse-shell"]))
+    events(svc, "ep1", [ev, {**ev, "rule": "ptrace-attach", "technique": "T1055.008"}])
+    events(svc, "ep1", [ev])                                  # once per (endpoint, rule) per duration
+    (q,) = svc.ctx.decisions.requests
+    assert q.value == "10.9.0.20" and q.origin == "endpoint:behaviour:reverse-shell"
+    assert q.evidence["technique"] == "T1059.004" and q.evidence["outcome"] == "killed"

@@ -199,6 +199,7 @@ class VerdictService:
                 point = self._behaviour_point(endpoint, host, ev)
                 if point is not None:
                     points.append(point)
+                    self._maybe_quarantine_behaviour(endpoint, host, address, ev)
                 continue
             if not isinstance(ev, dict) or not is_sha256(ev.get("sha256")) or ev.get("action") not in ACTIONS:
                 self.counters.inc("endpoint_events_invalid")
@@ -411,6 +412,32 @@ class VerdictService:
             evidence={"quarantine": True, "allow_networks": list(q.allow_networks), "sha256": rec.sha256,
                       "verdict_source": rec.source, "endpoint": endpoint, "host": host, "path": path,
                       "outcome": outcome})
+        self.counters.inc("quarantine_proposed")
+        log.warning("verdicts: proposing quarantine of %s: %s", address, reason)
+        self.ctx.decisions.propose(req)
+
+    def _maybe_quarantine_behaviour(self, endpoint: str, host: str, address: str | None, ev: dict) -> None:
+        """A behaviour rule listed in ``quarantine.on_behaviour`` matched on an endpoint (already
+        validated by _behaviour_point): the endpoint's address is quarantined like for a malicious file."""
+        q, rule = self.cfg.quarantine, ev["rule"]
+        if not q.enabled or not (rule in q.on_behaviour or "*" in q.on_behaviour):
+            return
+        if not address:
+            self.counters.inc("quarantine_without_address")
+            return
+        key = (endpoint, f"behaviour:{rule}")
+        if self._quarantined.get(key, 0) > time.time():
+            return
+        self._quarantined[key] = time.time() + q.duration
+        path = str(ev.get("path", ""))[:1024]
+        reason = (f"endpoint {host} ({address}) behaviour rule {rule} ({ev['technique']}) {ev['action']}: "
+                  f"{path or '?'}")
+        req = DecisionRequest(
+            scope="ip", value=address, origin=f"endpoint:behaviour:{rule}", reason=reason, duration=q.duration,
+            engines=list(q.engines),
+            evidence={"quarantine": True, "allow_networks": list(q.allow_networks), "rule": rule,
+                      "technique": ev["technique"], "endpoint": endpoint, "host": host, "path": path,
+                      "sha256": ev.get("sha256") if is_sha256(ev.get("sha256")) else None, "outcome": ev["action"]})
         self.counters.inc("quarantine_proposed")
         log.warning("verdicts: proposing quarantine of %s: %s", address, reason)
         self.ctx.decisions.propose(req)

@@ -359,3 +359,15 @@ def test_reverse_shell_at_the_gate_is_denied_killed_and_shut_down():
             p.kill()
         peer.close()
         srv.close()
+
+
+def test_without_the_process_connector_the_gate_rules_still_work(monkeypatch, fake_service):
+    from vigil.endpoint.behaviour import connector
+
+    def unavailable():
+        raise OSError(93, "Protocol not supported")     # e.g. an agent in a container's network namespace
+    monkeypatch.setattr(connector, "Connector", unavailable)
+    counters: dict = defaultdict(int)
+    b = Behaviour({"connector": True}, lambda m: None, counters, set(), "block-malicious")
+    assert b.connector is None and b.fd == -1 and counters["behaviour_connector_errors"] == 1
+    assert b.gate(fake_service.pid, "/usr/bin/dash", None, time.monotonic()) is False

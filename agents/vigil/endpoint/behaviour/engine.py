@@ -73,7 +73,12 @@ class Behaviour:
         self.connector = connector
         if connector is None and cfg.get("connector", True) and (self.exec_rules or self.ptrace_rules):
             from .connector import Connector
-            self.connector = Connector()
+            try:
+                self.connector = Connector()
+            except OSError:
+                # not root, not in the initial network namespace (a container), or no connector in
+                # the kernel: the exec-gate rules still work; the exec/ptrace rules cannot
+                self.c["behaviour_connector_errors"] += 1
         self.fd = self.connector.fd if self.connector is not None else -1
 
     def set_mode(self, mode: str) -> None:

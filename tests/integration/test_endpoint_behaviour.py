@@ -331,3 +331,13 @@ def test_download_and_run_denied_in_strict_mode(stack):
             assert "behaviour_writes_seen" not in decider_counters(agent)
     finally:
         listener.close()
+
+
+def test_connector_refused_in_a_nested_pid_namespace():
+    """Its pids are the initial namespace's: read through a container's /proc they would name other
+    processes (and a kill would hit the wrong one)."""
+    code = ("from vigil.endpoint.behaviour.connector import Connector\n"
+            "try:\n    Connector()\nexcept OSError as e:\n    print('refused', e.errno)\n")
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "refused 95", r

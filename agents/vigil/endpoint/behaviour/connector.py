@@ -5,7 +5,8 @@ The kernel multicasts fork, exec, uid/gid, comm, exit... events; waking a Python
 would cost more than the whole endpoint CPU budget on a busy host.  A classic BPF socket filter
 (assembled here, attached with ``SO_ATTACH_FILTER``) keeps only ``PROC_EVENT_EXEC`` and
 ``PROC_EVENT_PTRACE`` in the kernel, so forks and exits never wake the reader.  Needs
-CAP_NET_ADMIN and the initial network namespace (the connector is not namespaced).
+CAP_NET_ADMIN and the initial network namespace (the connector is not namespaced), and is refused in
+a nested PID namespace, where its pids would name other processes.
 """
 from __future__ import annotations
 
@@ -51,8 +52,22 @@ def _filter_program() -> bytes:
     ])
 
 
+PROC_PID_INIT_INO = 0xEFFFFFFC             # the initial PID namespace's fixed inode number
+
+
+def nested_pid_namespace() -> bool:
+    """True inside a PID namespace other than the initial one (a container): the connector reports
+    pids of the initial namespace, which /proc here would resolve to other processes."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino != PROC_PID_INIT_INO
+    except OSError:
+        return True
+
+
 class Connector:
     def __init__(self, rcvbuf: int = 1 << 20):
+        if nested_pid_namespace():
+            raise OSError(errno.EOPNOTSUPP, "not in the initial PID namespace: connector pids would be misread")
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

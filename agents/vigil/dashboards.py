@@ -520,6 +520,17 @@ def endpoints() -> dict:
     b.add(table("Unknown files executed (latest)",
                 f"SELECT \"endpoint\", \"action\", \"path\", \"sha256\", \"count\" FROM \"endpoint_executions\" "
                 f"WHERE {ep} AND \"verdict\" = 'unknown' AND {TF} ORDER BY time DESC LIMIT 200"), w=12, h=9)
+    b.row("Behaviour (running processes)")
+    b.add(timeseries("Behaviour rule matches by rule and action",
+                     f'SELECT sum("count") FROM "endpoint_behaviour" WHERE {ep} AND {TF} '
+                     f'GROUP BY time($__interval), "rule", "action" fill(0)', bars=True, stack=True,
+                     alias="$tag_rule ($tag_action)",
+                     description="A service running a shell (denied), memfd / deleted-file execs, reverse shells "
+                                 "(killed), ptrace by a non-debugger; would-block in monitor mode."), w=8)
+    b.add(table("Behaviour events (latest)",
+                f"SELECT \"endpoint\", \"rule\", \"technique\", \"action\", \"path\", \"parent\", \"pid\", "
+                f"\"sha256\" FROM \"endpoint_behaviour\" WHERE {ep} AND {TF} ORDER BY time DESC LIMIT 200"),
+          w=16, h=9)
     b.row("Verdict service (manager)")
     b.add(timeseries("Verdict requests and pushes",
                      _stats_rate({"verdict_requests": "requests", "verdicts_pushed": "verdict changes pushed",

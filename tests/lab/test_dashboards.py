@@ -6,7 +6,8 @@ so automatic decisions are would-block) with real Mosquitto and InfluxDB; the cl
 server and runs iperf3 through the bridge, the attacker runs nmap -sS, syslog lines (ModSecurity
 SQLi burst, a CEF firewall block, an oversized frame) reach the collector over TCP and UDP, a real
 vigil-endpoint (fanotify on a tmpfs of its own, block-malicious) runs an unknown and a listed-bad
-file, and an operator adds, removes and re-adds a block.
+file and kills a payload executed from a memfd (a behaviour rule), and an operator adds, removes
+and re-adds a block.
 
 Then each target is interpolated the way Grafana does for InfluxQL ($timeFilter, $__interval,
 $__interval_ms, template variables by running the variable's own query: "All" becomes
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.endpoint_behaviour import memfd_payload_cmd
 from tests.support.fanotify import mount_tmpfs, remove_tmpfs
 from tests.support.waiting import wait_for
 from vigil import control, dashboards
@@ -200,6 +202,9 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
         assert agent.alive(), agent.log_text()
         assert execute(unknown) == 0
         assert execute(evil) == "EPERM"
+        # and a payload executed from memory, which its behaviour rules kill
+        payload_run = subprocess.run(memfd_payload_cmd("/bin/sleep", "5"), capture_output=True, timeout=30)
+        assert payload_run.returncode == -9, payload_run
 
         # everything landed in InfluxDB
         wait_stored(lambda: count(db, "SELECT count(\"severity\") FROM engine_events WHERE \"type\" = 'scan'"), 20,
@@ -211,6 +216,8 @@ def test_every_dashboard_query_runs_against_the_real_pipeline(lab):
                     "the operator's second offence", lab)
         wait_stored(lambda: count(db, "SELECT sum(\"count\") FROM endpoint_executions WHERE \"action\" = 'blocked'"),
                     15, "the endpoint's blocked execution", lab)
+        wait_stored(lambda: count(db, "SELECT sum(\"count\") FROM endpoint_behaviour WHERE \"action\" = 'killed'"),
+                    15, "the endpoint's behaviour event", lab)
         wait_stored(lambda: count(db, "SELECT count(\"raw\") FROM security_event WHERE \"action\" = 'block'"), 10,
                     "the CEF block event", lab)
         # manager counters are cumulative: a rate needs two points (in two buckets) taken after the

@@ -48,6 +48,15 @@ ENVELOPED: list[Contract] = [
     ep.EndpointEvents(host="h", address="10.0.0.5", mode="monitor", events=[
         ep.ExecEvent(action="would-block", sha256=SHA, verdict="malicious", source="list", path="/tmp/x", ts=1,
                      pid=10, size=3, via="exec", mode="monitor", latency_us=800, count=1, cached=False)]),
+    ep.EndpointEvents(host="h", address="10.0.0.5", mode="block-malicious", events=[
+        ep.ExecEvent(action="allowed", sha256=SHA, verdict="benign", path="/usr/bin/id", count=3, cached=True),
+        ep.BehaviourEvent(rule="reverse-shell-exec", technique="T1059.004", action="killed", event="gate",
+                          description="a shell whose stdio is a TCP socket", mode="block-malicious",
+                          path="/usr/bin/bash", pid=7, service={"pid": 2, "exe": "/usr/sbin/apache2"}, closed=1, latency_us=900, ts=5,
+                          sha256=SHA, parent="/usr/sbin/apache2",
+                          tree=[{"pid": 7, "ppid": 1, "comm": "bash", "exe": "/usr/bin/bash", "cmdline": "bash -i",
+                                 "user": "www-data", "sha256": SHA}],
+                          writer={"pid": 9, "exe": "/usr/bin/curl"}, tracee={"pid": 8, "exe": "/usr/bin/sshd"})]),
     ep.SampleRequest(sha256=SHA, max_bytes=1 << 20),
     ep.Sample(sha256=SHA, status="ok", size=3, path="/tmp/x", data="AAAA"),
     ep.Sample(sha256=SHA, status="error", error="too-large"),
@@ -122,6 +131,28 @@ def test_the_arp_rebind_event_names_no_mac_as_its_source():
     assert ev.src is None and ev.details["new_mac"] == "02:00:00:00:00:02" and ev.details["ip"] == "10.0.0.1"
 
 
+def test_behaviour_events_share_the_endpoint_events_batch():
+    """A behaviour rule's match travels in the endpoint events batch as ``kind: behaviour``; a bad
+    one (a rule id that would make a new InfluxDB tag, no ATT&CK technique, an unknown action or
+    kind) is dropped and counted like a bad execution, the rest kept."""
+    raw = envelope.encode("endpoint-events", "ep1", {"events": [
+        {"action": "blocked", "sha256": SHA, "verdict": "malicious"},
+        {"kind": "behaviour", "rule": "ptrace-attach", "technique": "T1055.008", "action": "killed", "pid": 3},
+        {"kind": "behaviour", "rule": "Bad Rule,x=1", "technique": "T1059", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "not-a-technique", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "T1620", "action": "exploded"},
+        {"kind": "telemetry", "action": "allowed"},
+        {"action": "killed", "rule": "r", "technique": "T1620"}]})     # no kind: an execution, and not one
+    batch = ep.EndpointEvents.decode(raw)
+    assert [type(e) for e in batch.events] == [ep.ExecEvent, ep.BehaviourEvent] and batch.invalid == 5
+    assert batch.events[1].rule == "ptrace-attach" and batch.events[1].body()["kind"] == "behaviour"
+    # the decider's report becomes the batch's item with the same fields (no "t")
+    m = decider.Behaviour(rule="memfd-exec", technique="T1620", action="killed", pid=4)
+    assert ep.BehaviourEvent.body(m) == {"kind": "behaviour", "rule": "memfd-exec", "technique": "T1620",
+                                         "action": "killed", "event": "", "description": "", "path": "",
+                                         "pid": 4, "closed": 0, "tree": []}
+
+
 def test_ids_and_vocabularies():
     assert valid_id("e1") and not valid_id("e/1") and not valid_id("") and not valid_id(None)
     with pytest.raises(ValueError, match="engine_id: must be"):
@@ -146,6 +177,11 @@ DECIDER: list[decider.Message] = [
     decider.Ask(sha256=SHA, size=3, path="/x"),
     decider.Exec(action="blocked", sha256=SHA, verdict="malicious", path="/x", count=1),
     decider.ExecBatch(events=[ep.ExecEvent(action="allowed", sha256=SHA, verdict="benign", count=40, cached=True)]),
+    decider.Ready(pid=10, mounts=["/"], behaviour=True),
+    decider.Behaviour(rule="memfd-exec", technique="T1620", action="would-block", event="exec", mode="monitor",
+                      path="/memfd:x (deleted)", pid=12, ts=6, parent="/usr/bin/python3",
+                      tree=[{"pid": 12, "ppid": 11, "comm": "x", "exe": None, "cmdline": None, "user": "root"}]),
+    decider.Stats(mode="monitor", behaviour=True, counters={"behaviour_killed": 1}),
     decider.Stats(mode="monitor", counters={"hashed": 1}, identity_cache=1, verdict_cache=2, cache_hits=3),
 ]
 

@@ -3,6 +3,7 @@ quarantine proposals, and bad input counted."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import socket
 import threading
@@ -289,3 +290,35 @@ def test_config_section_validated():
     with pytest.raises(ConfigError, match="1 KiB..256 MiB"):
         loads("verdicts: {sample_max_bytes: 1}\n", ManagerConfig)
     assert loads("{}", ManagerConfig).verdicts is None
+
+
+def test_behaviour_events_are_stored_with_bounded_tags(svc):
+    tree = [{"pid": 7, "ppid": 1, "exe": "/usr/bin/bash", "cmdline": "bash -i", "user": "www-data",
+             "sha256": "c" * 64}]
+    events(svc, "ep1", [
+        {"kind": "behaviour", "rule": "reverse-shell", "technique": "T1059.004", "action": "killed",
+         "path": "/usr/bin/bash", "pid": 7, "parent": "/usr/sbin/apache2", "sha256": "c" * 64, "tree": tree,
+         "ts": 1700000000000},
+        {"kind": "behaviour", "rule": "Bad Rule,x=1", "technique": "T1059", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "not-a-technique", "action": "killed"},
+        {"kind": "behaviour", "rule": "r", "technique": "T1620", "action": "exploded"}])
+    (point,) = svc.ctx.writer.lines
+    assert point.startswith("endpoint_behaviour,action=killed,endpoint=ep1,rule=reverse-shell,technique=T1059.004 ")
+    assert 'parent="/usr/sbin/apache2"' in point and point.endswith(" 1700000000000000000")
+    # the three bad ones are refused by the events contract (BehaviourEvent) and counted with the batch's
+    # other invalid items; none of them reaches InfluxDB as a tag
+    assert svc.counters.get("endpoint_behaviour_killed") == 1 and svc.counters.get("endpoint_events_invalid") == 3
+
+
+def test_behaviour_event_quarantines_only_when_its_rule_is_listed(svc):
+    ev = {"kind": "behaviour", "rule": "reverse-shell", "technique": "T1059.004", "action": "killed",
+          "path": "/usr/bin/bash", "pid": 7}
+    events(svc, "ep1", [ev])
+    assert svc.ctx.decisions.requests == []                  # on_behaviour is empty by default
+    svc.cfg = dataclasses.replace(svc.cfg, quarantine=dataclasses.replace(svc.cfg.quarantine,
+                                                                          on_behaviour=["reverse-shell"]))
+    events(svc, "ep1", [ev, {**ev, "rule": "ptrace-attach", "technique": "T1055.008"}])
+    events(svc, "ep1", [ev])                                  # once per (endpoint, rule) per duration
+    (q,) = svc.ctx.decisions.requests
+    assert q.value == "10.9.0.20" and q.origin == "endpoint:behaviour:reverse-shell"
+    assert q.evidence["technique"] == "T1059.004" and q.evidence["outcome"] == "killed"

@@ -6,7 +6,8 @@ reader as ``decider_bad_messages`` / ``bad_messages``).
 agent -> decider: ``Verdict`` (the answer to an ``Ask``, or an error), ``Push`` (verdict changes),
 ``SetMode``, ``Flush`` (send the summary now), ``StatsQuery``.
 decider -> agent: ``Ready`` / ``Fatal`` (start-up), ``Ask`` (a hash to look up), ``Exec`` (one
-execution), ``ExecBatch`` (a summary of cached executions), ``Stats``.
+execution), ``ExecBatch`` (a summary of cached executions), ``Behaviour`` (a behaviour rule
+matched), ``Stats``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from .base import (Contract, is_bool, is_dict, is_int, is_num, is_sha256, is_str, is_str_list, items, one_of,
                    opt, req)
-from .endpoint import ExecEvent, VerdictChange
+from .endpoint import BehaviourEvent, ExecEvent, VerdictChange
 from .envelope import PayloadError
 from .vocab import ENDPOINT_MODES, VERDICTS
 
@@ -65,6 +66,7 @@ class Ready(Message):
     T = "ready"
     pid: int = req(is_int)
     mounts: list = opt(is_str_list, factory=list)
+    behaviour: bool = opt(is_bool, False)           # the behaviour rules started in the decider
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +95,11 @@ class ExecBatch(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Behaviour(BehaviourEvent, Message):
+    T = "bev"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Stats(Message):
     T = "stats"
     mode: str | None = opt(one_of(ENDPOINT_MODES))
@@ -105,11 +112,12 @@ class Stats(Message):
     pending: int = opt(is_int, 0)
     kernel_cache: bool = opt(is_bool, False)
     ignore_marks: int = opt(is_int, 0)
+    behaviour: bool = opt(is_bool, False)
     rss_kb: int = opt(is_int, 0)
 
 
 MESSAGES: dict[str, type[Message]] = {m.T: m for m in (Verdict, Push, SetMode, Flush, StatsQuery, Ready, Fatal,
-                                                       Ask, Exec, ExecBatch, Stats)}
+                                                       Ask, Exec, ExecBatch, Behaviour, Stats)}
 
 
 def from_wire(raw: bytes | str | dict[str, Any]) -> Message:

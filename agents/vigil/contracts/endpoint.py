@@ -1,11 +1,14 @@
 """What endpoint agents and the manager's verdict service say to each other over MQTT."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from .base import (Contract, envelope_field, is_bool, is_dict, is_int, is_num, is_sha256, is_str, is_str_list,
-                   items, one_of, opt, req)
-from .vocab import ENDPOINT_MODES, EXEC_ACTIONS, RESPONSE_STATUS, VERDICTS
+from .base import (Contract, envelope_field, is_bool, is_dict, is_int, is_list, is_num, is_sha256, is_str,
+                   is_str_list, items, one_of, opt, req)
+from .envelope import PayloadError
+from .vocab import BEHAVIOUR_ACTIONS, ENDPOINT_MODES, EXEC_ACTIONS, RESPONSE_STATUS, VERDICTS
 
 DEFAULT_TTL = 60.0          # seconds a verdict is cached when the manager names no lifetime
 
@@ -87,14 +90,55 @@ class ExecEvent(Contract):
     cached: bool = opt(is_bool, False)
 
 
+BEHAVIOUR_RULE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")     # a behaviour rule's id (bounded: an InfluxDB tag)
+TECHNIQUE = re.compile(r"T\d{4}(\.\d{3})?")                   # a MITRE ATT&CK technique id
+
+
+@dataclass(frozen=True, kw_only=True)
+class BehaviourEvent(Contract):
+    """One behaviour rule's match (issue 17, endpoint/behaviour/): what the process did, what was
+    done about it, and the process tree (subject first).  In an events batch it says ``kind: behaviour``."""
+    kind: str = opt(one_of(("behaviour",)), "behaviour")
+    rule: str = req(lambda v: is_str(v) and BEHAVIOUR_RULE.fullmatch(v) is not None)
+    technique: str = req(lambda v: is_str(v) and TECHNIQUE.fullmatch(v) is not None)
+    action: str = req(one_of(BEHAVIOUR_ACTIONS))
+    event: str = opt(is_str, "")                    # gate, exec, ptrace
+    description: str = opt(is_str, "")
+    mode: str | None = opt(one_of(ENDPOINT_MODES))
+    path: str = opt(is_str, "")
+    pid: int | None = opt(is_int)
+    service: dict | None = opt(is_dict)             # the service process among the ancestors (pid, exe)
+    closed: int = opt(is_int, 0)                    # connections shut down
+    latency_us: int | None = opt(is_int)
+    ts: int | None = opt(is_int)
+    sha256: str | None = opt(is_sha256)
+    parent: str | None = opt(is_str)
+    tree: list = opt(is_list, factory=list)         # {pid, ppid, comm, exe, cmdline, user, sha256} per process
+    writer: dict | None = opt(is_dict)              # download-and-run: who wrote the file
+    tracee: dict | None = opt(is_dict)              # ptrace: the traced process
+
+
+class EndpointEvent:
+    """An item of an events batch: a ``BehaviourEvent`` when it says ``kind: behaviour``, else an ``ExecEvent``."""
+
+    @staticmethod
+    def from_body(d: Any) -> ExecEvent | BehaviourEvent:
+        if isinstance(d, dict) and "kind" in d:
+            if d["kind"] != "behaviour":
+                raise PayloadError("bad-field", f"EndpointEvent: unknown kind {str(d['kind'])[:40]!r}")
+            return BehaviourEvent.from_body(d)
+        return ExecEvent.from_body(d)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EndpointEvents(Contract):
-    """``vigil/v1/endpoint/{id}/events``: executions allowed / blocked / would-block."""
+    """``vigil/v1/endpoint/{id}/events``: executions allowed / blocked / would-block, and behaviour
+    rule matches (``kind: behaviour``)."""
     KIND = "endpoint-events"
     host: str | None = opt(is_str)
     address: str | None = opt(is_str)
     mode: str | None = opt(one_of(ENDPOINT_MODES))
-    events: list[ExecEvent] = items(ExecEvent)
+    events: list[ExecEvent | BehaviourEvent] = items(EndpointEvent)
     ts: int = envelope_field(0)
     sender: str = envelope_field("")
 

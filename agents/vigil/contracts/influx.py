@@ -57,6 +57,10 @@ MEASUREMENTS: dict[str, dict[str, Any]] = {
     "endpoint_executions": {  # verdict service: endpoint execution reports
         "tags": ["endpoint", "action", "verdict", "via"],
         "fields": {"count": "int", "sha256": "string", "path": "string", "source": "string"}},
+    "endpoint_behaviour": {  # verdict service: endpoint behaviour rule matches (issue 17)
+        "tags": ["endpoint", "rule", "technique", "action"],
+        "fields": {"count": "int", "path": "string", "parent": "string", "pid": "int", "sha256": "string",
+                   "tree": "string"}},
     "manager_stats": {  # every manager counter, cumulative, every 10 s (fields appear once counted)
         "tags": ["manager"], "fields": {"*": "int"}},
 }

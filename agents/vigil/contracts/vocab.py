@@ -23,3 +23,5 @@ VERDICTS = ("benign", "malicious", "grayware", "unknown")
 ENDPOINT_MODES = ("monitor", "block-malicious", "lockdown")
 EXEC_ACTIONS = ("allowed", "blocked", "would-block")   # what the endpoint did with one execution
 RESPONSE_STATUS = ("ok", "error")
+# what the endpoint did when one of its behaviour rules matched (issue 17)
+BEHAVIOUR_ACTIONS = ("blocked", "killed", "would-block", "reported")

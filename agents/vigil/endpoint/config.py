@@ -11,6 +11,47 @@ from ..contracts.ids import check_id
 
 
 @dataclass(frozen=True)
+class BehaviourException:
+    """Allow one rule (or "*") where every given key matches: ``path`` is a glob on the executed
+    file (or the tracer), ``unit`` a glob on the process's systemd unit, ``user`` a user name."""
+    rule: str = "*"
+    path: str | None = None
+    unit: str | None = None
+    user: str | None = None
+
+    def __post_init__(self):
+        if self.path is None and self.unit is None and self.user is None:
+            raise ValueError("give path, unit or user (an exception for everything would disable the rule)")
+
+
+@dataclass(frozen=True)
+class BehaviourConfig:
+    """Behavioural protection (agents/vigil/endpoint/behaviour/): rules on what running processes do."""
+    enabled: bool = True
+    # inherit: monitor in monitor mode, enforce (deny / kill, then report) in the blocking modes.
+    mode: Literal["inherit", "monitor", "block"] = "inherit"
+    # Rules marked strict (e.g. download-and-run) fire only in lockdown, or everywhere with this.
+    strict: bool = False
+    rules_file: Path | None = None        # default: the shipped behaviour/default_rules.yaml
+    # The kernel's process connector (exec / ptrace events); off leaves only the exec-gate rules.
+    connector: bool = True
+    exceptions: list[BehaviourException] = field(default_factory=list)
+    hash_max_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self):
+        from ..config import ConfigError
+        from .behaviour.rules import load_rules
+        try:
+            rules = load_rules(self.rules_file)
+        except ConfigError as exc:
+            raise ValueError(f"rules_file: {exc}") from None
+        ids = {r.id for r in rules}
+        for i, e in enumerate(self.exceptions):
+            if e.rule != "*" and e.rule not in ids:
+                raise ValueError(f"exceptions[{i}].rule: no enabled rule {e.rule!r}")
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     endpoint_id: str = "endpoint"
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -44,6 +85,7 @@ class EndpointConfig:
     state_dir: Path = Path("/var/lib/vigil/endpoint")
     control_socket: Path = Path("/run/vigil/endpoint.sock")
     log: LogConfig = field(default_factory=LogConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
 
     def __post_init__(self):
         check_id(self.endpoint_id, "endpoint_id")

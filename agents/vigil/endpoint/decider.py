@@ -9,7 +9,7 @@ with a deadline while other events keep being answered.
 
 Messages (JSON, one per datagram).  To the agent: ``ready``/``fatal``, ``ask`` (sha256, size, path),
 ``ev`` (one decision), ``evs`` (allowed execs answered from the cache, summed per file over the
-report interval, each with a ``count``), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
+report interval, each with a ``count``), ``bev`` (one behaviour rule match), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
 is unreachable), ``push`` (verdict changes), ``mode``, ``stats?``.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..contracts.endpoint import DEFAULT_TTL, ExecEvent
 from ..contracts.envelope import PayloadError
 from ..contracts.vocab import VERDICTS
 from . import fanotify as fan
+from .behaviour.hooks import DeciderBehaviour
 from .decide import IdentityCache, VerdictCache, decide
 
 LOADERS = ("ld-linux", "ld-musl", "ld.so", "ld64.so")
@@ -45,7 +46,7 @@ class Pending:
         self.t0, self.deadline, self.via = t0, deadline, via
 
 
-class Decider:
+class Decider(DeciderBehaviour):
     def __init__(self, cfg: dict, sock: socket.socket, group: fan.Fanotify):
         self.mode = cfg["mode"]
         self.deadline = float(cfg["decision_deadline"])
@@ -73,6 +74,16 @@ class Decider:
         self.ignored_shas: set[str] = set()
         self.next_flush = time.monotonic() + self.kernel_refresh
         self.due = False   # housekeeping wanted: the timer fired, or a summary / ignore mark began
+        # Behavioural protection (behaviour/engine.py): rules on the exec gate and on the process
+        # connector.  Its failure is counted and leaves the gate as it was (bh stays None).
+        self.bh = None
+        self.bh_paths: set[str] = set()     # paths of files whose exec goes through the behaviour gate
+        self.bh_recent: dict = {}           # (dev, ino) of files just written from the network: same
+        self.bh_writes = False              # FAN_CLOSE_WRITE marked (a download-and-run rule is active)
+        self.mounts = list(cfg.get("mounts", ()))
+        self.last_exec: tuple[int, str] | None = None
+        if cfg.get("behaviour"):
+            self._start_behaviour(cfg["behaviour"])
 
     @property
     def mode(self) -> str:
@@ -82,6 +93,9 @@ class Decider:
     def mode(self, mode: str) -> None:
         self._mode = mode
         self.table = {v: decide(mode, v) for v in VERDICTS}   # the fast path's answers for this mode
+        if getattr(self, "bh", None) is not None:
+            self.bh.set_mode(mode)
+            self._behaviour_marks()
 
     # -- plumbing to the agent (never blocks: a full socket drops the message and counts it) --
     def send(self, msg: proto.Message) -> bool:
@@ -104,6 +118,9 @@ class Decider:
         ep.register(fan_fd, select.EPOLLIN)
         ep.register(sock_fd, select.EPOLLIN)
         ep.register(timer_fd, select.EPOLLIN)
+        bh_fd = self.bh.fd if self.bh is not None else -1
+        if bh_fd >= 0:
+            ep.register(bh_fd, select.EPOLLIN)
         wait, read, monotonic = ep.poll, os.read, time.monotonic
         unpack, one, version = fan.META.unpack, fan.META.size, fan.FANOTIFY_METADATA_VERSION
         on = self._on
@@ -130,6 +147,8 @@ class Decider:
                                 continue
                         for ev in fan.parse(buf):   # several (or a malformed one: parse raises)
                             on(ev.mask, ev.fd, ev.pid)
+                    elif fd == bh_fd:
+                        self._behaviour_events()
                     elif fd == timer_fd:
                         timer.clear()
                         timer.at = None
@@ -152,6 +171,8 @@ class Decider:
             self.next_flush = time.monotonic() + self.kernel_refresh
         if self.pending:
             self.expire(now)
+        if self.bh is not None and self.bh.todo:
+            self._behaviour_drain()
         if self.summary and now >= self.next_report:
             self.flush_summary()
         due = None
@@ -177,6 +198,9 @@ class Decider:
         if fd < 0:
             c["queue_overflows"] += 1
             return
+        if mask & fan.FAN_CLOSE_WRITE:      # a notification (no answer): download-and-run rules
+            self._behaviour_write(fd, pid)
+            return
         keep_fd = False
         try:
             if pid in self.own_pids:
@@ -198,6 +222,10 @@ class Decider:
                 if known is None:
                     return
             sha, path = known
+            if (path in self.bh_paths or (self.bh_recent and key[:2] in self.bh_recent)) and \
+                    not self._behaviour_gate(fd, pid, path, t0):
+                return                       # denied by a behaviour rule (answered there)
+            self.last_exec = (pid, path)
             if not sha:
                 c["excluded"] += 1
                 self.fan.respond(fd, True)
@@ -206,7 +234,7 @@ class Decider:
             if cached is not None:
                 allow, action = self.table[cached[0]]
                 if action == "allowed":      # the common case, kept short: answer, then sum it up
-                    if self.kernel_cache and cached[0] == "benign":
+                    if self.kernel_cache and cached[0] == "benign" and path not in self.bh_paths:
                         self._ignore(fd, sha)
                     self.fan.respond(fd, True)
                     c["decisions_allowed"] += 1
@@ -246,8 +274,10 @@ class Decider:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         ids = self.ids._d
         known = ids.get(key)
-        if known is None or not known[0] or self.kernel_cache:
+        if known is None or not known[0] or self.kernel_cache or known[1] in self.bh_paths or \
+                (self.bh_recent and key[:2] in self.bh_recent):
             return False
+        self.last_exec = (pid, known[1])
         sha = known[0]
         verdicts = self.verdicts
         v = verdicts._d.get(sha)
@@ -298,6 +328,8 @@ class Decider:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             path = "?"
+        if self.bh is not None and self._behaviour_target(path):
+            self.bh_paths.add(path)
         if path.startswith(self.excluded):
             self.ids.put(key, ("", path))
             return ("", path)
@@ -348,7 +380,7 @@ class Decider:
 
     def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
-        if self.kernel_cache and verdict == "benign" and p.sha:
+        if self.kernel_cache and verdict == "benign" and p.sha and p.path not in self.bh_paths:
             self._ignore(p.fd, p.sha)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
@@ -430,7 +462,8 @@ class Decider:
                                   verdict_cache=len(self.verdicts), verdict_cache_by_verdict=self.verdicts.counts(),
                                   cache_hits=self.verdicts.hits, cache_misses=self.verdicts.misses,
                                   pending=sum(map(len, self.pending.values())), kernel_cache=self.kernel_cache,
-                                  ignore_marks=self.ignored, rss_kb=_rss_kb()))
+                                  ignore_marks=self.ignored, behaviour=self.bh is not None,
+                                  rss_kb=_rss_kb()))
         else:
             self.c["bad_messages"] += 1          # a message the agent never sends to us
 
@@ -463,7 +496,7 @@ def main() -> int:
         sock.send(proto.Fatal(error=str(exc)).wire())
         return 1
     d = Decider(cfg, sock, group)
-    d.send(proto.Ready(pid=os.getpid(), mounts=cfg["mounts"]))
+    d.send(proto.Ready(pid=os.getpid(), mounts=cfg["mounts"], behaviour=d.bh is not None))
     try:
         d.run()
     finally:

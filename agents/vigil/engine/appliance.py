@@ -39,6 +39,8 @@ from ..config import ConfigError, from_dict
 from .config import EngineConfig, check_id
 
 LABEL = "VIGIL-CONFIG"
+# FAT labels hold 11 characters: a FAT volume (a USB stick) is labelled VIGIL-CONF instead
+LABELS = (LABEL, "VIGIL-CONF")
 SETTINGS_FILE = "appliance.yaml"
 PASSWORD_FILE = "mqtt.password"
 PUBKEY_FILE = "manager-signing.pub"
@@ -187,7 +189,7 @@ def plan(settings: dict | None, cmdline: str, files: dict[str, bytes], volume_fo
     errors: list[str] = []
     missing: list[str] = []
     if not volume_found:
-        missing.append(f"configuration volume: no filesystem labelled {LABEL} "
+        missing.append(f"configuration volume: no filesystem labelled {LABEL} (VIGIL-CONF on FAT) "
                        f"(it holds {SETTINGS_FILE}, {PASSWORD_FILE}, {PUBKEY_FILE}, {CA_FILE})")
     cmd_tree, cmd_problems = cmdline_settings(cmdline)
     errors += cmd_problems
@@ -281,14 +283,17 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def find_volume(timeout: float) -> str | None:
-    dev = Path("/dev/disk/by-label") / LABEL
+    # udev has seen every disk the firmware found once its queue is empty; then a short grace
+    run("udevadm", "settle", "--timeout=30", check=False)
     deadline = time.monotonic() + timeout
     while True:
-        if dev.exists():
-            return str(dev.resolve())
-        r = run("blkid", "-l", "-t", f"LABEL={LABEL}", "-o", "device", check=False)
-        if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip().splitlines()[0]
+        for label in LABELS:
+            dev = Path("/dev/disk/by-label") / label
+            if dev.exists():
+                return str(dev.resolve())
+            r = run("blkid", "-l", "-t", f"LABEL={label}", "-o", "device", check=False)
+            if r.returncode == 0 and r.stdout.strip():
+                return r.stdout.strip().splitlines()[0]
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
@@ -408,7 +413,7 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
     settings, files, problems = (None, {}, [])
     if device:
         settings, files, problems = read_volume(device)
-        say(f"configuration volume {LABEL} found on {device}")
+        say(f"configuration volume found on {device}")
     p = plan(settings, cmdline, files, device is not None)
     p.errors[:0] = problems
     for e in p.errors:
@@ -469,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, default=Path("/var/lib/vigil"))
     ap.add_argument("--run-dir", type=Path, default=Path("/run/vigil/appliance"))
     ap.add_argument("--network-dir", type=Path, default=Path("/run/systemd/network"))
-    ap.add_argument("--volume-timeout", type=float, default=10.0)
+    ap.add_argument("--volume-timeout", type=float, default=2.0,
+                    help="seconds to wait for the volume after udev settled")
     ap.add_argument("--settings", type=Path, help="plan: a settings file instead of the volume")
     args = ap.parse_args(argv)
     cmdline = Path("/proc/cmdline").read_text() if Path("/proc/cmdline").exists() else ""

@@ -2,13 +2,17 @@
 Molecule's podman driver, stay idempotent, and the verify playbook checks the running fleet.
 
 Scenario ``fleet`` (roles/molecule/fleet): a manager, an engine and an endpoint; verify proves the
-services run from valid configs, the broker speaks only TLS (the fleet CA verifies its certificate
-from every host) and refuses anonymous clients, the bridge is as DESIGN.md says, and the engine
-is registered at the manager (``vigilctl engines``).
+services run from valid configs with hardened units (``systemd-analyze security``), the broker speaks
+only TLS (the fleet CA verifies its certificate from every host), refuses anonymous clients and a
+device publishing under another device's topic, the bridge is as DESIGN.md says, and the engine
+is registered at the manager (``vigilctl engines``). Molecule's ``check`` step (``--check --diff`` on
+the converged fleet) must report no change and no failure: :func:`check_step_recap` reads its
+PLAY RECAP lines from the output.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,26 @@ VENV_BIN = Path(sys.executable).parent
 PREFIX = "vigil-mol-"          # every container of these scenarios; swept before and after
 NETWORK = "vigil-mol"
 SCENARIOS = sorted(p.parent.name for p in (ROLES / "molecule").glob("*/molecule.yml"))
+
+
+STEP = re.compile(r"^\S+\s+\[(?P<scenario>[^ >\]]+) > (?P<step>[a-z_]+)\] (?P<what>Executing|Executed)")
+RECAP = re.compile(r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+                   r"\s+failed=(?P<failed>\d+)")
+
+
+def check_step_recap(output: str) -> list[dict]:
+    """The PLAY RECAP lines of Molecule's check step (``[<scenario> > check] Executing`` up to the
+    next step), one dict per host and play run."""
+    rows, inside = [], False
+    for line in output.splitlines():
+        m = STEP.match(line)
+        if m:
+            inside = m["step"] == "check" and m["what"] == "Executing"
+            continue
+        r = RECAP.match(line)
+        if inside and r:
+            rows.append({k: (v if k == "host" else int(v)) for k, v in r.groupdict().items()})
+    return rows
 
 
 def _podman(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -74,15 +98,19 @@ def molecule_env(tmp_path_factory):
     sweep()
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule(scenario, molecule_env):
     molecule = [str(VENV_BIN / "molecule")]
     try:
         run = subprocess.run([*molecule, "test", "-s", scenario], cwd=ROLES, env=molecule_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1100)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1700)
     finally:
         subprocess.run([*molecule, "destroy", "-s", scenario], cwd=ROLES, env=molecule_env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
         sweep()
     assert run.returncode == 0, f"molecule test -s {scenario} failed:\n{run.stdout[-20000:]}"
+    recap = check_step_recap(run.stdout)
+    assert recap, f"no PLAY RECAP from the check step of {scenario}:\n{run.stdout[-5000:]}"
+    drift = [r for r in recap if r["changed"] or r["failed"] or r["unreachable"]]
+    assert not drift, f"--check on the converged fleet of {scenario} reports changes or failures: {drift}"

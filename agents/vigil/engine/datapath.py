@@ -53,6 +53,9 @@ def _read(path: str) -> str | None:
 
 
 def _write(path: str, value: str) -> bool:
+    # a setting already made (sysctl.d, with the unit's /proc/sys read-only) needs no write
+    if _read(path) == value:
+        return True
     try:
         Path(path).write_text(value)
         return True

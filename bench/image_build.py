@@ -1,0 +1,123 @@
+"""Benchmark: the appliance image's build time (cold, warm, code change) and its boot to forwarding.
+
+Build (scripts/build-image, each in a throw-away VIGIL_IMAGE_DIR unless --reuse):
+- cold: an empty image directory (debootstrap, every package downloaded, lb chroot, role, lb binary);
+- code change: the base chroot cached, the ISO not (what a change of agents/ or the role costs);
+- warm: nothing changed (the ISO for the inputs' hash is reused).
+Goal: cold <= 600 s. Baseline for the build figures: the cold build itself (ratios of warm and
+code-change builds to it).
+
+Boot (QEMU TCG, no configuration volume: the documented default ports bridge client and server):
+- boot to forwarding: QEMU started -> the first ping from client to server through the appliance;
+- baseline, measured in the same boot: QEMU started -> the kernel's first console line
+  ("Linux version"), i.e. what firmware, boot loader and emulation cost before Linux runs at all.
+Goal: boot to forwarding <= 120 s.
+
+    sudo .venv/bin/python bench/image_build.py [--boots 2] [--skip-cold] [--reuse]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "agents"))
+sys.path.insert(0, str(ROOT))
+
+
+def build(image_dir: Path) -> tuple[float, Path]:
+    env = dict(os.environ, VIGIL_IMAGE_DIR=str(image_dir))
+    t0 = time.monotonic()
+    r = subprocess.run([str(ROOT / "scripts" / "build-image")], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"build failed:\n{r.stderr[-4000:]}")
+    return time.monotonic() - t0, Path(r.stdout.strip().splitlines()[-1])
+
+
+def boot_once(iso: Path) -> tuple[float, float, float]:
+    from tests.image import vm
+    run_dir = Path(tempfile.mkdtemp(prefix="vigil-bench-image."))
+    site = vm.Site(run_dir)
+    appliance = None
+    try:
+        site.add_namespaces()
+        appliance = vm.Appliance(site, iso, run_dir, config=None, state=None).boot()
+        t0 = appliance.started
+        kernel = None
+        while True:
+            now = time.monotonic()
+            if kernel is None and "Linux version" in appliance.console():
+                kernel = now - t0
+            if site.run("client", "ping", "-c", "1", "-W", "1", vm.SERVER_IP, check=False).returncode == 0:
+                forwarding = time.monotonic() - t0
+                break
+            if now - t0 > 600:
+                sys.exit("no forwarding within 600 s:\n" + appliance.console()[-3000:])
+        ready = appliance.wait_console(r"vigil-appliance: READY", 60)
+        ready_s = time.monotonic() - t0 if ready else float("nan")
+        return kernel or float("nan"), forwarding, ready_s
+    finally:
+        if appliance:
+            appliance.kill()
+        site.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--boots", type=int, default=2)
+    ap.add_argument("--skip-cold", action="store_true", help="no cold build (it downloads every package)")
+    ap.add_argument("--reuse", action="store_true", help="use VIGIL_IMAGE_DIR as it is (warm figures only)")
+    args = ap.parse_args()
+
+    if args.reuse:
+        image_dir = Path(os.environ.get("VIGIL_IMAGE_DIR", "/var/cache/vigil-image"))
+        warm, iso = build(image_dir)
+        print(f"build warm (nothing changed): {warm:.1f} s")
+    else:
+        image_dir = Path(tempfile.mkdtemp(prefix="vigil-bench-build.", dir="/var/tmp"))
+        try:
+            if args.skip_cold:
+                src = Path(os.environ.get("VIGIL_IMAGE_DIR", "/var/cache/vigil-image"))
+                subprocess.run(["cp", "-a", f"{src}/.", str(image_dir)], check=True)
+                for iso_file in image_dir.glob("vigil-engine-*.iso"):
+                    iso_file.unlink()
+                cold = None
+            else:
+                cold, _ = build(image_dir)
+                print(f"build cold: {cold:.0f} s (goal <= 600 s: {'met' if cold <= 600 else 'NOT met'})")
+                for iso_file in image_dir.glob("vigil-engine-*.iso"):
+                    iso_file.unlink()
+            change, iso_tmp = build(image_dir)
+            warm, _ = build(image_dir)
+            iso = Path(tempfile.gettempdir()) / iso_tmp.name
+            shutil.copy(iso_tmp, iso)
+        finally:
+            shutil.rmtree(image_dir, ignore_errors=True)
+        base = f" = {change / cold:.2f} x cold" if cold else ""
+        print(f"build after a code change (base chroot cached): {change:.0f} s{base}")
+        print(f"build warm (nothing changed): {warm:.1f} s" + (f" = {warm / cold:.4f} x cold" if cold else ""))
+
+    kernels, fwd, ready = [], [], []
+    try:
+        for i in range(args.boots):
+            k, f, r = boot_once(iso)
+            kernels.append(k), fwd.append(f), ready.append(r)
+            print(f"boot {i + 1}: kernel's first line {k:.1f} s, READY {r:.1f} s, forwarding {f:.1f} s")
+    finally:
+        if not args.reuse:
+            iso.unlink(missing_ok=True)   # the copy taken out of the throw-away image directory
+    k, f = statistics.median(kernels), statistics.median(fwd)
+    print(f"boot to forwarding (median of {args.boots}): {f:.1f} s; baseline (QEMU start to the kernel's "
+          f"first console line): {k:.1f} s; ratio {f / k:.1f}; goal <= 120 s: {'met' if f <= 120 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

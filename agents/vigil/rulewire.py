@@ -269,6 +269,14 @@ def _ids(ids: list[str], strings: _Strings) -> bytes:
     return _U32.pack(strings("")) + b"\0" + b"".join(_text(i) for i in ids)
 
 
+def peek_generation(raw: bytes) -> int | None:
+    """The generation in a binary message's head, unchecked (a manager continuing above a
+    retained snapshot it finds on the broker)."""
+    if len(raw) < _HEAD.size or raw[:3] != MAGIC or raw[3] != VERSION:
+        return None
+    return _HEAD.unpack_from(raw)[6]
+
+
 # -- decoding ----------------------------------------------------------------------------------------
 
 class _Reader:

@@ -5,7 +5,8 @@ Layout (per family, ``4`` shown; ``6`` is the same with ``ip6``)::
     table bridge vigil
       chain forward   hook forward priority -200, policy accept      (fail-open)
         ether type ip jump v4 ; ether type ip6 jump v6
-      chain v4        guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
+      chain v4        no drop set holds saddr or daddr, no flow matches: return  (the common case)
+                      guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
                       block4 / blocknet4* / local4 counter drop (saddr or daddr)
                       saddr . daddr . l4proto . dport @flow4 counter drop
       sets  guard4     interval          management networks and gateways (from config; static)
@@ -114,7 +115,12 @@ def chain_rules(family: int) -> list[str]:
     f = family
     accept = [f"guard{f}", f"allow{f}", *net_sets("allownet", f)]
     drop = [f"block{f}", *net_sets("blocknet", f), f"local{f}"]
-    rules = []
+    # The common case first: a packet that no drop set matches leaves after these lookups (one
+    # rule, each ``!=`` lookup ends it at the first set that holds the address), without the
+    # guard and allow lookups, which only matter for a packet some drop set matches -- 9 lookups
+    # instead of 17 per forwarded packet.  A packet that matches goes through every rule below.
+    miss = " ".join(f"{ip} saddr != @{s} {ip} daddr != @{s}" for s in drop)
+    rules = [f"{miss} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
     for s in drop:

@@ -215,3 +215,29 @@ def test_manager_sends_binary_only_to_engines_that_read_it(tmp_path):
     # a retained binary snapshot found at start: generations continue above it
     from vigil.manager.policy.fleet import snapshot_generation
     assert snapshot_generation(new_raw) == b.generation and snapshot_generation(b"VRS") is None
+
+
+def test_same_snapshot_again_writes_nothing_and_a_change_only_itself(key):
+    pol = Policy()
+    now = ISSUED / 1000
+    ents = [rs.entry(f"d-{i:012x}", "drop", "ip", f"10.3.0.{i}", 1000 + i) for i in range(1, 100)]
+
+    def plan(gen, entries):
+        raw = rw.encode("ruleset", "m", rs.snapshot_body("e1", gen, entries, issued_at=ISSUED), key)
+        return pol.plan_packed(rw.decode(raw, None), now)
+
+    p1 = plan(1, ents)
+    assert [c.refill for c in p1.col_changes] == [True] * 4          # nothing held: refill
+    pol.commit(p1)
+    p2 = plan(2, ents)
+    assert all(not c.refill and not c.count() and not c.delete for c in p2.col_changes)
+    pol.commit(p2)
+    pol.warm()
+    changed = ents[1:] + [rs.entry("d-0000000000ff", "drop", "ip", "10.3.1.1", 50)]
+    changed[0] = dict(changed[0], ttl=9999)
+    p3 = plan(3, changed)
+    (c,) = [c for c in p3.col_changes if c.set_name == "block4"]
+    assert not c.refill and sorted(k for k, _ in c.texts()) == ["10.3.0.2", "10.3.1.1"]
+    assert sorted(c.deleted_texts()) == ["10.3.0.1", "10.3.0.2"]
+    pol.commit(p3)
+    assert pol.counts(now)["block4"] == 99

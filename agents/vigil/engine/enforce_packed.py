@@ -56,6 +56,7 @@ class IpCols:
     index: dict | None = None                    # key -> expiry; built by ``ensure_index``
     extra: dict = field(default_factory=dict)    # key -> (id, origin, reason) put by deltas
     next_expiry: int = 0                         # smallest expiry > 0 held (0: none)
+    touched: bool = False                        # a delta or an expiry changed it since the snapshot
 
     @property
     def width(self) -> int:
@@ -177,6 +178,9 @@ def diff_change(old: IpCols, new: IpCols, issued_at: int, now_ms: int) -> ColCha
     """Only what changed between the held ``old`` and the snapshot's ``new`` (both indexed); None
     when a refill is cheaper (more than half of a large set changed).  Builds ``new``'s index (which also proves
     its keys distinct: the caller checks the length)."""
+    if not old.touched and old.keys == new.keys and old.expires == new.expires:
+        new.index = old.index          # the same set again (a resend, a resync): nothing to write
+        return ColChange(new.set_name, new.width, False)
     o, nw = old.ensure_index(), new.ensure_index()
     gone = o.keys() - nw.keys()
     changed = nw.items() - o.items()

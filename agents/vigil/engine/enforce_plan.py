@@ -269,7 +269,7 @@ class Policy:
                 change = None
                 if old is not None:
                     change = pk.diff_change(old, new, snap.issued_at, now_ms)
-                    if len(new.index) != len(new.expires):
+                    if new.index is not None and len(new.index) != len(new.expires):
                         raise PlanError("duplicate-entry", f"{action} ip IPv{fam}: a key given twice")
                 plan.col_changes.append(change or pk.full_change(new, snap.issued_at, now_ms))
         plan.cols = cols
@@ -554,6 +554,7 @@ class Policy:
                 c.next_expiry = e
         for name in {n for n, _ in plan.col_del} | {n for n, _ in plan.col_put}:
             self.set_counts[name] = len(self.cols[name])
+            self.cols[name].touched = True
 
     def _purge_cols(self, now: float) -> int:
         n = 0
@@ -562,6 +563,7 @@ class Policy:
                 continue
             idx = c.ensure_index()
             gone = [k for k, e in idx.items() if e and e <= now]
+            c.touched = c.touched or bool(gone)
             for k in gone:
                 del idx[k]
                 c.extra.pop(k, None)

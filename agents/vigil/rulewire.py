@@ -86,14 +86,20 @@ def pack_value(scope: str, value: str) -> tuple[int, bytes]:
     return a.version, a.packed + b.packed + bytes((_PROTOS[proto],)) + int(dport).to_bytes(2, "big")
 
 
+def _addr_text(family: int, b: bytes) -> str:
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, b)
+    return str(ipaddress.IPv6Address(b))         # ipaddress's text, as normalise_value writes it
+
+
 def unpack_value(scope: str, family: int, key: bytes) -> str:
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    """The normalised value text (as ruleset.normalise_value gives it) of a packed key."""
     a = 4 if family == 4 else 16
     if scope == "ip":
-        return socket.inet_ntop(af, key)
+        return _addr_text(family, key)
     if scope == "cidr":
-        return f"{socket.inet_ntop(af, key[:a])}/{key[a]}"
-    return (f"{socket.inet_ntop(af, key[:a])}|{socket.inet_ntop(af, key[a:2 * a])}|"
+        return f"{_addr_text(family, key[:a])}/{key[a]}"
+    return (f"{_addr_text(family, key[:a])}|{_addr_text(family, key[a:2 * a])}|"
             f"{_PROTO_NAMES[key[2 * a]]}|{int.from_bytes(key[2 * a + 1:], 'big')}")
 
 

@@ -241,3 +241,11 @@ def test_same_snapshot_again_writes_nothing_and_a_change_only_itself(key):
     assert sorted(c.deleted_texts()) == ["10.3.0.1", "10.3.0.2"]
     pol.commit(p3)
     assert pol.counts(now)["block4"] == 99
+
+
+def test_values_come_back_as_normalise_value_writes_them(key):
+    vals = [("ip", "::ffff:1.2.3.4"), ("cidr", "::ffff:0:0/96"), ("flow", "::ffff:1.2.3.4|2001:db8::1|tcp|80"),
+            ("ip", "2001:db8::"), ("cidr", "0.0.0.0/0"), ("ip", "255.255.255.255")]
+    ents = [rs.entry(f"i{i}", "drop", sc, v, 60) for i, (sc, v) in enumerate(vals)]
+    p = rw.decode(rw.encode("ruleset", "m", rs.snapshot_body("e1", 1, ents, issued_at=ISSUED), key), None)
+    assert sorted(e.value for e in p.entries()) == sorted(rs.normalise_value(sc, v) for sc, v in vals)

@@ -510,8 +510,14 @@ def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry
 
 
 def decode_snapshot(raw: bytes, key, engine_id: str | None = None) -> Snapshot:
-    """Bytes from the ruleset topic -> checked Snapshot. ``key`` None skips the signature check
-    (only for tools that merely display a rule set; an engine always passes its key)."""
+    """Bytes from the ruleset topic, JSON or binary (rulewire.py) -> checked Snapshot with its
+    entries materialised (an engine keeps a binary one packed: rulewire.decode). ``key`` None skips
+    the signature check (only for tools that merely display a rule set)."""
+    if raw[:3] == b"VRS":
+        from . import rulewire
+        p = rulewire.decode(raw, key, engine_id, kind="ruleset")
+        return Snapshot(engine=p.engine, generation=p.generation, issued_at=p.issued_at, mode=p.mode,
+                        entries=tuple(p.entries()), key_id=p.key_id)
     return snapshot_entries(open_snapshot(raw, key, engine_id))
 
 

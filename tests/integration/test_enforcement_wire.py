@@ -5,13 +5,12 @@ signature, truncated, wrong version, over the cap, a duplicate address) are reje
 their reason and the kernel keeps the last good set; the saved state restores."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.support.netns import run_probe
 
 pytestmark = pytest.mark.integration
 
@@ -166,21 +165,6 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    name = f"vwire{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
-
-
-def test_binary_rule_sets_in_the_kernel(netns):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'agents'}:{ROOT}"}
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", PROBE], capture_output=True,
-                       text=True, env=env, timeout=120, cwd=ROOT)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.strip().endswith("ok"), r.stdout
+def test_binary_rule_sets_in_the_kernel():
+    out = run_probe("vwire", PROBE, [str(ROOT / "agents"), str(ROOT)])
+    assert out.strip().endswith("ok"), out

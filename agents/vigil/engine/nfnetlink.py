@@ -237,20 +237,6 @@ class Batch:
             self.parts.append(self._msg(mtype, flags, head + _ATTR.pack(4 + len(nest), 3 | NLA_F_NESTED) + nest))
             self.acked += 1
 
-    def delete(self, set_name: str, elements: list[bytes]) -> None:
-        """DELSETELEM of the given (key-only) elements."""
-        head = self.table_attr + _attr(2, set_name.encode() + b"\0")
-        i, n = 0, len(elements)
-        while i < n:
-            size, j = 0, i
-            while j < n and size + len(elements[j]) <= _MAX_NEST:
-                size += len(elements[j])
-                j += 1
-            nest = b"".join(elements[i:j])
-            self.parts.append(self._msg(NFT_MSG_DELSETELEM, 0, head + _ATTR.pack(4 + len(nest), 3 | NLA_F_NESTED) + nest))
-            self.acked += 1
-            i = j
-
     def finish(self) -> bytes:
         """The whole batch, as it goes to the kernel (the dry run records exactly this)."""
         if self._data is None:

@@ -47,10 +47,29 @@ def make_plain(lab) -> None:
         lab.run("engine", ["sh", "-c", f"[ -e /proc/sys/net/bridge/{name} ] && echo 0 > /proc/sys/net/bridge/{name} || true"])
 
 
+RULESET: dict = {}      # --ruleset N: the publisher and generation every engine start must hold
+
+
 def start_engine(lab, wait_text: str = "mqtt: connected", timeout: float = 60, **overrides) -> None:
+    pub = RULESET.get("pub")
+    if pub is not None:
+        overrides.setdefault("enforcement", {"manager_public_key": str(pub.public_key_path)})
+        pub.clear_states()
     lab.start_engine(log={"level": "INFO"}, **overrides)
     lab.wait_log("engine", wait_text, timeout=timeout)
+    if pub is not None:       # restored from its state file or taken from the retained snapshot
+        st = pub.wait_state(lambda s: s["generation"] == RULESET["generation"], timeout=120)
+        assert st["counts"]["block4"] == RULESET["n"], st["counts"]
     time.sleep(1.0)   # let the first flow poll and status go out
+
+
+def load_ruleset(lab, n: int) -> None:
+    """A retained binary snapshot of ``n`` drop entries (far from the lab's addresses) that every
+    engine start applies: the forwarding path then looks up real, full sets."""
+    from tests.support.rulesets import RulesetPublisher, drop
+    pub = RulesetPublisher(lab.mosquitto.mqtt_config(), lab.run_dir / "key", binary=True)
+    entries = [drop(f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7200) for i in range(n)]
+    RULESET.update(pub=pub, n=n, generation=pub.snapshot(entries))
 
 
 def iperf(lab, seconds: float) -> float:
@@ -135,6 +154,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--ruleset", type=int, default=0, help="engine holds a binary rule set of N entries")
     ap.add_argument("--attribute", action="store_true",
                     help="also measure the kernel's share: agent stopped, tables taken away one by one")
     args = ap.parse_args()
@@ -143,7 +163,10 @@ def main() -> int:
         return 2
     lab = make_lab("bt")
     try:
-        print(f"iperf3 {args.seconds:.0f}s through br0, {args.pairs} alternating pairs "
+        if args.ruleset:
+            load_ruleset(lab, args.ruleset)
+        print(f"iperf3 {args.seconds:.0f}s through br0, {args.pairs} alternating pairs, "
+              f"engine rule set {args.ruleset} entries "
               f"(shared, noisy machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
         if args.attribute:
             attribute(lab, args.pairs, args.seconds)
@@ -151,6 +174,8 @@ def main() -> int:
             plain, eng = alternate(lab, args.pairs, args.seconds, lambda: start_engine(lab), "engine")
             report(plain, eng, "with vigil-engine running")
     finally:
+        if RULESET.get("pub") is not None:
+            RULESET["pub"].close()
         lab.down()
     return 0
 

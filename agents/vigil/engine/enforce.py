@@ -7,6 +7,9 @@
   it is for this engine, well formed, and newer than the one held (a delta must build on exactly
   the held generation).  Anything else is rejected with a logged, counted reason
   (``ruleset_rejected_<reason>``) and the kernel keeps the last good rule set.
+- Rule sets come as JSON or binary (``vrs1``, rulewire.py; the status lists both under
+  ``formats`` so the manager may send binary).  A binary snapshot's address blocks stay packed
+  and are written as only what changed (enforce_packed.py).
 - Every apply is one nft transaction (engine/nftables.py); the result goes out retained on
   ``.../ruleset/state``; the rule set is kept in ``<state_dir>/ruleset.json`` with absolute
   expiries and restored at start in one transaction, remaining lifetimes recomputed.

@@ -249,3 +249,9 @@ def test_values_come_back_as_normalise_value_writes_them(key):
     ents = [rs.entry(f"i{i}", "drop", sc, v, 60) for i, (sc, v) in enumerate(vals)]
     p = rw.decode(rw.encode("ruleset", "m", rs.snapshot_body("e1", 1, ents, issued_at=ISSUED), key), None)
     assert sorted(e.value for e in p.entries()) == sorted(rs.normalise_value(sc, v) for sc, v in vals)
+
+
+def test_saving_a_large_set_takes_at_most_a_twentieth_of_a_core():
+    from vigil.engine.enforce import SAVE_EVERY, save_gap
+    assert save_gap(0.01) == SAVE_EVERY
+    assert save_gap(3.0) == pytest.approx(60.0)          # a 1M-row save: one a minute at most

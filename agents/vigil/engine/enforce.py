@@ -132,11 +132,16 @@ class Enforcement:
             self._save_wanted.clear()
             if self._closing:
                 return
+            took = 0.0
             if self._dirty:
+                t0 = time.process_time()
                 self._persist()
-            # at most one save per SAVE_EVERY: a stream of deltas must not keep a full save of a
-            # large set competing with the worker (the kernel holds the state meanwhile)
-            deadline = time.monotonic() + SAVE_EVERY
+                took = time.process_time() - t0
+            # at most one save per SAVE_EVERY, and saving at most SAVE_SHARE of a core: a stream of
+            # deltas must not keep re-saving a large set (1M rows: seconds of CPU) on cores the
+            # bridge needs.  The kernel holds the state meanwhile; a crash restores an older
+            # generation, which the manager's resync corrects.
+            deadline = time.monotonic() + save_gap(took)
             while not self._closing and time.monotonic() < deadline:
                 time.sleep(0.1)
 
@@ -493,6 +498,12 @@ class Enforcement:
 
 
 FREEZE_AT = 10_000
+SAVE_SHARE = 0.05
+
+
+def save_gap(cpu_seconds: float) -> float:
+    """Seconds to wait after a save that cost ``cpu_seconds`` of CPU before the next one."""
+    return max(SAVE_EVERY, cpu_seconds / SAVE_SHARE)
 
 
 def _packed_rows(cols, now: float) -> list[list]:

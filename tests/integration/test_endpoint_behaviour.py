@@ -8,7 +8,6 @@ connection, and the behaviour events on the broker.  Budget: about 40 s.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import json
@@ -24,8 +23,9 @@ import pytest
 import yaml
 
 from tests.support.endpoint_behaviour import Events, Listener, Netns, deleted_payload_cmd, memfd_payload_cmd
+from tests.support.endpoint_stack import Teardown, endpoint_agent, wait_connected
 from tests.support.waiting import wait_for
-from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
+from tests.support.fanotify import mount_id, mount_tmpfs, remove_tmpfs
 from vigil.control import call
 from vigil.influx import InfluxError
 from vigil.lab.services import InfluxDB, ManagedProcess, Mosquitto, free_port, vigil_command
@@ -40,67 +40,49 @@ class Stack:
         self.run = run
         self.mnt = run / "mnt"
 
-    @contextlib.contextmanager
     def agent(self, mode: str, name: str, **over):
-        cfg = {"endpoint_id": name, "mqtt": self.mosquitto.mqtt_config(), "mode": mode, "mounts": [str(self.mnt)],
-               "state_dir": str(self.run / f"state-{name}"), "control_socket": str(self.run / f"{name}.sock"),
-               "batch_interval": 0.3}
-        cfg.update(over)
-        path = self.run / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        p = ManagedProcess(name, [*vigil_command("vigil-endpoint"), "-c", str(path)], self.run).start()
-        try:
-            deadline = time.monotonic() + 15
-            while "mqtt: connected" not in p.log_text():
-                assert p.alive(), p.log_text()
-                assert time.monotonic() < deadline, p.log_text()
-                time.sleep(0.05)
-            p.sock = self.run / f"{name}.sock"
-            yield p
-        finally:
-            p.stop(timeout=5)
-            assert not fanotify_marks_on(self.mnt_id), "a fanotify mark outlived the agent"
+        return endpoint_agent(self.run, name, self.mosquitto.mqtt_config(), [self.mnt], mode,
+                              mark_ids=[self.mnt_id], **over)
 
 
 def decider_counters(agent) -> dict:
     return call(agent.sock, "endpoint.status", timeout=10)["decider"]["counters"]
 
 
+def start_manager(run: Path, mosquitto, influx, **verdicts) -> ManagedProcess:
+    cfg = {"manager_id": "m", "mqtt": mosquitto.mqtt_config(),
+           "influx": {"url": influx.url, "flush_interval": 0.5},
+           "state_dir": str(run / "state"), "control_socket": str(run / "manager.sock"),
+           "verdicts": {"clamd_socket": None, **verdicts}}
+    (run / "manager.yaml").write_text(yaml.safe_dump(cfg))
+    manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(run / "manager.yaml")],
+                             run).start()
+    try:
+        wait_connected(manager, 20)
+    except BaseException:
+        manager.stop()
+        raise
+    return manager
+
+
 @pytest.fixture(scope="module")
 def stack():
     run, _ = mount_tmpfs("bh", size="16m")
     s = Stack(run)
-    procs = []
-    events = ns = None
+    down = Teardown()
     try:
         s.mnt_id = mount_id(s.mnt)
-        s.mosquitto = Mosquitto(run).start()
-        procs.append(s.mosquitto.proc)
-        s.influx = InfluxDB(run).start()
-        procs.append(s.influx.proc)
-        s.events = events = Events(s.mosquitto.port)
-        s.ns = ns = Netns()
-        mcfg = {"manager_id": "m", "mqtt": s.mosquitto.mqtt_config(),
-                "influx": {"url": s.influx.url, "flush_interval": 0.5},
-                "state_dir": str(run / "state"), "control_socket": str(run / "manager.sock"),
-                "verdicts": {"clamd_socket": None}}
-        (run / "manager.yaml").write_text(yaml.safe_dump(mcfg))
-        s.manager = ManagedProcess("manager", [*vigil_command("vigil-manager"), "-c", str(run / "manager.yaml")],
-                                   run).start()
-        procs.append(s.manager)
-        deadline = time.monotonic() + 20
-        while "mqtt: connected" not in s.manager.log_text():
-            assert s.manager.alive() and time.monotonic() < deadline, s.manager.log_text()
-            time.sleep(0.05)
+        s.mosquitto = down.add(Mosquitto(run).start())
+        s.influx = down.add(InfluxDB(run).start())
+        s.events = down.add(Events(s.mosquitto.port))
+        s.ns = down.add(Netns())
+        s.manager = down.add(start_manager(run, s.mosquitto, s.influx))
         yield s
     finally:
-        if events is not None:
-            events.close()
-        if ns is not None:
-            ns.close()
-        for p in reversed(procs):
-            p.stop()
-        remove_tmpfs(run)
+        try:
+            down.close()
+        finally:
+            remove_tmpfs(run)
 
 
 def run_memfd_payload(*args: str, timeout: float = 10.0, cmd=memfd_payload_cmd) -> tuple[int, float]:

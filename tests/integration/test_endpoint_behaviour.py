@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 import yaml
 
 from tests.support.endpoint_behaviour import Events, Listener, Netns, deleted_payload_cmd, memfd_payload_cmd
@@ -323,3 +325,64 @@ def test_connector_refused_in_a_nested_pid_namespace():
     r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "refused 95", r
+
+
+def vigilctl(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*vigil_command("vigilctl"), "--socket", str(stack.run / "manager.sock"), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_operator_exception_from_the_manager_applies_without_restart(stack):
+    """vigilctl -> the manager (saved, pushed retained) -> the running agent -> its decider: the
+    memfd payload runs while an exception covers it, and is killed again once it is removed.
+    A bad exception is refused by the manager; a bad entry pushed to the topic by someone else
+    is dropped and counted by the agent, and the good ones of the same message still apply."""
+    bad = vigilctl(stack, "exceptions", "add", "--rule", "memfd-exec")
+    assert bad.returncode == 2 and "--path, --unit or --user" in bad.stderr
+    bad = vigilctl(stack, "exceptions", "add", "--rule", "No Such Rule!", "--path", "/x")
+    assert bad.returncode == 2 and "rule" in bad.stderr
+    with stack.agent("block-malicious", "bhexc") as agent:
+        rc, _ = run_memfd_payload("0.1")
+        assert rc == -signal.SIGKILL
+        added = vigilctl(stack, "--json", "exceptions", "add", "--rule", "memfd-exec", "--path", "/memfd:payload*",
+                         "--endpoint", "bhexc", "--comment", "our JIT", "--id", "jit")
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)[0]["id"] == "jit"
+        # another endpoint's exception is not applied here
+        other = vigilctl(stack, "exceptions", "add", "--rule", "*", "--user", "root", "--endpoint", "elsewhere-*")
+        assert other.returncode == 0, other.stderr
+        wait_for(lambda: decider_counters(agent).get("behaviour_exceptions_updates", 0) >= 2, 10,
+                 "both pushes applied in the decider")
+        assert decider_counters(agent)["behaviour_exceptions_pushed"] == 1
+        rc, _ = run_memfd_payload("0.1")
+        assert rc == 0, "the excepted payload was killed"
+        assert decider_counters(agent).get("behaviour_excepted_memfd-exec", 0) >= 1
+        listed = vigilctl(stack, "exceptions", "list")
+        assert "jit" in listed.stdout and "our JIT" in listed.stdout and "elsewhere-*" in listed.stdout
+        assert vigilctl(stack, "exceptions", "remove", "jit").returncode == 0
+        assert vigilctl(stack, "exceptions", "remove", "jit").returncode == 2      # gone already
+        wait_for(lambda: decider_counters(agent).get("behaviour_exceptions_pushed", 1) == 0, 10,
+                 "the removal applied in the decider")
+        rc, _ = run_memfd_payload("0.1")
+        assert rc == -signal.SIGKILL, "killed again once the exception was removed"
+        # someone else publishes on the topic: the invalid entry is dropped and counted
+        pub = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        pub.connect("127.0.0.1", stack.mosquitto.port)
+        pub.loop_start()
+        try:
+            body = {"schema": "vigil.behaviour-exceptions/1", "ts": 0, "sender": "test",
+                    "exceptions": [{"id": "ok1", "rule": "memfd-exec", "path": "/memfd:payload*"},
+                                   {"id": "no-condition", "rule": "memfd-exec"},
+                                   {"id": "bad rule", "rule": "???", "path": "/x"}]}
+            pub.publish("vigil/v1/behaviour/exceptions", json.dumps(body), qos=1, retain=True).wait_for_publish(5)
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        wait_for(lambda: call(agent.sock, "endpoint.status")["counters"].get("behaviour_exceptions_rejected", 0) == 2,
+                 10, "the invalid entries counted")
+        wait_for(lambda: decider_counters(agent).get("behaviour_exceptions_pushed") == 1, 10, "the valid one applied")
+        assert run_memfd_payload("0.1")[0] == 0
+    # the manager's set (without "jit") is published again: back to what the operator keeps
+    assert vigilctl(stack, "exceptions", "remove", json.loads(vigilctl(stack, "--json", "exceptions", "list").stdout)
+                    [0]["id"]).returncode == 0
+    assert json.loads(vigilctl(stack, "--json", "exceptions", "list").stdout) == []

@@ -10,7 +10,7 @@ with a deadline while other events keep being answered.
 Messages (JSON, one per datagram).  To the agent: ``ready``/``fatal``, ``ask`` (sha256, size, path),
 ``ev`` (one decision), ``evs`` (allowed execs answered from the cache, summed per file over the
 report interval, each with a ``count``), ``bev`` (one behaviour rule match), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
-is unreachable), ``push`` (verdict changes), ``mode``, ``stats?``.
+is unreachable), ``push`` (verdict changes), ``mode``, ``exc`` (the manager's behaviour exceptions), ``stats?``.
 """
 from __future__ import annotations
 
@@ -455,6 +455,14 @@ class Decider(DeciderBehaviour):
         elif isinstance(msg, proto.SetMode):
             self.mode = msg.mode
             self.flush_ignores("mode")
+        elif isinstance(msg, proto.Exceptions):
+            if self.bh is None:
+                self.c["behaviour_exceptions_without_rules"] += 1
+                return
+            try:
+                self.bh.set_exceptions(msg.exceptions)
+            except Exception:               # noqa: BLE001 - the last set stays; the gate goes on
+                self.c["behaviour_errors"] += 1
         elif isinstance(msg, proto.Flush):
             self.flush_summary()
         elif isinstance(msg, proto.StatsQuery):

@@ -386,3 +386,42 @@ def test_operator_exception_from_the_manager_applies_without_restart(stack):
     assert vigilctl(stack, "exceptions", "remove", json.loads(vigilctl(stack, "--json", "exceptions", "list").stdout)
                     [0]["id"]).returncode == 0
     assert json.loads(vigilctl(stack, "--json", "exceptions", "list").stdout) == []
+
+
+def test_benign_execs_left_to_the_kernel_are_still_reported(stack):
+    """With the process connector on (the default), a benign file gets the kernel's ignore mark: its
+    next execs raise no permission event (one wake of the decider per exec, the connector's, not
+    two) and are still reported, from the notification group read in batches — short-lived
+    processes included.  A script is kept on the gate (the service rule needs to see it), and a
+    write drops the mark (the kernel asks again)."""
+    prog = stack.mnt / "kc-prog"
+    prog.write_bytes(Path("/bin/true").read_bytes() + os.urandom(16))
+    prog.chmod(0o755)
+    script = stack.mnt / "kc-script"
+    script.write_text(f"#!/bin/sh\n# {os.urandom(8).hex()}\nexit 0\n")
+    script.chmod(0o755)
+    for f in (prog, script):
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert vigilctl(stack, "hashes", "allow", sha).returncode == 0
+    with stack.agent("block-malicious", "bhkc") as agent:
+        def counters():
+            return decider_counters(agent)
+        assert subprocess.run([str(prog)]).returncode == 0      # asked, benign: the kernel's mark is set
+        n = counters()["events"]
+        for _ in range(5):
+            assert subprocess.run([str(prog)]).returncode == 0
+        wait_for(lambda: counters().get("decisions_allowed_kernel", 0) >= 5, 5, "execs reported from the notification group",
+                 explain=lambda: counters())
+        assert counters()["events"] == n                         # the kernel no longer asked
+        assert counters().get("decisions_allowed_kernel") == 5  # each reported once (not the one that set the mark)
+        wait_for(lambda: call(agent.sock, "endpoint.status")["counters"].get("executions_allowed", 0) >= 6, 5,
+                 "the reports reaching the agent")
+        for _ in range(3):
+            assert subprocess.run([str(script)]).returncode == 0
+        c = counters()
+        assert c["events"] >= n + 3 and c.get("ignore_skipped_scripts", 0) >= 1 and c["decisions_allowed_kernel"] == 5
+        with open(prog, "r+b") as f:                             # a write: the kernel drops the mark
+            f.seek(0, 2)
+            f.write(b"\0")
+        assert subprocess.run([str(prog)]).returncode == 0
+        assert counters()["events"] >= n + 4

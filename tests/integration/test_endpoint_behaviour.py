@@ -425,3 +425,146 @@ def test_benign_execs_left_to_the_kernel_are_still_reported(stack):
             f.write(b"\0")
         assert subprocess.run([str(prog)]).returncode == 0
         assert counters()["events"] >= n + 4
+
+
+MAINTAINER_SCRIPT = """#!/bin/sh
+set -e
+# what maintainer scripts do: run the package's own program, shells and a Python helper, keep state
+echo "$0 $*" >> "{state}/log"
+"{prog}" "$1"
+sh -c 'printf "%s\\\\n" "$1" >> "$2"' _ "shell $1" "{state}/log"
+python3 -c 'import sys; open(sys.argv[1], "a").write("python " + sys.argv[2] + "\\\\n")' "{state}/log" "$1"
+if [ -x /usr/bin/getent ]; then getent passwd root >/dev/null; fi
+exit 0
+"""
+
+
+def build_deb(where: Path, name: str, prog_dir: Path, state: Path) -> Path:
+    """A package (dpkg-deb, no network) whose program lands on the watched mount and whose
+    maintainer scripts run it, a shell and Python."""
+    root = where / f"{name}-root"
+    prog = prog_dir / "hello"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / prog.parent.relative_to("/")).mkdir(parents=True)
+    (root / prog.relative_to("/")).write_text("#!/bin/sh\necho \"hello from the package: $*\"\n")
+    (root / prog.relative_to("/")).chmod(0o755)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: Vigil tests <tests@invalid>\n"
+        "Description: benign package of the endpoint behaviour tests\n")
+    for script in ("postinst", "prerm", "postrm"):
+        p = root / "DEBIAN" / script
+        p.write_text(MAINTAINER_SCRIPT.format(state=state, prog=prog if script != "postrm" else "/bin/true"))
+        p.chmod(0o755)
+    deb = where / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def assert_no_rule_fired(stack, agent) -> dict:
+    time.sleep(1.0)
+    c = decider_counters(agent)
+    assert not [k for k in c if k.startswith(("behaviour_killed", "behaviour_blocked", "behaviour_would",
+                                              "behaviour_rule_"))], c
+    assert not stack.events.collect()
+    return c
+
+
+def test_benign_package_install_fires_no_rule(stack, tmp_path):
+    """`apt-get install ./local.deb` of a package built here (no network) and its removal: dpkg,
+    apt and the maintainer scripts (shells, Python, the package's own program on the watched
+    mount) run under an agent with the default rules in block mode, and nothing fires."""
+    name = f"vigil-test-benign-{os.getpid()}"
+    state = tmp_path / "state"
+    state.mkdir()
+    prog_dir = stack.mnt / "pkg"
+    deb = build_deb(tmp_path, name, prog_dir, state)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "-o", "APT::Sandbox::User=root"]
+    stack.events.clear()
+    try:
+        with stack.agent("block-malicious", "bhdeb") as agent:
+            before = decider_counters(agent)
+            r = subprocess.run([*apt, "install", "--no-install-recommends", f"./{deb.name}"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert subprocess.run([str(prog_dir / "hello"), "by hand"], capture_output=True, text=True,
+                                  check=True).stdout == "hello from the package: by hand\n"
+            r = subprocess.run([*apt, "purge", name], env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            log = (state / "log").read_text()
+            assert "shell configure" in log and "python configure" in log and "python remove" in log, log
+            c = assert_no_rule_fired(stack, agent)
+            assert c.get("events", 0) > before.get("events", 0)          # the package's program went through the gate
+            assert c.get("behaviour_exec_events", 0) - before.get("behaviour_exec_events", 0) >= 20   # and was watched
+    finally:
+        subprocess.run(["dpkg", "--purge", name], capture_output=True, env=env)
+
+
+CRON_JOB = """#!/bin/sh
+# an ordinary cron job: shell pipelines, a Python helper, a program of its own
+set -e
+out="{out}"
+date +%s > "$out.tmp"
+ls /etc | wc -l >> "$out.tmp"
+python3 -c 'import os; print("py", os.getuid())' >> "$out.tmp"
+sh -c 'echo "nested $1"' _ ok >> "$out.tmp"
+mv "$out.tmp" "$out"
+"""
+
+
+CRON_NS = """set -e
+# only this test's job: the system's crontab and cron.d are hidden in this mount namespace
+mount --bind "$1/crontab" /etc/crontab
+mount -t tmpfs -o mode=0755 vigil-cron /etc/cron.d
+cp "$1/vigil-test" /etc/cron.d/vigil-test
+chmod 0644 /etc/cron.d/vigil-test
+if [ -d /var/spool/cron/crontabs ]; then mount -t tmpfs -o mode=1730 vigil-cron /var/spool/cron/crontabs; fi
+exec cron -f -L 1
+"""
+
+
+@pytest.mark.skipif(not shutil.which("cron"), reason="cron not installed (scripts/setup installs it)")
+def test_cron_job_fires_no_rule(stack, tmp_path):
+    """A real cron daemon (Debian's, in the foreground, in a mount namespace of its own where the
+    system's crontab and cron.d are replaced by this test's one entry) runs a job — a script
+    running shells and Python — under an agent with the default rules in block mode: it runs, and
+    nothing fires.  Cron starts jobs at minute boundaries, so this waits up to a minute."""
+    job = stack.mnt / "cron-job"
+    out = tmp_path / "cron-out"
+    job.write_text(CRON_JOB.format(out=out))
+    job.chmod(0o755)
+    pidfile = Path("/run/crond.pid")
+    if pidfile.exists():
+        other = pidfile.read_text().strip()
+        assert not (other.isdigit() and Path(f"/proc/{other}").exists()), "another cron daemon runs here"
+    conf = tmp_path / "cron"
+    conf.mkdir()
+    (conf / "crontab").write_text("# empty: only /etc/cron.d/vigil-test runs\n")
+    (conf / "vigil-test").write_text(f"SHELL=/bin/sh\nPATH=/usr/bin:/bin\n* * * * * root {job} >/dev/null 2>&1\n")
+    stack.events.clear()
+    cron = None
+    try:
+        with stack.agent("block-malicious", "bhcron") as agent:
+            cron = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", CRON_NS, "sh",
+                                     str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+            wait_for(lambda: out.exists() or cron.poll() is not None, 75, "the cron job's output", interval=0.5)
+            assert cron.poll() is None, cron.stderr.read().decode()
+            lines = out.read_text().splitlines()
+            assert lines[2] == "py 0" and lines[3] == "nested ok", lines
+            c = assert_no_rule_fired(stack, agent)
+            assert c.get("behaviour_exec_events", 0) >= 5          # cron's execs were watched
+    finally:
+        if cron is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):      # cron and any job it started
+                try:
+                    os.killpg(cron.pid, sig)
+                except ProcessLookupError:
+                    pass
+                try:
+                    cron.wait(5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            pidfile.unlink(missing_ok=True)

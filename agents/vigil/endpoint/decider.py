@@ -405,7 +405,13 @@ class Decider(DeciderBehaviour):
             except OSError:
                 c["report_group_errors"] += 1
                 return
-            for ev in fan.parse(buf):
+            try:
+                events = fan.parse(buf)
+            except ValueError:
+                c["report_group_errors"] += 1     # a metadata version we do not speak: stop listening
+                self.notes_rearm = None
+                return
+            for ev in events:
                 if ev.fd < 0:
                     c["report_overflows"] += 1     # the kernel's queue was full: execs not reported
                     continue

@@ -72,6 +72,9 @@ class PolicyConfig:
     partition_count: int = 1
     # where else to put the public half of the signing key (for roles/lab to hand to engines)
     public_key_file: Path | None = None
+    # the fleet's signing key (PEM, Ed25519), shared by every manager that publishes rule sets to
+    # the same engines; unset: signing.key in state_dir, made at first start (one manager only)
+    signing_key_file: Path | None = None
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):

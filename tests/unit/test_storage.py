@@ -1,0 +1,208 @@
+"""The storage interface: migrations, managers sharing one PostgreSQL database, the publishing lease.
+
+PostgreSQL here is a real server (tests/support/postgres.py); "two managers" are two stores with
+connections of their own on one schema, driven from threads at once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.support.postgres import Backend
+from vigil.config import ConfigError, loads
+from vigil.counters import Counters
+from vigil.manager.config import ManagerConfig
+from vigil.manager.policy.decisions import DecisionStore
+from vigil.manager.storage import StorageConfig, StorageError, open_lease
+from vigil.manager.storage.lease import AdvisoryLease, FileLease
+
+pytestmark = pytest.mark.unit
+
+
+def decisions(db) -> DecisionStore:
+    return DecisionStore(db, Counters(), ladder=[600, 3600], offence_memory=86400, unblock_suppress=60)
+
+
+@pytest.fixture
+def pg(postgres_server, tmp_path):
+    """Several managers share state only on PostgreSQL: these tests run there alone."""
+    name, dsn = postgres_server.create_schema()
+    try:
+        yield Backend("postgresql", tmp_path, StorageConfig(backend="postgresql", dsn=dsn))
+    finally:
+        postgres_server.drop_schema(name)
+
+
+def test_two_managers_seeing_one_scan_make_one_decision(pg):
+    a, b = decisions(pg.db()), decisions(pg.db())
+    barrier = threading.Barrier(2)
+    results: dict[str, list] = {"a": [], "b": []}
+
+    def run(name, store):
+        barrier.wait()
+        for _ in range(15):
+            results[name].append(store.propose("ip", "10.66.0.9", "flow-anomaly:scan", "scan").id)
+
+    threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ids = set(results["a"]) | set(results["b"])
+    assert len(ids) == 1, ids                       # merged, never duplicated
+    rows = pg.db().query("SELECT id, offences FROM decisions WHERE value='10.66.0.9' AND state='active'")
+    assert rows == [(ids.pop(), 1)]                 # one offence, not one per manager
+    a.close()
+    b.close()
+
+
+def test_a_manager_reads_what_the_other_changed(pg):
+    a, b = decisions(pg.db()), decisions(pg.db())
+    d = a.propose("ip", "10.66.0.1", "operator", "by hand", duration=300)
+    v = b.version
+    assert b.refresh() == 1 and d.id in b.active and b.version > v
+    assert b.refresh() == 0                         # nothing new: no rule-set change either
+    a.extend(d.id, 600)
+    assert b.refresh() == 1 and b.active[d.id].expires == pytest.approx(a.active[d.id].expires)
+    b.allow_add("10.66.5.0/24", "gateways")
+    a.refresh()
+    assert "10.66.5.0/24" in [str(n) for n in a.allow_networks()]
+    a.unblock("10.66.0.1")
+    b.refresh()
+    assert d.id not in b.active
+    # the suppression written by one manager holds for detections arriving at the other
+    with pytest.raises(Exception, match="unblocked by an operator"):
+        b.propose("ip", "10.66.0.1", "flow-anomaly:scan", "again")
+    a.close()
+    b.close()
+
+
+def test_generations_never_repeat_or_go_back_across_managers(pg):
+    a, b = decisions(pg.db()), decisions(pg.db())
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def run(store):
+        for _ in range(40):
+            g = store.raise_meta_int("generation:e1", 1, above=True)
+            with lock:
+                got.append(g)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == list(range(1, 81))
+    assert a.raise_meta_int("generation:e1", 5) == 80          # "at least 5": the stored 80 stays
+    a.close()
+    b.close()
+
+
+HOLDER = """
+import sys, time
+from vigil.manager.storage import StorageConfig
+from vigil.manager.storage.lease import AdvisoryLease
+lease = AdvisoryLease("publisher-0-of-1", StorageConfig(backend="postgresql", dsn=sys.argv[1]))
+assert lease.check()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lease_is_exclusive_and_passes_on_within_a_second_when_the_holder_is_killed(pg):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, pg.config.dsn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        other = AdvisoryLease("publisher-0-of-1", pg.config)
+        assert not other.check()
+        assert AdvisoryLease("publisher-1-of-2", pg.config).check()   # another partition's lease
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while not other.check():
+            assert time.monotonic() - killed < 5, "the lease of a killed holder was not freed"
+            time.sleep(0.02)
+        took = time.monotonic() - killed
+        print(f"lease taken over {took * 1000:.0f} ms after SIGKILL of its holder")
+        assert other.check()          # still held on the next tick
+        other.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lease_lost_with_the_database_is_reported_not_raised(pg, postgres_server):
+    lease = AdvisoryLease("publisher-0-of-1", pg.config)
+    assert lease.check()
+    # the server ends the session (as a restart or a failover would)
+    pid = lease._conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    pg.db().execute("SELECT pg_terminate_backend(?)", (pid,))
+    assert lease.check() is False and lease.holding is False
+    assert lease.check() is True      # next tick: a new session takes it again (nobody else holds it)
+    lease.release()
+    bad = AdvisoryLease("x", StorageConfig(backend="postgresql", dsn=f"host={postgres_server.dir} port=1"))
+    assert bad.check() is False and bad.last_error
+
+
+def test_file_lease_on_sqlite(tmp_path):
+    a, b = open_lease(None, "publisher-0-of-1", tmp_path), open_lease(None, "publisher-0-of-1", tmp_path)
+    assert isinstance(a, FileLease)
+    assert a.check() and not b.check()
+    a.release()
+    assert b.check()
+    b.release()
+
+
+OLD_SCHEMA = """
+CREATE TABLE decisions (id TEXT PRIMARY KEY, scope TEXT, value TEXT, action TEXT, origin TEXT, reason TEXT,
+  created REAL, expires REAL, offences INTEGER, engines TEXT, state TEXT, would_block_on TEXT, evidence TEXT,
+  updated REAL);
+CREATE TABLE offences (scope TEXT, value TEXT, count INTEGER, last REAL, PRIMARY KEY (scope, value));
+CREATE TABLE allowlist (id TEXT PRIMARY KEY, value TEXT UNIQUE, note TEXT, created REAL);
+CREATE TABLE suppress (scope TEXT, value TEXT, until REAL, PRIMARY KEY (scope, value));
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def test_a_sqlite_file_from_before_migrations_is_adopted(tmp_path):
+    path = tmp_path / "decisions.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    far = time.time() + 3600
+    old.execute("INSERT INTO decisions VALUES ('d-1','ip','10.1.1.1','drop','operator','r',1,?,1,'[]','active',"
+                "'[]','{}',1)", (far,))
+    old.execute("INSERT INTO meta VALUES ('generation:e1','41')")
+    old.commit()
+    old.close()
+    s = decisions(path)
+    assert "d-1" in s.active and s.get_meta("generation:e1") == "41"
+    assert s._db.query("SELECT version FROM schema_versions WHERE component='decisions'") == [(2,)]
+    s.close()
+
+
+def test_a_schema_newer_than_the_code_is_refused(storage):
+    decisions(storage.db("decisions")).close()
+    db = storage.db("decisions")
+    db.execute("UPDATE schema_versions SET version=7 WHERE component='decisions'")
+    with pytest.raises(StorageError, match="schema version 7"):
+        decisions(db)
+
+
+def test_storage_configuration(tmp_path):
+    with pytest.raises(ConfigError, match="dsn"):
+        loads("storage: {backend: postgresql}\n", ManagerConfig)
+    with pytest.raises(ConfigError, match="backend"):
+        loads("storage: {backend: mysql}\n", ManagerConfig)
+    with pytest.raises(ConfigError, match="signing_key_file"):
+        loads("storage: {backend: postgresql, dsn: 'dbname=vigil'}\npolicy: {}\n", ManagerConfig)
+    c = loads(f"storage: {{backend: postgresql, dsn: 'dbname=vigil'}}\npolicy: {{signing_key_file: {tmp_path}/k}}\n",
+              ManagerConfig)
+    assert c.storage.shared and c.policy.signing_key_file == tmp_path / "k"
+    assert not loads("{}\n", ManagerConfig).storage.shared

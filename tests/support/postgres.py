@@ -60,6 +60,18 @@ class PostgresServer:
         try:
             self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
                       "--auth=trust", "--encoding=UTF8", "--no-sync")
+        except subprocess.CalledProcessError as exc:
+            self.stop()
+            raise RuntimeError(f"initdb failed: {exc.stderr}") from None
+        return self.resume()
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (an outage); ``resume()`` starts it again."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.started = False
+
+    def resume(self) -> "PostgresServer":
+        try:
             opts = (f"-c listen_addresses='' -k {self.dir} -c fsync=off -c synchronous_commit=off "
                     "-c full_page_writes=off -c max_connections=200")
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),

@@ -206,3 +206,51 @@ def test_storage_configuration(tmp_path):
               ManagerConfig)
     assert c.storage.shared and c.policy.signing_key_file == tmp_path / "k"
     assert not loads("{}\n", ManagerConfig).storage.shared
+
+
+@pytest.fixture
+def own_server():
+    """A PostgreSQL of this test's own, so that it can be stopped (an outage) without disturbing others."""
+    from tests.support.postgres import PostgresServer
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_database_outage_is_counted_and_survived(own_server, tmp_path):
+    from tests.unit.test_policy import component, status
+    from vigil.manager.api import DecisionRequest
+    cfg = StorageConfig(backend="postgresql", dsn=own_server.dsn())
+    comp, ctx, mqtt = component(Backend("postgresql", tmp_path, cfg))
+    comp.on_status("e1", status("e1"))
+    comp.tick()
+    assert comp.leading
+    req = lambda v: DecisionRequest("ip", v, "parser:x", "r")   # noqa: E731
+    assert comp.propose(req("10.5.0.1"))["status"] == "created"
+    # the server ends every session (a restart, a failover): the next write reconnects by itself
+    with own_server_conn(own_server) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+    assert comp.propose(req("10.5.0.2"))["status"] == "created"
+    own_server.pause()
+    try:
+        res = comp.propose(req("10.5.0.3"))
+        assert res["status"] == "rejected" and res["reason"] == "storage"
+        assert ctx.counters.get("decisions_storage_errors") == 1
+        comp.tick()                                   # does not raise; stops publishing
+        assert not comp.leading and ctx.counters.get("policy_storage_errors") == 1
+        with pytest.raises(Exception, match="storage failed"):
+            comp.add_decision("ip", "10.5.0.4")
+    finally:
+        own_server.resume()
+    comp.tick()
+    assert comp.leading and comp.propose(req("10.5.0.3"))["status"] == "created"
+    assert {d.value for d in comp.store.list()} >= {"10.5.0.1", "10.5.0.2", "10.5.0.3"}
+    comp.close()
+
+
+def own_server_conn(server):
+    import psycopg
+    return psycopg.connect(server.dsn(), autocommit=True)

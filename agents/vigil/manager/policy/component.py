@@ -130,13 +130,18 @@ class PolicyComponent:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if self.store.shared and now - self._last_refresh >= self.storage.poll_interval:
-            self._last_refresh = now
-            self.store.refresh()          # what the other managers decided
-            if self.fleet.refresh():      # an operator's mode switch made through another manager
-                self._published_version = -1
-        self.store.expire()
-        self._check_lease()
+        self._check_lease()               # first: a manager that lost the database stops publishing
+        try:
+            if self.store.shared and now - self._last_refresh >= self.storage.poll_interval:
+                self._last_refresh = now
+                self.store.refresh()          # what the other managers decided
+                if self.fleet.refresh():      # an operator's mode switch made through another manager
+                    self._published_version = -1
+            self.store.expire()
+        except Exception as exc:  # database unreachable: count, keep ticking (the kernel expires rules)
+            self.counters.inc("policy_storage_errors")
+            log.error("policy storage failed: %s", exc)
+            return
         if not self.leading:
             pass
         elif self.store.version != self._published_version or now - self._last_sync >= 5.0:
@@ -312,6 +317,11 @@ class PolicyComponent:
             self.counters.inc("decisions_rejected_invalid")
             log.warning("invalid proposal from %s (%s %r): %s", req.origin, req.scope, req.value, exc)
             return {"status": "rejected", "reason": "invalid", "error": str(exc)}
+        except Exception as exc:  # the database is unreachable or failed: the proposer must not crash
+            self.counters.inc("decisions_storage_errors")
+            log.error("proposal %s %s from %s not stored: storage failed: %s", req.scope, req.value,
+                      req.origin, exc)
+            return {"status": "rejected", "reason": "storage", "error": f"storage failed: {exc}"}
         created = len(self.store.active) > before
         if created:
             self._write_point(d, "created")
@@ -425,7 +435,8 @@ class PolicyComponent:
                                            reason=reason or "added by an operator", duration=duration,
                                            engines=targets))
         if res["status"] == "rejected":
-            raise ControlError("invalid" if res["reason"] == "invalid" else "conflict", res["error"])
+            code = {"invalid": "invalid", "storage": "unavailable"}.get(res["reason"], "conflict")
+            raise ControlError(code, res["error"])
         self._sync_now()
         return res["decision"]
 

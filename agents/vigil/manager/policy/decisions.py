@@ -404,8 +404,8 @@ class DecisionStore:
                          expires=now + duration, offences=count, engines=targets,
                          would_block_on=learning,
                          evidence=dict(evidence or {}))
+            self._save(d)              # first: a failed write leaves no decision in memory only
             self.active[d.id] = d
-            self._save(d)
             self.counters.inc("decisions_created")
             log.info("decision %s: %s %s %s for %.0fs (offence %d, origin %s, targets %s%s): %s",
                      d.id, d.action, d.scope, d.value, duration, count, origin, targets or "all",

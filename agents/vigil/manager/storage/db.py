@@ -180,9 +180,19 @@ class PostgresDatabase(Database):
             return self._conn.execute(sql, params or None)
 
     def _begin(self):
-        if self._conn.closed:
-            self._conn = connect_postgres(self.cfg)
-            self.reconnects += 1
+        import psycopg
+        if not self._conn.closed:
+            try:
+                self._conn.execute("BEGIN")
+                return
+            except psycopg.OperationalError:
+                if not self._conn.closed:
+                    raise
+        # nothing has run yet in this transaction: a new connection is safe (server restarted,
+        # session terminated, failover)
+        log.warning("PostgreSQL connection lost; reconnecting")
+        self._conn = connect_postgres(self.cfg)
+        self.reconnects += 1
         self._conn.execute("BEGIN")
 
     def _end(self, ok):

@@ -19,7 +19,9 @@ from tests.support.postgres import Backend
 from vigil.config import ConfigError, loads
 from vigil.counters import Counters
 from vigil.manager.config import ManagerConfig
+from vigil.manager.policy.baselines import BaselineStore
 from vigil.manager.policy.decisions import DecisionStore
+from vigil.manager.verdicts.store import VerdictStore
 from vigil.manager.storage import StorageConfig, StorageError, open_lease
 from vigil.manager.storage.lease import AdvisoryLease, FileLease
 
@@ -187,12 +189,15 @@ def test_a_sqlite_file_from_before_migrations_is_adopted(tmp_path):
     s.close()
 
 
-def test_a_schema_newer_than_the_code_is_refused(storage):
-    decisions(storage.db("decisions")).close()
-    db = storage.db("decisions")
-    db.execute("UPDATE schema_versions SET version=7 WHERE component='decisions'")
-    with pytest.raises(StorageError, match="schema version 7"):
-        decisions(db)
+@pytest.mark.parametrize("component", ["decisions", "verdicts", "baselines"])
+def test_a_schema_newer_than_the_code_is_refused(storage, component):
+    make = {"decisions": decisions, "verdicts": VerdictStore, "baselines": BaselineStore}[component]
+    make(storage.db(component)).close()
+    db = storage.db(component)
+    db.execute("UPDATE schema_versions SET version=7 WHERE component=?", (component,))
+    with pytest.raises(StorageError, match=f"the {component} tables are at schema version 7"):
+        make(db)
+    db.close()
 
 
 def test_storage_configuration(tmp_path):

@@ -259,3 +259,35 @@ def test_a_database_outage_is_counted_and_survived(own_server, tmp_path):
 def own_server_conn(server):
     import psycopg
     return psycopg.connect(server.dsn(), autocommit=True)
+
+
+def test_two_policy_components_one_publishes_both_take_commands(pg, tmp_path):
+    """Two managers' policy components on one database: only the lease holder publishes; the
+    operator's decision and mode switch made through the other reach its rule sets; when the
+    holder closes, the other takes over and continues the generations with the fleet's one key."""
+    from tests.unit.test_policy import component, status
+    from vigil import ruleset, topics
+    key = tmp_path / "fleet.key"
+    ruleset.save_private_key(ruleset.generate_keypair(tmp_path / "k")[0], key)
+    cfg = StorageConfig(backend="postgresql", dsn=pg.config.dsn, poll_interval=0.05)
+    a, _, mqtt_a = component(Backend("postgresql", tmp_path / "a", cfg), signing_key_file=key)
+    b, _, mqtt_b = component(Backend("postgresql", tmp_path / "b", cfg), signing_key_file=key)
+    pub = ruleset.load_public_key(tmp_path / "k" / "signing.pub")
+    for comp in (a, b):
+        comp.on_status("e1", status("e1", mode="learning"))
+    a.tick()
+    b.tick()
+    assert a.leading and not b.leading
+    b.add_decision("ip", "10.7.0.1", duration=300)
+    b.set_mode("e1", "enforcing")
+    assert not [s for s in mqtt_b.sent if "ruleset" in s.topic]   # b never publishes
+    time.sleep(0.06)
+    a.tick()
+    snap = ruleset.decode_snapshot(mqtt_a.last(topics.engine("e1", "ruleset")), pub, "e1")
+    assert [e.value for e in snap.entries if e.action == "drop"] == ["10.7.0.1"] and snap.mode == "enforcing"
+    a.close()
+    b.tick()
+    assert b.leading
+    snap2 = ruleset.decode_snapshot(mqtt_b.last(topics.engine("e1", "ruleset")), pub, "e1")
+    assert snap2.generation > snap.generation and [e.value for e in snap2.entries if e.action == "drop"] == ["10.7.0.1"]
+    b.close()

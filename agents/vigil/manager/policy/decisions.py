@@ -473,6 +473,7 @@ class DecisionStore:
     def list(self, state: str | None = "active", engine: str | None = None, origin: str | None = None,
              value: str | None = None, limit: int = 1000, would_block: bool | None = None) -> list[Decision]:
         with self._lock:
+            self.refresh()   # an operator asking one manager sees what was just added through another
             if state == "active":
                 rows = list(self.active.values())
             else:

@@ -132,6 +132,7 @@ class Fleet:
     def set_mode(self, engine: str, mode: str | None) -> EngineView:
         if mode not in (None, *ruleset.MODES):
             raise ValueError(f"mode {mode!r} is not learning or enforcing")
+        self.refresh()   # keep the other engines' switches made through another manager
         v = self.view(engine)
         v.mode_override = mode
         self._modes_raw = json.dumps({e: x.mode_override for e, x in self.engines.items() if x.mode_override})

@@ -18,12 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.rulesets import kernel_elements
 from tests.support.waiting import wait_for
-from vigil import ruleset
+from vigil import payload, ruleset, topics
 from vigil.control import ControlError, call
 from vigil.engine.config import EngineConfig
 
@@ -83,6 +85,11 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
     wait_for(lambda: {e["engine"] for e in call(socks[leader], "engines.list")} >= {"e1", "e2"}, 20,
              "both engines known to the publisher", lab=lab)
 
+    # engine-local decisions need an enforcing engine (learning: would-block only); the switch is
+    # made through one manager and reaches the other through the database
+    for e in ("e1", "e2"):
+        call(socks[survivor], "engines.mode", engine=e, mode="enforcing")
+
     # traffic through both bridges while the decisions flow
     for server in ("server", "server2"):   # server sits behind engine, server2 behind engine2
         lab.popen("client", ["ping", "-q", "-i", "0.05", lab.ip(server)], name=f"ping-{server}")
@@ -110,8 +117,29 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
                 dead.add(m)
             time.sleep(0.1)
 
+    # engine events (high severity, with a source) while the managers change: both managers see every
+    # batch (the policy's subscriptions are not shared) and must make one decision of each, not two
+    events_sent: list[str] = []
+    peer = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    peer.connect("127.0.0.1", lab.mosquitto.port)
+    peer.loop_start()
+
+    def send_events():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            src = f"10.88.{i // 200}.{i % 200 + 1}"
+            body = {"engine": "e1", "seq": 100000 + i, "events": [
+                {"type": "scan", "detail": "test scan", "src": src, "severity": "high", "action": "block",
+                 "ts": payload.now_ms()}]}
+            peer.publish(topics.engine("e1", "events"), payload.encode("events", "e1", body), qos=1).wait_for_publish(5)
+            events_sent.append(src)
+            time.sleep(0.15)
+
     adder = threading.Thread(target=add_decisions, daemon=True)
+    eventer = threading.Thread(target=send_events, daemon=True)
     adder.start()
+    eventer.start()
     try:
         time.sleep(3)
         before_kill = len(accepted)
@@ -124,6 +152,9 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
     finally:
         stop.set()
         adder.join(10)
+        eventer.join(10)
+        peer.loop_stop()
+        peer.disconnect()
     assert before_kill > 10 and len(accepted) > before_kill + 20, (before_kill, len(accepted), refused[:5])
 
     # no decision lost: in the store and in both kernels
@@ -134,6 +165,16 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
                  f"every accepted decision in the kernel of {node}", lab=lab,
                  explain=lambda node=node: f"missing {sorted(set(accepted) - kernel_blocks(lab, node))[:10]}")
     converged = time.monotonic() - last_accepted[0]
+    # every engine event became exactly one decision, on e1 only, in e1's kernel
+    local = [d for d in call(socks[survivor], "decisions.list", origin="engine-local", limit=100000)]
+    per_value = {}
+    for d in local:
+        per_value[d["value"]] = per_value.get(d["value"], 0) + 1
+    assert set(events_sent) <= set(per_value), sorted(set(events_sent) - set(per_value))[:10]
+    assert all(n == 1 for n in per_value.values()), {v: n for v, n in per_value.items() if n > 1}
+    wait_for(lambda: set(events_sent) <= kernel_blocks(lab, "engine"), 30, "the engine events' decisions in e1",
+             lab=lab)
+    assert not set(events_sent) & kernel_blocks(lab, "engine2")
 
     # the operator's next decision reaches both kernels through the survivor
     t0 = time.monotonic()
@@ -155,6 +196,6 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
     assert counters.get("publisher_lease_taken") == 1
     assert counters.get("flow_batches_ingested", 0) > 0   # it ingested all along (shared subscription)
     print(f"\ntakeover: {survivor} took the publishing lease {takeover:.2f} s after SIGKILL of {leader}; "
-          f"{len(accepted)} decisions accepted ({len(accepted) - before_kill} after the kill), all in both "
-          f"kernels {converged:.2f} s after the last was accepted; the next vigilctl decision reached both kernels in "
+          f"{len(accepted)} operator decisions accepted ({len(accepted) - before_kill} after the kill) and "
+          f"{len(events_sent)} engine events made one decision each; all in the kernels {converged:.2f} s after the last was accepted; the next vigilctl decision reached both kernels in "
           f"{reach:.2f} s")

@@ -72,6 +72,7 @@ class PolicyComponent:
         self.lease = open_lease(storage, f"publisher-{cfg.partition_index}-of-{cfg.partition_count}",
                                 ctx.state_dir)
         self.leading = False
+        self._lease_lock = threading.Lock()
         self._last_refresh = time.monotonic()
         if cfg.public_key_file is not None:
             cfg.public_key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +155,10 @@ class PolicyComponent:
                 self.baselines.save()
 
     def _check_lease(self) -> None:
+        with self._lease_lock:   # tick, control and MQTT threads: one transition, counted once
+            self._check_lease_locked()
+
+    def _check_lease_locked(self) -> None:
         leading = self.lease.check()
         if leading and not self.leading:
             self.counters.inc("publisher_lease_taken")

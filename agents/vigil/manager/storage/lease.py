@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 
 from .config import StorageConfig
@@ -23,15 +24,28 @@ log = logging.getLogger(__name__)
 
 
 class Lease:
+    """``check`` and ``release`` may be called from any thread (the supervisor's tick, control and
+    MQTT threads publishing at once); one at a time, or two sessions could be opened and the one
+    holding the lock dropped."""
+
     def __init__(self, name: str):
         self.name = name
         self.holding = False
+        self._mutex = threading.Lock()
 
     def check(self) -> bool:
         """Try to take the lease if not held; verify it if held. True while this manager holds it."""
-        raise NotImplementedError
+        with self._mutex:
+            return self._check()
 
     def release(self) -> None:
+        with self._mutex:
+            self._release()
+
+    def _check(self) -> bool:
+        raise NotImplementedError
+
+    def _release(self) -> None:
         raise NotImplementedError
 
 
@@ -41,7 +55,7 @@ class FileLease(Lease):
         self.path = path
         self._fd: int | None = None
 
-    def check(self) -> bool:
+    def _check(self) -> bool:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -54,7 +68,7 @@ class FileLease(Lease):
             self.holding = True
         return True
 
-    def release(self) -> None:
+    def _release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -79,7 +93,7 @@ class AdvisoryLease(Lease):
         self.key = _lock_id(f"vigil-lease:{where[0]}:{where[1]}:{self.name}")
         return conn
 
-    def check(self) -> bool:
+    def _check(self) -> bool:
         import psycopg
         try:
             if self._conn is None or self._conn.closed:
@@ -108,7 +122,14 @@ class AdvisoryLease(Lease):
                 pass
             self._conn = None
 
-    def release(self) -> None:
+    def _release(self) -> None:
+        # unlock before closing: the server ends a closed session a moment later, and the next
+        # manager should not have to wait for that at a clean shutdown
+        if self.holding and self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except Exception:  # closing below frees it anyway
+                pass
         self.holding = False
         self._drop()
 

@@ -295,3 +295,21 @@ def test_two_policy_components_one_publishes_both_take_commands(pg, tmp_path):
     snap2 = ruleset.decode_snapshot(mqtt_b.last(topics.engine("e1", "ruleset")), pub, "e1")
     assert snap2.generation > snap.generation and [e.value for e in snap2.entries if e.action == "drop"] == ["10.7.0.1"]
     b.close()
+
+
+def test_an_extension_by_one_manager_is_not_undone_by_the_other_expiring_its_old_copy(pg):
+    clock = [1_000_000.0]
+    mk = lambda: DecisionStore(pg.db(), Counters(), ladder=[600], offence_memory=86400,   # noqa: E731
+                               unblock_suppress=60, clock=lambda: clock[0])
+    a, b = mk(), mk()
+    d = a.propose("ip", "10.6.0.1", "operator", "r", duration=60)
+    b.refresh()
+    clock[0] += 30
+    a.extend(d.id, 600)            # b has not polled since: its copy still ends at +60
+    clock[0] += 40
+    assert b.expire() == 0 and b.active[d.id].expires == a.active[d.id].expires   # re-read, not ended
+    assert pg.db().one("SELECT state FROM decisions WHERE id=?", (d.id,)) == ("active",)
+    clock[0] += 700
+    assert b.expire() == 1 and a.refresh() == 1 and d.id not in a.active
+    a.close()
+    b.close()

@@ -218,6 +218,13 @@ class DecisionStore:
         del self.active[d.id]
         return True
 
+    def _reread_id(self, id_: str) -> None:
+        row = self._db.one(f"SELECT {_DECISION_COLS} FROM decisions WHERE id=?", (id_,))
+        if row is None:
+            self.active.pop(id_, None)
+        elif self._adopt(self._row(row)):
+            self.version += 1
+
     def _reread_value(self, scope: str, value: str) -> None:
         """Within a locked transaction: this value's rows as the database has them now."""
         for r in self._db.query(f"SELECT {_DECISION_COLS} FROM decisions WHERE scope=? AND value=?",
@@ -418,6 +425,18 @@ class DecisionStore:
             return [self.active[key]]
         return [d for d in self.active.values() if d.value == key or d.value == _norm_any(key)]
 
+    def _find_locked(self, key: str) -> list[Decision]:
+        """Within a transaction: ``_find``, with the values found locked against other managers
+        and re-read, so that what is written next starts from the database's current rows."""
+        self.refresh()
+        found = self._find(key)
+        if self.shared and found:
+            for scope, value in sorted({(d.scope, d.value) for d in found}):
+                self._db.lock(f"value:{scope}|{value}")
+                self._reread_value(scope, value)
+            found = self._find(key)
+        return found
+
     def _end(self, d: Decision, state: str) -> None:
         d.state = state
         self.active.pop(d.id, None)
@@ -427,8 +446,7 @@ class DecisionStore:
         """End active decisions by id or value; detections may not re-block the value for a while."""
         suppress = self.unblock_suppress if suppress is None else suppress
         with self._lock, self._db.transaction():
-            self.refresh()
-            found = self._find(key)
+            found = self._find_locked(key)
             if not found:
                 raise KeyError(key)
             now = self.clock()
@@ -447,8 +465,7 @@ class DecisionStore:
         if not 0 < seconds <= ruleset.MAX_TTL:
             raise ValueError(f"duration {seconds!r} must be > 0 and at most {ruleset.MAX_TTL} seconds")
         with self._lock, self._db.transaction():
-            self.refresh()
-            found = self._find(key)
+            found = self._find_locked(key)
             if not found:
                 raise KeyError(key)
             now = self.clock()
@@ -463,12 +480,24 @@ class DecisionStore:
         now = self.clock()
         with self._lock, self._db.transaction():
             gone = [d for d in self.active.values() if d.expires is not None and d.expires <= now]
+            ended = 0
             for d in gone:
-                self._end(d, "expired")
-            if gone:
-                self.counters.inc("decisions_expired", len(gone))
+                # only what the database also has as due: another manager may have extended it
+                # since our copy was read (an upsert of our copy would undo that extension)
+                cur = self._db.execute("UPDATE decisions SET state='expired', updated=? WHERE id=? AND "
+                                       "state='active' AND expires IS NOT NULL AND expires <= ?",
+                                       (now, d.id, now))
+                if cur.rowcount == 1 or not self.shared:
+                    d.state, d.updated = "expired", now
+                    self.active.pop(d.id, None)
+                    self.version += 1
+                    ended += 1
+                else:
+                    self._reread_id(d.id)
+            if ended:
+                self.counters.inc("decisions_expired", ended)
             self._db.execute("DELETE FROM suppress WHERE until < ?", (now,))
-            return len(gone)
+            return ended
 
     def list(self, state: str | None = "active", engine: str | None = None, origin: str | None = None,
              value: str | None = None, limit: int = 1000, would_block: bool | None = None) -> list[Decision]:

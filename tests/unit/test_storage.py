@@ -313,3 +313,37 @@ def test_an_extension_by_one_manager_is_not_undone_by_the_other_expiring_its_old
     assert b.expire() == 1 and a.refresh() == 1 and d.id not in a.active
     a.close()
     b.close()
+
+
+def test_a_single_managers_sqlite_state_is_copied_to_postgresql(pg, tmp_path):
+    from vigil.manager.policy.baselines import Baseline
+    from vigil.manager.storage.copy import main as copy_main
+    state = tmp_path / "state"
+    s = decisions(state / "decisions.sqlite")
+    d = s.propose("ip", "10.4.0.1", "operator", "r", duration=300)
+    s.allow_add("10.4.9.0/24")
+    s.set_meta("generation:e1", "17")
+    s.unblock("10.4.0.1")
+    s.close()
+    bs = BaselineStore(state / "baselines")
+    bs.baselines["e1"] = Baseline("e1")
+    bs.baselines["e1"].dirty = True
+    bs.save()
+    v = VerdictStore(state / "verdicts.sqlite")
+    v.seen("2" * 64, 10, "ep1", "/x", 300)
+    v.set_verdict("2" * 64, "malicious", "operator", 3600)
+    v.close()
+    cfg = tmp_path / "manager.yaml"
+    cfg.write_text(f"state_dir: {state}\nstorage: {{backend: postgresql, dsn: \"{pg.config.dsn}\"}}\n")
+    assert copy_main(["-c", str(cfg)]) == 0
+    assert copy_main(["-c", str(cfg)]) == 0              # twice: nothing doubled
+    t = decisions(pg.db())
+    assert t.get_meta("generation:e1") == "17" and "10.4.9.0/24" in [str(n) for n in t.allow_networks()]
+    assert [x.state for x in t.list(state="all")] == ["removed"] and t.list(state="all")[0].id == d.id
+    with pytest.raises(Exception, match="unblocked by an operator"):   # the suppression came along
+        t.propose("ip", "10.4.0.1", "flow-anomaly:scan", "again")
+    tv = VerdictStore(pg.db())
+    assert tv.get("2" * 64).verdict == "malicious" and [h["kind"] for h in tv.history("2" * 64)] == ["seen", "verdict"]
+    assert "e1" in BaselineStore(pg.db()).baselines
+    for x in (t, tv):
+        x.close()

@@ -282,18 +282,23 @@ def test_two_policy_components_one_publishes_both_take_commands(pg, tmp_path):
     a.tick()
     b.tick()
     assert a.leading and not b.leading
+    from vigil.manager.api import DecisionRequest
+    scan = DecisionRequest("ip", "10.7.0.9", "flow-anomaly:scan", "scan")
+    assert a.propose(scan)["status"] == "created" and b.propose(scan)["status"] == "merged"
     b.add_decision("ip", "10.7.0.1", duration=300)
     b.set_mode("e1", "enforcing")
     assert not [s for s in mqtt_b.sent if "ruleset" in s.topic]   # b never publishes
     time.sleep(0.06)
     a.tick()
     snap = ruleset.decode_snapshot(mqtt_a.last(topics.engine("e1", "ruleset")), pub, "e1")
+    # (the scan came while e1 was learning: a would-block, reported, never sent)
     assert [e.value for e in snap.entries if e.action == "drop"] == ["10.7.0.1"] and snap.mode == "enforcing"
     a.close()
     b.tick()
     assert b.leading
     snap2 = ruleset.decode_snapshot(mqtt_b.last(topics.engine("e1", "ruleset")), pub, "e1")
-    assert snap2.generation > snap.generation and [e.value for e in snap2.entries if e.action == "drop"] == ["10.7.0.1"]
+    assert snap2.generation > snap.generation
+    assert [e.value for e in snap2.entries if e.action == "drop"] == ["10.7.0.1"]
     b.close()
 
 

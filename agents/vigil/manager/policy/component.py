@@ -143,9 +143,7 @@ class PolicyComponent:
             self.counters.inc("policy_storage_errors")
             log.error("policy storage failed: %s", exc)
             return
-        if not self.leading:
-            pass
-        elif self.store.version != self._published_version or now - self._last_sync >= 5.0:
+        if self.leading and (self.store.version != self._published_version or now - self._last_sync >= 5.0):
             self._published_version = self.store.version
             self._last_sync = now
             self.publisher.sync_all()
@@ -311,8 +309,7 @@ class PolicyComponent:
             reason, evidence = req.reason, req.evidence
             if isinstance(evidence, dict) and evidence.get("quarantine"):
                 reason, evidence = self._quarantine(req)
-            before = len(self.store.active)
-            d = self.store.propose(req.scope, req.value, req.origin, reason, req.duration, targets,
+            d, created = self.store.propose_created(req.scope, req.value, req.origin, reason, req.duration, targets,
                                    evidence, learning=self._learning_targets(targets)
                                    if req.origin != OPERATOR else ())
         except Rejected as exc:
@@ -327,7 +324,6 @@ class PolicyComponent:
             log.error("proposal %s %s from %s not stored: storage failed: %s", req.scope, req.value,
                       req.origin, exc)
             return {"status": "rejected", "reason": "storage", "error": f"storage failed: {exc}"}
-        created = len(self.store.active) > before
         if created:
             self._write_point(d, "created")
             if time.monotonic() - self._last_sync >= 0.2:

@@ -343,6 +343,13 @@ class DecisionStore:
 
         ``learning``: the engines this decision targets that are learning now (would-block there).
         """
+        return self.propose_created(scope, value, origin, reason, duration, engines, evidence, learning)[0]
+
+    def propose_created(self, scope: str, value: str, origin: str, reason: str, duration: float | None = None,
+                        engines: Iterable[str] = (), evidence: dict | None = None,
+                        learning: Iterable[str] = ()) -> tuple[Decision, bool]:
+        """``propose``, and whether the decision is new (False: merged into one that was active —
+        made here or, on a shared database, by another manager)."""
         value = ruleset.normalise_value(scope, value)
         targets = parse_targets(engines)
         if duration is not None and not 0 < duration <= ruleset.MAX_TTL:
@@ -394,7 +401,7 @@ class DecisionStore:
                     if not changed:
                         self.version -= 1  # evidence only: the rule sets do not change
                     self.counters.inc("decisions_merged")
-                    return d
+                    return d, False
             if len(self.active) >= self.max_active:
                 self.counters.inc("decisions_rejected_full")
                 raise Rejected("full", f"{len(self.active)} active decisions: the store is full")
@@ -417,7 +424,7 @@ class DecisionStore:
             log.info("decision %s: %s %s %s for %.0fs (offence %d, origin %s, targets %s%s): %s",
                      d.id, d.action, d.scope, d.value, duration, count, origin, targets or "all",
                      f", would-block on {d.would_block_on}" if d.would_block_on else "", d.reason)
-            return d
+            return d, True
 
     def _find(self, key: str) -> list[Decision]:
         """Active decisions by id or by value."""

@@ -229,7 +229,8 @@ class DecisionStore:
         """Within a locked transaction: this value's rows as the database has them now."""
         for r in self._db.query(f"SELECT {_DECISION_COLS} FROM decisions WHERE scope=? AND value=?",
                                 (scope, value)):
-            self._adopt(self._row(r))
+            if self._adopt(self._row(r)):
+                self.version += 1   # another manager's change to it: the rule sets may differ
 
     # -- persistence helpers --------------------------------------------------------------
     @staticmethod

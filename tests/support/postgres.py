@@ -41,7 +41,9 @@ class PostgresServer:
         self.bindir = pg_bindir()
         if self.bindir is None:
             raise RuntimeError("PostgreSQL is not installed (scripts/setup installs Debian's postgresql)")
+        self.reap_orphans(self.bindir)
         self.dir = Path(tempfile.mkdtemp(prefix="vigil-pg-"))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self.data = self.dir / "data"
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
@@ -49,6 +51,24 @@ class PostgresServer:
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         os.chmod(self.dir, 0o755)
         self.started = False
+
+    @staticmethod
+    def reap_orphans(bindir: Path) -> None:
+        """Servers left by a test run that was killed (its owner process is gone): stopped, removed."""
+        for owner in Path(tempfile.gettempdir()).glob("vigil-pg-*/owner.pid"):
+            try:
+                pid = int(owner.read_text())
+            except (OSError, ValueError):
+                continue
+            if os.path.exists(f"/proc/{pid}"):
+                continue
+            data = owner.parent / "data"
+            if (data / "postmaster.pid").exists():
+                cmd = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+                if os.geteuid() == 0:
+                    cmd = ["runuser", "-u", "postgres", "--", *cmd]
+                subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+            shutil.rmtree(owner.parent, ignore_errors=True)
 
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = list(argv)

@@ -56,7 +56,7 @@ def pg_dsn(postgres_server):
         postgres_server.drop_schema(name)
 
 
-def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn, lab2):
+def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn, lab2, capsys):
     # (pg_dsn first: the lab and its managers stop before their database schema is dropped)
     lab = lab2
     key = Ed25519PrivateKey.generate()
@@ -195,7 +195,9 @@ def test_killing_the_publisher_loses_no_decision_and_the_other_takes_over(pg_dsn
     counters = call(socks[survivor], "manager.status")["counters"]
     assert counters.get("publisher_lease_taken") == 1
     assert counters.get("flow_batches_ingested", 0) > 0   # it ingested all along (shared subscription)
-    print(f"\ntakeover: {survivor} took the publishing lease {takeover:.2f} s after SIGKILL of {leader}; "
-          f"{len(accepted)} operator decisions accepted ({len(accepted) - before_kill} after the kill) and "
-          f"{len(events_sent)} engine events made one decision each; all in the kernels {converged:.2f} s after the last was accepted; the next vigilctl decision reached both kernels in "
-          f"{reach:.2f} s")
+    with capsys.disabled():   # the figure shows in every run, not only with -s
+        print(f"\ntakeover: {survivor} took the publishing lease {takeover:.2f} s after SIGKILL of {leader}; "
+              f"{len(accepted)} operator decisions accepted ({len(accepted) - before_kill} after the kill) and "
+              f"{len(events_sent)} engine events made one decision each; all in the kernels "
+              f"{converged:.2f} s after the last was accepted; the next vigilctl decision reached both "
+              f"kernels in {reach:.2f} s")

@@ -294,6 +294,8 @@ def test_two_policy_components_one_publishes_both_take_commands(pg, tmp_path):
     snap = ruleset.decode_snapshot(mqtt_a.last(topics.engine("e1", "ruleset")), pub, "e1")
     # (the scan came while e1 was learning: a would-block, reported, never sent)
     assert [e.value for e in snap.entries if e.action == "drop"] == ["10.7.0.1"] and snap.mode == "enforcing"
+    gen_b = {e["engine"]: e["published_generation"] for e in b.list_engines()}
+    assert gen_b == {"e1": snap.generation}       # the non-publisher shows what the publisher sent
     a.close()
     b.tick()
     assert b.leading

@@ -379,6 +379,12 @@ class PolicyComponent:
         return targets
 
     def list_engines(self) -> list[dict]:
+        if self.store.shared and not self.leading:
+            # the publisher is another manager: what it published is in the database, not here
+            for engine, raw in self.store.meta_with_prefix("generation:").items():
+                v = self.fleet.engines.get(engine)
+                if v is not None and raw.isdigit():
+                    v.published_generation = max(v.published_generation, int(raw))
         out = []
         for e in self.fleet.list():
             b = self.baselines.baselines.get(e["engine"])

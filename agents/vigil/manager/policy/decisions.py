@@ -269,6 +269,12 @@ class DecisionStore:
             self._db.execute("INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT (key) DO UPDATE "
                              "SET value=excluded.value", (key, value))
 
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta entry whose key starts with ``prefix`` (keyed without it)."""
+        with self._lock:
+            rows = self._db.query("SELECT key, value FROM meta WHERE key LIKE ?", (prefix.replace("%", "") + "%",))
+        return {k[len(prefix):]: v for k, v in rows if k.startswith(prefix)}
+
     def raise_meta_int(self, key: str, value: int, above: bool = False) -> int:
         """Atomically (across managers) store under ``key`` the larger of ``value`` and what is
         there — or, with ``above``, of ``value`` and one more than what is there — and return it.

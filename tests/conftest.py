@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# postgres_server (one throwaway PostgreSQL per run) and storage (sqlite / postgresql parameters)
+pytest_plugins = ["tests.support.postgres"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
 

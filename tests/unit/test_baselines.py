@@ -1,6 +1,7 @@
 """Baselines (Welford then EWMA, persistence) and flow detections on synthetic batches."""
 from __future__ import annotations
 
+import json
 import random
 import statistics
 
@@ -54,17 +55,31 @@ def test_welford_matches_statistics_and_ewma_adapts_slowly():
     assert slow.mean - s.mean < 1.0 and fast.mean - s.mean > 30
 
 
-def test_baseline_persists(tmp_path):
-    st = BaselineStore(tmp_path)
+def test_baseline_persists(storage):
+    st = BaselineStore(storage.db("baselines"))
     det, base = Detector("e1", Thresholds()), st.get("e1")
     learn(det, base, 30)
     assert base.known_service(f"tcp/{SERVER}/80") and not base.known_service(f"tcp/{SERVER}/22")
-    assert st.save() == 1
-    again = BaselineStore(tmp_path).get("e1")
+    assert st.save() == 1 and st.save() == 0          # only what changed is written
+    again = BaselineStore(storage.db("baselines")).get("e1")
     assert again.to_json() == base.to_json()
     assert again.services[f"tcp/{SERVER}/443"]["sources_n"] == len(CLIENTS)
-    (tmp_path / "e2.json").write_text("{not json")
-    assert "e2" not in BaselineStore(tmp_path).baselines  # unreadable: logged, starts afresh
+    st.reset("e1")
+    assert "e1" not in BaselineStore(storage.db("baselines")).baselines
+
+
+def test_baseline_files_of_earlier_versions_are_imported_once(storage, tmp_path):
+    det, base = Detector("e3", Thresholds()), Baseline("e3")
+    learn(det, base, 10)
+    old = tmp_path / "old-baselines"
+    old.mkdir()
+    (old / "e3.json").write_text(json.dumps(base.to_json()))
+    (old / "e2.json").write_text("{not json")
+    st = BaselineStore(storage.db("baselines"), import_dir=old)
+    assert st.baselines["e3"].to_json() == base.to_json()
+    assert "e2" not in st.baselines                   # unreadable: logged, starts afresh
+    assert (old / "e3.json.imported").exists() and not (old / "e3.json").exists()
+    assert BaselineStore(storage.db("baselines"), import_dir=old).baselines["e3"].to_json() == base.to_json()
 
 
 def _kinds(findings):

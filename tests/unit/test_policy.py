@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.support.fake_mqtt import FakeMqtt
+from tests.support.postgres import Backend
 from vigil import payload, ruleset, topics
 from vigil.contracts.engine import EngineStatus, EventBatch, RulesetState
 from vigil.control import ControlError, ControlServer
@@ -35,16 +35,16 @@ class FakeWriter:
         self.lines.extend(lines)
 
 
-def store(tmp_path: Path, clock=None, **kw) -> DecisionStore:
+def store(storage: Backend, clock=None, **kw) -> DecisionStore:
     args = dict(ladder=[600, 3600, 86400], offence_memory=86400 * 30, unblock_suppress=3600,
                 static_allow=["10.77.0.1/32"])
     args.update(kw)
-    return DecisionStore(tmp_path / "d.sqlite", Counters(), clock=clock or Clock(), **args)
+    return DecisionStore(storage.db("decisions"), Counters(), clock=clock or Clock(), **args)
 
 
-def test_ladder_climbs_for_repeat_offenders(tmp_path):
+def test_ladder_climbs_for_repeat_offenders(storage):
     clk = Clock()
-    s = store(tmp_path, clk)
+    s = store(storage, clk)
     d1 = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "scan")
     assert d1.offences == 1 and d1.expires - d1.created == 600
     # the same scan reported again while blocked merges: no new offence
@@ -63,17 +63,17 @@ def test_ladder_climbs_for_repeat_offenders(tmp_path):
     assert (d3.expires - d3.created, d4.expires - d4.created) == (86400, 86400)  # top of the ladder
 
 
-def test_offences_are_forgotten_after_the_memory(tmp_path):
+def test_offences_are_forgotten_after_the_memory(storage):
     clk = Clock()
-    s = store(tmp_path, clk, offence_memory=1000)
+    s = store(storage, clk, offence_memory=1000)
     s.propose("ip", "10.0.0.5", "x", "r")
     clk.t += 2000
     s.expire()
     assert s.propose("ip", "10.0.0.5", "x", "r").offences == 1
 
 
-def test_allowlist_overrides_every_origin(tmp_path):
-    s = store(tmp_path)
+def test_allowlist_overrides_every_origin(storage):
+    s = store(storage)
     for origin in ("operator", "flow-anomaly:flood", "parser:snort"):
         with pytest.raises(Rejected) as exc:
             s.propose("ip", "10.77.0.1", origin, "r")
@@ -89,9 +89,9 @@ def test_allowlist_overrides_every_origin(tmp_path):
     assert s.propose("ip", "10.77.0.9", "flow-anomaly:flood", "r").state == "active"
 
 
-def test_unblock_suppresses_reblocking_but_not_the_operator(tmp_path):
+def test_unblock_suppresses_reblocking_but_not_the_operator(storage):
     clk = Clock()
-    s = store(tmp_path, clk)
+    s = store(storage, clk)
     d = s.propose("ip", "10.77.0.66", "flow-anomaly:flood", "r")
     assert [x.id for x in s.unblock("10.77.0.66")] == [d.id]
     with pytest.raises(Rejected) as exc:
@@ -106,8 +106,8 @@ def test_unblock_suppresses_reblocking_but_not_the_operator(tmp_path):
         s.unblock("10.9.9.9")
 
 
-def test_bad_values_are_refused(tmp_path):
-    s = store(tmp_path)
+def test_bad_values_are_refused(storage):
+    s = store(storage)
     for scope, value in (("ip", "10.0.0.300"), ("cidr", "10.0.0.1"), ("flow", "a|b|tcp|22"),
                          ("flow", "10.0.0.1|10.0.0.2|icmp|0"), ("host", "10.0.0.1")):
         with pytest.raises(ValueError):
@@ -118,8 +118,8 @@ def test_bad_values_are_refused(tmp_path):
         s.propose("ip", "10.0.0.1", "x", "r", duration=-5)
 
 
-def test_targets_and_would_block(tmp_path):
-    s = store(tmp_path)
+def test_targets_and_would_block(storage):
+    s = store(storage)
     g = s.propose("ip", "10.0.0.1", "flow-anomaly:flood", "r")                      # global
     e1 = s.propose("ip", "10.0.0.2", "flow-anomaly:flood", "r", engines=["e1"])
     tag = s.propose("ip", "10.0.0.3", "flow-anomaly:flood", "r", engines=["tag:dmz"])
@@ -130,14 +130,14 @@ def test_targets_and_would_block(tmp_path):
     assert [d.id for d in s.list(would_block=True)] == [wb.id]
 
 
-def test_store_persists_across_restart(tmp_path):
+def test_store_persists_across_restart(storage):
     clk = Clock()
-    s = store(tmp_path, clk)
+    s = store(storage, clk)
     d = s.propose("ip", "10.0.0.7", "operator", "keep me", duration=500, engines=["e1"])
     s.allow_add("192.0.2.0/24", "ops")
     s.unblock(s.propose("ip", "10.0.0.8", "x", "r").id)
     s.close()
-    s2 = store(tmp_path, clk)
+    s2 = store(storage, clk)
     assert s2.active[d.id].reason == "keep me" and s2.active[d.id].engines == ["e1"]
     assert any(r["value"] == "192.0.2.0/24" for r in s2.allow_list())
     with pytest.raises(Rejected):
@@ -146,10 +146,12 @@ def test_store_persists_across_restart(tmp_path):
 
 
 # -- the component: rule sets ---------------------------------------------------------------
-def component(tmp_path, **cfg):
+def component(storage: Backend, **cfg):
+    """A policy component on the test's storage backend (SQLite under tmp_path, or PostgreSQL)."""
+    tmp_path = storage.tmp_path
     mqtt = FakeMqtt()
     ctx = Context("m1", tmp_path / "state", mqtt, FakeWriter(), Counters(),
-                  ControlServer(tmp_path / "ctl.sock"), None, threading.Event())
+                  ControlServer(tmp_path / "ctl.sock"), None, threading.Event(), storage.config)
     (tmp_path / "state").mkdir(parents=True, exist_ok=True)
     comp = PolicyComponent(PolicyConfig(**cfg), ctx)
     return comp, ctx, mqtt
@@ -166,10 +168,10 @@ def events(engine, *evs):
     return EventBatch.decode(payload.encode("events", engine, {"engine": engine, "seq": 1, "events": list(evs)}))
 
 
-def test_component_is_the_decision_sink_and_signs_rule_sets(tmp_path):
-    comp, ctx, mqtt = component(tmp_path, allowlist=["10.77.0.1/32"])
+def test_component_is_the_decision_sink_and_signs_rule_sets(storage):
+    comp, ctx, mqtt = component(storage, allowlist=["10.77.0.1/32"])
     assert ctx.decisions is comp
-    pub = ruleset.load_public_key(tmp_path / "state" / "signing.pub")
+    pub = ruleset.load_public_key(storage.tmp_path / "state" / "signing.pub")
     comp.on_status("e1", status("e1"))
     comp.on_status("e2", status("e2", mode="learning"))
     r = ctx.decisions.propose(DecisionRequest("ip", "10.77.0.66", "correlation:ssh", "many failures"))
@@ -200,8 +202,8 @@ def test_component_is_the_decision_sink_and_signs_rule_sets(tmp_path):
     assert len(mqtt.sent) == n
 
 
-def test_control_errors_are_clear(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
+def test_control_errors_are_clear(storage):
+    comp, ctx, mqtt = component(storage)
     comp.on_status("e1", status("e1"))
     with pytest.raises(ControlError) as exc:
         comp.add_decision("ip", "10.0.0.256")
@@ -222,9 +224,9 @@ def test_control_errors_are_clear(tmp_path):
     assert ctx.counters.get("decisions_rejected_invalid") == 1
 
 
-def test_mode_switch_is_published_and_generations_survive_restart(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
-    pub = ruleset.load_public_key(tmp_path / "state" / "signing.pub")
+def test_mode_switch_is_published_and_generations_survive_restart(storage):
+    comp, ctx, mqtt = component(storage)
+    pub = ruleset.load_public_key(storage.tmp_path / "state" / "signing.pub")
     comp.on_status("e1", status("e1", mode="learning"))
     comp.tick()
     g1 = ruleset.decode_snapshot(mqtt.last(topics.engine("e1", "ruleset")), pub).generation
@@ -233,7 +235,7 @@ def test_mode_switch_is_published_and_generations_survive_restart(tmp_path):
     snap = ruleset.decode_snapshot(mqtt.last(topics.engine("e1", "ruleset")), pub)
     assert snap.mode == "enforcing" and snap.generation > g1
     comp.close()
-    comp2, ctx2, mqtt2 = component(tmp_path)
+    comp2, ctx2, mqtt2 = component(storage)
     comp2.on_status("e1", status("e1", mode="learning"))
     comp2.tick()
     snap2 = ruleset.decode_snapshot(mqtt2.last(topics.engine("e1", "ruleset")), pub)
@@ -241,8 +243,8 @@ def test_mode_switch_is_published_and_generations_survive_restart(tmp_path):
     assert ruleset.key_id(comp2.key) == ruleset.key_id(comp.key)                # same key
 
 
-def test_engine_behind_gets_the_snapshot_again(tmp_path):
-    comp, ctx, mqtt = component(tmp_path, resync_after=0.0)
+def test_engine_behind_gets_the_snapshot_again(storage):
+    comp, ctx, mqtt = component(storage, resync_after=0.0)
     comp.on_status("e1", status("e1"))
     comp.tick()
     comp.fleet.on_ruleset_state("e1", RulesetState(generation=0))
@@ -252,8 +254,8 @@ def test_engine_behind_gets_the_snapshot_again(tmp_path):
     assert len(mqtt.sent) == n + 1 and ctx.counters.get("ruleset_resyncs") == 1
 
 
-def test_engine_events_become_decisions(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
+def test_engine_events_become_decisions(storage):
+    comp, ctx, mqtt = component(storage)
     comp.on_status("e1", status("e1"))
     comp.on_events("e1", events(
         "e1",
@@ -270,16 +272,16 @@ def test_engine_events_become_decisions(tmp_path):
     assert ctx.counters.get("decisions_rejected_invalid") == 0
 
 
-def test_partitioning_by_engine_id(tmp_path):
-    a, _, _ = component(tmp_path / "a", partition_count=2, partition_index=0)
-    b, _, _ = component(tmp_path / "b", partition_count=2, partition_index=1)
+def test_partitioning_by_engine_id(storage):
+    a, _, _ = component(storage.under("a"), partition_count=2, partition_index=0)
+    b, _, _ = component(storage.under("b"), partition_count=2, partition_index=1)
     engines = [f"e{i}" for i in range(20)]
     owners = [(a.mine(e), b.mine(e)) for e in engines]
     assert all(x != y for x, y in owners) and any(x for x, _ in owners) and any(y for _, y in owners)
 
 
-def test_would_block_from_learning_does_not_swallow_an_enforced_offence(tmp_path):
-    s = store(tmp_path)
+def test_would_block_from_learning_does_not_swallow_an_enforced_offence(storage):
+    s = store(storage)
     wb = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "r", engines=["e1"], learning=["e1"])
     again = s.propose("ip", "10.77.0.66", "flow-anomaly:vertical-scan", "r", engines=["e1"], learning=["e1"])
     assert again.id == wb.id                                   # still learning: merged
@@ -289,8 +291,8 @@ def test_would_block_from_learning_does_not_swallow_an_enforced_offence(tmp_path
     assert [d.state for d in s.list(state="superseded")] == ["superseded"]
 
 
-def test_events_replayed_after_an_outage_are_not_acted_on(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
+def test_events_replayed_after_an_outage_are_not_acted_on(storage):
+    comp, ctx, mqtt = component(storage)
     comp.on_status("e1", status("e1"))
     now = int(time.time() * 1000)
     comp.on_events("e1", events(

@@ -28,8 +28,8 @@ def entries(comp, mqtt, engine):
     return {(e.action, e.value): e for e in snap.entries}
 
 
-def test_quarantine_is_a_drop_with_allow_entries_for_its_lifetime(tmp_path):
-    comp, ctx, mqtt = component(tmp_path, allowlist=["10.77.0.1/32"])
+def test_quarantine_is_a_drop_with_allow_entries_for_its_lifetime(storage):
+    comp, ctx, mqtt = component(storage, allowlist=["10.77.0.1/32"])
     comp.on_status("e1", status("e1"))
     r = ctx.decisions.propose(quarantine())
     assert r["status"] == "created"
@@ -46,7 +46,7 @@ def test_quarantine_is_a_drop_with_allow_entries_for_its_lifetime(tmp_path):
     assert got[("allow", "10.77.0.1/32")].ttl is None
     # the operator lifts the quarantine: the drop and its allow entry go, the allowlist stays
     comp.delete_decision("10.77.0.2")
-    pub = ruleset.load_public_key(tmp_path / "state" / "signing.pub")
+    pub = ruleset.load_public_key(storage.tmp_path / "state" / "signing.pub")
     delta = ruleset.decode_delta(mqtt.last(topics.engine("e1", "ruleset/delta")), pub, "e1")
     assert set(delta.remove) == {("drop", "ip", "10.77.0.2"), ("allow", "cidr", "10.77.0.20/32")}
     assert set(entries(comp, mqtt, "e1")) == {("allow", "10.77.0.1/32")}
@@ -55,23 +55,23 @@ def test_quarantine_is_a_drop_with_allow_entries_for_its_lifetime(tmp_path):
     assert [x["state"] for x in listed] == ["removed"] and SHA in listed[0]["reason"]
 
 
-def test_quarantine_allow_entry_expires_with_the_decision_and_allowlist_wins(tmp_path):
-    comp, ctx, mqtt = component(tmp_path, allowlist=["10.77.0.20/32"])
+def test_quarantine_allow_entry_expires_with_the_decision_and_allowlist_wins(storage):
+    comp, ctx, mqtt = component(storage, allowlist=["10.77.0.20/32"])
     comp.on_status("e1", status("e1"))
     ctx.decisions.propose(quarantine(nets=("10.77.0.20/32", "10.88.0.0/24"), duration=60))
     comp.tick()
     got = entries(comp, mqtt, "e1")
     assert got[("allow", "10.77.0.20/32")].ttl is None           # the operator allowlist holds it anyway
     assert 50 <= got[("allow", "10.88.0.0/24")].ttl <= 60
-    d = comp.store.list()[0]
-    d.expires = comp.store.clock() - 1                            # time passes
-    comp.store.expire()
+    later = comp.store.clock() + 61
+    comp.store.clock = lambda: later                              # time passes
+    assert comp.store.expire() == 1
     comp.publisher.sync_all()
     assert set(entries(comp, mqtt, "e1")) == {("allow", "10.77.0.20/32")}
 
 
-def test_quarantine_is_would_block_on_a_learning_engine(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
+def test_quarantine_is_would_block_on_a_learning_engine(storage):
+    comp, ctx, mqtt = component(storage)
     comp.on_status("e1", status("e1", mode="learning"))
     comp.on_status("e2", status("e2"))
     r = ctx.decisions.propose(quarantine())
@@ -82,8 +82,8 @@ def test_quarantine_is_would_block_on_a_learning_engine(tmp_path):
     assert [d["id"] for d in comp.learning_report("e1")] == [r["decision"]["id"]]
 
 
-def test_quarantine_joins_an_existing_block_and_bad_networks_are_counted(tmp_path):
-    comp, ctx, mqtt = component(tmp_path)
+def test_quarantine_joins_an_existing_block_and_bad_networks_are_counted(storage):
+    comp, ctx, mqtt = component(storage)
     comp.on_status("e1", status("e1"))
     first = ctx.decisions.propose(DecisionRequest("ip", "10.77.0.2", "flow-anomaly:vertical-scan", "scan"))
     comp.tick()

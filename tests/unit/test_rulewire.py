@@ -183,10 +183,11 @@ def test_packed_deltas_and_expiry(key):
 
 
 def test_manager_sends_binary_only_to_engines_that_read_it(tmp_path):
+    from tests.support.postgres import Backend
     from tests.unit.test_policy import component, status
     from vigil import payload, topics
     from vigil.contracts.engine import EngineStatus
-    comp, ctx, mqtt = component(tmp_path)
+    comp, ctx, mqtt = component(Backend("sqlite", tmp_path, None))
     pub = rs.load_public_key(tmp_path / "state" / "signing.pub")
     new = EngineStatus.decode(payload.encode("status", "e2", {
         "state": "running", "engine": "e2", "mode": "enforcing", "learning": {"progress": 1.0},
@@ -208,7 +209,7 @@ def test_manager_sends_binary_only_to_engines_that_read_it(tmp_path):
     e2 = {pk.key_text(4, k): b2.blocks[0].expires[i] for i, k in enumerate(pk._iter_keys(4, b2.blocks[0].keys))}
     assert e1["10.77.0.66"] == e2["10.77.0.66"]
     # the switch forces one encoding for all
-    comp2, _ctx, mqtt2 = component(tmp_path / "two", ruleset_format="json")
+    comp2, _ctx, mqtt2 = component(Backend("sqlite", tmp_path / "two", None), ruleset_format="json")
     comp2.on_status("e2", new)
     comp2.add_decision("ip", "10.77.0.66", duration=600, reason="manual")
     assert mqtt2.last(topics.engine("e2", "ruleset")).startswith(b"{")

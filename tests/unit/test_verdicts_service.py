@@ -53,7 +53,8 @@ def msg(topic: str, body: bytes, props=None) -> paho.MQTTMessage:
 
 
 @pytest.fixture
-def svc(tmp_path):
+def svc(tmp_path, storage):
+    """The verdict service on each storage backend (SQLite under tmp_path, PostgreSQL)."""
     bad, good = tmp_path / "bad.txt", tmp_path / "good.txt"
     bad.write_text(f"{'b' * 64} evil-tool\n# comment\nnot-a-hash\n")
     good.write_text(f"{'a' * 64}\n{'b' * 64}\n")
@@ -62,7 +63,7 @@ def svc(tmp_path):
                          quarantine=from_dict({"enabled": True, "allow_networks": ["10.9.0.0/24"], "duration": 900},
                                               VerdictsConfig.__dataclass_fields__["quarantine"].default_factory().__class__))
     ctx = Context("m1", tmp_path, FakeMqtt(), FakeWriter(), Counters(), ControlServer(tmp_path / "c.sock"), Sink(),
-                  threading.Event())
+                  threading.Event(), storage.config)
     s = VerdictService(cfg, ctx)
     yield s
     ctx.stop.set()
@@ -272,13 +273,22 @@ def test_clamd_backend_speaks_instream(tmp_path):
     assert not Clamd(tmp_path / "absent").available()
 
 
-def test_store_survives_restart_and_requeues_pending(tmp_path):
-    s = VerdictStore(tmp_path / "v.sqlite")
+def test_store_survives_restart_and_requeues_pending(storage):
+    s = VerdictStore(storage.db("verdicts"))
     s.seen("1" * 64, 5, "ep1", "/x", 300)
     s.set_analysis("1" * 64, "queued")
     s.close()
-    s2 = VerdictStore(tmp_path / "v.sqlite")
+    s2 = VerdictStore(storage.db("verdicts"))
     assert s2.pending_analysis() == ["1" * 64] and s2.get("1" * 64).seen_count == 1
+    # a second store on the same database (a second manager) sees one verdict database
+    s3 = VerdictStore(storage.db("verdicts"))
+    rec, changed = s3.set_verdict("1" * 64, "malicious", "operator", 3600, "by hand")
+    assert changed and s2.get("1" * 64).verdict == "malicious" and s2.get("1" * 64).seen_count == 1
+    assert [h["kind"] for h in s2.history("1" * 64)] == ["seen", "verdict"]
+    assert s2.counts() == {"malicious": 1}
+    s2.close()
+    s3.close()
+
 
 
 def test_config_section_validated():

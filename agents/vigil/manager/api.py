@@ -65,6 +65,7 @@ class Context:
     control: ControlServer
     decisions: DecisionSink
     stop: threading.Event
+    storage: Any = None   # StorageConfig of the manager (None: SQLite files under state_dir)
 
 
 class Component(Protocol):

@@ -8,6 +8,7 @@ from ..common import InfluxConfig, LogConfig, MqttConfig
 from ..contracts.ids import check_id
 from .verdicts.config import VerdictsConfig
 from .policy.config import PolicyConfig
+from .storage.config import StorageConfig
 from ..collector.config import CollectorConfig
 
 
@@ -43,6 +44,8 @@ class ManagerConfig:
     state_dir: Path = Path("/var/lib/vigil/manager")
     control_socket: Path = Path("/run/vigil/manager.sock")
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # where the manager's state lives: SQLite under state_dir, or PostgreSQL shared by managers
+    storage: StorageConfig = field(default_factory=StorageConfig)
     policy: PolicyConfig | None = None
     verdicts: VerdictsConfig | None = None
     collector: CollectorConfig | None = None
@@ -52,3 +55,8 @@ class ManagerConfig:
 
     def __post_init__(self):
         check_id(self.manager_id, "manager_id")
+        if self.storage.shared and self.policy is not None and self.policy.enabled \
+                and self.policy.signing_key_file is None:
+            # managers sharing a fleet must sign with one key, or engines refuse the others' rule sets
+            raise ValueError("policy.signing_key_file: required with storage.backend postgresql "
+                             "(every manager of the fleet signs with the same key)")

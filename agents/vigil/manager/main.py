@@ -44,7 +44,7 @@ class ManagerService:
         self.mqtt = MqttClient(cfg.mqtt, new_client_id(f"manager-{cfg.manager_id}"), self.counters)
         self.control = ControlServer(cfg.control_socket)
         self.ctx = Context(cfg.manager_id, cfg.state_dir, self.mqtt, self.writer, self.counters,
-                           self.control, _NoPolicy(self.counters), self.stop_event)
+                           self.control, _NoPolicy(self.counters), self.stop_event, cfg.storage)
         self.components = plugins.build(COMPONENTS, cfg, self.ctx)
         self.control.register("manager.status", self.status)
 

@@ -15,19 +15,23 @@ Learned per engine:
   distinct ports on one host, failed connections to one host, new connections to one service,
   packets per second.  Detection thresholds derive from these.
 
-Everything is in traffic time: only intervals that carried flows count.  State is JSON under
-``state_dir/baselines/<engine>.json``, written atomically.
+Everything is in traffic time: only intervals that carried flows count.  State is one JSON text
+per engine in the ``baselines`` table of the manager's storage (SQLite ``state_dir/baselines/
+baselines.sqlite``, or the shared PostgreSQL database, where every manager learns from the same
+flows and the last to save wins); ``<engine>.json`` files of earlier versions are imported once.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...files import atomic_write
+from ..storage import Database, migrate
+from ..storage.db import SQLiteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -203,18 +207,48 @@ class IntervalSummary:
     services: dict[str, tuple[int, int, set[str]]]   # key -> (bytes, new flows, sources)
 
 
+MIGRATIONS = ["""
+CREATE TABLE IF NOT EXISTS baselines (engine TEXT PRIMARY KEY, body TEXT NOT NULL,
+  updated DOUBLE PRECISION NOT NULL)
+"""]
+
+
 class BaselineStore:
-    def __init__(self, directory: Path, **kw):
-        self.dir = directory
+    """``db``: the storage database, or a directory (its own SQLite file there, and the directory's
+    ``<engine>.json`` files of earlier versions imported)."""
+
+    def __init__(self, db: Database | Path, import_dir: Path | None = None, **kw):
+        if not isinstance(db, Database):
+            import_dir = Path(db)
+            db = SQLiteDatabase(import_dir / "baselines.sqlite")
+        self.db = db
         self.kw = kw
         self.baselines: dict[str, Baseline] = {}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for p in self.dir.glob("*.json"):
+        migrate(db, "baselines", MIGRATIONS)
+        for engine, body in db.query("SELECT engine, body FROM baselines"):
             try:
-                b = Baseline.from_json(json.loads(p.read_text()), **kw)
+                b = Baseline.from_json(json.loads(body), **kw)
                 self.baselines[b.engine] = b
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("stored baseline of %s unreadable (%s); that engine starts learning afresh", engine, exc)
+        if import_dir is not None and import_dir.is_dir():
+            self._import(import_dir)
+
+    def _import(self, directory: Path) -> None:
+        for p in sorted(directory.glob("*.json")):
+            try:
+                b = Baseline.from_json(json.loads(p.read_text()), **self.kw)
             except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
                 log.error("baseline file %s unreadable (%s); that engine starts learning afresh", p, exc)
+                continue
+            if b.engine not in self.baselines:
+                self.baselines[b.engine] = b
+                b.dirty = True
+                log.info("baseline of %s imported from %s", b.engine, p)
+        self.save()
+        for p in directory.glob("*.json"):
+            if p.stem in self.baselines:
+                p.rename(p.with_suffix(".json.imported"))
 
     def get(self, engine: str) -> Baseline:
         b = self.baselines.get(engine)
@@ -223,16 +257,21 @@ class BaselineStore:
         return b
 
     def save(self) -> int:
-        n = 0
-        for b in list(self.baselines.values()):
-            if not b.dirty:
-                continue
-            path = self.dir / f"{b.engine}.json"
-            atomic_write(path, json.dumps(b.to_json()))
-            b.dirty = False
-            n += 1
-        return n
+        dirty = [b for b in list(self.baselines.values()) if b.dirty]
+        if not dirty:
+            return 0
+        now = time.time()
+        with self.db.transaction():
+            for b in dirty:
+                self.db.execute("INSERT INTO baselines (engine, body, updated) VALUES (?,?,?) ON CONFLICT (engine) "
+                                "DO UPDATE SET body=excluded.body, updated=excluded.updated",
+                                (b.engine, json.dumps(b.to_json()), now))
+                b.dirty = False
+        return len(dirty)
 
     def reset(self, engine: str) -> None:
         self.baselines.pop(engine, None)
-        (self.dir / f"{engine}.json").unlink(missing_ok=True)
+        self.db.execute("DELETE FROM baselines WHERE engine=?", (engine,))
+
+    def close(self) -> None:
+        self.db.close()

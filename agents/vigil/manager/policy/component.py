@@ -6,6 +6,11 @@ Built first among the manager's components, it becomes ``ctx.decisions``: every 
 component in the same process (one MQTT subscription per topic per process), or subscribes itself
 when the process runs no ingest.  With ``partition_count`` > 1, several policy processes split the
 engines between them by a hash of the engine id.
+
+Several managers on one PostgreSQL database (``storage``): every one ingests, detects and takes
+operator commands, writing to the shared store; each re-reads what the others changed every
+``storage.poll_interval``; only the holder of the publishing lease (one per partition) publishes
+rule sets, and when it dies the next manager to ask takes the lease and continues the generations.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from ... import ruleset, topics
 from ...contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
 from ...contracts.vocab import SEVERITY_RANK
 from ...control import ControlError
+from ...daemon import StartupError
 from ...influx import line
 from ..api import DecisionRequest
 from .baselines import BaselineStore
@@ -28,6 +34,7 @@ from .detections import Detector
 from .fleet import Fleet, Publisher, snapshot_generation
 from .config import PolicyConfig
 from ..seqtrack import SeqTracker, sending_engine
+from ..storage import open_database, open_lease
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,29 @@ class PolicyComponent:
         self.ctx = ctx
         self.counters = ctx.counters
         self._lock = threading.RLock()
-        self.store = DecisionStore(ctx.state_dir / "decisions.sqlite", ctx.counters, cfg.ladder,
-                                   cfg.offence_memory, cfg.unblock_suppress, cfg.allowlist,
+        storage = getattr(ctx, "storage", None)
+        self.storage = storage
+        self.store = DecisionStore(open_database(storage, ctx.state_dir / "decisions.sqlite"), ctx.counters,
+                                   cfg.ladder, cfg.offence_memory, cfg.unblock_suppress, cfg.allowlist,
                                    cfg.max_active_decisions)
         self.fleet = Fleet(self.store, ctx.counters)
-        self.baselines = BaselineStore(ctx.state_dir / "baselines")
+        self.baselines = BaselineStore(open_database(storage, ctx.state_dir / "baselines" / "baselines.sqlite"),
+                                       import_dir=ctx.state_dir / "baselines")
         self.detectors: dict[str, Detector] = {}
-        self.key, pub = ruleset.generate_keypair(ctx.state_dir)
+        if cfg.signing_key_file is not None:
+            # the fleet's key, shared by its managers (engines hold its public half)
+            try:
+                self.key = ruleset.load_private_key(cfg.signing_key_file)
+            except ValueError as exc:
+                raise StartupError(f"policy.signing_key_file: {exc}") from None
+            ruleset.save_public_key(self.key.public_key(), ctx.state_dir / ruleset.PUBLIC_KEY_FILE)
+        else:
+            self.key, _pub = ruleset.generate_keypair(ctx.state_dir)
+        self.lease = open_lease(storage, f"publisher-{cfg.partition_index}-of-{cfg.partition_count}",
+                                ctx.state_dir)
+        self.leading = False
+        self._lease_lock = threading.Lock()
+        self._last_refresh = time.monotonic()
         if cfg.public_key_file is not None:
             cfg.public_key_file.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ctx.state_dir / ruleset.PUBLIC_KEY_FILE, cfg.public_key_file)
@@ -107,9 +130,20 @@ class PolicyComponent:
             self.on_events(engine, batch)
 
     def tick(self) -> None:
-        self.store.expire()
         now = time.monotonic()
-        if self.store.version != self._published_version or now - self._last_sync >= 5.0:
+        self._check_lease()               # first: a manager that lost the database stops publishing
+        try:
+            if self.store.shared and now - self._last_refresh >= self.storage.poll_interval:
+                self._last_refresh = now
+                self.store.refresh()          # what the other managers decided
+                if self.fleet.refresh():      # an operator's mode switch made through another manager
+                    self._published_version = -1
+            self.store.expire()
+        except Exception as exc:  # database unreachable: count, keep ticking (the kernel expires rules)
+            self.counters.inc("policy_storage_errors")
+            log.error("policy storage failed: %s", exc)
+            return
+        if self.leading and (self.store.version != self._published_version or now - self._last_sync >= 5.0):
             self._published_version = self.store.version
             self._last_sync = now
             self.publisher.sync_all()
@@ -118,14 +152,33 @@ class PolicyComponent:
             with self._lock:
                 self.baselines.save()
 
+    def _check_lease(self) -> None:
+        with self._lease_lock:   # tick, control and MQTT threads: one transition, counted once
+            self._check_lease_locked()
+
+    def _check_lease_locked(self) -> None:
+        leading = self.lease.check()
+        if leading and not self.leading:
+            self.counters.inc("publisher_lease_taken")
+            log.info("publishing lease %s taken: this manager publishes the rule sets now", self.lease.name)
+            self.publisher.take_over()
+            self._published_version = -1
+        elif self.leading and not leading:
+            self.counters.inc("publisher_lease_lost")
+            log.warning("publishing lease %s lost: another manager publishes the rule sets", self.lease.name)
+        self.leading = leading
+
     def close(self) -> None:
         with self._lock:
             self.baselines.save()
+        self.lease.release()
         self.store.close()
+        self.baselines.close()
 
     def status(self) -> dict[str, Any]:
         return {"active_decisions": len(self.store.active), "engines": len(self.fleet.engines),
-                "key_id": ruleset.key_id(self.key)}
+                "key_id": ruleset.key_id(self.key), "publishing": self.leading,
+                "storage": self.storage.backend if self.storage else "sqlite"}
 
     def mine(self, engine: str) -> bool:
         n = self.cfg.partition_count
@@ -256,8 +309,7 @@ class PolicyComponent:
             reason, evidence = req.reason, req.evidence
             if isinstance(evidence, dict) and evidence.get("quarantine"):
                 reason, evidence = self._quarantine(req)
-            before = len(self.store.active)
-            d = self.store.propose(req.scope, req.value, req.origin, reason, req.duration, targets,
+            d, created = self.store.propose_created(req.scope, req.value, req.origin, reason, req.duration, targets,
                                    evidence, learning=self._learning_targets(targets)
                                    if req.origin != OPERATOR else ())
         except Rejected as exc:
@@ -267,7 +319,11 @@ class PolicyComponent:
             self.counters.inc("decisions_rejected_invalid")
             log.warning("invalid proposal from %s (%s %r): %s", req.origin, req.scope, req.value, exc)
             return {"status": "rejected", "reason": "invalid", "error": str(exc)}
-        created = len(self.store.active) > before
+        except Exception as exc:  # the database is unreachable or failed: the proposer must not crash
+            self.counters.inc("decisions_storage_errors")
+            log.error("proposal %s %s from %s not stored: storage failed: %s", req.scope, req.value,
+                      req.origin, exc)
+            return {"status": "rejected", "reason": "storage", "error": f"storage failed: {exc}"}
         if created:
             self._write_point(d, "created")
             if time.monotonic() - self._last_sync >= 0.2:
@@ -323,6 +379,12 @@ class PolicyComponent:
         return targets
 
     def list_engines(self) -> list[dict]:
+        if self.store.shared and not self.leading:
+            # the publisher is another manager: what it published is in the database, not here
+            for engine, raw in self.store.meta_with_prefix("generation:").items():
+                v = self.fleet.engines.get(engine)
+                if v is not None and raw.isdigit():
+                    v.published_generation = max(v.published_generation, int(raw))
         out = []
         for e in self.fleet.list():
             b = self.baselines.baselines.get(e["engine"])
@@ -380,7 +442,8 @@ class PolicyComponent:
                                            reason=reason or "added by an operator", duration=duration,
                                            engines=targets))
         if res["status"] == "rejected":
-            raise ControlError("invalid" if res["reason"] == "invalid" else "conflict", res["error"])
+            code = {"invalid": "invalid", "storage": "unavailable"}.get(res["reason"], "conflict")
+            raise ControlError(code, res["error"])
         self._sync_now()
         return res["decision"]
 
@@ -423,6 +486,10 @@ class PolicyComponent:
     def _sync_now(self) -> None:
         """Operator changes go out at once (not at the next tick): an unblock must reach the
         kernel within seconds."""
+        if not self.leading:
+            self._check_lease()
+        if not self.leading:
+            return  # the publisher (another manager) sends it after its next refresh
         self._published_version = self.store.version
         self._last_sync = time.monotonic()
         self.publisher.sync_all()

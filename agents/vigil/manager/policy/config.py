@@ -75,6 +75,9 @@ class PolicyConfig:
     # rule sets on the wire: "auto" = binary (vrs1) to engines that advertise it, JSON to others;
     # "json" or "vrs1" for every engine
     ruleset_format: str = "auto"
+    # the fleet's signing key (PEM, Ed25519), shared by every manager that publishes rule sets to
+    # the same engines; unset: signing.key in state_dir, made at first start (one manager only)
+    signing_key_file: Path | None = None
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):

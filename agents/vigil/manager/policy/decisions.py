@@ -1,6 +1,7 @@
 """The decision store: what is blocked, where, why and until when (DESIGN.md "Decisions and rule sets").
 
-One SQLite database under the manager's state_dir holds
+One database holds (``storage``: a SQLite file under the manager's state_dir, or the PostgreSQL
+database that several managers share)
 
 - ``decisions``: id, scope, value, action, origin, reason, created/expires (UTC epoch seconds),
   offence count, targets (``[]`` = every engine, else engine ids and ``tag:<tag>``), state
@@ -15,13 +16,17 @@ Rules, in order: an allowlisted value is never blocked (whatever the origin); a 
 not blocked again by a non-operator origin; a proposal for a value that already has an active
 decision with the same targets merges into it (no new offence, so one long scan is one offence);
 otherwise the offence count rises and the ladder picks the duration unless the request names one.
+
+Several managers on one database: each keeps the active decisions in memory and re-reads what the
+others changed (``refresh``, every ``poll_interval``); a proposal, an unblock or an extension runs in
+a transaction that holds a lock on the value, after reading that value's rows afresh, so two
+managers that see the same scan at the same moment make one decision, not two.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -31,6 +36,8 @@ from typing import Any, Callable, Iterable
 
 from ... import ruleset
 from ...counters import Counters
+from ..storage import Database, migrate
+from ..storage.db import SQLiteDatabase
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +115,48 @@ def covers(net: ipaddress._BaseNetwork, scope: str, value: str) -> bool:
         return False
 
 
-_SCHEMA = """
+# Versioned: append a migration, never edit one that shipped.  The first is written so that it also
+# adopts a decisions.sqlite made before migrations existed (same tables, IF NOT EXISTS).
+MIGRATIONS = ["""
 CREATE TABLE IF NOT EXISTS decisions (
   id TEXT PRIMARY KEY, scope TEXT, value TEXT, action TEXT, origin TEXT, reason TEXT,
-  created REAL, expires REAL, offences INTEGER, engines TEXT, state TEXT, would_block_on TEXT,
-  evidence TEXT, updated REAL);
+  created DOUBLE PRECISION, expires DOUBLE PRECISION, offences INTEGER, engines TEXT, state TEXT,
+  would_block_on TEXT, evidence TEXT, updated DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions(state);
-CREATE TABLE IF NOT EXISTS offences (scope TEXT, value TEXT, count INTEGER, last REAL,
+CREATE TABLE IF NOT EXISTS offences (scope TEXT, value TEXT, count INTEGER, last DOUBLE PRECISION,
   PRIMARY KEY (scope, value));
-CREATE TABLE IF NOT EXISTS allowlist (id TEXT PRIMARY KEY, value TEXT UNIQUE, note TEXT, created REAL);
-CREATE TABLE IF NOT EXISTS suppress (scope TEXT, value TEXT, until REAL, PRIMARY KEY (scope, value));
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
+CREATE TABLE IF NOT EXISTS allowlist (id TEXT PRIMARY KEY, value TEXT UNIQUE, note TEXT,
+  created DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS suppress (scope TEXT, value TEXT, until DOUBLE PRECISION,
+  PRIMARY KEY (scope, value));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)
+""", """
+CREATE INDEX IF NOT EXISTS decisions_updated ON decisions(updated);
+CREATE INDEX IF NOT EXISTS decisions_value ON decisions(scope, value)
+"""]
+
+# Rows another manager wrote are re-read this long after their time stamp, so that a transaction
+# that committed a little after the one we saw (or a manager whose clock is a little behind) is not
+# skipped.  Managers' clocks must agree to within this (NTP).
+REFRESH_OVERLAP = 5.0
+
+_DECISION_COLS = ("id, scope, value, action, origin, reason, created, expires, offences, engines, state, "
+                  "would_block_on, evidence, updated")
+_UPSERT_DECISION = (f"INSERT INTO decisions ({_DECISION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+                        f"{c}=excluded.{c}" for c in _DECISION_COLS.split(", ")[1:]))
+
+
+def _changes(d: "Decision") -> tuple:
+    """What of a decision can change a rule set or a report."""
+    return (d.state, d.expires, d.engines, d.would_block_on, d.origin, d.reason, d.evidence.get("quarantine"),
+            d.evidence.get("allow_networks"))
 
 
 class DecisionStore:
     """Thread-safe (MQTT thread, control socket threads, supervisor loop share it)."""
 
-    def __init__(self, path: Path, counters: Counters, ladder: list[float], offence_memory: float,
+    def __init__(self, db: Database | Path, counters: Counters, ladder: list[float], offence_memory: float,
                  unblock_suppress: float, static_allow: Iterable[str] = (), max_active: int = 100_000,
                  clock: Callable[[], float] = time.time):
         self.counters = counters
@@ -135,47 +166,127 @@ class DecisionStore:
         self.max_active = max_active
         self.clock = clock
         self._lock = threading.RLock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = db if isinstance(db, Database) else SQLiteDatabase(db)
+        self.shared = self._db.shared
+        migrate(self._db, "decisions", MIGRATIONS)
         self.static_allow = [ipaddress.ip_network(v, strict=False) for v in static_allow]
         self.active: dict[str, Decision] = {}
-        for row in self._db.execute("SELECT * FROM decisions WHERE state='active'"):
+        self._refreshed_at = self.clock()
+        for row in self._db.query(f"SELECT {_DECISION_COLS} FROM decisions WHERE state='active'"):
             d = self._row(row)
             self.active[d.id] = d
         self._allow_rows: dict[str, dict] = {}
-        for aid, value, note, created in self._db.execute("SELECT id, value, note, created FROM allowlist"):
-            self._allow_rows[aid] = {"id": aid, "value": value, "note": note, "created": created,
-                                     "source": "operator"}
+        self._load_allowlist()
         self.version = 0  # bumped on every change that can alter a rule set
+
+    def _load_allowlist(self) -> bool:
+        rows = {aid: {"id": aid, "value": value, "note": note, "created": created, "source": "operator"}
+                for aid, value, note, created in self._db.query("SELECT id, value, note, created FROM allowlist")}
+        changed = rows != self._allow_rows
+        self._allow_rows = rows
+        return changed
+
+    def refresh(self) -> int:
+        """Read what other managers changed since the last refresh (a no-op on a store of its own);
+        returns how many decisions changed here.  A change that can alter a rule set bumps
+        ``version`` so that the publisher sends it."""
+        if not self.shared:
+            return 0
+        with self._lock:
+            now = self.clock()
+            since = self._refreshed_at - REFRESH_OVERLAP
+            rows = self._db.query(f"SELECT {_DECISION_COLS} FROM decisions WHERE updated >= ?", (since,))
+            self._refreshed_at = now
+            n = sum(self._adopt(self._row(r)) for r in rows)
+            if self._load_allowlist():
+                n += 1
+            if n:
+                self.version += 1
+                self.counters.inc("decisions_refreshed", n)
+            return n
+
+    def _adopt(self, d: Decision) -> bool:
+        """Take a row read from the database into the in-memory view; True when it changed."""
+        mine = self.active.get(d.id)
+        if d.state == "active":
+            if mine is not None and _changes(mine) == _changes(d):
+                return False
+            self.active[d.id] = d
+            return True
+        if mine is None:
+            return False
+        del self.active[d.id]
+        return True
+
+    def _reread_id(self, id_: str) -> None:
+        row = self._db.one(f"SELECT {_DECISION_COLS} FROM decisions WHERE id=?", (id_,))
+        if row is None:
+            self.active.pop(id_, None)
+        elif self._adopt(self._row(row)):
+            self.version += 1
+
+    def _reread_value(self, scope: str, value: str) -> None:
+        """Within a locked transaction: this value's rows as the database has them now."""
+        for r in self._db.query(f"SELECT {_DECISION_COLS} FROM decisions WHERE scope=? AND value=?",
+                                (scope, value)):
+            if self._adopt(self._row(r)):
+                self.version += 1   # another manager's change to it: the rule sets may differ
 
     # -- persistence helpers --------------------------------------------------------------
     @staticmethod
     def _row(row) -> Decision:
         (id_, scope, value, action, origin, reason, created, expires, offences, engines, state,
          wbo, evidence, updated) = row
+        try:
+            ev = json.loads(evidence or "{}")
+        except ValueError:
+            ev = {"unreadable": True}
         return Decision(id_, scope, value, action, origin, reason, created, expires, offences,
-                        json.loads(engines or "[]"), state, json.loads(wbo or "[]"),
-                        json.loads(evidence or "{}"), updated or created)
+                        json.loads(engines or "[]"), state, json.loads(wbo or "[]"), ev, updated or created)
 
     def _save(self, d: Decision) -> None:
         d.updated = self.clock()
-        self._db.execute("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        ev = json.dumps(d.evidence, default=str)
+        if len(ev) > 8000:  # a cut JSON text would not read back: keep the keys that fit
+            self.counters.inc("decision_evidence_truncated")
+            ev = json.dumps({k: (v if len(json.dumps(v, default=str)) < 500 else "(too long)")
+                             for k, v in list(d.evidence.items())[:40]}, default=str)[:8000]
+            if len(ev) >= 8000:
+                ev = json.dumps({"truncated": True})
+        self._db.execute(_UPSERT_DECISION,
                          (d.id, d.scope, d.value, d.action, d.origin, d.reason, d.created, d.expires,
                           d.offences, json.dumps(d.engines), d.state, json.dumps(d.would_block_on),
-                          json.dumps(d.evidence, default=str)[:8000], d.updated))
+                          ev, d.updated))
         self.version += 1
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            row = self._db.one("SELECT value FROM meta WHERE key=?", (key,))
             return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT (key) DO UPDATE "
+                             "SET value=excluded.value", (key, value))
+
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta entry whose key starts with ``prefix`` (keyed without it)."""
+        with self._lock:
+            rows = self._db.query("SELECT key, value FROM meta WHERE key LIKE ?", (prefix.replace("%", "") + "%",))
+        return {k[len(prefix):]: v for k, v in rows if k.startswith(prefix)}
+
+    def raise_meta_int(self, key: str, value: int, above: bool = False) -> int:
+        """Atomically (across managers) store under ``key`` the larger of ``value`` and what is
+        there — or, with ``above``, of ``value`` and one more than what is there — and return it.
+        Generations so never go back, and two publishers never hand out the same one."""
+        with self._lock, self._db.transaction():
+            self._db.lock(f"meta:{key}")
+            row = self._db.one("SELECT value FROM meta WHERE key=?", (key,))
+            have = int(row[0]) if row and row[0] and row[0].lstrip("-").isdigit() else 0
+            new = max(value, have + 1 if above else have)
+            if new != have:
+                self.set_meta(key, str(new))
+            return new
 
     # -- allowlist ------------------------------------------------------------------------
     def allow_networks(self) -> list[ipaddress._BaseNetwork]:
@@ -197,13 +308,16 @@ class DecisionStore:
 
     def allow_add(self, value: str, note: str = "") -> dict:
         net = ipaddress.ip_network(value, strict=False)  # ValueError for bad input
-        with self._lock:
+        with self._lock, self._db.transaction():
+            self._db.lock("allowlist")
+            self._load_allowlist()
             for r in self._allow_rows.values():
                 if r["value"] == str(net):
                     return r
             r = {"id": "a-" + uuid.uuid4().hex[:10], "value": str(net), "note": note[:200],
                  "created": self.clock(), "source": "operator"}
-            self._db.execute("INSERT INTO allowlist VALUES (?,?,?,?)", (r["id"], r["value"], r["note"], r["created"]))
+            self._db.execute("INSERT INTO allowlist (id, value, note, created) VALUES (?,?,?,?)",
+                             (r["id"], r["value"], r["note"], r["created"]))
             self._allow_rows[r["id"]] = r
             # Existing decisions the new entry covers stop at once (allowlists override everything).
             for d in list(self.active.values()):
@@ -214,7 +328,9 @@ class DecisionStore:
             return r
 
     def allow_delete(self, key: str) -> dict:
-        with self._lock:
+        with self._lock, self._db.transaction():
+            self._db.lock("allowlist")
+            self._load_allowlist()
             for aid, r in list(self._allow_rows.items()):
                 if key in (aid, r["value"]):
                     self._db.execute("DELETE FROM allowlist WHERE id=?", (aid,))
@@ -234,20 +350,29 @@ class DecisionStore:
 
         ``learning``: the engines this decision targets that are learning now (would-block there).
         """
+        return self.propose_created(scope, value, origin, reason, duration, engines, evidence, learning)[0]
+
+    def propose_created(self, scope: str, value: str, origin: str, reason: str, duration: float | None = None,
+                        engines: Iterable[str] = (), evidence: dict | None = None,
+                        learning: Iterable[str] = ()) -> tuple[Decision, bool]:
+        """``propose``, and whether the decision is new (False: merged into one that was active —
+        made here or, on a shared database, by another manager)."""
         value = ruleset.normalise_value(scope, value)
         targets = parse_targets(engines)
         if duration is not None and not 0 < duration <= ruleset.MAX_TTL:
             raise ValueError(f"duration {duration!r} must be > 0 and at most {ruleset.MAX_TTL} seconds")
         origin = (origin or "unknown")[:120]
         now = self.clock()
-        with self._lock:
+        with self._lock, self._db.transaction():
+            if self.shared:
+                self._db.lock(f"value:{scope}|{value}")
+                self._reread_value(scope, value)
             net = self.allowlisted(scope, value)
             if net is not None:
                 self.counters.inc("decisions_rejected_allowlisted")
                 raise Rejected("allowlisted", f"{value} is allowlisted ({net})")
             if origin != OPERATOR:
-                row = self._db.execute("SELECT until FROM suppress WHERE scope=? AND value=?",
-                                       (scope, value)).fetchone()
+                row = self._db.one("SELECT until FROM suppress WHERE scope=? AND value=?", (scope, value))
                 if row and row[0] > now:
                     self.counters.inc("decisions_rejected_suppressed")
                     raise Rejected("suppressed", f"{value} was unblocked by an operator; not re-blocked "
@@ -283,15 +408,16 @@ class DecisionStore:
                     if not changed:
                         self.version -= 1  # evidence only: the rule sets do not change
                     self.counters.inc("decisions_merged")
-                    return d
+                    return d, False
             if len(self.active) >= self.max_active:
                 self.counters.inc("decisions_rejected_full")
                 raise Rejected("full", f"{len(self.active)} active decisions: the store is full")
-            row = self._db.execute("SELECT count, last FROM offences WHERE scope=? AND value=?",
-                                   (scope, value)).fetchone()
+            row = self._db.one("SELECT count, last FROM offences WHERE scope=? AND value=?", (scope, value))
             count = row[0] if row and now - row[1] <= self.offence_memory else 0
             count += 1
-            self._db.execute("INSERT OR REPLACE INTO offences VALUES (?,?,?,?)", (scope, value, count, now))
+            self._db.execute("INSERT INTO offences (scope, value, count, last) VALUES (?,?,?,?) ON CONFLICT "
+                             "(scope, value) DO UPDATE SET count=excluded.count, last=excluded.last",
+                             (scope, value, count, now))
             if duration is None:
                 duration = self.duration_for(count)
             d = Decision(id="d-" + uuid.uuid4().hex[:12], scope=scope, value=value, action="drop",
@@ -299,19 +425,31 @@ class DecisionStore:
                          expires=now + duration, offences=count, engines=targets,
                          would_block_on=learning,
                          evidence=dict(evidence or {}))
+            self._save(d)              # first: a failed write leaves no decision in memory only
             self.active[d.id] = d
-            self._save(d)
             self.counters.inc("decisions_created")
             log.info("decision %s: %s %s %s for %.0fs (offence %d, origin %s, targets %s%s): %s",
                      d.id, d.action, d.scope, d.value, duration, count, origin, targets or "all",
                      f", would-block on {d.would_block_on}" if d.would_block_on else "", d.reason)
-            return d
+            return d, True
 
     def _find(self, key: str) -> list[Decision]:
         """Active decisions by id or by value."""
         if key in self.active:
             return [self.active[key]]
         return [d for d in self.active.values() if d.value == key or d.value == _norm_any(key)]
+
+    def _find_locked(self, key: str) -> list[Decision]:
+        """Within a transaction: ``_find``, with the values found locked against other managers
+        and re-read, so that what is written next starts from the database's current rows."""
+        self.refresh()
+        found = self._find(key)
+        if self.shared and found:
+            for scope, value in sorted({(d.scope, d.value) for d in found}):
+                self._db.lock(f"value:{scope}|{value}")
+                self._reread_value(scope, value)
+            found = self._find(key)
+        return found
 
     def _end(self, d: Decision, state: str) -> None:
         d.state = state
@@ -321,15 +459,16 @@ class DecisionStore:
     def unblock(self, key: str, suppress: float | None = None) -> list[Decision]:
         """End active decisions by id or value; detections may not re-block the value for a while."""
         suppress = self.unblock_suppress if suppress is None else suppress
-        with self._lock:
-            found = self._find(key)
+        with self._lock, self._db.transaction():
+            found = self._find_locked(key)
             if not found:
                 raise KeyError(key)
             now = self.clock()
             for d in found:
                 self._end(d, "removed")
                 if suppress > 0:
-                    self._db.execute("INSERT OR REPLACE INTO suppress VALUES (?,?,?)",
+                    self._db.execute("INSERT INTO suppress (scope, value, until) VALUES (?,?,?) ON CONFLICT "
+                                     "(scope, value) DO UPDATE SET until=excluded.until",
                                      (d.scope, d.value, now + suppress))
                 log.info("decision %s on %s removed by an operator; re-blocking suppressed for %.0fs",
                          d.id, d.value, suppress)
@@ -339,8 +478,8 @@ class DecisionStore:
     def extend(self, key: str, seconds: float) -> list[Decision]:
         if not 0 < seconds <= ruleset.MAX_TTL:
             raise ValueError(f"duration {seconds!r} must be > 0 and at most {ruleset.MAX_TTL} seconds")
-        with self._lock:
-            found = self._find(key)
+        with self._lock, self._db.transaction():
+            found = self._find_locked(key)
             if not found:
                 raise KeyError(key)
             now = self.clock()
@@ -353,28 +492,41 @@ class DecisionStore:
     def expire(self) -> int:
         """Mark decisions past their expiry as expired; returns how many."""
         now = self.clock()
-        with self._lock:
+        with self._lock, self._db.transaction():
             gone = [d for d in self.active.values() if d.expires is not None and d.expires <= now]
+            ended = 0
             for d in gone:
-                self._end(d, "expired")
-            if gone:
-                self.counters.inc("decisions_expired", len(gone))
+                # only what the database also has as due: another manager may have extended it
+                # since our copy was read (an upsert of our copy would undo that extension)
+                cur = self._db.execute("UPDATE decisions SET state='expired', updated=? WHERE id=? AND "
+                                       "state='active' AND expires IS NOT NULL AND expires <= ?",
+                                       (now, d.id, now))
+                if cur.rowcount == 1 or not self.shared:
+                    d.state, d.updated = "expired", now
+                    self.active.pop(d.id, None)
+                    self.version += 1
+                    ended += 1
+                else:
+                    self._reread_id(d.id)
+            if ended:
+                self.counters.inc("decisions_expired", ended)
             self._db.execute("DELETE FROM suppress WHERE until < ?", (now,))
-            return len(gone)
+            return ended
 
     def list(self, state: str | None = "active", engine: str | None = None, origin: str | None = None,
              value: str | None = None, limit: int = 1000, would_block: bool | None = None) -> list[Decision]:
         with self._lock:
+            self.refresh()   # an operator asking one manager sees what was just added through another
             if state == "active":
                 rows = list(self.active.values())
             else:
-                q, args = "SELECT * FROM decisions", []
+                q, args = f"SELECT {_DECISION_COLS} FROM decisions", []
                 if state and state != "all":
                     q += " WHERE state=?"
                     args.append(state)
                 q += " ORDER BY created DESC LIMIT ?"
                 args.append(max(limit * 4, limit))
-                rows = [self._row(r) for r in self._db.execute(q, args)]
+                rows = [self._row(r) for r in self._db.query(q, args)]
         out = []
         for d in rows:
             if engine and not (d.targets(engine) or engine in d.engines):

@@ -6,7 +6,9 @@ set per engine — the active decisions that target it and are not would-block t
 allowlist as ``allow`` entries — and, when that set changed, publishes a signed delta and the new
 signed snapshot (retained).  The generation is monotonic per engine and kept in the store, and it
 starts above whatever the engine reports or the broker still retains, so that a manager whose state
-was lost never publishes a generation an engine would refuse.
+was lost never publishes a generation an engine would refuse.  Several managers on one database: the stored generation only
+ever rises (``DecisionStore.raise_meta_int``), so a manager that takes over publishing continues
+above the last one's, and only the holder of the publishing lease calls ``sync``.
 
 Encoding: binary (rulewire.py, ``vrs1``: ~16 bytes per address entry instead of ~100 of JSON) to an
 engine whose status advertises it under ``enforcement.formats``, JSON to any other (older engines
@@ -21,6 +23,7 @@ published again.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -76,12 +79,28 @@ class Fleet:
         self.counters = counters
         self.engines: dict[str, EngineView] = {}
         self._lock = threading.RLock()
-        for key in ("mode_override",):
-            raw = store.get_meta(key)
-            if raw:
-                import json
-                for eid, mode in json.loads(raw).items():
+        self._modes_raw: str | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Operators' mode switches as stored (made through this or another manager); True if changed."""
+        raw = self.store.get_meta("mode_override")
+        if raw == self._modes_raw:
+            return False
+        self._modes_raw = raw
+        try:
+            modes = json.loads(raw) if raw else {}
+        except ValueError:
+            self.counters.inc("fleet_mode_override_unreadable")
+            modes = {}
+        with self._lock:
+            for eid, v in self.engines.items():
+                if eid not in modes:
+                    v.mode_override = None
+            for eid, mode in modes.items():
+                if mode in ruleset.MODES:
                     self.view(eid).mode_override = mode
+        return True
 
     def view(self, engine: str) -> EngineView:
         with self._lock:
@@ -121,13 +140,13 @@ class Fleet:
         v.counts = dict(state.counts)
 
     def set_mode(self, engine: str, mode: str | None) -> EngineView:
-        import json
         if mode not in (None, *ruleset.MODES):
             raise ValueError(f"mode {mode!r} is not learning or enforcing")
+        self.refresh()   # keep the other engines' switches made through another manager
         v = self.view(engine)
         v.mode_override = mode
-        self.store.set_meta("mode_override", json.dumps(
-            {e: x.mode_override for e, x in self.engines.items() if x.mode_override}))
+        self._modes_raw = json.dumps({e: x.mode_override for e, x in self.engines.items() if x.mode_override})
+        self.store.set_meta("mode_override", self._modes_raw)
         return v
 
     def learning_engines(self) -> set[str]:
@@ -202,9 +221,22 @@ class Publisher:
     def _next_generation(self, engine: str) -> int:
         v = self.fleet.view(engine)
         gen = max(v.published_generation, v.applied_generation or 0) + 1
-        v.published_generation = gen
-        self.store.set_meta(f"generation:{engine}", str(gen))
-        return gen
+        # stored before it is published: the next publisher, this one restarted or another manager,
+        # never goes back to a generation an engine already holds
+        v.published_generation = self.store.raise_meta_int(f"generation:{engine}", gen, above=True)
+        return v.published_generation
+
+    def take_over(self) -> None:
+        """This manager has just become the publisher: forget what it last published itself (another
+        manager may have published since) and continue from the stored generations; the next sync
+        sends every engine a full snapshot."""
+        with self._lock:
+            self._published.clear()
+            self._published_mode.clear()
+            for engine, v in list(self.fleet.engines.items()):
+                raw = self.store.get_meta(f"generation:{engine}")
+                v.published_generation = max(v.published_generation, int(raw) if raw else 0)
+                v.behind_since = None
 
     def sync(self, engine: str, force_snapshot: bool = False) -> bool:
         """Publish what changed for one engine; True when something was published."""
@@ -223,13 +255,15 @@ class Publisher:
                 add, remove = want, []
             base = v.published_generation
             gen = self._next_generation(engine)
+            if gen != base + 1:
+                have = None  # another manager published in between: our delta base is not the engine's
             binary = self.binary_for(engine)
             if binary:
                 now = float(int(now))
             entries = [self._entry(k, val, now, binary) for k, val in want.items()]
             issued = int(now * 1000)
             snap = ruleset.snapshot_body(engine, gen, entries, mode=mode, issued_at=issued)
-            if have is not None and base and not force_snapshot:
+            if have is not None and base and not force_snapshot and gen == base + 1:
                 delta = ruleset.delta_body(engine, base, gen,
                                            [self._entry(k, val, now, binary) for k, val in add.items()],
                                            [ruleset.removal(*k) for k in remove], mode=mode, issued_at=issued)
@@ -275,8 +309,7 @@ class Publisher:
         """A retained snapshot found on the broker at start: generations continue above it."""
         v = self.fleet.view(engine)
         if snapshot_generation > v.published_generation:
-            v.published_generation = snapshot_generation
-            self.store.set_meta(f"generation:{engine}", str(snapshot_generation))
+            v.published_generation = self.store.raise_meta_int(f"generation:{engine}", snapshot_generation)
 
 
 def snapshot_generation(raw: bytes) -> int | None:

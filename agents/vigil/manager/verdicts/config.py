@@ -40,7 +40,8 @@ class QuarantineConfig:
 @dataclass(frozen=True)
 class VerdictsConfig:
     enabled: bool = True
-    # SQLite database; relative paths are under the manager's state_dir.
+    # SQLite database (storage.backend sqlite); relative paths are under the manager's state_dir.
+    # With storage.backend postgresql the verdicts live in the shared database instead.
     database: Path = Path("verdicts.sqlite")
     # How long an endpoint may cache each verdict (seconds); 'unknown' short so it re-asks.
     ttl_benign: float = 86400.0

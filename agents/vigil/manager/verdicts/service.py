@@ -40,6 +40,7 @@ from .backends import BackendError, Clamd, Finding, HashLists, Yara
 from ...contracts.vocab import VERDICTS
 from .config import VerdictsConfig
 from .exceptions import ExceptionBook
+from ..storage import open_database
 from .store import Record, VerdictStore, is_sha256
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class VerdictService:
         db = cfg.database if cfg.database.is_absolute() else ctx.state_dir / cfg.database
         self.sample_dir = cfg.sample_dir if cfg.sample_dir.is_absolute() else ctx.state_dir / cfg.sample_dir
         self.sample_dir.mkdir(parents=True, exist_ok=True)
-        self.store = VerdictStore(db)
+        self.store = VerdictStore(open_database(getattr(ctx, "storage", None), db))
         self.lists = HashLists(cfg.known_bad, cfg.known_good)
         self.yara = Yara(cfg.rule_paths(), cfg.yara_binary, cfg.yara_timeout)
         self.clamd = Clamd(cfg.clamd_socket, cfg.clamd_timeout)

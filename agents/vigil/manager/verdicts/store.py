@@ -1,48 +1,60 @@
-"""SQLite store of every hash seen: its current verdict and the history of how it got there.
+"""The store of every hash seen: its current verdict and the history of how it got there.
 
-One connection shared by the MQTT, analysis and control threads, serialised by a lock (SQLite's
-own locking would serialise them anyway; a single writer keeps WAL small).  A verdict row carries
+SQLite (``verdicts.sqlite`` under the state_dir) by default, or the PostgreSQL database several
+managers share (``storage``); the schema is versioned (``MIGRATIONS``) and brought up to date at
+start.  One connection shared by the MQTT, analysis and control threads, serialised by a lock.
+Every read goes to the database (nothing is cached here), so managers sharing one see one verdict
+database.  A verdict row carries
 its source (``list:<file>``, ``yara:<rule>``, ``clamav:<name>``, ``operator``, ``analysis``), the
 time it was set and its TTL for endpoint caches.  ``operator`` verdicts win over analysis results
 until the operator clears them.
 """
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from ..storage import Database, migrate
+from ..storage.db import SQLiteDatabase
+
+# Versioned: append, never edit a shipped one.  The first also adopts a verdicts.sqlite made before
+# migrations existed (IF NOT EXISTS; same columns).
+MIGRATIONS = ["""
 CREATE TABLE IF NOT EXISTS hashes (
     sha256 TEXT PRIMARY KEY,
-    size INTEGER,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    seen_count INTEGER NOT NULL DEFAULT 0,
+    size BIGINT,
+    first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,
+    seen_count BIGINT NOT NULL DEFAULT 0,
     verdict TEXT NOT NULL DEFAULT 'unknown',
     source TEXT NOT NULL DEFAULT '',
-    verdict_ts REAL NOT NULL,
-    ttl REAL NOT NULL,
+    verdict_ts DOUBLE PRECISION NOT NULL,
+    ttl DOUBLE PRECISION NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    analysis TEXT NOT NULL DEFAULT 'none',   -- none / queued / waiting-sample / done / failed
+    analysis TEXT NOT NULL DEFAULT 'none',
     last_path TEXT NOT NULL DEFAULT '',
     last_endpoint TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     sha256 TEXT NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,          -- verdict / seen / analysis / executed / blocked / would-block
+    ts DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
     verdict TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS history_sha ON history(sha256, ts);
-CREATE INDEX IF NOT EXISTS hashes_verdict ON hashes(verdict, last_seen);
-"""
+CREATE INDEX IF NOT EXISTS hashes_verdict ON hashes(verdict, last_seen)
+"""]
+# analysis: none / queued / waiting-sample / done / failed
+# history kind: verdict / seen / analysis / executed / blocked / would-block
+
+_COLS = ("sha256, size, first_seen, last_seen, seen_count, verdict, source, verdict_ts, ttl, detail, analysis, "
+         "last_path, last_endpoint")
 
 
 @dataclass
@@ -70,13 +82,10 @@ def is_sha256(s: Any) -> bool:
 
 
 class VerdictStore:
-    def __init__(self, path: Path | str, history_per_hash: int = 200):
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, db: Database | Path | str, history_per_hash: int = 200):
+        self._lock = threading.RLock()
+        self._db = db if isinstance(db, Database) else SQLiteDatabase(db)
+        migrate(self._db, "verdicts", MIGRATIONS)
         self.history_per_hash = history_per_hash
 
     def close(self) -> None:
@@ -85,14 +94,14 @@ class VerdictStore:
 
     def get(self, sha: str) -> Record | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM hashes WHERE sha256=?", (sha,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLS} FROM hashes WHERE sha256=?", (sha,)).fetchone()
         return Record(*row) if row else None
 
     def seen(self, sha: str, size: int | None, endpoint: str, path: str, ttl_unknown: float,
              now: float | None = None) -> tuple[Record, bool]:
         """Record one sighting; returns the record and whether the hash is new."""
         now = time.time() if now is None else now
-        with self._lock:
+        with self._lock, self._db.transaction():
             cur = self._db.execute(
                 "INSERT INTO hashes(sha256,size,first_seen,last_seen,seen_count,verdict_ts,ttl,last_path,last_endpoint)"
                 " VALUES(?,?,?,?,1,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
@@ -105,14 +114,15 @@ class VerdictStore:
                 self._db.execute("UPDATE hashes SET last_seen=?, seen_count=seen_count+1, last_path=?,"
                                  " last_endpoint=?, size=COALESCE(size,?) WHERE sha256=?",
                                  (now, path[:1024], endpoint, size, sha))
-            row = self._db.execute("SELECT * FROM hashes WHERE sha256=?", (sha,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLS} FROM hashes WHERE sha256=?", (sha,)).fetchone()
         return Record(*row), new
 
     def set_verdict(self, sha: str, verdict: str, source: str, ttl: float, detail: str = "",
                     now: float | None = None) -> tuple[Record, bool]:
         """Set a verdict (creating the row if needed); returns (record, changed)."""
         now = time.time() if now is None else now
-        with self._lock:
+        with self._lock, self._db.transaction():
+            self._db.lock(f"hash:{sha}")   # read-then-write, atomic across managers
             old = self._db.execute("SELECT verdict, source FROM hashes WHERE sha256=?", (sha,)).fetchone()
             if old is None:
                 self._db.execute("INSERT INTO hashes(sha256,size,first_seen,last_seen,seen_count,verdict,source,"
@@ -124,19 +134,19 @@ class VerdictStore:
             self._db.execute("INSERT INTO history(sha256,ts,kind,verdict,source,detail) VALUES(?,?,?,?,?,?)",
                              (sha, now, "verdict", verdict, source, detail[:1024]))
             self._trim(sha)
-            row = self._db.execute("SELECT * FROM hashes WHERE sha256=?", (sha,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLS} FROM hashes WHERE sha256=?", (sha,)).fetchone()
         changed = old is None or old[0] != verdict or old[1] != source
         return Record(*row), changed
 
     def set_analysis(self, sha: str, state: str, detail: str = "") -> None:
-        with self._lock:
+        with self._lock, self._db.transaction():
             self._db.execute("UPDATE hashes SET analysis=? WHERE sha256=?", (state, sha))
             if detail:
                 self._db.execute("INSERT INTO history(sha256,ts,kind,verdict,source,detail) VALUES(?,?,?,?,?,?)",
                                  (sha, time.time(), "analysis", "", state, detail[:1024]))
 
     def note(self, sha: str, kind: str, verdict: str, source: str, detail: str, ts: float | None = None) -> None:
-        with self._lock:
+        with self._lock, self._db.transaction():
             self._db.execute("INSERT INTO history(sha256,ts,kind,verdict,source,detail) VALUES(?,?,?,?,?,?)",
                              (sha, time.time() if ts is None else ts, kind, verdict, source, detail[:1024]))
             self._trim(sha)
@@ -149,7 +159,7 @@ class VerdictStore:
 
     def unknowns(self, limit: int = 100) -> list[Record]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM hashes WHERE verdict='unknown' ORDER BY last_seen DESC LIMIT ?",
+            rows = self._db.execute(f"SELECT {_COLS} FROM hashes WHERE verdict='unknown' ORDER BY last_seen DESC LIMIT ?",
                                     (limit,)).fetchall()
         return [Record(*r) for r in rows]
 

@@ -20,6 +20,8 @@ FLOW_FIELDS: dict[str, str] = {
     "state": "str TCP state", "conn_state": "str Zeek-style", "replied": "bool", "assured": "bool",
     "orig_pkts": "int (interval delta)", "orig_bytes": "int", "resp_pkts": "int", "resp_bytes": "int",
     "orig_pkts_total": "int", "orig_bytes_total": "int", "resp_pkts_total": "int", "resp_bytes_total": "int",
+    "spoofed": "bool: first frame's source address is owned by another MAC (engine/senders.py)",
+    "src_mac": "str|None: owner's MAC, or for a spoofed flow the sampled sender's",
 }
 
 

@@ -87,6 +87,8 @@ class DetectConfig:
     block_ttl: int = 600          # seconds; longer reactions are the manager's
     never_block: list[str] = field(default_factory=list)  # CIDRs the detector never blocks
     max_sources: int = 20_000     # sources followed at once (oldest forgotten first)
+    spoof_min_flows: int = 20     # unanswered flows with a forged source that make a finding
+    attribution_wait: float = 2.0  # seconds to wait for a sampled frame naming a forger
 
     def __post_init__(self):
         if not 0.5 <= self.window <= 3600:
@@ -99,6 +101,10 @@ class DetectConfig:
             raise ValueError("grace: must be 0..10 seconds")
         if not 1 <= self.block_ttl <= 86400:
             raise ValueError("block_ttl: must be 1..86400 seconds")
+        if self.spoof_min_flows < 3:
+            raise ValueError("spoof_min_flows: must be at least 3")
+        if not 0 <= self.attribution_wait <= 60:
+            raise ValueError("attribution_wait: must be 0..60 seconds")
         import ipaddress
         for c in self.never_block:
             try:

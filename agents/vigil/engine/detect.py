@@ -12,6 +12,13 @@ Decision: in ``enforcing`` mode the source is blocked through the enforcement pa
 ``block_local(address, ttl, reason)`` with a short expiry (longer reactions are the manager's);
 in ``learning`` mode the same finding is reported as ``would-block`` and nothing is enforced.
 Either way one event goes out.  A decided source is not decided again until its block expires.
+
+Forged sources (senders.py): a flow whose first frame carried an address owned by another MAC (the
+kernel's ``FORGED`` mark bit, exact per flow) never counts against that address.  Such probes are
+counted per forged address on their own; when they add up to a scan or to ``spoof_min_flows``
+unanswered flows (a SYN flood with a forged source), the finding is attributed to the MAC and
+bridge port the forged frames came from (sampled): that MAC/port is blocked (``block_local_mac``)
+and a ``spoofing`` event names it; the address's owner is never blocked for it.
 """
 from __future__ import annotations
 
@@ -24,9 +31,11 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
+FORGED_KEY = "forged|"      # source key of flows whose first frame carried a forged address
+
 
 class _Source:
-    __slots__ = ("probes", "ports", "hosts", "ok", "last_eval")
+    __slots__ = ("probes", "ports", "hosts", "ok", "last_eval", "over_since")
 
     def __init__(self):
         self.probes: deque = deque()      # (t, key, dst, port)
@@ -34,13 +43,15 @@ class _Source:
         self.hosts: Counter = Counter()   # dst -> probes in window
         self.ok: set = set()              # keys of probes that were answered/established
         self.last_eval = 0.0
+        self.over_since: float | None = None
 
 
 class ScanDetector:
     def __init__(self, cfg, mode: Callable[[], str], emit: Callable[[dict], None],
                  enforcer: Callable[[], object | None] = lambda: None, counters=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, senders=None):
         self.cfg = cfg
+        self.senders = senders            # senders.Senders: who forges an address (None: no attribution)
         self.mode = mode
         self.emit = emit
         self.enforcer = enforcer
@@ -60,8 +71,11 @@ class ScanDetector:
             self.counters.inc(name, n)
 
     # -- events ---------------------------------------------------------------------------------
-    def on_new(self, key, src: str, dst: str, proto: int, dport: int) -> None:
+    def on_new(self, key, src: str, dst: str, proto: int, dport: int, forged: bool = False) -> None:
         now = self.clock()
+        if forged:
+            src = FORGED_KEY + src       # counted apart: never against the address's owner
+            self._count("detector_forged_flows")
         with self.lock:
             until = self.decided.get(src)
             if until is not None:
@@ -83,7 +97,7 @@ class ScanDetector:
             st.ports[(proto, dport)] += 1
             st.hosts[dst] += 1
             self.flow_src[key] = src
-            if len(st.ports) >= self.cfg.min_ports or len(st.hosts) >= self.cfg.min_hosts:
+            if self._over(src, st):
                 if src not in self.pending:
                     log.debug("detector: %s over the threshold (%d ports, %d hosts, first probe %.3fs ago)",
                               src, len(st.ports), len(st.hosts), now - st.probes[0][0])
@@ -134,9 +148,12 @@ class ScanDetector:
                     continue
                 self._expire(st, now)
                 n_ports, n_hosts = len(st.ports), len(st.hosts)
-                if n_ports < self.cfg.min_ports and n_hosts < self.cfg.min_hosts:
+                if not self._over(src, st):
                     self.pending.discard(src)
+                    st.over_since = None
                     continue
+                if st.over_since is None:
+                    st.over_since = now
                 if now - st.last_eval < 0.02:
                     continue
                 st.last_eval = now
@@ -149,15 +166,90 @@ class ScanDetector:
                 if ratio > self.cfg.max_success_ratio:
                     self.pending.discard(src)  # busy but successful: a client, not a scanner
                     continue
+                senders = None
+                if src.startswith(FORGED_KEY):
+                    senders = self.senders.senders_of(src[len(FORGED_KEY):]) if self.senders else []
+                    if not senders and now - st.over_since < self.cfg.attribution_wait:
+                        continue     # the sampled frames that name the sender are on their way
                 self.pending.discard(src)
                 self.decided[src] = now + self.cfg.block_ttl
                 span = now - st.probes[0][0] if st.probes else 0.0
-                found.append((src, n_ports, n_hosts, len(st.probes), ratio, span))
+                found.append((src, n_ports, n_hosts, len(st.probes), ratio, span, senders))
                 del self.sources[src]
                 for _, k, _, _ in st.probes:
                     self.flow_src.pop(k, None)
         for item in found:
-            self._decide(*item)
+            if item[0].startswith(FORGED_KEY):
+                self._decide_forged(*item)
+            else:
+                self._decide(*item[:-1])
+
+    def _over(self, key: str, st: _Source) -> bool:
+        if len(st.ports) >= self.cfg.min_ports or len(st.hosts) >= self.cfg.min_hosts:
+            return True
+        return key.startswith(FORGED_KEY) and len(st.probes) >= self.cfg.spoof_min_flows
+
+    def _decide_forged(self, key, n_ports, n_hosts, probes, ratio, span, senders) -> None:
+        """Forged-source traffic: attributed to the MAC/port that sent it, never to the address."""
+        addr = key[len(FORGED_KEY):]
+        what = "scan" if n_ports >= self.cfg.min_ports or n_hosts >= self.cfg.min_hosts else "flood"
+        owner = self.senders.owner(addr) if self.senders else None
+        base = {"type": "spoofing", "severity": "high", "forged_src": addr, "finding": what,
+                "owner_mac": owner[0] if owner else None, "owner_port": owner[1] if owner else None,
+                "distinct_ports": n_ports, "distinct_hosts": n_hosts, "probes": probes,
+                "success_ratio": round(ratio, 3), "ttl": self.cfg.block_ttl, "origin": "engine-local",
+                "scope": "mac"}
+        summary = (f"{what} with forged source {addr}: {n_ports} ports, {n_hosts} hosts, {probes} flows "
+                   f"in {span:.1f}s, {ratio:.0%} established")
+        if not senders:
+            self._count("detector_forged_unattributed")
+            ev = {**base, "action": "none", "detail": summary + " (no sampled frame names the sender)"}
+            log.warning("detector: %s", ev["detail"])
+            self.emit(ev)
+            return
+        for mac, port, seen in senders:
+            reason = f"{summary}; sent by {mac} on {port or '?'} ({seen} sampled frames)"
+            if owner:
+                reason += f"; {addr} belongs to {owner[0]} on {owner[1] or '?'}"
+            ev = {**base, "mac": mac, "in_port": port, "sampled_frames": seen, "detail": reason}
+            owns = self.senders.owned_by(mac) if self.senders else set()
+            if any(self._protected(a) for a in owns):
+                ev["action"] = "none"
+                ev["detail"] += " (the sender owns an address in detect.never_block)"
+                self._count("detector_protected")
+            else:
+                self._enforce(ev, lambda enf, m=mac, p=port, o=owns, r=reason:
+                              enf.block_local_mac(m, p, self.cfg.block_ttl, r, owns=sorted(o)),
+                              "block_local_mac")
+            log.warning("detector: %s %s on %s (%s)", ev["action"], mac, port, reason)
+            self.emit(ev)
+
+    def _enforce(self, ev: dict, call, method: str) -> None:
+        if self.mode() != "enforcing":
+            ev["action"] = "would-block"
+            self.would_block += 1
+            self._count("detector_would_block")
+            return
+        enf = self.enforcer()
+        if enf is None or not hasattr(enf, method):
+            ev["action"] = "would-block"
+            ev["detail"] += " (no enforcement part: not enforced)"
+            self._count("detector_no_enforcer")
+            return
+        try:
+            done = call(enf)
+            if done is False:  # refused (guarded address, full table, kernel error)
+                ev["action"] = "block-refused"
+                self._count("detector_block_refused")
+            else:
+                ev["action"] = "block"
+                self.decisions += 1
+                self._count("detector_blocks")
+        except Exception as exc:  # the writer failed: say so, do not crash the reader
+            ev["action"] = "block-failed"
+            ev["error"] = str(exc)
+            self._count("detector_block_errors")
+            log.exception("%s failed", method)
 
     def _decide(self, src, n_ports, n_hosts, probes, ratio, span) -> None:
         reason = (f"scan: {n_ports} ports, {n_hosts} hosts, {probes} probes in {span:.1f}s, "
@@ -169,31 +261,8 @@ class ScanDetector:
             ev["action"] = "none"
             ev["detail"] += " (source is in detect.never_block)"
             self._count("detector_protected")
-        elif self.mode() != "enforcing":
-            ev["action"] = "would-block"
-            self.would_block += 1
-            self._count("detector_would_block")
         else:
-            enf = self.enforcer()
-            if enf is None or not hasattr(enf, "block_local"):
-                ev["action"] = "would-block"
-                ev["detail"] += " (no enforcement part: not enforced)"
-                self._count("detector_no_enforcer")
-            else:
-                try:
-                    done = enf.block_local(src, self.cfg.block_ttl, reason)
-                    if done is False:  # refused (guarded address, full table, kernel error)
-                        ev["action"] = "block-refused"
-                        self._count("detector_block_refused")
-                    else:
-                        ev["action"] = "block"
-                        self.decisions += 1
-                        self._count("detector_blocks")
-                except Exception as exc:  # the writer failed: say so, do not crash the reader
-                    ev["action"] = "block-failed"
-                    ev["error"] = str(exc)
-                    self._count("detector_block_errors")
-                    log.exception("block_local(%s) failed", src)
+            self._enforce(ev, lambda enf: enf.block_local(src, self.cfg.block_ttl, reason), "block_local")
         log.warning("detector: %s %s (%s)", ev["action"], src, reason)
         self.emit(ev)
 

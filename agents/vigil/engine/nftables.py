@@ -107,6 +107,10 @@ def layout() -> dict[str, SetSpec]:
 SETS = layout()
 MANAGED = [n for n, s in SETS.items() if s.kind not in ("guard", "local")]   # what a rule set owns
 LOCAL = {4: "local4", 6: "local6"}
+# The engine's own blocks of a sender attributed by MAC and bridge port (forged source addresses,
+# engine/senders.py): one set for both families, the first drop rule in v4 and v6.
+LOCAL_MAC = "localmac"
+LOCAL_MAC_DECL = f"set {LOCAL_MAC} {{ type ether_addr . ifname; flags timeout; }}"
 
 
 def chain_rules(family: int) -> list[str]:
@@ -117,6 +121,8 @@ def chain_rules(family: int) -> list[str]:
     rules = []
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
+    # after the accepts: allowlisted and guarded addresses pass even from a blocked MAC
+    rules.append(f"ether saddr . iifname @{LOCAL_MAC} counter drop comment \"{LOCAL_MAC}\"")
     for s in drop:
         rules += [f"{ip} saddr @{s} counter drop comment \"{s} src\"",
                   f"{ip} daddr @{s} counter drop comment \"{s} dst\""]
@@ -129,6 +135,7 @@ def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
     flushed and refilled, the guard sets are refilled.  One transaction; foreign tables untouched."""
     lines = [f"table {FAMILY} {TABLE} {{"]
     lines += [f"  {s.declaration()}" for s in SETS.values()]
+    lines.append(f"  {LOCAL_MAC_DECL}")
     lines.append(f"  chain forward {{ type filter hook forward priority {PRIORITY}; policy accept; }}")
     lines += ["  chain v4 { }", "  chain v6 { }", "}"]
     for chain in ("forward", "v4", "v6"):
@@ -449,6 +456,13 @@ class NftWriter:
 
     def update(self, put, remove, refill=None) -> None:
         self.commit(Change.updating(put, remove, refill))
+
+    def block_mac(self, mac: str, port: str, timeout_ms: int) -> None:
+        """(Re)assert one engine-local MAC/port block with its timeout: one transaction."""
+        key = f'{mac} . "{port}"'
+        self._run(f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
+                  f"delete element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
+                  f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {element(key, timeout_ms)} }}\n")
 
     def delete_table(self) -> None:
         self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")

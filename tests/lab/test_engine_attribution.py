@@ -1,0 +1,96 @@
+"""Spoof-proof attribution (engine/senders.py): real attack tools with forged source addresses.
+
+After a short period in which the client and the attacker each talk to the server (the engine
+learns which MAC and bridge port own their addresses), the attacker
+
+- scans with ``nmap -D`` naming the client and an address that exists nowhere as decoys, and
+- floods the server with SYNs carrying the client's address (``hping3 --spoof``).
+
+From outside: the client keeps reaching the server throughout, the attacker is cut off, a
+``spoofing`` event names the attacker's MAC and port, and no event or block names the client."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from test_engine_detection import ClientLoop, Events, _http, _reaches
+
+pytestmark = pytest.mark.lab
+
+NOWHERE = "10.77.0.99"      # on the lab's /24, used by no host
+
+
+@pytest.fixture
+def events(lab):
+    ev = Events(lab.mosquitto.port)
+    try:
+        yield ev
+    finally:
+        ev.close()
+
+
+def _learned(lab):
+    """Enforcing engine that has seen the client and the attacker complete connections."""
+    lab.start_engine(learning={"period": 0})
+    lab.wait_log("engine", "mqtt: connected")
+    _http(lab)
+    for host in ("client", "attacker"):
+        for _ in range(3):
+            assert _reaches(lab, host)
+    lab.wait_log("engine", f"senders: {lab.ip('client')} is owned by {lab.topo.hosts['client'].mac}")
+    lab.wait_log("engine", f"senders: {lab.ip('attacker')} is owned by {lab.topo.hosts['attacker'].mac}")
+    time.sleep(1.5)     # the owners reach the kernel at the next supervisor tick (<= 1 s)
+
+
+def _no_harm_to_client(lab, events, client):
+    client.stop.set()
+    client.join(5)
+    assert client.ok >= 10 and client.failed == [], (client.ok, client.failed)
+    assert _reaches(lab, "client")
+    assert not events.find(src=lab.ip("client")), events.find(src=lab.ip("client"))
+    for ev in events.find(type="spoofing"):
+        assert ev.get("mac") != lab.topo.hosts["client"].mac, ev
+
+
+def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
+    _learned(lab)
+    attacker = lab.topo.hosts["attacker"]
+    client = ClientLoop(lab)
+    client.start()
+    try:
+        lab.popen("attacker", ["nmap", "-sS", "-n", "-Pn", "-p", "1-1000", "-D",
+                               f"{lab.ip('client')},{NOWHERE},ME", lab.ip("server")], name="nmap")
+        ev = events.wait(timeout=15, type="spoofing", forged_src=lab.ip("client"))[0]
+        lab.stop("nmap")
+        assert ev["action"] == "block" and ev["mac"] == attacker.mac and ev["in_port"] == "eth0", ev
+        assert ev["owner_mac"] == lab.topo.hosts["client"].mac and ev["scope"] == "mac"
+        assert "src" not in ev or ev["src"] is None
+        assert not _reaches(lab, "attacker"), "the attacker's MAC must be blocked"
+        time.sleep(1.0)
+    finally:
+        client.stop.set()
+    _no_harm_to_client(lab, events, client)
+    assert not events.find(src=NOWHERE)
+    nft = lab.run("engine", ["nft", "list", "set", "bridge", "vigil", "localmac"]).stdout
+    assert f'{attacker.mac} . "eth0"' in nft
+    assert lab.topo.hosts["client"].mac not in nft
+
+
+def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events):
+    _learned(lab)
+    attacker = lab.topo.hosts["attacker"]
+    client = ClientLoop(lab)
+    client.start()
+    try:
+        lab.popen("attacker", ["hping3", "-q", "-S", "-p", "8080", "-i", "u2000", "--spoof", lab.ip("client"),
+                               lab.ip("server")], name="hping3")
+        ev = events.wait(timeout=15, type="spoofing", forged_src=lab.ip("client"))[0]
+        assert ev["action"] == "block" and ev["mac"] == attacker.mac and ev["in_port"] == "eth0", ev
+        assert ev["finding"] == "flood" and ev["success_ratio"] <= 0.2
+        assert not _reaches(lab, "attacker")
+        time.sleep(1.0)
+        lab.stop("hping3")
+    finally:
+        client.stop.set()
+    _no_harm_to_client(lab, events, client)

@@ -219,3 +219,41 @@ def test_learning_mode_reports_would_block_for_the_forger():
     (ev,) = events
     assert ev["action"] == "would-block" and ev["finding"] == "scan" and ev["mac"] == AMAC
     assert enf.mac == [] and ev["owner_mac"] is None
+
+
+# -- the manager: spoofed flow records ---------------------------------------------------------------
+
+def test_manager_attributes_spoofed_flows_to_the_sender_and_never_to_the_forged_address():
+    from vigil.manager.policy.baselines import Baseline
+    from vigil.manager.policy.detections import Detector, Thresholds
+
+    def rec(i, spoofed, mac):
+        return {"src": CLIENT, "dst": SERVER, "sport": 1000 + i, "dport": 8080, "proto": "tcp", "new": True,
+                "end": None, "conn_state": "S0", "replied": False, "assured": False, "orig_pkts": 1,
+                "resp_pkts": 0, "orig_bytes": 60, "resp_bytes": 0, "in_port": "eth0", "spoofed": spoofed,
+                "src_mac": mac}
+    det, base = Detector("e1", Thresholds(flood_failed=100)), Baseline("e1")
+    flows = [rec(i, True, AMAC) for i in range(500)] + [rec(i, True, None) for i in range(500, 700)]
+    findings, _ = det.evaluate(flows, 1.0, base, learned=False)
+    assert [(f.kind, f.scope, f.value) for f in findings] == [("flood", "mac", f"{AMAC}|eth0")]
+    assert f"{AMAC} on eth0 forging {CLIENT}" in findings[0].reason
+    assert det.spoofed_unattributed == 200
+    # the same records, not spoofed, are the client's own flood
+    findings, _ = Detector("e1", Thresholds(flood_failed=100)).evaluate(
+        [rec(i, False, CMAC) for i in range(500)], 1.0, base, learned=False)
+    assert [(f.scope, f.value) for f in findings] == [("ip", CLIENT)]
+
+
+def test_mac_entries_are_part_of_the_rule_set_vocabulary():
+    from vigil import ruleset
+    assert ruleset.normalise_value("mac", "02:77:00:00:00:AA|eth0") == "02:77:00:00:00:aa|eth0"
+    for bad in ("02:77:00:00:00:aa", "02:77:00:00:00|eth0", "02:77:00:00:00:aa|bad port", "x|eth0"):
+        with pytest.raises(ValueError):
+            ruleset.normalise_value("mac", bad)
+    with pytest.raises(ruleset.PayloadError):
+        ruleset.parse_entry({"id": "a", "action": "allow", "scope": "mac", "value": "02:77:00:00:00:aa|eth0",
+                             "ttl": 5})
+    from vigil.engine.enforce_plan import placement
+    e = ruleset.parse_entry({"id": "d", "action": "drop", "scope": "mac", "value": "02:77:00:00:00:aa|eth0",
+                             "ttl": 5})
+    assert placement(e) == ("blockmac", '02:77:00:00:00:aa . "eth0"')

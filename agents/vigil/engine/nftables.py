@@ -83,6 +83,8 @@ class SetSpec:
     @property
     def type(self) -> str:
         a = _ADDR[self.family]
+        if self.kind == "blockmac":
+            return "ether_addr . ifname"
         return f"{a} . {a} . inet_proto . inet_service" if self.kind == "flow" else a
 
     def declaration(self) -> str:
@@ -101,6 +103,7 @@ def layout() -> dict[str, SetSpec]:
         specs += [SetSpec(n, fam, "blocknet", True, True) for n in net_sets("blocknet", fam)]
         specs.append(SetSpec(f"flow{fam}", fam, "flow", False, True))
         specs.append(SetSpec(f"local{fam}", fam, "local", False, True))
+    specs.append(SetSpec("blockmac", 4, "blockmac", False, True))   # both families: mac|port entries
     return {s.name: s for s in specs}
 
 
@@ -110,6 +113,7 @@ LOCAL = {4: "local4", 6: "local6"}
 # The engine's own blocks of a sender attributed by MAC and bridge port (forged source addresses,
 # engine/senders.py): one set for both families, the first drop rule in v4 and v6.
 LOCAL_MAC = "localmac"
+BLOCK_MAC = "blockmac"       # rule-set entries of scope mac (mac . port), both families
 LOCAL_MAC_DECL = f"set {LOCAL_MAC} {{ type ether_addr . ifname; flags timeout; }}"
 
 
@@ -122,7 +126,8 @@ def chain_rules(family: int) -> list[str]:
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
     # after the accepts: allowlisted and guarded addresses pass even from a blocked MAC
-    rules.append(f"ether saddr . iifname @{LOCAL_MAC} counter drop comment \"{LOCAL_MAC}\"")
+    for s in (BLOCK_MAC, LOCAL_MAC):
+        rules.append(f"ether saddr . iifname @{s} counter drop comment \"{s}\"")
     for s in drop:
         rules += [f"{ip} saddr @{s} counter drop comment \"{s} src\"",
                   f"{ip} daddr @{s} counter drop comment \"{s} dst\""]
@@ -197,6 +202,8 @@ def replace_batch(contents: dict[str, list[tuple[str, int | None]]]) -> nfnetlin
                 keys = [k for k, _ in elems]
                 if spec.kind == "flow":
                     kb, width = nfnetlink.flow_keys(keys, spec.family), 16 if spec.family == 4 else 40
+                elif spec.kind == "blockmac":
+                    kb, width = nfnetlink.mac_port_keys(keys), 24
                 else:
                     kb, width = nfnetlink.address_keys(keys, spec.family), 4 if spec.family == 4 else 16
                 encoded = nfnetlink.hash_elements(kb, [None if t is None else max(1, int(t)) for _, t in elems], width)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -34,8 +35,38 @@ log = logging.getLogger(__name__)
 FORGED_KEY = "forged|"      # source key of flows whose first frame carried a forged address
 
 
+class _Scale:
+    """One slow time scale of one source: distinct failed targets (at most ``min_targets``, the
+    oldest dropped first) and decayed counts of all and of failed probes (time constant = the
+    scale), so a source that mostly succeeds never adds up however long it runs."""
+    __slots__ = ("targets", "tot", "fail", "t")
+
+    def __init__(self, t: float):
+        self.targets: dict = {}           # (dst, (proto, dport)) -> last failed probe time
+        self.tot = self.fail = 0.0
+        self.t = t
+
+    def add(self, t: float, failed: bool, target, seconds: float, cap: int) -> None:
+        if t > self.t:
+            decay = math.exp(-(t - self.t) / seconds)
+            self.tot *= decay
+            self.fail *= decay
+            self.t = t
+        self.tot += 1.0
+        if not failed:
+            return
+        self.fail += 1.0
+        self.targets[target] = t
+        if len(self.targets) > cap:
+            horizon = t - seconds
+            for k in [k for k, v in self.targets.items() if v < horizon]:
+                del self.targets[k]
+            while len(self.targets) > cap:
+                del self.targets[min(self.targets, key=self.targets.__getitem__)]
+
+
 class _Source:
-    __slots__ = ("probes", "ports", "hosts", "ok", "last_eval", "over_since")
+    __slots__ = ("probes", "ports", "hosts", "ok", "last_eval", "over_since", "slow")
 
     def __init__(self):
         self.probes: deque = deque()      # (t, key, dst, port)
@@ -44,6 +75,7 @@ class _Source:
         self.ok: set = set()              # keys of probes that were answered/established
         self.last_eval = 0.0
         self.over_since: float | None = None
+        self.slow: list[_Scale] | None = None   # per cfg.scales, made at the first finished probe
 
 
 class ScanDetector:
@@ -62,6 +94,8 @@ class ScanDetector:
         self.flow_src: dict = {}                       # flow key -> src, for REPLY/ASSURED events
         self.decided: dict[str, float] = {}            # src -> until (monotonic)
         self.pending: set[str] = set()                 # sources to re-evaluate once probes mature
+        self.slow_found: list[tuple] = []              # slow-scale findings for evaluate()
+        self.scales = [(float(s), int(n)) for s, n in cfg.scales]
         self.lock = threading.Lock()
         self.decisions = 0
         self.would_block = 0
@@ -92,7 +126,10 @@ class ScanDetector:
                     self._count("detector_sources_forgotten")
             else:
                 self.sources.move_to_end(src)
-            self._expire(st, now)
+            self._expire(st, now, src)
+            if len(st.probes) >= self.cfg.max_probes_per_source:   # bounded: oldest judged early
+                self._pop(st, src)
+                self._count("detector_probes_capped")
             st.probes.append((now, key, dst, (proto, dport)))
             st.ports[(proto, dport)] += 1
             st.hosts[dst] += 1
@@ -120,33 +157,67 @@ class ScanDetector:
         with self.lock:
             self.flow_src.pop(key, None)
 
-    def _expire(self, st: _Source, now: float) -> None:
+    def _expire(self, st: _Source, now: float, src: str) -> None:
         horizon = now - self.cfg.window
         while st.probes and st.probes[0][0] < horizon:
-            _, k, dst, port = st.probes.popleft()
-            st.ports[port] -= 1
-            if not st.ports[port]:
-                del st.ports[port]
-            st.hosts[dst] -= 1
-            if not st.hosts[dst]:
-                del st.hosts[dst]
-            st.ok.discard(k)
-            self.flow_src.pop(k, None)
+            self._pop(st, src)
+
+    def _pop(self, st: _Source, src: str) -> None:
+        """The oldest probe leaves the fast window; its outcome feeds the slow time scales."""
+        t, k, dst, port = st.probes.popleft()
+        st.ports[port] -= 1
+        if not st.ports[port]:
+            del st.ports[port]
+        st.hosts[dst] -= 1
+        if not st.hosts[dst]:
+            del st.hosts[dst]
+        failed = k not in st.ok
+        st.ok.discard(k)
+        self.flow_src.pop(k, None)
+        if not self.scales:
+            return
+        if st.slow is None:
+            st.slow = [_Scale(t) for _ in self.scales]
+        for (seconds, need), sc in zip(self.scales, st.slow):
+            sc.add(t, failed, (dst, port), seconds, need)
+            if failed and len(sc.targets) >= need and sc.fail >= sc.tot * (1.0 - self.cfg.max_success_ratio):
+                oldest = min(sc.targets.values())
+                if t - oldest <= seconds:
+                    self.slow_found.append((src, seconds, dict(sc.targets), 1.0 - sc.fail / max(sc.tot, 1e-9)))
+                    break
 
     # -- decisions ------------------------------------------------------------------------------
     def evaluate(self) -> None:
         """Re-check sources over the thresholds; called on events and about every 50 ms."""
-        if not self.pending:
+        if not self.pending and not self.slow_found:
             return
         now = self.clock()
         found = []
         with self.lock:
+            slow, self.slow_found = self.slow_found, []
+            for src, seconds, targets, ratio in slow:
+                if src in self.decided:
+                    continue
+                senders = None
+                if src.startswith(FORGED_KEY):
+                    senders = self.senders.senders_of(src[len(FORGED_KEY):], since=now - seconds) \
+                        if self.senders else []
+                self.decided[src] = now + self.cfg.block_ttl
+                self.pending.discard(src)
+                st = self.sources.pop(src, None)
+                for _, k, _, _ in (st.probes if st is not None else ()):
+                    self.flow_src.pop(k, None)
+                n_ports = len({p for _, p in targets})
+                n_hosts = len({d for d, _ in targets})
+                span = now - min(targets.values())
+                self._count("detector_slow_findings")
+                found.append((src, n_ports, n_hosts, len(targets), ratio, span, senders, seconds))
             for src in list(self.pending):
                 st = self.sources.get(src)
                 if st is None:
                     self.pending.discard(src)
                     continue
-                self._expire(st, now)
+                self._expire(st, now, src)
                 n_ports, n_hosts = len(st.ports), len(st.hosts)
                 if not self._over(src, st):
                     self.pending.discard(src)
@@ -174,33 +245,33 @@ class ScanDetector:
                 self.pending.discard(src)
                 self.decided[src] = now + self.cfg.block_ttl
                 span = now - st.probes[0][0] if st.probes else 0.0
-                found.append((src, n_ports, n_hosts, len(st.probes), ratio, span, senders))
+                found.append((src, n_ports, n_hosts, len(st.probes), ratio, span, senders, None))
                 del self.sources[src]
                 for _, k, _, _ in st.probes:
                     self.flow_src.pop(k, None)
-        for item in found:
-            if item[0].startswith(FORGED_KEY):
-                self._decide_forged(*item)
+        for src, n_ports, n_hosts, probes, ratio, span, senders, scale in found:
+            if src.startswith(FORGED_KEY):
+                self._decide_forged(src, n_ports, n_hosts, probes, ratio, span, senders, scale)
             else:
-                self._decide(*item[:-1])
+                self._decide(src, n_ports, n_hosts, probes, ratio, span, scale)
 
     def _over(self, key: str, st: _Source) -> bool:
         if len(st.ports) >= self.cfg.min_ports or len(st.hosts) >= self.cfg.min_hosts:
             return True
         return key.startswith(FORGED_KEY) and len(st.probes) >= self.cfg.spoof_min_flows
 
-    def _decide_forged(self, key, n_ports, n_hosts, probes, ratio, span, senders) -> None:
+    def _decide_forged(self, key, n_ports, n_hosts, probes, ratio, span, senders, scale=None) -> None:
         """Forged-source traffic: attributed to the MAC/port that sent it, never to the address."""
         addr = key[len(FORGED_KEY):]
-        what = "scan" if n_ports >= self.cfg.min_ports or n_hosts >= self.cfg.min_hosts else "flood"
+        what = "scan" if scale or n_ports >= self.cfg.min_ports or n_hosts >= self.cfg.min_hosts else "flood"
         owner = self.senders.owner(addr) if self.senders else None
         base = {"type": "spoofing", "severity": "high", "forged_src": addr, "finding": what,
                 "owner_mac": owner[0] if owner else None, "owner_port": owner[1] if owner else None,
                 "distinct_ports": n_ports, "distinct_hosts": n_hosts, "probes": probes,
                 "success_ratio": round(ratio, 3), "ttl": self.cfg.block_ttl, "origin": "engine-local",
                 "scope": "mac"}
-        summary = (f"{what} with forged source {addr}: {n_ports} ports, {n_hosts} hosts, {probes} flows "
-                   f"in {span:.1f}s, {ratio:.0%} established")
+        summary = (f"{_slow(scale)}{what} with forged source {addr}: {n_ports} ports, {n_hosts} hosts, "
+                   f"{probes} flows in {span:.1f}s, {ratio:.0%} established")
         if not senders:
             self._count("detector_forged_unattributed")
             ev = {**base, "action": "none", "detail": summary + " (no sampled frame names the sender)"}
@@ -251,10 +322,10 @@ class ScanDetector:
             self._count("detector_block_errors")
             log.exception("%s failed", method)
 
-    def _decide(self, src, n_ports, n_hosts, probes, ratio, span) -> None:
-        reason = (f"scan: {n_ports} ports, {n_hosts} hosts, {probes} probes in {span:.1f}s, "
-                  f"{ratio:.0%} established")
-        ev = {"type": "scan", "detail": reason, "src": src, "severity": "high",
+    def _decide(self, src, n_ports, n_hosts, probes, ratio, span, scale=None) -> None:
+        reason = (f"{_slow(scale)}scan: {n_ports} ports, {n_hosts} hosts, {probes} "
+                  f"{'failed targets' if scale else 'probes'} in {span:.1f}s, {ratio:.0%} established")
+        ev = {"type": "scan", "detail": reason, "src": src, "severity": "high", "time_scale": scale or self.cfg.window,
               "distinct_ports": n_ports, "distinct_hosts": n_hosts, "probes": probes,
               "success_ratio": round(ratio, 3), "ttl": self.cfg.block_ttl, "origin": "engine-local"}
         if self._protected(src):
@@ -277,3 +348,7 @@ class ScanDetector:
         with self.lock:
             return {"sources": len(self.sources), "decided": len(self.decided),
                     "blocks": self.decisions, "would_block": self.would_block}
+
+
+def _slow(scale: float | None) -> str:
+    return f"slow ({scale:.0f}s scale) " if scale else ""

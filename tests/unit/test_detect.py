@@ -171,7 +171,7 @@ def test_a_busy_client_with_some_failures_never_adds_up_over_an_hour():
     det, clock, events, _ = make()
     i = 0
     for minute in range(60):
-        for j in range(20):
+        for _ in range(20):
             i += 1
             det.on_new((i,), "10.77.0.2", "10.77.0.10", 6, 443)
             det.on_answer((i,), True, 6)

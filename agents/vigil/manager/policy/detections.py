@@ -178,7 +178,8 @@ class Detector:
         self.spoofed_unattributed += unattributed
         summary = IntervalSummary(seconds=secs, flows=n, new_flows=new, pkts=pkts, bytes=nbytes,
                                   rejected=rejected, halfopen=halfopen, source_max=smax,
-                                  services={k: (v[0], v[1], v[2]) for k, v in services.items()})
+                                  services={k: (v[0], v[1], v[2]) for k, v in services.items()},
+                                  sources=frozenset(k for k in by_src if not k.startswith(MAC_KEY)))
         return by_src, summary
 
     def evaluate(self, flows: list[dict], seconds: float, baseline: Baseline,
@@ -274,14 +275,17 @@ class Detector:
             if new_svc:
                 svc, nnew = max(new_svc.items(), key=lambda kv: kv[1])
                 avg = bytes_svc[svc] / max(nnew, 1)
-                if nnew >= t_new and avg < th.brute_max_bytes:
+                # a learned busy client's bursts are its own allowance, not a newcomer's
+                limit = t_new if baseline.known_source(src) else float(th.brute_new)
+                if nnew >= limit and avg < th.brute_max_bytes:
                     dst, proto, dport = svc
                     out.append(Finding("brute-force", scope, value, src,
                                        f"brute force: {who} opened {nnew} short connections to "
                                        f"{proto}/{dport} on {dst} in {win} ({avg:.0f} bytes each); "
-                                       f"threshold {t_new:.0f}",
+                                       f"threshold {limit:.0f}"
+                                       f"{'' if baseline.known_source(src) else ' (a source not seen while learning)'}",
                                        {"service": f"{proto}/{dst}/{dport}", "connections": nnew,
-                                        "threshold": t_new}))
+                                        "threshold": limit}))
         if learned and th.new_service:
             seen: set[str] = set()
             for f in flows:

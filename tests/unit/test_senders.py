@@ -257,3 +257,22 @@ def test_mac_entries_are_part_of_the_rule_set_vocabulary():
     e = ruleset.parse_entry({"id": "d", "action": "drop", "scope": "mac", "value": "02:77:00:00:00:aa|eth0",
                              "ttl": 5})
     assert placement(e) == ("blockmac", '02:77:00:00:00:aa . "eth0"')
+
+
+def test_policy_blocks_every_address_of_the_scanners_mac_together():
+    s, clock, _ = make()
+    v6 = "fd00:77::66"
+    s.on_sample(sample("arp-reply", arp(2, AMAC, ATTACKER), AMAC, ethertype=0x0806))
+    with s.lock:                          # its IPv6 address, learned from an established flow
+        s._learn(v6, AMAC, "eth0", clock(), move=True)
+        s._learn(CLIENT, CMAC, "eth0", clock(), move=True)
+    for flag, expect in ((False, [ATTACKER]), (True, [ATTACKER, v6])):
+        det, events, enf = detector(s, clock, block_all_addresses_of_mac=flag)
+        for i in range(30):
+            det.on_new((flag, i), ATTACKER, SERVER, 6, i + 1)
+        clock.t += 0.3
+        det.evaluate()
+        (ev,) = events
+        assert enf.ip == expect and ev["action"] == "block"
+        if flag:
+            assert ev["also_blocked"] == [v6] and ev["mac"] == AMAC and CLIENT not in enf.ip

@@ -93,6 +93,7 @@ class DetectConfig:
     # targets within the scale is a slow scanner (nmap -T1/-T0, one probe per 15 s or slower)
     scales: list[list[float]] = field(default_factory=lambda: [[300.0, 10], [3600.0, 25]])
     max_probes_per_source: int = 1024   # fast-window probes kept per source (oldest judged early)
+    block_all_addresses_of_mac: bool = False  # a blocked address's MAC's other v4/v6 addresses too
     attribution_wait: float = 2.0  # seconds to wait for a sampled frame naming a forger
 
     def __post_init__(self):

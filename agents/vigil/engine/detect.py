@@ -33,6 +33,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 FORGED_KEY = "forged|"      # source key of flows whose first frame carried a forged address
+MAX_SIBLINGS = 8            # addresses of one MAC blocked together at most (more: a router's MAC)
 
 
 class _Scale:
@@ -334,8 +335,41 @@ class ScanDetector:
             self._count("detector_protected")
         else:
             self._enforce(ev, lambda enf: enf.block_local(src, self.cfg.block_ttl, reason), "block_local")
+            if ev["action"] == "block" and self.cfg.block_all_addresses_of_mac:
+                self._block_siblings(src, reason, ev)
         log.warning("detector: %s %s (%s)", ev["action"], src, reason)
         self.emit(ev)
+
+    def _block_siblings(self, src: str, reason: str, ev: dict) -> None:
+        """``detect.block_all_addresses_of_mac``: the other IPv4/IPv6 addresses the blocked source's
+        MAC owns go with it (a host does not dodge a block by switching family).  Only for a host's
+        MAC: one owning more than ``MAX_SIBLINGS`` addresses is a router's, whose addresses are
+        other people's."""
+        owner = self.senders.owner(src) if self.senders else None
+        if owner is None:
+            return
+        mac = owner[0]
+        siblings = sorted(self.senders.owned_by(mac) - {src})
+        if len(siblings) + 1 > MAX_SIBLINGS:
+            ev["siblings_skipped"] = f"{mac} owns {len(siblings) + 1} addresses: a router, not a host"
+            self._count("detector_siblings_router")
+            return
+        enf = self.enforcer()
+        done = []
+        for a in siblings:
+            if self._protected(a):
+                continue
+            try:
+                if enf.block_local(a, self.cfg.block_ttl, f"{reason}; same MAC {mac} as {src}") is not False:
+                    done.append(a)
+            except Exception:
+                self._count("detector_block_errors")
+                log.exception("block_local(%s) failed", a)
+        if done:
+            ev["mac"] = mac
+            ev["also_blocked"] = done
+            ev["detail"] += f"; also blocked {', '.join(done)} (same MAC {mac})"
+            self._count("detector_sibling_blocks", len(done))
 
     def _protected(self, src: str) -> bool:
         try:

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from test_engine_detection import ClientLoop, Events, _http, _reaches
+from test_engine_slow_scan import Bursts
 
 pytestmark = pytest.mark.lab
 
@@ -43,7 +44,15 @@ def _learned(lab):
     time.sleep(1.5)     # the owners reach the kernel at the next supervisor tick (<= 1 s)
 
 
-def _no_harm_to_client(lab, events, client, attack_until: float | None = None):
+def _benign(lab):
+    """Beside every attack: the client's request loop and its bursts of parallel downloads."""
+    client, bursts = ClientLoop(lab), Bursts(lab, iperf=False)
+    client.start()
+    bursts.start()
+    return client, bursts
+
+
+def _no_harm_to_client(lab, events, client, attack_until: float | None = None, bursts=None):
     """``attack_until``: while the attack ran unblocked, a forged SYN may take the very source port
     of one of the client's requests (a genuine effect of the attack, not of Vigil): only failures
     after that moment count."""
@@ -51,6 +60,11 @@ def _no_harm_to_client(lab, events, client, attack_until: float | None = None):
     client.join(5)
     failed = [t for t in client.failed if attack_until is None or t > attack_until]
     assert client.ok >= 10 and failed == [], (client.ok, client.failed, attack_until)
+    if bursts is not None:
+        bursts.stop.set()
+        bursts.join(30)
+        late = [f for f in bursts.failed if attack_until is None or f[0] > attack_until]
+        assert bursts.rounds >= 1 and late == [], bursts.failed
     assert _reaches(lab, "client")
     assert not events.find(src=lab.ip("client")), events.find(src=lab.ip("client"))
     for ev in events.find(type="spoofing"):
@@ -60,8 +74,7 @@ def _no_harm_to_client(lab, events, client, attack_until: float | None = None):
 def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
     _learned(lab)
     attacker = lab.topo.hosts["attacker"]
-    client = ClientLoop(lab)
-    client.start()
+    client, bursts = _benign(lab)
     try:
         lab.popen("attacker", ["nmap", "-sS", "-n", "-Pn", "-p", "1-1000", "-D",
                                f"{lab.ip('client')},{NOWHERE},ME", lab.ip("server")], name="nmap")
@@ -74,7 +87,8 @@ def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
         time.sleep(1.0)
     finally:
         client.stop.set()
-    _no_harm_to_client(lab, events, client)
+        bursts.stop.set()
+    _no_harm_to_client(lab, events, client, bursts=bursts)
     assert not events.find(src=NOWHERE)
     nft = lab.run("engine", ["nft", "list", "set", "bridge", "vigil", "localmac"]).stdout
     assert f'{attacker.mac} . "eth0"' in nft
@@ -84,8 +98,7 @@ def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
 def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events):
     _learned(lab)
     attacker = lab.topo.hosts["attacker"]
-    client = ClientLoop(lab)
-    client.start()
+    client, bursts = _benign(lab)
     try:
         lab.popen("attacker", ["hping3", "-q", "-S", "-p", "8080", "-i", "u2000", "--spoof", lab.ip("client"),
                                lab.ip("server")], name="hping3")
@@ -97,7 +110,8 @@ def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events)
         lab.stop("hping3")
     finally:
         client.stop.set()
-    _no_harm_to_client(lab, events, client)
+        bursts.stop.set()
+    _no_harm_to_client(lab, events, client, bursts=bursts)
 
 
 def test_manager_flood_detection_blocks_the_forging_mac_through_the_rule_set(lab, events):
@@ -125,8 +139,7 @@ def test_manager_flood_detection_blocks_the_forging_mac_through_the_rule_set(lab
     lab.wait_log("engine", f"senders: {lab.ip('client')} is owned by")
     time.sleep(1.5)
     attacker = lab.topo.hosts["attacker"]
-    client = ClientLoop(lab)
-    client.start()
+    client, bursts = _benign(lab)
     try:
         lab.popen("attacker", ["hping3", "-q", "-S", "-p", "8080", "-i", "u1000", "--spoof", lab.ip("client"),
                                lab.ip("server")], name="hping3")
@@ -143,7 +156,8 @@ def test_manager_flood_detection_blocks_the_forging_mac_through_the_rule_set(lab
         time.sleep(1.0)
     finally:
         client.stop.set()
-    _no_harm_to_client(lab, events, client, attack_until=blocked_at)
+        bursts.stop.set()
+    _no_harm_to_client(lab, events, client, attack_until=blocked_at, bursts=bursts)
     assert not [d for d in control.call(sock, "decisions.list") if lab.ip("client") in d["value"]]
     for name in ("block4", "local4"):
         assert lab.ip("client") not in lab.run("engine", ["nft", "list", "set", "bridge", "vigil", name]).stdout

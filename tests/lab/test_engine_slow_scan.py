@@ -24,15 +24,16 @@ def events(lab):
 
 
 class Bursts(threading.Thread):
-    """Every 5 s, ten parallel downloads from the client; once, a 20 s iperf3 run."""
+    """Every 5 s, ten parallel downloads from the client; once (``iperf``), a 20 s iperf3 run."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, iperf: bool = True):
         super().__init__(daemon=True)
         self.lab, self.stop, self.failed, self.rounds = lab, threading.Event(), [], 0
+        self.iperf = iperf
 
     def run(self):
         url = f"http://{self.lab.ip('server')}:8080/"
-        iperf_done = False
+        iperf_done = not self.iperf
         while not self.stop.is_set():
             r = self.lab.run("client", ["curl", "-sS", "--parallel", "--parallel-max", "10", "--max-time", "5",
                                         *[x for i in range(10) for x in ("-o", "/dev/null", f"{url}?p={i}")]],

@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import operator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -249,6 +250,8 @@ class Entry(NamedTuple):
     @property
     def family(self) -> int:
         """4 or 6 (for a flow: the family of its addresses)."""
+        if self.scope == "mac":
+            return 0                 # both families: one set matches the sender's frames
         return 6 if ":" in self.value.split("|", 1)[0] else 4   # values are normalised
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +289,19 @@ def normalise_value(scope: str, value: Any) -> str:
         if not parts[3].isdigit() or not 1 <= int(parts[3]) <= 65535:
             raise ValueError(f"flow dport {parts[3]!r} not 1-65535")
         return f"{src}|{dst}|{proto}|{int(parts[3])}"
+    if scope == "mac":
+        # a sender of forged source addresses, attributed by the engine (engine/senders.py):
+        # ``mac|bridge port`` as the engine saw it, e.g. ``02:77:00:00:00:66|eth0``
+        mac, sep, port = value.partition("|")
+        mac = mac.lower()
+        if not sep or not _MAC.match(mac) or not _IFNAME.match(port):
+            raise ValueError(f"mac value {value!r} is not mac|port (aa:bb:cc:dd:ee:ff|eth0)")
+        return f"{mac}|{port}"
     raise ValueError(f"scope {scope!r} not one of {', '.join(SCOPES)}")
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 def _text(obj: dict, key: str, required: bool) -> str:
@@ -312,8 +327,8 @@ def parse_entry(obj: Any) -> Entry:
             raise ValueError(f"action {action!r} not one of {', '.join(ACTIONS)}")
         if scope not in SCOPES:
             raise ValueError(f"scope {scope!r} not one of {', '.join(SCOPES)}")
-        if action == "allow" and scope == "flow":
-            raise ValueError("allow entries are ip or cidr (flow-level allow is not supported)")
+        if action == "allow" and scope in ("flow", "mac"):
+            raise ValueError("allow entries are ip or cidr (flow- or mac-level allow is not supported)")
         value = normalise_value(scope, obj.get("value"))
         ttl = obj.get("ttl")
         if ttl is not None and (not _int(ttl) or not 0 <= ttl <= MAX_TTL):

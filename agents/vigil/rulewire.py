@@ -67,6 +67,12 @@ def key_width(scope: str, family: int) -> int:
     return {"ip": a, "cidr": a + 1, "flow": 2 * a + 3}[scope]
 
 
+def carries(body: dict) -> bool:
+    """Whether every entry and removal of a snapshot or delta body has a vrs1 block (scope ``mac``
+    has none: such a set goes out as JSON, which every engine also reads)."""
+    return all(e["scope"] in _SCOPES for key in ("entries", "add", "remove") for e in body.get(key, ()))
+
+
 def is_binary(raw: bytes) -> bool:
     return raw[:3] == MAGIC
 

@@ -213,3 +213,30 @@ def test_uncompleted_connections_are_never_brute_force():
     assert "brute-force" not in _kinds(f)
     f, _ = det.evaluate(syns * 2, 1.0, base, learned=True)
     assert "flood" in _kinds(f) and "brute-force" not in _kinds(f)
+
+
+def test_credential_guessing_from_a_new_source_is_found_despite_a_learned_bursty_client(tmp_path):
+    """Why it was missed: the brute-force threshold is the busiest *learned* source's maximum times
+    ``factor``; a client that made bursts of parallel requests while the engine learned raised it
+    for everyone.  Now a source the baseline never saw gets the floor."""
+    det, base = Detector("e1", Thresholds()), Baseline("e1")
+    burst = "10.77.0.2"
+    for i in range(30):   # learning: every 3rd interval a burst of 60 parallel short requests
+        n = 60 if i % 3 == 0 else 2
+        _, summary = det.evaluate([flow(burst, SERVER, 8080, nbytes=(300, 700)) for _ in range(n)], 1.0, base,
+                                  learned=False)
+        base.observe(summary, learning=True, alpha=0.01, alpha_suspicious=0.001, suspicious=False)
+    assert base.known_source(burst) and not base.known_source(ATTACKER)
+    assert base.threshold("src_new_per_service", 25, 6.0, 2.0, 10) > 120   # the learned allowance: over 120
+    det = Detector("e1", Thresholds())
+    guesses = [flow(ATTACKER, SERVER, 8080, nbytes=(250, 500)) for _ in range(120)]
+    bursty = [flow(burst, SERVER, 8080, nbytes=(300, 700)) for _ in range(60)]
+    findings, _ = det.evaluate(guesses + bursty, 2.0, base, learned=True)
+    assert [(f.kind, f.value) for f in findings] == [("brute-force", ATTACKER)]
+    assert "not seen while learning" in findings[0].reason
+    # the known sources survive a restart of the manager
+    st = BaselineStore(tmp_path)
+    st.baselines["e1"] = base
+    base.dirty = True
+    st.save()
+    assert BaselineStore(tmp_path).get("e1").known_source(burst)

@@ -103,8 +103,8 @@ def test_host_sweep_counts_distinct_hosts():
     assert events[0]["distinct_hosts"] == 30 and events[0]["distinct_ports"] == 1
 
 
-def test_slow_probes_outside_the_window_do_not_add_up():
-    det, clock, events, _ = make(window=5.0)
+def test_slow_probes_outside_the_window_do_not_add_up_in_the_fast_window_alone():
+    det, clock, events, _ = make(window=5.0, scales=[])
     for port in range(100):
         det.on_new((port,), "10.77.0.66", "10.77.0.10", 6, port)
         clock.t += 1.0  # one probe per second: never 25 distinct ports within 5 s
@@ -152,3 +152,48 @@ def test_block_refused_by_the_enforcement_part_is_reported_as_such():
     clock.t += 0.5
     det.evaluate()
     assert events[0]["action"] == "block-refused"
+
+
+def test_a_scan_at_one_probe_per_15s_adds_up_on_the_minutes_scale():
+    det, clock, events, enf = make()
+    for port in range(1, 14):
+        det.on_new((port,), "10.77.0.66", "10.77.0.10", 6, port)
+        clock.t += 15.0
+        det.evaluate()
+    (ev,) = events
+    assert ev["action"] == "block" and ev["src"] == "10.77.0.66" and ev["time_scale"] == 300.0
+    assert ev["detail"].startswith("slow (300s scale) scan: 10 ports") and ev["success_ratio"] == 0.0
+
+
+def test_a_busy_client_with_some_failures_never_adds_up_over_an_hour():
+    """Hundreds of completed connections an hour and a refused one every 30 s (a closed port, a
+    stale bookmark): the failures are a small share of what the source does."""
+    det, clock, events, _ = make()
+    i = 0
+    for minute in range(60):
+        for _ in range(20):
+            i += 1
+            det.on_new((i,), "10.77.0.2", "10.77.0.10", 6, 443)
+            det.on_answer((i,), True, 6)
+            clock.t += 1.5
+        for j in range(2):
+            i += 1
+            det.on_new((i,), "10.77.0.2", f"10.77.1.{(minute * 2 + j) % 250}", 6, 8000 + minute)
+        det.evaluate()
+    assert events == []
+
+
+def test_slow_state_is_bounded_per_source_and_sources_are_evicted_counted():
+    from vigil.counters import Counters
+    counters = Counters()
+    clock = Clock()
+    det = ScanDetector(DetectConfig(max_sources=1000, max_probes_per_source=64), mode=lambda: "learning",
+                       emit=lambda ev: None, clock=clock, counters=counters)
+    for i in range(200):                       # one source, 200 probes in a second
+        det.on_new((i,), "10.0.0.1", "10.0.0.2", 6, 7)
+    assert len(det.sources["10.0.0.1"].probes) == 64 and counters.get("detector_probes_capped") == 136
+    for s in range(3000):
+        det.on_new(("s", s), f"10.1.{s // 250}.{s % 250}", "10.0.0.2", 6, 7)
+    assert len(det.sources) == 1000 and counters.get("detector_sources_forgotten") >= 2000
+    for st in det.sources.values():
+        assert st.slow is None or all(len(sc.targets) <= 25 for sc in st.slow)

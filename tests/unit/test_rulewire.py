@@ -208,6 +208,11 @@ def test_manager_sends_binary_only_to_engines_that_read_it(tmp_path):
     e1 = {pk.key_text(4, k): b.blocks[0].expires[i] for i, k in enumerate(pk._iter_keys(4, b.blocks[0].keys))}
     e2 = {pk.key_text(4, k): b2.blocks[0].expires[i] for i, k in enumerate(pk._iter_keys(4, b2.blocks[0].keys))}
     assert e1["10.77.0.66"] == e2["10.77.0.66"]
+    # a MAC-scoped decision (issue 15's attribution) has no vrs1 block: that engine gets JSON, counted
+    comp.add_decision("mac", "02:77:00:00:00:66|eth1", duration=600, reason="forging 10.77.0.2")
+    raw = mqtt.last(topics.engine("e2", "ruleset"))
+    assert raw.startswith(b"{") and ctx.counters.get("ruleset_binary_fallback_json") >= 1
+    assert ("drop", "02:77:00:00:00:66|eth1") in {(e.action, e.value) for e in rs.decode_snapshot(raw, pub, "e2").entries}
     # the switch forces one encoding for all
     comp2, _ctx, mqtt2 = component(Backend("sqlite", tmp_path / "two", None), ruleset_format="json")
     comp2.on_status("e2", new)

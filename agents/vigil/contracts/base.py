@@ -97,6 +97,12 @@ def is_ip(v: Any) -> bool:
     return True
 
 
+def is_mac(v: Any) -> bool:
+    """A MAC address as the engine writes it: six lower-case hex pairs joined by colons."""
+    return (isinstance(v, str) and len(v) == 17 and all(v[i] == ":" for i in range(2, 17, 3))
+            and all(c in "0123456789abcdef" for i, c in enumerate(v) if i % 3 != 2))
+
+
 def nullable(check: Check) -> Check:
     return lambda v: v is None or check(v)
 

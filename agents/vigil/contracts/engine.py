@@ -3,7 +3,7 @@ rule sets it receives (their entries and signatures are encoded by ``vigil.rules
 from __future__ import annotations
 
 from dataclasses import dataclass
-from .base import (Contract, envelope_field, extra, is_dict, is_int, is_ip, is_list, is_num, is_str, is_str_list,
+from .base import (Contract, envelope_field, extra, is_dict, is_int, is_ip, is_list, is_mac, is_num, is_str, is_str_list,
                    items, one_of, opt, req)
 from .ids import valid_id
 from .vocab import ENGINE_STATES, EVENT_ACTIONS, MODES, SEVERITIES
@@ -20,6 +20,8 @@ FLOW_FIELDS: dict[str, str] = {
     "state": "str TCP state", "conn_state": "str Zeek-style", "replied": "bool", "assured": "bool",
     "orig_pkts": "int (interval delta)", "orig_bytes": "int", "resp_pkts": "int", "resp_bytes": "int",
     "orig_pkts_total": "int", "orig_bytes_total": "int", "resp_pkts_total": "int", "resp_bytes_total": "int",
+    "spoofed": "bool: first frame's source address is owned by another MAC (engine/senders.py)",
+    "src_mac": "str|None: owner's MAC, or for a spoofed flow the sampled sender's",
 }
 
 
@@ -103,6 +105,11 @@ class EngineEvent(Contract):
     count: int = opt(is_int, 1)
     ttl: float | None = opt(is_num)             # the engine's own block's lifetime (scan detector)
     origin: str | None = opt(is_str)
+    # a sender attributed by where its frames came from (type ``spoofing``, engine/senders.py): the
+    # MAC and bridge port that sent traffic with ``forged_src``, an address another MAC owns
+    mac: str | None = opt(is_mac)
+    in_port: str | None = opt(is_str)
+    forged_src: str | None = opt(is_ip)
     details: dict = extra()                     # the check's own evidence, stored as it came
 
 

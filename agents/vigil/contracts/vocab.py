@@ -3,7 +3,7 @@ from __future__ import annotations
 
 # -- rule sets (manager -> engine) and decisions ------------------------------------------------
 ACTIONS = ("drop", "allow")                 # what a rule-set entry does
-SCOPES = ("ip", "cidr", "flow")             # what a rule-set entry matches
+SCOPES = ("ip", "cidr", "flow", "mac")      # what a rule-set entry matches (mac: a sender, mac|port)
 FLOW_PROTOS = ("tcp", "udp", "sctp")        # protocols a flow-scoped entry may name
 MAX_TEXT = 1024                             # id, origin, reason of an entry
 MAX_TTL = 10 * 365 * 86400                  # seconds

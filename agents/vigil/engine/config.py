@@ -87,6 +87,14 @@ class DetectConfig:
     block_ttl: int = 600          # seconds; longer reactions are the manager's
     never_block: list[str] = field(default_factory=list)  # CIDRs the detector never blocks
     max_sources: int = 20_000     # sources followed at once (oldest forgotten first)
+    spoof_min_flows: int = 20     # unanswered flows with a forged source that make a finding
+    # slower time scales [seconds, distinct failed targets]: a source whose probes mostly fail
+    # (at most max_success_ratio established) and that reaches that many distinct (host, port)
+    # targets within the scale is a slow scanner (nmap -T1/-T0, one probe per 15 s or slower)
+    scales: list[list[float]] = field(default_factory=lambda: [[300.0, 10], [3600.0, 25]])
+    max_probes_per_source: int = 1024   # fast-window probes kept per source (oldest judged early)
+    block_all_addresses_of_mac: bool = False  # a blocked address's MAC's other v4/v6 addresses too
+    attribution_wait: float = 2.0  # seconds to wait for a sampled frame naming a forger
 
     def __post_init__(self):
         if not 0.5 <= self.window <= 3600:
@@ -99,6 +107,19 @@ class DetectConfig:
             raise ValueError("grace: must be 0..10 seconds")
         if not 1 <= self.block_ttl <= 86400:
             raise ValueError("block_ttl: must be 1..86400 seconds")
+        for i, sc in enumerate(self.scales):
+            if not isinstance(sc, (list, tuple)) or len(sc) != 2:
+                raise ValueError(f"scales[{i}]: must be [seconds, distinct failed targets]")
+            if not self.window < float(sc[0]) <= 86400:
+                raise ValueError(f"scales[{i}]: seconds must be above window and at most 86400")
+            if not 3 <= int(sc[1]) <= 10_000:
+                raise ValueError(f"scales[{i}]: targets must be 3..10000")
+        if not 64 <= self.max_probes_per_source <= 1_000_000:
+            raise ValueError("max_probes_per_source: must be 64..1000000")
+        if self.spoof_min_flows < 3:
+            raise ValueError("spoof_min_flows: must be at least 3")
+        if not 0 <= self.attribution_wait <= 60:
+            raise ValueError("attribution_wait: must be 0..60 seconds")
         import ipaddress
         for c in self.never_block:
             try:

@@ -102,13 +102,31 @@ SAMPLE_RULES = (
     ("tcp-synfin", "tcp flags & (syn|fin) == syn|fin"),
     ("tcp-synrst", "tcp flags & (syn|rst) == syn|rst"),
     ("arp-reply", "arp operation reply"),
+    ("arp-request", "arp operation request"),   # a host speaks for its address (senders.py)
     ("dhcp-server", "udp sport 67 udp dport 68"),
     ("ip-frag", "ip frag-off & 0x3fff != 0"),
     ("ip-options", "ip hdrlength != 5"),
+    # frames flagged by FORGED_RULES (which run first): the samples name the forging MAC and port
+    ("forged", "meta mark & 0x80000000 == 0x80000000"),
 )
 # New flows (SYN without ACK, first packet of a conntrack entry): the scan detector's sub-second
 # signal besides conntrack NEW events.
 NEW_FLOW_SAMPLE = ("new-flow", "ct state new")
+# Source attribution (senders.py): bit 31 of the mark flags a frame whose source address is owned by
+# another MAC, or whose MAC is a host's (owns few IPv4 addresses) but not the owner of this address.
+# The mark rides into the conntrack entry of the flow the frame starts (flow records: ``spoofed``).
+FORGED_BIT = 0x80000000
+OWNER_SETS = (
+    "  set owner4 { type ipv4_addr . ether_addr; flags timeout; size 262144; }\n"
+    "  set owned4 { type ipv4_addr; flags timeout; size 262144; }\n"
+    "  set hostmac4 { type ether_addr; flags timeout; size 262144; }\n"
+    "  set owner6 { type ipv6_addr . ether_addr; flags timeout; size 262144; }\n"
+    "  set owned6 { type ipv6_addr; flags timeout; size 262144; }\n")
+FORGED_RULES = (
+    f"    ip saddr @owned4 ip saddr . ether saddr != @owner4 meta mark set meta mark | {FORGED_BIT:#x}\n"
+    f"    ip saddr != 0.0.0.0 ether saddr @hostmac4 ip saddr . ether saddr != @owner4 "
+    f"meta mark set meta mark | {FORGED_BIT:#x}\n"
+    f"    ip6 saddr @owned6 ip6 saddr . ether saddr != @owner6 meta mark set meta mark | {FORGED_BIT:#x}\n")
 # Which conntrack events the kernel generates for bridged flows: NEW (detector), REPLY and ASSURED
 # (answered / established, for the detector's success ratio), DESTROY (final counters).
 CT_EVENTS = "new,reply,assured,destroy"
@@ -148,17 +166,17 @@ def flow_accounting_script(features: KernelFeatures, ports: list[str],
         for p, m in port_marks(ports).items())
     if features.flow_source == "bridge-conntrack":
         return drop_old + f"""table bridge {FLOW_TABLE} {{
-  chain prerouting {{
+{OWNER_SETS}  chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-{vlan_rules}{sample_rules}{ct_rule}{new_flow}  }}
+{vlan_rules}{FORGED_RULES}{sample_rules}{ct_rule}{new_flow}  }}
 }}
 """
     return drop_old + f"""table bridge {FLOW_TABLE} {{
-  chain prerouting {{
+{OWNER_SETS}  chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-{vlan_rules}{sample_rules}  }}
+{vlan_rules}{FORGED_RULES}{sample_rules}  }}
 }}
 table inet {FLOW_TABLE} {{
   chain forward {{

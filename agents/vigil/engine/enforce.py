@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import replace
@@ -48,6 +49,7 @@ LOCAL_FILE = "local-blocks.json"
 KEY_RETRY = 10.0
 PURGE_EVERY = 5.0
 SAVE_EVERY = 5.0
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _ROW = ("id", "action", "scope", "value", "ttl", "origin", "reason", "expires")
 
 
@@ -79,6 +81,7 @@ class Enforcement:
         self.ready = False
         self.local: dict[str, float] = {}          # address -> expiry (epoch s)
         self.local_reasons: dict[str, str] = {}
+        self.local_macs: dict[tuple[str, str], float] = {}   # (mac, port) -> expiry (epoch s)
         self.last_apply_ms: float | None = None
         self._dirty = False
         self._closing = False
@@ -433,6 +436,36 @@ class Enforcement:
         _write_json(self.local_path, snapshot)
         return True
 
+    def block_local_mac(self, mac: str, port: str, ttl: float, reason: str, owns=()) -> bool:
+        """Block frames from ``mac`` on bridge port ``port`` (a sender of forged source addresses)
+        for ``ttl`` seconds.  Refused (False, counted) for a malformed MAC or port, or a MAC that
+        owns a guarded address (a gateway's MAC is never blocked: it carries everyone)."""
+        mac = str(mac).lower()
+        if not _MAC.match(mac) or port not in self.ctx.cfg.bridge.ports:
+            self.ctx.counters.inc("local_block_invalid")
+            return False
+        if any(self.policy.guarded_address(a) for a in owns):
+            self.ctx.counters.inc("local_block_guarded")
+            log.warning("enforcement: not blocking %s: it owns a management address or gateway", mac)
+            return False
+        ttl = min(max(1.0, float(ttl)), float(self.cfg.max_local_ttl))
+        now = time.time()
+        with self.lock:
+            self.local_macs = {k: e for k, e in self.local_macs.items() if e > now}
+            if (mac, port) not in self.local_macs and len(self.local_macs) >= self.cfg.max_local:
+                self.ctx.counters.inc("local_block_full")
+                return False
+            try:
+                self.writer.block_mac(mac, port, int(ttl * 1000))
+            except nft.NftError as exc:
+                self.ctx.counters.inc("local_block_errors")
+                log.error("enforcement: local block of %s on %s failed: %s", mac, port, exc)
+                return False
+            self.local_macs[(mac, port)] = now + ttl
+        self.ctx.counters.inc("local_mac_blocks")
+        log.info("enforcement: blocked %s on %s locally for %.0fs (%s)", mac, port, ttl, reason)
+        return True
+
     # -- state ------------------------------------------------------------------------------
     def _persist(self) -> None:
         with self._save_lock:           # the saver thread and close() never write at once
@@ -469,7 +502,8 @@ class Enforcement:
             for a, e in self.local.items():
                 if e > now:
                     local[ipaddress.ip_address(a).version] += 1
-            counts.update({nft.LOCAL[4]: local[4], nft.LOCAL[6]: local[6]})
+            counts.update({nft.LOCAL[4]: local[4], nft.LOCAL[6]: local[6],
+                           nft.LOCAL_MAC: sum(1 for e in self.local_macs.values() if e > now)})
             return {"engine": self.engine_id, "generation": self.generation, "applied_at": self.applied_at,
                     "issued_at": self.issued_at, "counts": counts, "error": self.error,
                     "rejected": dict(self.rejected), "key_id": self.key_id,

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .conntrack import IPS_ASSURED, IPS_SEEN_REPLY, PROTO_NAMES, TCP_STATES, CtEntry
+from .senders import FORGED
 
 _SYN_STATES = (0, 1, 9)   # none, syn_sent, syn_sent2
 _FIN_STATES = (4, 5, 6, 7)  # fin_wait, close_wait, last_ack, time_wait
@@ -85,6 +86,8 @@ class FlowTable:
     _destroyed: dict = field(default_factory=dict)
     _gen: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # (src, forged) -> the MAC the flow most likely came from (senders.Senders.mac_for)
+    mac_for: Callable[[str, bool], str | None] | None = None
 
     def update(self, entries: Iterable[CtEntry], now_ms: int) -> list[dict]:
         """Apply one dump; returns finished records (from events) and those of flows that moved
@@ -162,6 +165,10 @@ class FlowTable:
             "proto": PROTO_NAMES.get(e.proto, str(e.proto)),
             "src": e.src, "sport": e.sport, "dst": e.dst, "dport": e.dport,
             "in_port": self.port_names.get(e.mark & 0xFF, ""),
+            # the first frame carried an address another MAC owns (kernel mark, exact); src_mac: the
+            # owner's MAC, or for a forged flow the latest sampled forger's (senders.py)
+            "spoofed": bool(e.mark & FORGED),
+            "src_mac": self.mac_for(e.src, bool(e.mark & FORGED)) if self.mac_for else None,
             "vlan": (e.mark >> 8) & 0xFFF or None,  # carried in the mark by vigil_flow
             "start": t.start_ms,
             "end": now_ms if ended else None,

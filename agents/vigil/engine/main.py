@@ -30,6 +30,7 @@ from .conntrack import EV_DESTROY, EV_NEW, IPS_ASSURED, IPS_SEEN_REPLY, Conntrac
 from .detect import ScanDetector
 from .flows import FlowTable
 from .nflog import NflogReader
+from .senders import FORGED, Senders
 from .spool import Spool, SpoolPublisher
 
 log = logging.getLogger(__name__)
@@ -165,9 +166,13 @@ class EngineService:
                                  set_mode=lambda m: (setattr(self.learning, "mode", m), self.learning.save()))
         self.parts = plugins.build(PARTS, cfg, self.ctx)
         self.ctx.parts.update((p.name, p) for p in self.parts)
+        self.senders = Senders(self.port_names, self.counters, owner_ttl=cfg.samples.arp_binding_ttl)
+        self.senders_path = self.state_dir / "senders.json"
+        self.senders.load(self.senders_path)
+        self.table.mac_for = self.senders.mac_for
         self.detector = ScanDetector(cfg.detect, mode=lambda: self.learning.mode, emit=self.outbox.emit,
                                      enforcer=lambda: self.ctx.parts.get("enforcement"),
-                                     counters=self.counters) if cfg.detect.enabled else None
+                                     counters=self.counters, senders=self.senders) if cfg.detect.enabled else None
 
     # -- status ---------------------------------------------------------------------------
     def status_body(self, state: str = "running") -> dict:
@@ -196,6 +201,7 @@ class EngineService:
                           "event_spool_batches": self.outbox.backlog,
                           "seq": self.seq, "idle_timeouts": self.timeouts_applied},
             "detector": self.detector.status() if self.detector else None,
+            "senders": self.senders.status(),
             **{p.name: _safe_status(p) for p in self.parts},
         }
 
@@ -245,6 +251,8 @@ class EngineService:
             raise StartupError(f"flow accounting: {exc}") from None
         self.timeouts_applied = datapath.set_idle_timeouts(dict(self.cfg.flows.idle_timeouts))
         self.ctx.features = self.features
+        self.senders.requeue_all()     # the owner sets were just recreated empty
+        self._sync_owners()
         self.reader = ConntrackReader(self.counters)
         self._start_readers()
         for p in self.parts:
@@ -254,6 +262,7 @@ class EngineService:
         next_poll = time.monotonic() + interval
         next_status = time.monotonic() + self.cfg.status_interval
         interval_start = payload.now_ms()
+        next_owner_save = time.monotonic() + 60.0
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -280,6 +289,10 @@ class EngineService:
                     # refused credentials never heal by waiting: exit non-zero so the service
                     # manager restarts us (and retries) — the kernel's rule set keeps working
                     raise FatalError(f"MQTT broker refused the engine: {self.mqtt.fatal}")
+                self._sync_owners()
+                if now >= next_owner_save:
+                    next_owner_save = now + 60.0
+                    self._save_owners()
                 self.publisher.pump()
                 self.outbox.flush(self.learning.mode)
                 # wake early for an urgent event (a block decision) or to drain the spool
@@ -288,6 +301,25 @@ class EngineService:
                                             - time.monotonic()))
         finally:
             self.shutdown()
+
+    # -- source attribution (senders.py) ------------------------------------------------------
+    def _sync_owners(self) -> None:
+        script = self.senders.kernel_script(f"bridge {datapath.FLOW_TABLE}")
+        if not script:
+            return
+        try:
+            datapath.nft(script, timeout=10.0)
+            self.counters.inc("owner_syncs")
+        except datapath.NftError as exc:
+            self.counters.inc("owner_sync_errors")
+            log.error("could not write learned owners to the kernel: %s", exc)
+
+    def _save_owners(self) -> None:
+        try:
+            self.senders.save(self.senders_path)
+        except OSError as exc:
+            self.counters.inc("owner_save_errors")
+            log.error("could not save learned owners: %s", exc)
 
     # -- kernel readers (threads) ---------------------------------------------------------------
     def _start_readers(self) -> None:
@@ -313,6 +345,7 @@ class EngineService:
 
     def _ct_loop(self) -> None:
         det = self.detector
+        senders = self.senders
         while not self.stop_event.is_set():
             try:
                 batch = self.ct_events.read(timeout=0.05)
@@ -320,12 +353,16 @@ class EngineService:
                 for ev, e in batch:
                     if ev == EV_DESTROY:
                         self.table.on_destroy(e, now_ms)
+                        senders.forget_flow(e.proto, e.src, e.sport, e.dst, e.dport)
                         if det:
                             det.on_destroy(e.key)
-                    elif det is None:
                         continue
-                    elif ev == EV_NEW:
-                        det.on_new(e.key, e.src, e.dst, e.proto, e.dport)
+                    if ev != EV_NEW and e.status & IPS_ASSURED:
+                        senders.on_assured(e.proto, e.src, e.sport, e.dst, e.dport)
+                    if det is None:
+                        continue
+                    if ev == EV_NEW:
+                        det.on_new(e.key, e.src, e.dst, e.proto, e.dport, forged=bool(e.mark & FORGED))
                     elif e.status & (IPS_ASSURED | IPS_SEEN_REPLY):
                         det.on_answer(e.key, bool(e.status & IPS_ASSURED), e.proto)
                 if det:
@@ -341,6 +378,7 @@ class EngineService:
         while not self.stop_event.is_set():
             try:
                 for sample in self.nflog.read(timeout=0.5):
+                    self.senders.on_sample(sample)
                     for ev in run_checks(self.checks, sample):
                         self.outbox.emit(ev)
             except Exception:
@@ -360,6 +398,7 @@ class EngineService:
                     r.close()
                 except OSError:
                     pass
+        self._save_owners()
         try:
             self.publisher.pump()
             self.outbox.flush(self.learning.mode)

@@ -151,6 +151,22 @@ def address_keys(texts: Iterable[str], family: int) -> list[bytes]:
         raise
 
 
+def mac_port_keys(texts: Iterable[str]) -> list[bytes]:
+    """``aa:bb:cc:dd:ee:ff . "port"`` -> the 24-byte key of an ``ether_addr . ifname`` set (each
+    field padded to 4 bytes: 6 + 2, then the name NUL-padded to IFNAMSIZ)."""
+    out = []
+    for t in texts:
+        mac, _, port = t.partition(" . ")
+        name = port.strip('"').encode()
+        if len(name) > 15:
+            raise NetlinkError(0, f"interface name too long: {port!r}")
+        try:
+            out.append(bytes.fromhex(mac.replace(":", "")).ljust(8, b"\0") + name.ljust(16, b"\0"))
+        except ValueError:
+            raise NetlinkError(0, f"bad MAC {mac!r}") from None
+    return out
+
+
 def flow_keys(texts: Iterable[str], family: int) -> list[bytes]:
     """``src . dst . proto . dport`` -> concatenated key (registers of 4 bytes)."""
     out = []

@@ -84,6 +84,8 @@ class SetSpec:
     @property
     def type(self) -> str:
         a = _ADDR[self.family]
+        if self.kind == "blockmac":
+            return "ether_addr . ifname"
         return f"{a} . {a} . inet_proto . inet_service" if self.kind == "flow" else a
 
     def declaration(self) -> str:
@@ -102,12 +104,18 @@ def layout() -> dict[str, SetSpec]:
         specs += [SetSpec(n, fam, "blocknet", True, True) for n in net_sets("blocknet", fam)]
         specs.append(SetSpec(f"flow{fam}", fam, "flow", False, True))
         specs.append(SetSpec(f"local{fam}", fam, "local", False, True))
+    specs.append(SetSpec("blockmac", 4, "blockmac", False, True))   # both families: mac|port entries
     return {s.name: s for s in specs}
 
 
 SETS = layout()
 MANAGED = [n for n, s in SETS.items() if s.kind not in ("guard", "local")]   # what a rule set owns
 LOCAL = {4: "local4", 6: "local6"}
+# The engine's own blocks of a sender attributed by MAC and bridge port (forged source addresses,
+# engine/senders.py): one set for both families, the first drop rule in v4 and v6.
+LOCAL_MAC = "localmac"
+BLOCK_MAC = "blockmac"       # rule-set entries of scope mac (mac . port), both families
+LOCAL_MAC_DECL = f"set {LOCAL_MAC} {{ type ether_addr . ifname; flags timeout; }}"
 
 
 def chain_rules(family: int) -> list[str]:
@@ -123,6 +131,9 @@ def chain_rules(family: int) -> list[str]:
     rules = [f"{miss} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
+    # after the accepts: allowlisted and guarded addresses pass even from a blocked MAC
+    for s in (BLOCK_MAC, LOCAL_MAC):
+        rules.append(f"ether saddr . iifname @{s} counter drop comment \"{s}\"")
     for s in drop:
         rules += [f"{ip} saddr @{s} counter drop comment \"{s} src\"",
                   f"{ip} daddr @{s} counter drop comment \"{s} dst\""]
@@ -135,6 +146,7 @@ def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
     flushed and refilled, the guard sets are refilled.  One transaction; foreign tables untouched."""
     lines = [f"table {FAMILY} {TABLE} {{"]
     lines += [f"  {s.declaration()}" for s in SETS.values()]
+    lines.append(f"  {LOCAL_MAC_DECL}")
     lines.append(f"  chain forward {{ type filter hook forward priority {PRIORITY}; policy accept; }}")
     lines += ["  chain v4 { }", "  chain v6 { }", "}"]
     for chain in ("forward", "v4", "v6"):
@@ -196,6 +208,8 @@ def replace_batch(contents: dict[str, list[tuple[str, int | None]]]) -> nfnetlin
                 keys = [k for k, _ in elems]
                 if spec.kind == "flow":
                     kb, width = nfnetlink.flow_keys(keys, spec.family), 16 if spec.family == 4 else 40
+                elif spec.kind == "blockmac":
+                    kb, width = nfnetlink.mac_port_keys(keys), 24
                 else:
                     kb, width = nfnetlink.address_keys(keys, spec.family), 4 if spec.family == 4 else 16
                 encoded = nfnetlink.hash_elements(kb, [None if t is None else max(1, int(t)) for _, t in elems], width)
@@ -500,6 +514,13 @@ class NftWriter:
 
     def update(self, put, remove, refill=None) -> None:
         self.commit(Change.updating(put, remove, refill))
+
+    def block_mac(self, mac: str, port: str, timeout_ms: int) -> None:
+        """(Re)assert one engine-local MAC/port block with its timeout: one transaction."""
+        key = f'{mac} . "{port}"'
+        self._run(f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
+                  f"delete element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
+                  f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {element(key, timeout_ms)} }}\n")
 
     def delete_table(self) -> None:
         self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")

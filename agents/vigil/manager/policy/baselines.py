@@ -14,6 +14,11 @@ Learned per engine:
 - maxima over sources within the detection window (what the busiest normal source does): distinct hosts contacted,
   distinct ports on one host, failed connections to one host, new connections to one service,
   packets per second.  Detection thresholds derive from these.
+- the sources seen while learning (at most ``max_known_sources``; more are counted in
+  ``known_sources_capped``).  Thresholds learned from the busiest normal source apply to the
+  sources the baseline knows; a source it never saw gets the configured floor for new connections
+  to one service (detections.py): a client's learned bursts must not become a newcomer's allowance
+  for credential guessing.
 
 Everything is in traffic time: only intervals that carried flows count.  State is one JSON text
 per engine in the ``baselines`` table of the manager's storage (SQLite ``state_dir/baselines/
@@ -86,7 +91,8 @@ class Stat:
 
 
 class Baseline:
-    def __init__(self, engine: str, max_services: int = 5000, max_sources: int = 32):
+    def __init__(self, engine: str, max_services: int = 5000, max_sources: int = 32,
+                 max_known_sources: int = 65536):
         self.engine = engine
         self.max_services = max_services
         self.max_sources = max_sources
@@ -97,6 +103,9 @@ class Baseline:
         # "proto/dst/dport" -> {"flows": n, "bytes": Stat, "sources": [..], "sources_n": n, "learned": bool}
         self.services: dict[str, dict[str, Any]] = {}
         self.services_capped = 0
+        self.max_known_sources = max_known_sources
+        self.known_sources: set[str] = set()
+        self.known_sources_capped = 0
         self.dirty = False
 
     # -- learning -------------------------------------------------------------------------
@@ -109,6 +118,14 @@ class Baseline:
         self.intervals += 1
         if learning:
             self.learned_seconds += secs
+            if not suspicious:
+                for src in summary.sources:
+                    if src in self.known_sources:
+                        continue
+                    if len(self.known_sources) >= self.max_known_sources:
+                        self.known_sources_capped += 1
+                        continue
+                    self.known_sources.add(src)
             if suspicious:
                 # an attack during learning must not become the norm: a would-block interval
                 # is left out of the learned averages altogether
@@ -146,6 +163,9 @@ class Baseline:
                 if len(s["sources"]) < self.max_sources:
                     s["sources"].append(src)
 
+    def known_source(self, src: str) -> bool:
+        return src in self.known_sources
+
     def known_service(self, key: str) -> bool:
         s = self.services.get(key)
         return s is not None and s["learned"]
@@ -163,7 +183,8 @@ class Baseline:
                 "rates": {m: s.to_json() for m, s in self.rates.items()},
                 "sources": {m: s.to_json() for m, s in self.sources.items()},
                 "services": {k: {**v, "bytes": v["bytes"].to_json()} for k, v in self.services.items()},
-                "services_capped": self.services_capped}
+                "services_capped": self.services_capped, "known_sources": sorted(self.known_sources),
+                "known_sources_capped": self.known_sources_capped}
 
     @classmethod
     def from_json(cls, d: dict, **kw) -> "Baseline":
@@ -179,11 +200,14 @@ class Baseline:
         for k, v in (d.get("services") or {}).items():
             b.services[k] = {**v, "bytes": Stat.from_json(v["bytes"])}
         b.services_capped = int(d.get("services_capped", 0))
+        b.known_sources = {str(s) for s in (d.get("known_sources") or [])[:b.max_known_sources]}
+        b.known_sources_capped = int(d.get("known_sources_capped", 0))
         return b
 
     def report(self) -> dict:
         return {"engine": self.engine, "learned_seconds": round(self.learned_seconds, 1),
-                "intervals": self.intervals,
+                "intervals": self.intervals, "known_sources": len(self.known_sources),
+                "known_sources_capped": self.known_sources_capped,
                 "rates": {m: {"mean": round(s.mean, 3), "std": round(s.std, 3), "max": round(s.max, 3)}
                           for m, s in self.rates.items()},
                 "sources": {m: {"mean": round(s.mean, 3), "std": round(s.std, 3), "max": round(s.max, 3)}
@@ -205,6 +229,7 @@ class IntervalSummary:
     halfopen: int
     source_max: dict[str, float]
     services: dict[str, tuple[int, int, set[str]]]   # key -> (bytes, new flows, sources)
+    sources: frozenset[str] = frozenset()             # source addresses of the interval
 
 
 MIGRATIONS = ["""

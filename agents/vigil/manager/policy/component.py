@@ -272,6 +272,9 @@ class PolicyComponent:
         floor = SEVERITY_RANK[self.cfg.detection.event_min_severity]
         now_ms, max_age_ms = time.time() * 1000, self.cfg.detection.event_max_age * 1000
         for ev in batch.events:
+            if ev.type == "spoofing" and ev.mac and ev.in_port and ev.action in ("block", "would-block"):
+                self._propose_spoofing(engine, ev, floor, now_ms, max_age_ms)
+                continue
             if ev.src is None or ev.action == "none":  # "none": the engine's own never-block list
                 if ev.src is None and SEVERITY_RANK[ev.severity] >= floor:
                     self.counters.inc("engine_events_without_address")   # e.g. ARP rebind: a MAC only
@@ -289,6 +292,21 @@ class PolicyComponent:
             self.propose(DecisionRequest(scope="ip", value=ev.src, origin=f"engine-local:{kind}",
                                          reason=f"engine {engine}: {reason}", engines=[engine],
                                          evidence={"engine": engine, "event": {k: body[k] for k in list(body)[:20]}}))
+
+    def _propose_spoofing(self, engine: str, ev, floor: int, now_ms: float, max_age_ms: float) -> None:
+        """The engine attributed forged-source traffic to a MAC/port: a ``mac`` decision on that
+        engine (never one on the forged address, whose owner did nothing)."""
+        if ev.ts is not None and now_ms - ev.ts > max_age_ms:
+            self.counters.inc("engine_events_stale")
+            return
+        if SEVERITY_RANK[ev.severity] < floor and ev.action != "block":
+            return
+        body = ev.body()
+        self.counters.inc("engine_events_spoofing")
+        self.propose(DecisionRequest(scope="mac", value=f"{ev.mac}|{ev.in_port}", origin="engine-local:spoofing",
+                                     reason=f"engine {engine}: {(ev.detail or 'spoofing')[:400]}", engines=[engine],
+                                     evidence={"engine": engine, "forged_src": ev.forged_src,
+                                               "event": {k: body[k] for k in list(body)[:20]}}))
 
     # -- the decision sink ----------------------------------------------------------------
     def _learning_targets(self, targets: list[str]) -> list[str]:

@@ -6,6 +6,12 @@ adds up.  Thresholds are the larger of a configured floor and what the engine's 
 busiest normal source does (``Baseline.threshold``), so a network whose normal traffic is busier
 raises them on its own.
 
+Spoofed flows (the engine flags a flow whose first frame carried an address another MAC owns,
+engine/senders.py) never count for their source address: they are aggregated under the sender
+that forged them, ``mac:<mac>|<port>`` (the record's ``src_mac`` and ``in_port``), and a finding on
+such a sender is a ``mac`` decision.  A spoofed record without a sender is left out and counted
+(``Detector.spoofed_unattributed``).
+
 A *failed* connection is one the server never completed: a TCP flow that conntrack never marked
 assured (SYN unanswered, answered by RST, or half-open), or one the engine labels with a rejected
 or half-open ``conn_state``; a UDP flow with no answer.
@@ -34,7 +40,7 @@ class Finding:
 
 
 class _Src:
-    __slots__ = ("hosts", "ports", "failed_dst", "new_svc", "bytes_svc", "pkts", "bytes")
+    __slots__ = ("hosts", "ports", "failed_dst", "new_svc", "bytes_svc", "pkts", "bytes", "forged")
 
     def __init__(self):
         self.hosts: dict[tuple, set] = defaultdict(set)    # (proto, dport) -> failed dsts
@@ -44,6 +50,19 @@ class _Src:
         self.bytes_svc: dict[tuple, int] = defaultdict(int)
         self.pkts = 0
         self.bytes = 0
+        self.forged: set[str] = set()                       # addresses a mac: sender forged
+
+
+MAC_KEY = "mac:"
+
+
+def target(key: str) -> tuple[str, str, str]:
+    """Per-source key -> (decision scope, value, how a reason names it)."""
+    if key.startswith(MAC_KEY):
+        value = key[len(MAC_KEY):]
+        mac, _, port = value.partition("|")
+        return "mac", value, f"{mac} on {port}"
+    return "ip", key, key
 
 
 def _failed(f: dict) -> tuple[bool, bool]:
@@ -88,6 +107,7 @@ class Detector:
         self.th = th
         self.window: deque[tuple[float, dict[str, _Src]]] = deque()
         self.traffic_time = 0.0
+        self.spoofed_unattributed = 0      # spoofed flow records that named no sender
 
     def summarise(self, flows: Iterable[dict], seconds: float,
                   since_ms: int | None = None) -> tuple[dict[str, _Src], IntervalSummary]:
@@ -95,7 +115,7 @@ class Detector:
         flow's first report and the flow started at or after ``since_ms`` (when given): an engine
         that restarts reports every flow it finds in conntrack as new, minutes of history at once."""
         by_src: dict[str, _Src] = {}
-        n = new = pkts = nbytes = rejected = halfopen = 0
+        n = new = pkts = nbytes = rejected = halfopen = unattributed = 0
         services: dict[str, list] = {}
         for f in flows:
             n += 1
@@ -108,9 +128,18 @@ class Detector:
                 b = int(f.get("orig_bytes") or 0) + int(f.get("resp_bytes") or 0)
             except (KeyError, TypeError, ValueError):
                 continue
+            forged = None
+            if f.get("spoofed"):
+                mac, port = f.get("src_mac"), f.get("in_port")
+                if not (isinstance(mac, str) and mac and isinstance(port, str) and port):
+                    unattributed += 1      # never against the forged address; no sender to name
+                    continue
+                forged, src = src, f"{MAC_KEY}{mac}|{port}"
             s = by_src.get(src)
             if s is None:
                 s = by_src[src] = _Src()
+            if forged is not None and len(s.forged) < 8:
+                s.forged.add(forged)
             s.pkts += p
             s.bytes += b
             pkts += p
@@ -146,9 +175,11 @@ class Detector:
                     acc[2].add(src)
         secs = max(seconds, 1e-3)
         smax = {"src_pps": max((s.pkts / secs for s in by_src.values()), default=0.0)}
+        self.spoofed_unattributed += unattributed
         summary = IntervalSummary(seconds=secs, flows=n, new_flows=new, pkts=pkts, bytes=nbytes,
                                   rejected=rejected, halfopen=halfopen, source_max=smax,
-                                  services={k: (v[0], v[1], v[2]) for k, v in services.items()})
+                                  services={k: (v[0], v[1], v[2]) for k, v in services.items()},
+                                  sources=frozenset(k for k in by_src if not k.startswith(MAC_KEY)))
         return by_src, summary
 
     def evaluate(self, flows: list[dict], seconds: float, baseline: Baseline,
@@ -180,6 +211,10 @@ class Detector:
         older = [b for _, b in list(self.window)[:-1]]
         for src, cur in by_src.items():
             parts = [cur] + [b[src] for b in older if src in b]
+            scope, value, who = target(src)
+            forged = sorted(set().union(*(p.forged for p in parts)))
+            if forged:
+                who += f" forging {', '.join(forged)}"
             hosts: dict[tuple, set] = defaultdict(set)
             ports: dict[str, set] = defaultdict(set)
             failed_dst: dict[str, int] = defaultdict(int)
@@ -210,48 +245,51 @@ class Detector:
                 all_dsts = set().union(*hosts.values())
                 if len(dsts) >= t_hosts or len(all_dsts) >= max(t_hosts * 2, t_hosts + 8):
                     n = max(len(dsts), len(all_dsts))
-                    out.append(Finding("horizontal-scan", "ip", src, src,
-                                       f"horizontal scan: {src} tried {n} hosts without completing a "
+                    out.append(Finding("horizontal-scan", scope, value, src,
+                                       f"horizontal scan: {who} tried {n} hosts without completing a "
                                        f"connection (busiest: {proto}/{dport} on {len(dsts)}) in {win}; "
                                        f"threshold {t_hosts:.0f}",
                                        {"hosts": n, "port": f"{proto}/{dport}", "threshold": t_hosts}))
             if ports:
                 dst, dports = max(ports.items(), key=lambda kv: len(kv[1]))
                 if len(dports) >= t_ports:
-                    out.append(Finding("vertical-scan", "ip", src, src,
-                                       f"vertical scan: {src} tried {len(dports)} ports on {dst} without "
+                    out.append(Finding("vertical-scan", scope, value, src,
+                                       f"vertical scan: {who} tried {len(dports)} ports on {dst} without "
                                        f"completing a connection in {win}; threshold {t_ports:.0f}",
                                        {"dst": dst, "ports": len(dports), "threshold": t_ports}))
             if failed_dst:
                 dst, nfail = max(failed_dst.items(), key=lambda kv: kv[1])
                 if nfail >= t_failed:
-                    out.append(Finding("flood", "ip", src, src,
-                                       f"flood: {src} opened {nfail} connections to {dst} that never "
+                    out.append(Finding("flood", scope, value, src,
+                                       f"flood: {who} opened {nfail} connections to {dst} that never "
                                        f"completed in {win}; threshold {t_failed:.0f}",
                                        {"dst": dst, "failed": nfail, "threshold": t_failed}))
                     continue
             pps = cur.pkts / max(summary.seconds, 1.0)
             if rates and pps >= t_pps and cur.pkts and cur.bytes / cur.pkts < th.flood_max_pkt_bytes:
-                out.append(Finding("flood", "ip", src, src,
-                                   f"flood: {src} sent {pps:.0f} small packets/s "
+                out.append(Finding("flood", scope, value, src,
+                                   f"flood: {who} sent {pps:.0f} small packets/s "
                                    f"({cur.bytes / cur.pkts:.0f} bytes each); threshold {t_pps:.0f}/s",
                                    {"pps": round(pps), "threshold": t_pps}))
                 continue
             if new_svc:
                 svc, nnew = max(new_svc.items(), key=lambda kv: kv[1])
                 avg = bytes_svc[svc] / max(nnew, 1)
-                if nnew >= t_new and avg < th.brute_max_bytes:
+                # a learned busy client's bursts are its own allowance, not a newcomer's
+                limit = t_new if baseline.known_source(src) else float(th.brute_new)
+                if nnew >= limit and avg < th.brute_max_bytes:
                     dst, proto, dport = svc
-                    out.append(Finding("brute-force", "ip", src, src,
-                                       f"brute force: {src} opened {nnew} short connections to "
+                    out.append(Finding("brute-force", scope, value, src,
+                                       f"brute force: {who} opened {nnew} short connections to "
                                        f"{proto}/{dport} on {dst} in {win} ({avg:.0f} bytes each); "
-                                       f"threshold {t_new:.0f}",
+                                       f"threshold {limit:.0f}"
+                                       f"{'' if baseline.known_source(src) else ' (a source not seen while learning)'}",
                                        {"service": f"{proto}/{dst}/{dport}", "connections": nnew,
-                                        "threshold": t_new}))
+                                        "threshold": limit}))
         if learned and th.new_service:
             seen: set[str] = set()
             for f in flows:
-                if not f.get("new") or f.get("proto") not in ("tcp", "udp"):
+                if not f.get("new") or f.get("proto") not in ("tcp", "udp") or f.get("spoofed"):
                     continue
                 if _failed(f)[0] or not (f.get("replied") or f.get("resp_pkts")):
                     continue

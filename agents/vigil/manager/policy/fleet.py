@@ -214,8 +214,10 @@ class Publisher:
         return self.ruleset_format == rulewire.FORMAT
 
     def _encode(self, kind: str, body: dict, binary: bool, ts: int) -> bytes:
-        if binary:
+        if binary and rulewire.carries(body):
             return rulewire.encode(kind, self.manager_id, body, self.key, ts=ts)
+        if binary:   # an entry vrs1 has no block for (scope mac): the engine reads JSON as well
+            self.counters.inc("ruleset_binary_fallback_json")
         return ruleset.encode_signed(kind, self.manager_id, body, self.key, ts=ts)
 
     def _next_generation(self, engine: str) -> int:

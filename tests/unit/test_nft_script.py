@@ -44,6 +44,8 @@ def test_table_script_declares_every_set_flushes_chains_and_fills_guards():
     miss = v4.pop(0)
     assert miss.endswith("!= @flow4 return") and "accept" not in miss and "drop" not in miss
     assert all(f"saddr != @{x} ip daddr != @{x}" in miss for x in ("block4", "blocknet4", "blocknet4_1", "local4"))
+    # a sender blocked by MAC and port (forged sources, issue 15) must not leave by the common case
+    assert all(f"ether saddr . iifname != @{x}" in miss for x in ("blockmac", "localmac"))
     first_drop = next(i for i, r in enumerate(v4) if r.endswith(("drop", '"')) and "drop" in r)
     assert all("accept" in r for r in v4[:first_drop]) and all("drop" in r for r in v4[first_drop:])
     assert all("counter drop" in r for r in v4 if "drop" in r)

@@ -127,8 +127,11 @@ def chain_rules(family: int) -> list[str]:
     # rule, each ``!=`` lookup ends it at the first set that holds the address), without the
     # guard and allow lookups, which only matter for a packet some drop set matches -- 9 lookups
     # instead of 17 per forwarded packet.  A packet that matches goes through every rule below.
+    # The MAC sets are in it too: a forged source is attributed to its sender's MAC and port, so
+    # the sender's own address is in no drop set and the return would let it pass.
     miss = " ".join(f"{ip} saddr != @{s} {ip} daddr != @{s}" for s in drop)
-    rules = [f"{miss} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
+    macs = " ".join(f"ether saddr . iifname != @{s}" for s in (BLOCK_MAC, LOCAL_MAC))
+    rules = [f"{miss} {macs} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
     # after the accepts: allowlisted and guarded addresses pass even from a blocked MAC

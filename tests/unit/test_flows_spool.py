@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.fake_mqtt import FakeMqtt
 from vigil.counters import Counters
-from vigil.engine.spool import Spool, SpoolPublisher
+from vigil.spool import Spool, SpoolPublisher
 
 pytestmark = pytest.mark.unit
 

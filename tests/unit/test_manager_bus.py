@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.support.fake_mqtt import FakeMqtt
-from tests.unit.test_policy import FakeWriter
+from tests.unit.test_policy import FakeWriter as _PolicyWriter
 from vigil import topics
 from vigil.contracts.engine import EngineStatus, EventBatch, FlowBatch
 from vigil.contracts.influx import MEASUREMENTS
@@ -22,6 +22,16 @@ from vigil.manager.policy.component import PolicyComponent
 from vigil.manager.policy.config import PolicyConfig
 
 pytestmark = pytest.mark.unit
+
+
+class FakeWriter(_PolicyWriter):
+    """Writes at once, so a write's callback (the MQTT acknowledgement) runs at once."""
+
+    def write(self, lines, on_done=None):
+        super().write(lines)
+        if on_done is not None:
+            on_done()
+
 
 _POINT = re.compile(r"^([^, ]+)((?:,[^ ]+)?) (.+?)(?: (\d+))?$")
 

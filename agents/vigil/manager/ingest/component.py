@@ -19,6 +19,11 @@ A batch's points carry the interval end plus ``seq mod 10^6`` nanoseconds as the
 the chunks of one interval stay distinct points and a batch written twice (a QoS 1 redelivery)
 overwrites itself instead of counting twice.
 
+Nothing is acknowledged to the broker before it is stored: each handler defers the MQTT
+acknowledgement of its message until the InfluxDB writer is done with the message's points
+(``MqttClient.defer_ack``), and the manager's session is persistent, so a manager killed with
+points still in its buffer gets the same messages again when it comes back.
+
 Ingest only writes: it subscribes for itself (``MqttClient.subscribe_kind``), as every other
 component does for what it needs.  Flows come through an MQTT v5 shared subscription when
 configured, so that several manager processes split the writing between them; the policy takes
@@ -209,9 +214,12 @@ class IngestComponent:
         if engine is None:
             return
         if self.aggregator.check_seq(engine, batch.seq) == "duplicate":
+            if self.cfg.write_points:
+                # a redelivery: acknowledge it only once its first copy's points have left
+                self.ctx.writer.write([], on_done=self.ctx.mqtt.defer_ack())
             return
         if self.cfg.write_points:
-            self.ctx.writer.write(self.aggregator.batch_points(batch))
+            self.ctx.writer.write(self.aggregator.batch_points(batch), on_done=self.ctx.mqtt.defer_ack())
         self.counters.inc("flow_batches_ingested")
         self.counters.inc("flow_records_ingested", len(batch.flows))
 
@@ -235,7 +243,7 @@ class IngestComponent:
             points.append(line("engine_events", {"engine": engine, "type": etype},
                                fields or {"count": 1}, ts * 1_000_000 + i))
         if self.cfg.write_points and points:
-            self.ctx.writer.write(points)
+            self.ctx.writer.write(points, on_done=self.ctx.mqtt.defer_ack())
         self.counters.inc("engine_events_ingested", len(points))
 
     def on_status(self, msg, st: EngineStatus) -> None:
@@ -245,4 +253,4 @@ class IngestComponent:
         engine = dev[1]
         self.engines[engine] = {**st.body(), "engine": engine, "ts": st.ts}
         if self.cfg.write_points:
-            self.ctx.writer.write(status_points(engine, st))
+            self.ctx.writer.write(status_points(engine, st), on_done=self.ctx.mqtt.defer_ack())

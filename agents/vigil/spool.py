@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from ..files import atomic_write
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 

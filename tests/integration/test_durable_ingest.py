@@ -1,0 +1,123 @@
+"""No flow batch and no engine event is lost when the manager dies, or when the broker restarts.
+
+Real Mosquitto (persistence on), a real vigil-manager (ingest and policy) and a real InfluxDB;
+two simulated engines (``vigil.lab.simfleet``: real MQTT clients publishing through the engine's
+on-disk spool) publish a flow batch every 0.5 s and an event every second.  The manager is killed
+with SIGKILL and stays dead for ``VIGIL_OUTAGE`` seconds (60 by default, the issue's figure) under
+that traffic; then it comes back on its persistent session.  Every ``seq`` each engine published
+must be in InfluxDB once, and every event.
+
+The broker is stopped and started again under traffic only with ingest on a plain subscription
+(``ingest.shared_subscription: false``): Mosquitto 2.0.11 saves a persistent session's plain
+subscriptions and queued messages but not its shared subscriptions, so after a broker restart the
+batches published before the manager subscribes again match no shared subscriber (the engine gets
+a PUBACK with reason 16, "no matching subscribers") — docs/DESIGN-NOTES.md, "Durable ingest".
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from vigil.control import call
+from vigil.lab.simfleet import SimFleet
+
+pytestmark = pytest.mark.integration
+
+OUTAGE = float(os.environ.get("VIGIL_OUTAGE", "60"))
+ENGINES = 2
+
+
+def publish_events_for(fleet: SimFleet, seconds: float) -> None:
+    """One event per engine per second for ``seconds`` (flows run on the fleet's own timer)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        fleet.call(lambda: [e.publish_event("10.77.0.66", f"event {e.event_seq + 1}") for e in fleet.engines])
+        time.sleep(1.0)
+
+
+def stored_seqs(lab, engine: str) -> list[int]:
+    return sorted(int(r["seq"]) for r in lab.influx.query(f"SELECT seq FROM flow_batches WHERE engine = '{engine}'"))
+
+
+def stored_events(lab, engine: str) -> list[str]:
+    return sorted(r["detail"] for r in lab.influx.query(
+        f"SELECT detail FROM engine_events WHERE engine = '{engine}'"))
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-sigkill", "plain-broker-restart"])
+def test_no_batch_and_no_event_lost(lab, shared):
+    pub = lab.run_dir / "signing.pub"
+    policy = {"public_key_file": str(pub)}
+    ingest = {"shared_subscription": shared}
+    mgr = lab.start_manager(policy=policy, ingest=ingest)
+    lab.wait_log("manager", "(session new)")
+    fleet = SimFleet("127.0.0.1", lab.mosquitto.port, ENGINES, public_key_file=pub, prefix="dur",
+                     flow_interval=0.5, records=3, status_interval=5, spool_root=lab.run_dir / "engines")
+    try:
+        fleet.start(connect_timeout=15)
+        fleet.publishing.set()
+        publish_events_for(fleet, 5)
+
+        seq_at_kill = {e.id: e.flow_seq for e in fleet.engines}
+        outage = 0.0
+        if shared:
+            seq_at_kill, outage = kill_manager_for(lab, mgr, fleet, policy, ingest)
+        else:
+            # -- the broker stops (saving its store) and starts again under traffic -------------------
+            lab.mosquitto.stop()
+            publish_events_for(fleet, 3)           # the engines spool meanwhile
+            lab.mosquitto.start()
+            publish_events_for(fleet, 5)
+        fleet.publishing.clear()
+
+        # everything the engines published leaves their spools (broker PUBACKs) ...
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and fleet.call(lambda: sum(e.backlog for e in fleet.engines)):
+            time.sleep(0.2)
+        totals = fleet.totals()
+        assert totals["backlog"] == 0, totals
+        last = {e.id: (e.flow_seq, e.event_seq) for e in fleet.engines}
+        # ... and reaches InfluxDB, every seq once
+        deadline = time.monotonic() + 60
+        missing: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            missing = {}
+            for eng, (nflows, nevents) in last.items():
+                seqs = stored_seqs(lab, eng)
+                if seqs != list(range(1, nflows + 1)):
+                    missing[eng] = sorted(set(range(1, nflows + 1)) - set(seqs))[:20]
+                events = stored_events(lab, eng)
+                if events != sorted(f"event {i}" for i in range(1, nevents + 1)):
+                    missing[f"{eng} events"] = (len(events), nevents)
+            if not missing:
+                break
+            time.sleep(1.0)
+        counters = call(lab.run_dir / "manager.sock", "manager.status")["counters"]
+        print(f"outage {outage:.1f} s; published per engine (flows, events): {last}; seq at kill "
+              f"{seq_at_kill}; manager after restart: {counters}")
+        assert not missing, f"lost after the outage: {missing}; manager counters {counters}"
+        if shared:
+            assert all(n > seq_at_kill[e] + OUTAGE for e, (n, _) in last.items())   # traffic ran on
+            assert counters.get("mqtt_sessions_new", 0) == 0     # the restart resumed the session
+        assert counters.get("influx_points_dropped", 0) == 0
+    finally:
+        fleet.stop()
+
+
+def kill_manager_for(lab, mgr, fleet: SimFleet, policy: dict, ingest: dict) -> tuple[dict[str, int], float]:
+    """SIGKILL the manager under traffic, keep it dead for OUTAGE seconds, start it again."""
+    before = call(lab.run_dir / "manager.sock", "manager.status")["counters"].get("flow_batches_ingested", 0)
+    assert before > 0, "nothing was ingested before the kill"
+    mgr.signal(signal.SIGKILL)
+    mgr.proc.wait(10)
+    seq_at_kill = {e.id: e.flow_seq for e in fleet.engines}
+    t_kill = time.monotonic()
+    publish_events_for(fleet, OUTAGE)
+    lab.start_manager(policy=policy, ingest=ingest)
+    lab.wait_log("manager", "(session resumed)", timeout=20)
+    outage = time.monotonic() - t_kill
+    publish_events_for(fleet, 5)
+    return seq_at_kill, outage

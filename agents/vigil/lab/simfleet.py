@@ -410,6 +410,27 @@ class SimFleet:
                         e.events.pump()
 
     # -- figures -----------------------------------------------------------------------------
+    def wait_all(self, pred, timeout: float) -> int:
+        """Wait until ``pred(engine)`` holds for every engine; returns how many it holds for."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while True:
+            n = sum(1 for e in self.engines if pred(e))
+            if n == len(self.engines) or time.monotonic() >= deadline:
+                return n
+            time.sleep(0.05)
+
+    def decision_spread(self, add, value: str, timeout: float = 60.0) -> list[float]:
+        """Watch ``value``, run ``add()`` (which makes a decision for it, e.g. through the manager's
+        control socket) and wait until every engine applied a rule set holding it; returns the
+        seconds from just before ``add()`` until each engine had it (sorted; fewer than the fleet
+        when ``timeout`` passed)."""
+        self.watch.add(value)
+        t0 = time.monotonic()
+        add()
+        self.wait_all(lambda e: e.id in self.arrivals.get(value, {}), timeout)
+        return self.spread(value, t0)
+
     def spread(self, value: str, t0: float) -> list[float]:
         """Seconds from ``t0`` until ``value`` reached each engine that has it (sorted)."""
         return sorted(t - t0 for t in self.arrivals.get(value, {}).values())

@@ -46,6 +46,7 @@ from ..seqtrack import SeqTracker, sending_engine
 log = logging.getLogger(__name__)
 
 _SUMS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"     # Mosquitto's; other brokers: absent
 
 
 class FlowAggregator:
@@ -191,6 +192,10 @@ class IngestComponent:
         ctx.mqtt.subscribe_kind(flows, FlowBatch, self.on_flows, qos=1)
         ctx.mqtt.subscribe_kind(topics.engine("+", "status"), EngineStatus, self.on_status, qos=1)
         ctx.mqtt.subscribe_kind(topics.engine("+", "events"), EventBatch, self.on_events, qos=1)
+        # what the broker dropped for want of queue room (Mosquitto's max_queued_messages): a
+        # manager that was away too long lost messages there, and the count says how many
+        self._broker_dropped: int | None = None
+        ctx.mqtt.subscribe(BROKER_DROPPED, self.on_broker_dropped, qos=0)
         if "engines.list" not in ctx.control.methods:  # the policy component's list is richer
             ctx.control.register("engines.list", self.list_engines)
 
@@ -204,7 +209,24 @@ class IngestComponent:
         pass
 
     def status(self) -> dict:
-        return {"engines": len(self.engines)}
+        return {"engines": len(self.engines), "broker_messages_dropped": self._broker_dropped}
+
+    def on_broker_dropped(self, msg) -> None:
+        """Mosquitto's cumulative count of messages it dropped (queue full), as counter
+        ``broker_messages_dropped``: the first reading whole (drops while this manager was away
+        are the ones that matter), then what the broker added (all of it after a broker restart,
+        which counts from zero again)."""
+        try:
+            n = int(msg.payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            self.counters.inc("broker_stats_malformed")
+            return
+        last = self._broker_dropped
+        added = n if last is None or n < last else n - last
+        self._broker_dropped = n
+        if added:
+            self.counters.inc("broker_messages_dropped", added)
+            log.warning("the broker dropped %d messages (queue full; %d since it started)", added, n)
 
     def list_engines(self) -> list[dict]:
         return [self.engines[k] for k in sorted(self.engines)]

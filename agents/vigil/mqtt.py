@@ -94,7 +94,7 @@ class MqttClient:
         self._session_expiry = session_expiry
         self._receive_maximum = receive_maximum
         self.manual_ack = manual_ack
-        self._conn_gen = 0                  # +1 per CONNACK: an ack never crosses connections
+        self._conn_gen = 0                  # +1 per CONNACK and per loss: an ack never crosses links
         self._delivery = threading.local()  # the message being dispatched (defer_ack)
         self.session_present: bool | None = None
         self.loop_timeout = loop_timeout
@@ -311,6 +311,7 @@ class MqttClient:
                 log.exception("mqtt: on_connected hook failed")
 
     def _handle_disconnect(self, client, userdata, flags, reason, properties):
+        self._conn_gen += 1             # acks still pending belong to the link that just ended
         if self.connected.is_set():
             log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason)
             self.counters.inc("mqtt_disconnects")

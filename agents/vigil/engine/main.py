@@ -30,7 +30,7 @@ from .conntrack import EV_DESTROY, EV_NEW, IPS_ASSURED, IPS_SEEN_REPLY, Conntrac
 from .detect import ScanDetector
 from .flows import FlowTable
 from .nflog import NflogReader
-from ..spool import Spool, SpoolPublisher
+from .spool import Spool, SpoolPublisher
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,9 @@ with SIGKILL and stays dead for ``VIGIL_OUTAGE`` seconds (60 by default, the iss
 that traffic; then it comes back on its persistent session.  Every ``seq`` each engine published
 must be in InfluxDB once, and every event.
 
+The same with two ingest processes sharing the batches (a shared subscription), one of them
+killed and restarted.
+
 The broker is stopped and started again under traffic only with ingest on a plain subscription
 (``ingest.shared_subscription: false``): Mosquitto 2.0.11 saves a persistent session's plain
 subscriptions and queued messages but not its shared subscriptions, so after a broker restart the
@@ -47,13 +50,20 @@ def stored_events(lab, engine: str) -> list[str]:
         f"SELECT detail FROM engine_events WHERE engine = '{engine}'"))
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-sigkill", "plain-broker-restart"])
-def test_no_batch_and_no_event_lost(lab, shared):
+@pytest.mark.parametrize("shared,managers", [(True, 1), (False, 1), (True, 2)],
+                         ids=["shared-sigkill", "plain-broker-restart", "two-managers-sigkill"])
+def test_no_batch_and_no_event_lost(lab, shared, managers):
     pub = lab.run_dir / "signing.pub"
     policy = {"public_key_file": str(pub)}
     ingest = {"shared_subscription": shared}
     mgr = lab.start_manager(policy=policy, ingest=ingest)
     lab.wait_log("manager", "(session new)")
+    if managers == 2:
+        # a second ingest process (no policy) takes half of the flow batches; the first one dies.
+        # Mosquitto keeps dealing the dead one's share to its session, which it gets on return.
+        lab.start_manager(name="ingest-b", manager_id="ingest-b", control_socket=str(lab.run_dir / "b.sock"),
+                          state_dir=str(lab.run_dir / "state" / "ingest-b"), ingest=ingest)
+        lab.wait_log("ingest-b", "(session new)")
     fleet = SimFleet("127.0.0.1", lab.mosquitto.port, ENGINES, public_key_file=pub, prefix="dur",
                      flow_interval=0.5, records=3, status_interval=5, spool_root=lab.run_dir / "engines")
     try:

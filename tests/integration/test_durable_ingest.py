@@ -81,13 +81,9 @@ def test_no_batch_and_no_event_lost(lab, shared, managers):
             publish_events_for(fleet, 3)           # the engines spool meanwhile
             lab.mosquitto.start()
             publish_events_for(fleet, 5)
-        fleet.publishing.clear()
 
         # everything the engines published leaves their spools (broker PUBACKs) ...
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and fleet.call(lambda: sum(e.backlog for e in fleet.engines)):
-            time.sleep(0.2)
-        totals = fleet.totals()
+        totals = fleet.drain(30)
         assert totals["backlog"] == 0, totals
         last = {e.id: (e.flow_seq, e.event_seq) for e in fleet.engines}
         # ... and reaches InfluxDB, every seq once

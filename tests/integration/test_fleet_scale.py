@@ -45,11 +45,7 @@ def test_a_thousand_engines_get_rule_sets_and_every_batch_is_stored(lab):
         assert len(spread) == ENGINES, f"the decision reached {len(spread)} of {ENGINES} engines"
 
         time.sleep(6)                      # one more flow interval of traffic
-        fleet.publishing.clear()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and fleet.call(lambda: sum(e.backlog for e in fleet.engines)):
-            time.sleep(0.2)
-        totals = fleet.totals()
+        totals = fleet.drain(60)
         assert totals["backlog"] == 0, totals
         published = totals["flow_batches_published"]
         deadline = time.monotonic() + 60

@@ -420,6 +420,15 @@ class SimFleet:
                 return n
             time.sleep(0.05)
 
+    def drain(self, timeout: float) -> dict[str, int]:
+        """Stop publishing and wait until every spooled batch has the broker's PUBACK; returns
+        ``totals()`` (its ``backlog`` is what is still waiting when ``timeout`` passed)."""
+        self.publishing.clear()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.call(lambda: sum(e.backlog for e in self.engines)):
+            time.sleep(0.2)
+        return self.totals()
+
     def decision_spread(self, add, value: str, timeout: float = 60.0) -> list[float]:
         """Watch ``value``, run ``add()`` (which makes a decision for it, e.g. through the manager's
         control socket) and wait until every engine applied a rule set holding it; returns the

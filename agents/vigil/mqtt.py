@@ -62,6 +62,8 @@ class _Subscription:
     sub_id: int
     handlers: list[Callable[[paho.MQTTMessage, dict], None]] = field(default_factory=list)
 
+NO_MATCHING_SUBSCRIBERS = 16           # MQTT v5 PUBACK reason code
+
 # CONNACK reason codes after which retrying cannot help.
 _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid",
                   "Banned", "Bad authentication method"}
@@ -97,6 +99,10 @@ class MqttClient:
         self._conn_gen = 0                  # +1 per CONNACK and per loss: an ack never crosses links
         self._delivery = threading.local()  # the message being dispatched (defer_ack)
         self.session_present: bool | None = None
+        # packet ids of QoS 1 publishes the broker acknowledged with "no matching subscribers"
+        # (MQTT v5 reason 16): a spool keeps those batches (take_unrouted); bounded, and each
+        # id's entry is replaced by the next PUBACK of that id
+        self._unrouted: dict[int, None] = {}
         self.loop_timeout = loop_timeout
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -123,6 +129,7 @@ class MqttClient:
         self._c.on_connect = self._handle_connect
         self._c.on_disconnect = self._handle_disconnect
         self._c.on_message = self._dispatch
+        self._c.on_publish = self._handle_publish
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -309,6 +316,23 @@ class MqttClient:
                 self._on_connected()
             except Exception:
                 log.exception("mqtt: on_connected hook failed")
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties):
+        unrouted = getattr(reason_code, "value", reason_code) == NO_MATCHING_SUBSCRIBERS
+        with self._subs_lock:
+            if unrouted:
+                self._unrouted[mid] = None
+                if len(self._unrouted) > 4096:
+                    self._unrouted.pop(next(iter(self._unrouted)))
+            else:
+                self._unrouted.pop(mid, None)
+        if unrouted:
+            self.counters.inc("mqtt_publish_unrouted")
+
+    def take_unrouted(self, mid: int) -> bool:
+        """Whether the broker acknowledged publish ``mid`` with "no matching subscribers" (once)."""
+        with self._subs_lock:
+            return self._unrouted.pop(mid, 0) is None
 
     def _handle_disconnect(self, client, userdata, flags, reason, properties):
         self._conn_gen += 1             # acks still pending belong to the link that just ended

@@ -8,10 +8,16 @@ under ``max_bytes`` is counted in ``<what>_dropped`` (``flow_batches_dropped``,
 
 paho keeps unacknowledged QoS 1 messages and resends them after a reconnect, so a batch already
 handed to paho is not published again; the manager also drops duplicate ``seq`` values.
+
+A PUBACK that says "no matching subscribers" (MQTT v5 reason 16: no manager has ever subscribed,
+or the broker restarted and lost a shared subscription while no other matches) does not delete
+the batch: it stays in the spool and is published again after ``unrouted_retry`` seconds
+(``<what>_unrouted`` counts each such answer).
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -100,13 +106,17 @@ class Spool:
 class SpoolPublisher:
     """Publishes spooled batches oldest first, at most ``max_inflight`` unacknowledged."""
 
-    def __init__(self, mqtt, topic: str, spool: Spool, counters, max_inflight: int = 20):
+    def __init__(self, mqtt, topic: str, spool: Spool, counters, max_inflight: int = 20,
+                 unrouted_retry: float = 5.0, clock=time.monotonic):
         self.mqtt = mqtt
         self.topic = topic
         self.spool = spool
         self.counters = counters
         self.max_inflight = max_inflight
+        self.unrouted_retry = unrouted_retry
+        self.clock = clock
         self.inflight: OrderedDict[int, object] = OrderedDict()  # seq -> paho MQTTMessageInfo
+        self.retry_at: dict[int, float] = {}      # seq -> when to publish again (nobody subscribed)
 
     def submit(self, seq: int, data: bytes) -> None:
         if self.spool.put(seq, data):
@@ -114,8 +124,17 @@ class SpoolPublisher:
 
     def pump(self) -> None:
         """Delete acknowledged batches; publish the next ones if connected."""
+        take_unrouted = getattr(self.mqtt, "take_unrouted", None)
+        now = self.clock()
         for seq in [s for s, info in self.inflight.items() if info.is_published()]:
-            del self.inflight[seq]
+            info = self.inflight.pop(seq)
+            if take_unrouted is not None and take_unrouted(info.mid):
+                if not self.retry_at:
+                    log.warning("spool %s: no subscriber for %s; keeping batches until one subscribes",
+                                self.spool.what, self.topic)
+                self.retry_at[seq] = now + self.unrouted_retry
+                self.counters.inc(f"{self.spool.what}_unrouted")
+                continue
             self.spool.remove(seq)
             self.counters.inc(f"{self.spool.what}_acked")
         if not self.mqtt.connected.is_set():
@@ -123,8 +142,9 @@ class SpoolPublisher:
         for seq in list(self.spool.entries):
             if len(self.inflight) >= self.max_inflight:
                 break
-            if seq in self.inflight:
+            if seq in self.inflight or self.retry_at.get(seq, 0) > now:
                 continue
+            self.retry_at.pop(seq, None)
             data = self.spool.read(seq)
             if data is None:
                 continue

@@ -127,3 +127,47 @@ def kill_manager_for(lab, mgr, fleet: SimFleet, policy: dict, ingest: dict) -> t
     outage = time.monotonic() - t_kill
     publish_events_for(fleet, 5)
     return seq_at_kill, outage
+
+
+def test_a_batch_published_before_any_manager_subscribed_is_kept_until_one_does(lab, tmp_path):
+    """The broker answers "no matching subscribers" (reason 16) and drops the message; the engine's
+    spool keeps the batch and publishes it again, so the first manager to subscribe gets it."""
+    import queue
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from vigil.common import MqttConfig
+    from vigil.counters import Counters
+    from vigil.mqtt import MqttClient
+    from vigil.spool import Spool, SpoolPublisher
+
+    counters = Counters()
+    engine = MqttClient(MqttConfig(host="127.0.0.1", port=lab.mosquitto.port), "engine-first", counters)
+    engine.start()
+    assert engine.wait_connected(10)
+    pub = SpoolPublisher(engine, "vigil/v1/engine/first/flows", Spool(tmp_path / "spool", 1 << 20, counters),
+                         counters, unrouted_retry=0.5)
+    got: "queue.Queue[bytes]" = queue.Queue()
+    manager = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    manager.on_message = lambda c, u, m: got.put(m.payload)
+    try:
+        pub.submit(1, b'{"batch": 1}')
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not counters.get("flow_batches_unrouted"):
+            pub.pump()
+            time.sleep(0.05)
+        assert counters.get("flow_batches_unrouted") >= 1 and pub.backlog == 1   # kept, not deleted
+        manager.connect("127.0.0.1", lab.mosquitto.port)
+        manager.loop_start()
+        manager.subscribe("vigil/v1/engine/+/flows", qos=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pub.backlog:
+            pub.pump()
+            time.sleep(0.05)
+        assert pub.backlog == 0 and counters.get("flow_batches_acked") == 1
+        assert got.get(timeout=5) == b'{"batch": 1}'
+    finally:
+        manager.loop_stop()
+        manager.disconnect()
+        engine.stop()

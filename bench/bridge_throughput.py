@@ -47,10 +47,29 @@ def make_plain(lab) -> None:
         lab.run("engine", ["sh", "-c", f"[ -e /proc/sys/net/bridge/{name} ] && echo 0 > /proc/sys/net/bridge/{name} || true"])
 
 
+RULESET: dict = {}      # --ruleset N: the publisher and generation every engine start must hold
+
+
 def start_engine(lab, wait_text: str = "mqtt: connected", timeout: float = 60, **overrides) -> None:
+    pub = RULESET.get("pub")
+    if pub is not None:
+        overrides.setdefault("enforcement", {"manager_public_key": str(pub.public_key_path)})
+        pub.clear_states()
     lab.start_engine(log={"level": "INFO"}, **overrides)
     lab.wait_log("engine", wait_text, timeout=timeout)
+    if pub is not None:       # restored from its state file or taken from the retained snapshot
+        st = pub.wait_state(lambda s: s["generation"] == RULESET["generation"], timeout=120)
+        assert st["counts"]["block4"] == RULESET["n"], st["counts"]
     time.sleep(1.0)   # let the first flow poll and status go out
+
+
+def load_ruleset(lab, n: int) -> None:
+    """A retained binary snapshot of ``n`` drop entries (far from the lab's addresses) that every
+    engine start applies: the forwarding path then looks up real, full sets."""
+    from tests.support.rulesets import RulesetPublisher, drop
+    pub = RulesetPublisher(lab.mosquitto.mqtt_config(), lab.run_dir / "key", binary=True)
+    entries = [drop(f"11.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7200) for i in range(n)]
+    RULESET.update(pub=pub, n=n, generation=pub.snapshot(entries))
 
 
 def iperf(lab, seconds: float) -> float:
@@ -77,6 +96,53 @@ def alternate(lab, pairs: int, seconds: float, setup_with, label: str) -> tuple[
     return plain, withx
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its threads so far."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Where the cost goes: each variant is the engine's kernel state with parts taken away, the agent
+# stopped (SIGSTOP) unless named; each is measured against the plain bridge in alternating pairs.
+VARIANTS = {
+    "agent running, all tables": (False, []),
+    "agent stopped, all tables (kernel only)": (True, []),
+    "agent stopped, no enforcement table": (True, ["bridge vigil"]),
+    "agent stopped, conntrack + br_netfilter only": (True, ["bridge vigil", "bridge vigil_flow"]),
+}
+
+
+def attribute(lab, pairs: int, seconds: float) -> None:
+    import signal
+    state = {}
+
+    def setup(stop: bool, delete: list[str]):
+        def run():
+            start_engine(lab)
+            pid = lab.procs["engine"].pid
+            for t in delete:
+                lab.run("engine", ["nft", "delete", "table", *t.split()])
+            if stop:
+                os.kill(pid, signal.SIGSTOP)
+            state["pid"], state["stopped"], state["cpu0"] = pid, stop, _cpu(pid)
+            state["t0"] = time.monotonic()
+        return run
+
+    for label, (stop, delete) in VARIANTS.items():
+        plain, withx, cpu = [], [], []
+        for i in range(pairs):
+            make_plain(lab)
+            plain.append(iperf(lab, seconds))
+            setup(stop, delete)()
+            withx.append(iperf(lab, seconds))
+            cpu.append((_cpu(state["pid"]) - state["cpu0"]) / (time.monotonic() - state["t0"]))
+            if state["stopped"]:
+                os.kill(state["pid"], signal.SIGCONT)
+            print(f"  pair {i + 1}: plain {plain[-1]:6.2f} Gbit/s   {label} {withx[-1]:6.2f} Gbit/s "
+                  f"(agent CPU {cpu[-1] * 100:.1f} % of a core)", flush=True)
+        report(plain, withx, label)
+
+
 def report(plain: list[float], withx: list[float], label: str) -> None:
     mp, mw = statistics.median(plain), statistics.median(withx)
     print(f"{'figure':44s} {'Gbit/s':>8s} {'ratio':>7s}")
@@ -88,17 +154,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--ruleset", type=int, default=0, help="engine holds a binary rule set of N entries")
+    ap.add_argument("--attribute", action="store_true",
+                    help="also measure the kernel's share: agent stopped, tables taken away one by one")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
     lab = make_lab("bt")
     try:
-        print(f"iperf3 {args.seconds:.0f}s through br0, {args.pairs} alternating pairs "
+        if args.ruleset:
+            load_ruleset(lab, args.ruleset)
+        print(f"iperf3 {args.seconds:.0f}s through br0, {args.pairs} alternating pairs, "
+              f"engine rule set {args.ruleset} entries "
               f"(shared, noisy machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
-        plain, eng = alternate(lab, args.pairs, args.seconds, lambda: start_engine(lab), "engine")
-        report(plain, eng, "with vigil-engine running")
+        if args.attribute:
+            attribute(lab, args.pairs, args.seconds)
+        else:
+            plain, eng = alternate(lab, args.pairs, args.seconds, lambda: start_engine(lab), "engine")
+            report(plain, eng, "with vigil-engine running")
     finally:
+        if RULESET.get("pub") is not None:
+            RULESET["pub"].close()
         lab.down()
     return 0
 

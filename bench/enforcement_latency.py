@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--base", type=int, default=0, help="entries already in the rule set (e.g. 100000)")
     ap.add_argument("--window", type=float, default=2.0, help="longest wait for the drop per trial (s)")
     ap.add_argument("--nagle", action="store_true", help="publisher without TCP_NODELAY (as vigil.mqtt today)")
+    ap.add_argument("--format", choices=("json", "vrs1"), default="json", help="rule-set encoding published")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -130,7 +131,8 @@ def main() -> int:
     try:
         lab.up(services=False)
         lab.mosquitto = Mosquitto(lab.run_dir).start()
-        pub = RulesetPublisher(lab.mosquitto.mqtt_config(), lab.run_dir / "key", nodelay=not args.nagle)
+        pub = RulesetPublisher(lab.mosquitto.mqtt_config(), lab.run_dir / "key", nodelay=not args.nagle,
+                               binary=args.format == "vrs1")
         lab.start_engine(enforcement={"manager_public_key": str(pub.public_key_path)}, log={"level": "WARNING"})
         pub.wait_state(lambda s: True, timeout=20)
         att, srv = lab.ip("attacker"), lab.ip("server")
@@ -143,7 +145,7 @@ def main() -> int:
         lab.popen("attacker", ["python3", "-c", SENDER, srv, str(PORT), str(INTERVAL)], name="tx")
         stream = Stream(rx)
         stream.wait_flowing(time.time())
-        print(f"delta-to-drop latency, {args.trials} trials, rule set of {args.base} entries, "
+        print(f"delta-to-drop latency, {args.trials} trials, rule set of {args.base} entries ({args.format}), "
               f"publisher TCP_NODELAY {'off' if args.nagle else 'on'} "
               f"(shared, noisy machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f})")
 

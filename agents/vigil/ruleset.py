@@ -133,8 +133,33 @@ def sign(msg: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     return out
 
 
-def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
-    """Raise PayloadError unless ``msg`` carries a valid signature by ``key``."""
+def trusted_keys(keys) -> dict[str, Ed25519PublicKey]:
+    """The engine's trusted manager key(s) by key_id: one key, an iterable of keys, or a mapping
+    key_id -> key (as given)."""
+    if isinstance(keys, Ed25519PublicKey):
+        return {key_id(keys): keys}
+    if isinstance(keys, dict):
+        return keys
+    return {key_id(k): k for k in keys}
+
+
+def check_signature(signed: bytes | memoryview, signer: str, sig: bytes, keys) -> Ed25519PublicKey:
+    """THE signature check of every rule set, JSON or binary: ``sig`` (raw Ed25519) over exactly
+    ``signed`` by the trusted key whose id is ``signer``.  ``keys``: see ``trusted_keys``.  Raises
+    PayloadError ``unknown-key`` or ``bad-signature``; returns the key that signed."""
+    trusted = trusted_keys(keys)
+    key = trusted.get(signer)
+    if key is None:
+        raise PayloadError("unknown-key", f"signed by key {signer!r}, trusted: {', '.join(sorted(trusted)) or 'none'}")
+    try:
+        key.verify(bytes(sig), bytes(signed))
+    except (InvalidSignature, ValueError, TypeError):
+        raise PayloadError("bad-signature", "signature does not match the content") from None
+    return key
+
+
+def verify(msg: dict[str, Any], keys) -> None:
+    """Raise PayloadError unless ``msg`` carries a valid signature by one of ``keys``."""
     sig = msg.get("signature")
     if sig is None:
         raise PayloadError("unsigned", "no signature field")
@@ -142,17 +167,15 @@ def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
         raise PayloadError("bad-signature", "signature must be an object with a base64 'sig'")
     if sig.get("alg") != "ed25519":
         raise PayloadError("bad-alg", f"signature alg {sig.get('alg')!r} (expected ed25519)")
-    expected = key_id(key)
-    if sig.get("key_id") != expected:
-        raise PayloadError("unknown-key", f"signed by key {sig.get('key_id')!r}, configured key is {expected}")
     try:
         raw = base64.b64decode(sig["sig"], validate=True)
     except (ValueError, TypeError):
-        raise PayloadError("bad-signature", "sig is not base64") from None
-    try:
-        key.verify(raw, canonical(msg))
-    except InvalidSignature:
-        raise PayloadError("bad-signature", "signature does not match the content") from None
+        raw = None
+    if raw is None:
+        if sig.get("key_id") not in trusted_keys(keys):
+            check_signature(b"", sig.get("key_id"), b"", keys)     # raises unknown-key
+        raise PayloadError("bad-signature", "sig is not base64")
+    check_signature(canonical(msg), sig.get("key_id"), raw, keys)
 
 
 def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519PrivateKey,
@@ -171,25 +194,24 @@ def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519Priv
 _SIG_MEMBER = b',"signature":'
 
 
-def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str, Any]:
+def open_signed(raw: bytes, kind: str, keys) -> dict[str, Any]:
     """``payload.decode`` + ``verify``.  Fast path: when ``raw`` is signed bytes followed by a
     ``"signature"`` member (what encode_signed writes) and the signature checks over exactly those
     bytes, the message is parsed from the signed bytes themselves -- what the manager signed,
     with no re-encoding.  Anything else (another member order or spacing, a bad or missing
     signature) goes the full way: parse, re-encode canonically, verify, with its reasons."""
-    if key is not None:
+    if keys is not None:
         i = raw.rfind(_SIG_MEMBER)
         if i > 0 and raw.endswith(b"}"):
             try:
                 sig = json.loads(raw[i + len(_SIG_MEMBER):-1])
             except (ValueError, UnicodeDecodeError):
                 sig = None
-            if (isinstance(sig, dict) and sig.get("alg") == "ed25519" and isinstance(sig.get("sig"), str)
-                    and sig.get("key_id") == key_id(key)):
+            if isinstance(sig, dict) and sig.get("alg") == "ed25519" and isinstance(sig.get("sig"), str):
                 signed = raw[:i] + b"}"
                 try:
-                    key.verify(base64.b64decode(sig["sig"], validate=True), signed)
-                except (InvalidSignature, ValueError, TypeError):
+                    check_signature(signed, sig.get("key_id"), base64.b64decode(sig["sig"], validate=True), keys)
+                except (PayloadError, ValueError, TypeError):
                     pass
                 else:
                     if len(signed) >= _BIG:
@@ -201,8 +223,8 @@ def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str
                         msg["signature"] = sig
                         return msg
     msg = payload.decode(raw, kind)
-    if key is not None:
-        verify(msg, key)
+    if keys is not None:
+        verify(msg, keys)
     return msg
 
 
@@ -487,13 +509,19 @@ def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry
     return add, [parse_removal(r) for r in rem]
 
 
-def decode_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Snapshot:
-    """Bytes from the ruleset topic -> checked Snapshot. ``key`` None skips the signature check
-    (only for tools that merely display a rule set; an engine always passes its key)."""
+def decode_snapshot(raw: bytes, key, engine_id: str | None = None) -> Snapshot:
+    """Bytes from the ruleset topic, JSON or binary (rulewire.py) -> checked Snapshot with its
+    entries materialised (an engine keeps a binary one packed: rulewire.decode). ``key`` None skips
+    the signature check (only for tools that merely display a rule set)."""
+    if raw[:3] == b"VRS":
+        from . import rulewire
+        p = rulewire.decode(raw, key, engine_id, kind="ruleset")
+        return Snapshot(engine=p.engine, generation=p.generation, issued_at=p.issued_at, mode=p.mode,
+                        entries=tuple(p.entries()), key_id=p.key_id)
     return snapshot_entries(open_snapshot(raw, key, engine_id))
 
 
-def open_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> dict[str, Any]:
+def open_snapshot(raw: bytes, key, engine_id: str | None = None) -> dict[str, Any]:
     """First half of ``decode_snapshot``: the envelope, signature and head (engine, generation,
     issued_at, mode) checked, the entries not yet parsed (most of the cost for a large set), so
     that a receiver can drop a snapshot it already holds cheaply."""
@@ -510,7 +538,15 @@ def snapshot_entries(msg: dict[str, Any]) -> Snapshot:
                     key_id=(msg.get("signature") or {}).get("key_id", "") if isinstance(msg.get("signature"), dict) else "")
 
 
-def decode_delta(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Delta:
+def decode_delta(raw: bytes, key, engine_id: str | None = None) -> Delta:
+    """Bytes from the delta topic, JSON or binary (rulewire.py) -> checked Delta (a delta is small:
+    its entries are materialised either way)."""
+    if raw[:3] == b"VRS":
+        from . import rulewire
+        p = rulewire.decode(raw, key, engine_id, kind="ruleset-delta")
+        return Delta(engine=p.engine, base_generation=p.base_generation, generation=p.generation,
+                     issued_at=p.issued_at, mode=p.mode, add=tuple(p.entries()), remove=tuple(p.removals()),
+                     key_id=p.key_id)
     msg = open_signed(raw, "ruleset-delta", key)
     add, rem = _check_delta(msg, engine_id)
     return Delta(engine=msg["engine"], base_generation=msg["base_generation"], generation=msg["generation"],

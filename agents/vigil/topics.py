@@ -14,6 +14,7 @@ def endpoint(endpoint_id: str, leaf: str) -> str:
 
 
 VERDICTS = f"{ROOT}/verdicts"
+BEHAVIOUR_EXCEPTIONS = f"{ROOT}/behaviour/exceptions"   # retained: the operator's behaviour-rule exceptions
 
 
 def shared(topic: str, group: str = SHARE_GROUP) -> str:

@@ -7,7 +7,6 @@ each test that no fanotify mark on the test mount survives.  Budget: about 40 s.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from tests.support.clamd import clamd_installed, start_clamd
+from tests.support.endpoint_stack import endpoint_agent
 from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
 from tests.support.waiting import wait_for
 from vigil.control import call
@@ -77,26 +77,10 @@ class Stack:
         return subprocess.run([*vigil_command("vigilctl"), "--socket", str(self.run / "manager.sock"), *args],
                               capture_output=True, text=True, timeout=30)
 
-    @contextlib.contextmanager
     def agent(self, mode: str, name: str, **over):
-        cfg = {"endpoint_id": name, "mqtt": self.mosquitto.mqtt_config(), "mode": mode, "mounts": [str(self.mnt)],
-               "state_dir": str(self.run / f"state-{name}"), "control_socket": str(self.run / f"{name}.sock"),
-               "batch_interval": 0.3, "decision_deadline": 0.5}
-        cfg.update(over)
-        path = self.run / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        p = ManagedProcess(name, [*vigil_command("vigil-endpoint"), "-c", str(path)], self.run).start()
-        try:
-            deadline = time.monotonic() + 15
-            while "mqtt: connected" not in p.log_text():
-                assert p.alive(), p.log_text()
-                assert time.monotonic() < deadline, p.log_text()
-                time.sleep(0.05)
-            p.sock = self.run / f"{name}.sock"
-            yield p
-        finally:
-            p.stop(timeout=5)
-            assert not fanotify_marks_on(self.mnt_id), "a fanotify mark outlived the agent"
+        over.setdefault("decision_deadline", 0.5)
+        return endpoint_agent(self.run, name, self.mosquitto.mqtt_config(), [self.mnt], mode,
+                              mark_ids=[self.mnt_id], **over)
 
 
 def execute(path: Path, via_loader: bool = False) -> int | str:

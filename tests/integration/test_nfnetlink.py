@@ -4,13 +4,12 @@ script (keys, networks, flows, timeouts, open and adjacent intervals), a refill 
 and a refused batch leaves the old contents in place."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.support.netns import run_probe
 
 pytestmark = pytest.mark.integration
 
@@ -92,21 +91,6 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    name = f"vnl{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
-
-
-def test_bulk_batch_lists_like_nft_and_refusals_keep_old_contents(netns):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "agents")}
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", PROBE], capture_output=True,
-                       text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.strip().endswith("ok")
+def test_bulk_batch_lists_like_nft_and_refusals_keep_old_contents():
+    out = run_probe("vnl", PROBE, [str(ROOT / "agents"), str(ROOT)])
+    assert out.strip().endswith("ok"), out

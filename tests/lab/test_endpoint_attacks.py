@@ -21,12 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support.endpoint_behaviour import Events, Listener, Netns
-from tests.support.fanotify import fanotify_marks_on, mount_tmpfs, remove_tmpfs
+from tests.support.endpoint_stack import Teardown, endpoint_agent
+from tests.support.fanotify import mount_tmpfs, remove_tmpfs
 from vigil.control import call
-from vigil.lab.services import ManagedProcess, Mosquitto, free_port, vigil_command
+from vigil.lab.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.lab
 
@@ -73,8 +73,7 @@ def apache_config(d: Path, www: Path, cgi: Path, listen: str) -> Path:
 @pytest.fixture(scope="module")
 def site():
     run, mnt = mount_tmpfs("bhlab", size="16m")
-    procs = []
-    events = ns = None
+    down = Teardown()
     try:
         s = type("Site", (), {})()
         s.run, s.mnt = run, mnt
@@ -85,75 +84,61 @@ def site():
         for name, text in (("lookup.py", VULN_CGI), ("ok.py", OK_PY), ("ok.sh", OK_SH)):
             (cgi / name).write_text(text)
             (cgi / name).chmod(0o755)
-        s.mosquitto = Mosquitto(run).start()
-        procs.append(s.mosquitto.proc)
-        s.events = events = Events(s.mosquitto.port)
-        s.ns = ns = Netns("vba")
-        s.conf = apache_config(run / "apache", www, cgi, f"{ns.ns_ip}:{PORT}")
-        s.base = f"http://{ns.ns_ip}:{PORT}"
+        s.mosquitto = down.add(Mosquitto(run).start())
+        s.events = down.add(Events(s.mosquitto.port))
+        s.ns = down.add(Netns("vba"))
+        s.conf = apache_config(run / "apache", www, cgi, f"{s.ns.ns_ip}:{PORT}")
+        s.base = f"http://{s.ns.ns_ip}:{PORT}"
         yield s
     finally:
-        if events is not None:
-            events.close()
-        if ns is not None:
-            ns.close()
-        for p in reversed(procs):
-            p.stop()
-        remove_tmpfs(run)
+        try:
+            down.close()
+        finally:
+            remove_tmpfs(run)
 
 
 @contextlib.contextmanager
 def protected_apache(site, mode: str, name: str):
     """An agent in a private mount namespace watching its own /usr bind mount, and Apache in that
     mount namespace and in the test's network namespace."""
-    cfg = {"endpoint_id": name, "mqtt": site.mosquitto.mqtt_config(), "mode": mode,
-           "mounts": ["/usr", str(site.mnt)], "state_dir": str(site.run / f"state-{name}"),
-           "control_socket": str(site.run / f"{name}.sock"), "batch_interval": 0.3,
-           # no manager in this test: a verdict request times out quickly into the mode's default
-           "decision_deadline": 0.05}
-    path = site.run / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind /usr /usr && exec "$@"',
-            "sh", *vigil_command("vigil-endpoint"), "-c", str(path)]
-    agent = ManagedProcess(name, argv, site.run).start()
-    apache = None
-    mnt_ids: list[int] = []
-    try:
-        deadline = time.monotonic() + 20
-        while "mqtt: connected" not in agent.log_text():
-            assert agent.alive(), agent.log_text()
-            assert time.monotonic() < deadline, agent.log_text()
-            time.sleep(0.05)
+    def own_mounts(agent) -> list[int]:
+        """The ids, in the agent's mount namespace, of the two mounts it marks."""
+        ids = []
         for line in Path(f"/proc/{agent.pid}/mountinfo").read_text().splitlines():
             f = line.split()
             if f[4] in ("/usr", str(site.mnt)):
-                mnt_ids.append(int(f[0]))
-        apache = subprocess.Popen(["nsenter", f"--mount=/proc/{agent.pid}/ns/mnt", f"--net=/run/netns/{site.ns.name}",
-                                   "/usr/sbin/apache2", "-f", str(site.conf), "-DFOREGROUND"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                get(site, "/index.html", timeout=1)
-                break
-            except OSError:
-                assert apache.poll() is None, apache.stderr.read().decode()
-                assert time.monotonic() < deadline, "Apache did not answer"
-                time.sleep(0.1)
-        agent.sock = site.run / f"{name}.sock"
-        agent.apache = apache
-        yield agent
-    finally:
-        if apache is not None and apache.poll() is None:
-            apache.send_signal(signal.SIGTERM)
-            try:
-                apache.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(apache.pid, signal.SIGKILL)
-                apache.wait()
-        agent.stop(timeout=5)
-        for mid in mnt_ids:
-            assert not fanotify_marks_on(mid), "a fanotify mark outlived the agent"
+                ids.append(int(f[0]))
+        return ids
+
+    wrap = ("unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind /usr /usr && exec "$@"', "sh")
+    # no manager in this test: a verdict request times out quickly into the mode's default
+    with endpoint_agent(site.run, name, site.mosquitto.mqtt_config(), ["/usr", site.mnt], mode, mark_ids=own_mounts,
+                        argv_prefix=wrap, timeout=20, decision_deadline=0.05) as agent:
+        apache = None
+        try:
+            apache = subprocess.Popen(["nsenter", f"--mount=/proc/{agent.pid}/ns/mnt",
+                                       f"--net=/run/netns/{site.ns.name}",
+                                       "/usr/sbin/apache2", "-f", str(site.conf), "-DFOREGROUND"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    get(site, "/index.html", timeout=1)
+                    break
+                except OSError:
+                    assert apache.poll() is None, apache.stderr.read().decode()
+                    assert time.monotonic() < deadline, "Apache did not answer"
+                    time.sleep(0.1)
+            agent.apache = apache
+            yield agent
+        finally:
+            if apache is not None and apache.poll() is None:
+                apache.send_signal(signal.SIGTERM)
+                try:
+                    apache.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(apache.pid, signal.SIGKILL)
+                    apache.wait()
 
 
 def get(site, path: str, timeout: float = 10) -> tuple[int, str]:

@@ -63,11 +63,12 @@ def ctl_json(lab, *args):
 
 
 def retained_snapshot(lab, engine, pub):
+    # -N: the payload exactly (engines that read binary rule sets get them: no newline, no strip)
     r = subprocess.run(["mosquitto_sub", "-p", str(lab.mosquitto.port), "-t", topics.engine(engine, "ruleset"),
-                        "-C", "1", "-W", "3"], capture_output=True, timeout=10)
+                        "-C", "1", "-W", "3", "-N"], capture_output=True, timeout=10)
     if not r.stdout.strip():
         return None
-    return ruleset.decode_snapshot(r.stdout.strip(), pub, engine)
+    return ruleset.decode_snapshot(r.stdout, pub, engine)
 
 
 def drops(lab, engine, pub) -> set[str]:

@@ -13,7 +13,6 @@ Budget: about 30 s.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import os
@@ -27,16 +26,14 @@ import pytest
 import yaml
 
 from tests.support.fanotify import fanotify_marks_on, mount_id, mount_tmpfs, remove_tmpfs
-from tests.support.rulesets import kernel_elements
+from tests.support.quarantine_lab import MGMT, http_ok, kernel_set, pings, start_quarantine_stack
 from tests.support.waiting import wait_for
 from vigil import control
-from vigil.engine.config import EngineConfig
 from vigil.lab.services import ManagedProcess, vigil_command
 
 pytestmark = pytest.mark.lab
 
 TRUE = Path("/bin/true").read_bytes()
-MGMT = "10.77.0.20"
 
 
 def execute(path: Path) -> int | str:
@@ -45,20 +42,6 @@ def execute(path: Path) -> int | str:
     except PermissionError as exc:
         assert exc.errno == errno.EPERM
         return "EPERM"
-
-
-def kernel_set(lab, name: str) -> set[str]:
-    return kernel_elements(lambda argv: lab.run("engine", argv, check=False), name, missing_ok=True) or set()
-
-
-def http_ok(lab, ip: str, max_time: float = 2) -> bool:
-    r = lab.run("client", ["curl", "-s", "-o", "/dev/null", "-m", str(max_time), "-w", "%{http_code}",
-                           f"http://{ip}:8080/"], check=False, timeout=max_time + 10)
-    return r.stdout.strip() == "200"
-
-
-def pings(lab, ip: str) -> bool:
-    return lab.run("client", ["ping", "-n", "-q", "-c", "1", "-W", "1", ip], check=False, timeout=10).returncode == 0
 
 
 def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
@@ -78,30 +61,8 @@ def test_endpoint_denied_malware_quarantines_its_address_except_management(lab):
         bad = run / "bad.txt"
         bad.write_text(f"{sha} lab-quarantine-test\n")
 
-        # the management host stand-in: a second address on the server, behind the bridge
-        lab.run("server", ["ip", "addr", "add", f"{MGMT}/24", "dev", "eth0"])
-        lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", str(lab.run_dir)],
-                  name="http")
-
-        lab.start_manager(
-            policy={"detection": {"enabled": False}},   # only the quarantine may block in this test
-            verdicts={"known_bad": [str(bad)], "known_good": [], "clamd_socket": None,
-                      "quarantine": {"enabled": True, "allow_networks": [f"{MGMT}/32"], "duration": 120}})
-        lab.wait_log("manager", "mqtt: connected", timeout=20)
-        sock = lab.run_dir / "manager.sock"
-        extra = {}
-        if "detect" in {f.name for f in dataclasses.fields(EngineConfig)}:
-            extra["detect"] = {"enabled": False}
-        lab.start_engine(learning={"start_mode": "enforcing"}, enforcement={
-            "manager_public_key": str(lab.run_dir / "state" / "manager" / "signing.pub")}, **extra)
-        lab.wait_log("engine", "mqtt: connected", timeout=30)
-        wait_for(lambda: [e for e in control.call(sock, "engines.list")
-                          if e.get("engine") == "e1" and e.get("mode") == "enforcing"], 20,
-                 "the policy to see e1 enforcing", lab=lab)
-
-        # before: the client reaches both addresses of the server through the bridge
-        wait_for(lambda: http_ok(lab, server), 15, "client -> server http", lab=lab)
-        assert http_ok(lab, MGMT) and pings(lab, server) and pings(lab, MGMT)
+        # the management host stand-in (a second address on the server), the manager and the engine
+        sock = start_quarantine_stack(lab, known_bad=[str(bad)])
 
         cfg = {"endpoint_id": "client-ep", "mqtt": lab.mosquitto.mqtt_config(), "mode": "block-malicious",
                "mounts": [str(mnt)], "address": client, "state_dir": str(run / "state-ep"),

@@ -29,8 +29,9 @@ from vigil.mqtt import MqttClient, new_client_id
 
 class RulesetPublisher:
     def __init__(self, mqtt_cfg: dict, key_dir: Path, engine_id: str = "e1", sender: str = "lab-manager",
-                 nodelay: bool = True):
+                 nodelay: bool = True, binary: bool = False):
         self.engine_id = engine_id
+        self.binary = binary          # publish binary (vigil.rulewire) instead of JSON
         self.sender = sender
         self.key, self.public = ruleset.generate_keypair(Path(key_dir))
         self.public_key_path = Path(key_dir) / ruleset.PUBLIC_KEY_FILE
@@ -81,7 +82,7 @@ class RulesetPublisher:
                  issued_at: int | None = None, key=None, retain: bool = True) -> int:
         gen = self.generation + 1 if generation is None else generation
         body = ruleset.snapshot_body(self.engine_id, gen, list(entries), mode=mode, issued_at=issued_at)
-        raw = ruleset.encode_signed("ruleset", self.sender, body, key or self.key)
+        raw = self._encode("ruleset", body, key)
         self.raw("ruleset", raw, retain=retain)
         self.generation = max(self.generation, gen)
         return gen
@@ -91,9 +92,15 @@ class RulesetPublisher:
         base = self.generation if base is None else base
         gen = base + 1 if generation is None else generation
         body = ruleset.delta_body(self.engine_id, base, gen, list(add), list(remove), mode=mode)
-        self.raw("ruleset/delta", ruleset.encode_signed("ruleset-delta", self.sender, body, key or self.key))
+        self.raw("ruleset/delta", self._encode("ruleset-delta", body, key))
         self.generation = max(self.generation, gen)
         return gen
+
+    def _encode(self, kind: str, body: dict, key=None) -> bytes:
+        if self.binary:
+            from vigil import rulewire
+            return rulewire.encode(kind, self.sender, body, key or self.key)
+        return ruleset.encode_signed(kind, self.sender, body, key or self.key)
 
     def raw(self, leaf: str, data: bytes, retain: bool = False, timeout: float = 30.0) -> None:
         if not self.mqtt.publish_wait(topics.engine(self.engine_id, leaf), data, qos=1, retain=retain,

@@ -58,6 +58,10 @@ ENVELOPED: list[Contract] = [
                                  "user": "www-data", "sha256": SHA}],
                           writer={"pid": 9, "exe": "/usr/bin/curl"}, tracee={"pid": 8, "exe": "/usr/bin/sshd"})]),
     ep.SampleRequest(sha256=SHA, max_bytes=1 << 20),
+    ep.BehaviourExceptions(exceptions=[
+        ep.BehaviourException(id="jit", rule="memfd-exec", path="/memfd:jit*", endpoints=["web-*"], comment="JIT",
+                              created=5),
+        ep.BehaviourException(id="x1", unit="inetd-echo@*.service", user="nobody")]),
     ep.Sample(sha256=SHA, status="ok", size=3, path="/tmp/x", data="AAAA"),
     ep.Sample(sha256=SHA, status="error", error="too-large"),
 ]
@@ -170,6 +174,7 @@ DECIDER: list[decider.Message] = [
     decider.Verdict(sha256=SHA, error="offline"),
     decider.Push(verdicts=[ep.VerdictChange(sha256=SHA, verdict="malicious", source="operator", ttl=60.0)]),
     decider.SetMode(mode="lockdown"),
+    decider.Exceptions(exceptions=[ep.BehaviourException(id="a", rule="*", user="build")]),
     decider.Flush(),
     decider.StatsQuery(),
     decider.Ready(pid=10, mounts=["/"]),

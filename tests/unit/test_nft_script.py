@@ -40,6 +40,10 @@ def test_table_script_declares_every_set_flushes_chains_and_fills_guards():
     assert "add element bridge vigil guard6 { fd00::/64 }" in s
     # accept rules come before every drop rule, and every drop rule counts
     v4 = nft.chain_rules(4)
+    # first, the common case: no drop set and no flow holds the packet's addresses -> return
+    miss = v4.pop(0)
+    assert miss.endswith("!= @flow4 return") and "accept" not in miss and "drop" not in miss
+    assert all(f"saddr != @{x} ip daddr != @{x}" in miss for x in ("block4", "blocknet4", "blocknet4_1", "local4"))
     first_drop = next(i for i, r in enumerate(v4) if r.endswith(("drop", '"')) and "drop" in r)
     assert all("accept" in r for r in v4[:first_drop]) and all("drop" in r for r in v4[first_drop:])
     assert all("counter drop" in r for r in v4 if "drop" in r)

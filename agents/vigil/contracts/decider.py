@@ -4,7 +4,7 @@ unknown ``t`` or with a field that does not check out raises ``PayloadError`` (c
 reader as ``decider_bad_messages`` / ``bad_messages``).
 
 agent -> decider: ``Verdict`` (the answer to an ``Ask``, or an error), ``Push`` (verdict changes),
-``SetMode``, ``Flush`` (send the summary now), ``StatsQuery``.
+``SetMode``, ``Exceptions`` (the manager's behaviour-rule exceptions), ``Flush`` (send the summary now), ``StatsQuery``.
 decider -> agent: ``Ready`` / ``Fatal`` (start-up), ``Ask`` (a hash to look up), ``Exec`` (one
 execution), ``ExecBatch`` (a summary of cached executions), ``Behaviour`` (a behaviour rule
 matched), ``Stats``.
@@ -17,7 +17,7 @@ from typing import Any
 
 from .base import (Contract, is_bool, is_dict, is_int, is_num, is_sha256, is_str, is_str_list, items, one_of,
                    opt, req)
-from .endpoint import BehaviourEvent, ExecEvent, VerdictChange
+from .endpoint import BehaviourEvent, BehaviourException, ExecEvent, VerdictChange
 from .envelope import PayloadError
 from .vocab import ENDPOINT_MODES, VERDICTS
 
@@ -49,6 +49,13 @@ class Push(Message):
 class SetMode(Message):
     T = "mode"
     mode: str = req(one_of(ENDPOINT_MODES))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exceptions(Message):
+    """The manager's behaviour-rule exceptions for this endpoint (the whole set: replaces the last)."""
+    T = "exc"
+    exceptions: list[BehaviourException] = items(BehaviourException)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +123,7 @@ class Stats(Message):
     rss_kb: int = opt(is_int, 0)
 
 
-MESSAGES: dict[str, type[Message]] = {m.T: m for m in (Verdict, Push, SetMode, Flush, StatsQuery, Ready, Fatal,
+MESSAGES: dict[str, type[Message]] = {m.T: m for m in (Verdict, Push, SetMode, Exceptions, Flush, StatsQuery, Ready, Fatal,
                                                        Ask, Exec, ExecBatch, Behaviour, Stats)}
 
 

@@ -118,6 +118,49 @@ class BehaviourEvent(Contract):
     tracee: dict | None = opt(is_dict)              # ptrace: the traced process
 
 
+EXCEPTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _glob(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 1024 and "\0" not in v
+
+
+@dataclass(frozen=True, kw_only=True)
+class BehaviourException(Contract):
+    """An operator's exception to a behaviour rule (``rule``, or ``*`` for every rule): the rule
+    does not fire where every given condition holds — ``path`` a glob on the executed file (the
+    tracer for ptrace), ``unit`` a glob on the process's systemd unit, ``user`` a user name.  At
+    least one condition: an exception for everything would switch the rule off (do that in the
+    agent's configuration).  ``endpoints``: the endpoint ids it applies to (globs); empty: all."""
+    id: str = req(lambda v: is_str(v) and EXCEPTION_ID.fullmatch(v) is not None)
+    rule: str = opt(lambda v: v == "*" or (is_str(v) and BEHAVIOUR_RULE.fullmatch(v) is not None), "*")
+    path: str | None = opt(_glob)
+    unit: str | None = opt(_glob)
+    user: str | None = opt(lambda v: is_str(v) and 0 < len(v) <= 256)
+    endpoints: list = opt(lambda v: is_str_list(v) and len(v) <= 256 and all(map(_glob, v)), factory=list)
+    comment: str = opt(lambda v: is_str(v) and len(v) <= 1024, "")
+    created: int | None = opt(is_int)
+
+    def __post_init__(self):
+        if self.path is None and self.unit is None and self.user is None:
+            raise PayloadError("bad-field", "BehaviourException: give path, unit or user")
+
+    def applies_to(self, endpoint_id: str) -> bool:
+        import fnmatch
+        return not self.endpoints or any(fnmatch.fnmatchcase(endpoint_id, e) for e in self.endpoints)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BehaviourExceptions(Contract):
+    """``vigil/v1/behaviour/exceptions`` (retained, published by the manager on start and on every
+    change): the operator's whole set of behaviour-rule exceptions; each agent applies those for
+    itself, replacing the previous set.  An item that does not check out is dropped and counted."""
+    KIND = "behaviour-exceptions"
+    exceptions: list[BehaviourException] = items(BehaviourException)
+    ts: int = envelope_field(0)
+    sender: str = envelope_field("")
+
+
 class EndpointEvent:
     """An item of an events batch: a ``BehaviourEvent`` when it says ``kind: behaviour``, else an ``ExecEvent``."""
 

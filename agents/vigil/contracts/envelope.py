@@ -24,6 +24,7 @@ MAJOR = {  # kind -> major version this code speaks
     "endpoint-events": 1,
     "sample-request": 1,
     "sample": 1,
+    "behaviour-exceptions": 1,
 }
 
 

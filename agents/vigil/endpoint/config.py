@@ -35,6 +35,11 @@ class BehaviourConfig:
     rules_file: Path | None = None        # default: the shipped behaviour/default_rules.yaml
     # The kernel's process connector (exec / ptrace events); off leaves only the exec-gate rules.
     connector: bool = True
+    # With the connector running (it wakes the decider once per exec on the host), benign files get
+    # the kernel's ignore mark as with kernel_cache: no second wake per exec for the gate and no
+    # added exec latency; their execs are reported from a fanotify notification group read once per
+    # batch interval.  Off: every exec also goes through the gate (twice the wakes).
+    kernel_cache: bool = True
     exceptions: list[BehaviourException] = field(default_factory=list)
     hash_max_bytes: int = 32 * 1024 * 1024
 
@@ -66,8 +71,10 @@ class EndpointConfig:
     # Paths never decided (answered allow at once, never hashed): the agent's own files, its logs.
     exclude_paths: list[Path] = field(default_factory=list)
     # Kernel-side allow cache: a file allowed as *benign* gets a fanotify ignore mark, so its next
-    # execs raise no event — no CPU, no added latency, but also no execution report — until it is
-    # written to, a verdict turns non-benign, the mode changes, or every kernel_cache_refresh seconds.
+    # execs raise no permission event — no decision CPU, no added latency — until it is written to,
+    # a verdict turns non-benign, the mode changes, or every kernel_cache_refresh seconds; its execs
+    # are reported from a notification group read in batches.  On by default when the behaviour
+    # rules' process connector runs (behaviour.kernel_cache).
     kernel_cache: bool = False
     kernel_cache_refresh: float = 600.0
     # The longest the kernel is kept waiting for a verdict from the manager; then the mode's default.

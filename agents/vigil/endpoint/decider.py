@@ -10,7 +10,7 @@ with a deadline while other events keep being answered.
 Messages (JSON, one per datagram).  To the agent: ``ready``/``fatal``, ``ask`` (sha256, size, path),
 ``ev`` (one decision), ``evs`` (allowed execs answered from the cache, summed per file over the
 report interval, each with a ``count``), ``bev`` (one behaviour rule match), ``stats``.  From the agent: ``verdict`` (answer or ``error`` when the manager
-is unreachable), ``push`` (verdict changes), ``mode``, ``stats?``.
+is unreachable), ``push`` (verdict changes), ``mode``, ``exc`` (the manager's behaviour exceptions), ``stats?``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from .behaviour.hooks import DeciderBehaviour
 from .decide import IdentityCache, VerdictCache, decide
 
 LOADERS = ("ld-linux", "ld-musl", "ld.so", "ld64.so")
+KERNEL_IDS_MAX = 8192
 
 
 class Pending:
@@ -82,8 +83,37 @@ class Decider(DeciderBehaviour):
         self.bh_writes = False              # FAN_CLOSE_WRITE marked (a download-and-run rule is active)
         self.mounts = list(cfg.get("mounts", ()))
         self.last_exec: tuple[int, str] | None = None
+        # identity -> (sha, path, verdict, source, pid of the exec that set the mark) of each file with
+        # an ignore mark: its execs are reported from the notification group (``notes``, below)
+        self.kernel_ids: dict[tuple, tuple] = {}
+        self.notes: fan.Fanotify | None = None
+        self.notes_rearm: float | None = None    # when the notification group is listened to again
+        self.ep = None
         if cfg.get("behaviour"):
             self._start_behaviour(cfg["behaviour"])
+            # With the process connector running, every exec on the host wakes this process once
+            # anyway; a second wake for the exec gate is the larger part of the rest.  So a benign
+            # file gets the kernel's ignore mark (kernel_cache) and its execs are reported from a
+            # notification group instead, read in batches (see run).
+            if self.bh is not None and self.bh.connector is not None and cfg["behaviour"].get("kernel_cache", True):
+                self.kernel_cache = True
+        if self.kernel_cache:
+            self._open_notes()
+
+    def _open_notes(self) -> None:
+        """A FAN_OPEN_EXEC notification group on the watched mounts: the kernel queues one event per
+        exec (an exec is never held for it), read once per report interval at most, so the execs of
+        files with an ignore mark are still reported (summed like cached ones).  If it cannot be
+        made, those execs go unreported (as with kernel_cache before), counted."""
+        try:
+            self.notes = fan.Fanotify(notify=True)
+            for m in self.mounts:
+                self.notes.mark_mount(m, fan.FAN_OPEN_EXEC)
+        except OSError:
+            self.c["report_group_errors"] += 1
+            if self.notes is not None:
+                self.notes.close()
+            self.notes = None
 
     @property
     def mode(self) -> str:
@@ -121,6 +151,13 @@ class Decider(DeciderBehaviour):
         bh_fd = self.bh.fd if self.bh is not None else -1
         if bh_fd >= 0:
             ep.register(bh_fd, select.EPOLLIN)
+        # The notification group wakes this process once (EPOLLONESHOT), then is read only at the
+        # next report time until the queue is found empty there: at most about one wake per report
+        # interval for all the execs that the kernel no longer asks about, none when idle.
+        notes_fd = self.notes.fd if self.notes is not None else -2
+        if notes_fd >= 0:
+            ep.register(notes_fd, select.EPOLLIN | select.EPOLLONESHOT)
+        self.ep = ep
         wait, read, monotonic = ep.poll, os.read, time.monotonic
         unpack, one, version = fan.META.unpack, fan.META.size, fan.FANOTIFY_METADATA_VERSION
         on = self._on
@@ -149,6 +186,10 @@ class Decider(DeciderBehaviour):
                             on(ev.mask, ev.fd, ev.pid)
                     elif fd == bh_fd:
                         self._behaviour_events()
+                    elif fd == notes_fd:
+                        self._drain_notes()
+                        self.notes_rearm = monotonic() + self.report_interval
+                        self.due = True
                     elif fd == timer_fd:
                         timer.clear()
                         timer.at = None
@@ -173,11 +214,20 @@ class Decider(DeciderBehaviour):
             self.expire(now)
         if self.bh is not None and self.bh.todo:
             self._behaviour_drain()
+        if self.notes_rearm is not None and now >= self.notes_rearm:
+            self._drain_notes()
+            try:
+                self.ep.modify(self.notes.fd, select.EPOLLIN | select.EPOLLONESHOT)
+            except OSError:
+                self.c["report_group_errors"] += 1
+            self.notes_rearm = None
         if self.summary and now >= self.next_report:
             self.flush_summary()
         due = None
         if self.summary:
             due = self.next_report
+        if self.notes_rearm is not None:
+            due = self.notes_rearm if due is None else min(due, self.notes_rearm)
         if self.ignored:
             due = self.next_flush if due is None else min(due, self.next_flush)
         if due is not None and timer.at != due:
@@ -235,7 +285,7 @@ class Decider(DeciderBehaviour):
                 allow, action = self.table[cached[0]]
                 if action == "allowed":      # the common case, kept short: answer, then sum it up
                     if self.kernel_cache and cached[0] == "benign" and path not in self.bh_paths:
-                        self._ignore(fd, sha)
+                        self._ignore(fd, sha, key, path, cached, pid)
                     self.fan.respond(fd, True)
                     c["decisions_allowed"] += 1
                     self._summarise(sha, path, cached, pid, st.st_size, via, t0)
@@ -298,9 +348,29 @@ class Decider(DeciderBehaviour):
             self.c[f"respond_errors_{errno.errorcode.get(exc.errno, exc.errno)}"] += 1
         return True
 
-    def _ignore(self, fd: int, sha: str) -> None:
+    def _ignore(self, fd: int, sha: str, key: tuple | None, path: str, cached: tuple, pid: int) -> None:
+        if self.bh is not None:
+            try:
+                # A script stays on the gate: its exec tells the service rule that the interpreter
+                # exec which follows runs a script file (not_script); ignored, it would not be seen.
+                if os.pread(fd, 2, 0) == b"#!":
+                    self.c["ignore_skipped_scripts"] += 1
+                    return
+            except OSError:
+                return
+        if self.notes is not None:
+            if len(self.kernel_ids) >= KERNEL_IDS_MAX:
+                self.flush_ignores("full")       # bounded: start over (each file is marked again on its next exec)
+            if key is None:
+                try:
+                    st = os.fstat(fd)
+                except OSError:
+                    return
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         try:
             self.fan.ignore(fd, self.ignore_mask)
+            if self.notes is not None:
+                self.kernel_ids[key] = (sha, path, cached[0], cached[1], pid)
             if not self.ignored:
                 self.due = True          # arm the refresh timer
             self.ignored += 1
@@ -316,8 +386,53 @@ class Decider(DeciderBehaviour):
             self.c[f"ignore_flushes_{why}"] += 1
         except OSError:
             self.c["ignore_mark_errors"] += 1
+        if self.notes is not None:
+            self._drain_notes()               # report what ran under the marks before forgetting them
         self.ignored = 0
         self.ignored_shas.clear()
+        self.kernel_ids.clear()
+
+    def _drain_notes(self) -> None:
+        """The notification group's queue: each exec of a file with an ignore mark is summed into
+        the report like a cached exec (every other exec there was decided, and reported, at the gate)."""
+        ids, c, close = self.kernel_ids, self.c, os.close
+        now = time.monotonic()
+        while True:
+            try:
+                buf = os.read(self.notes.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                c["report_group_errors"] += 1
+                return
+            try:
+                events = fan.parse(buf)
+            except ValueError:
+                c["report_group_errors"] += 1     # a metadata version we do not speak: stop listening
+                self.notes_rearm = None
+                return
+            for ev in events:
+                if ev.fd < 0:
+                    c["report_overflows"] += 1     # the kernel's queue was full: execs not reported
+                    continue
+                try:
+                    st = os.fstat(ev.fd)
+                except OSError:
+                    continue
+                finally:
+                    close(ev.fd)
+                if not ids:
+                    continue
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = ids.get(key)
+                if known is None:
+                    continue                  # decided and reported at the gate (or changed since its mark)
+                sha, path, verdict, source, marked_by = known
+                if marked_by == ev.pid:       # the exec that set the mark: answered and reported at the gate
+                    ids[key] = (sha, path, verdict, source, 0)
+                    continue
+                c["decisions_allowed_kernel"] += 1
+                self._summarise(sha, path, (verdict, source), ev.pid, st.st_size, "exec", now)
 
     def _identify(self, fd: int, st: os.stat_result, key, t0: float, pid: int, via: str):
         """A file not seen before (or changed): its path, exclusion and hash, cached by identity."""
@@ -381,7 +496,7 @@ class Decider(DeciderBehaviour):
     def finish(self, p: Pending, verdict: str, source: str, cached: bool = False) -> None:
         out = decide(self.mode, verdict)
         if self.kernel_cache and verdict == "benign" and p.sha and p.path not in self.bh_paths:
-            self._ignore(p.fd, p.sha)
+            self._ignore(p.fd, p.sha, None, p.path, (verdict, source), p.pid)
         self._answer(p.fd, out.allow)
         self.c[f"decisions_{out.action}"] += 1
         latency = int((time.monotonic() - p.t0) * 1e6)
@@ -455,6 +570,14 @@ class Decider(DeciderBehaviour):
         elif isinstance(msg, proto.SetMode):
             self.mode = msg.mode
             self.flush_ignores("mode")
+        elif isinstance(msg, proto.Exceptions):
+            if self.bh is None:
+                self.c["behaviour_exceptions_without_rules"] += 1
+                return
+            try:
+                self.bh.set_exceptions(msg.exceptions)
+            except Exception:               # noqa: BLE001 - the last set stays; the gate goes on
+                self.c["behaviour_errors"] += 1
         elif isinstance(msg, proto.Flush):
             self.flush_summary()
         elif isinstance(msg, proto.StatsQuery):
@@ -501,6 +624,8 @@ def main() -> int:
         d.run()
     finally:
         group.close()
+        if d.notes is not None:
+            d.notes.close()
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 FAN_CLOEXEC = 0x01
 FAN_NONBLOCK = 0x02
+FAN_CLASS_NOTIF = 0x00
 FAN_CLASS_CONTENT = 0x04
 FAN_UNLIMITED_QUEUE = 0x10
 
@@ -25,6 +26,7 @@ FAN_MARK_IGNORED_MASK = 0x20
 FAN_MARK_FLUSH = 0x80
 
 FAN_CLOSE_WRITE = 0x00000008
+FAN_OPEN_EXEC = 0x00001000
 FAN_OPEN_PERM = 0x00010000
 FAN_OPEN_EXEC_PERM = 0x00040000
 FAN_Q_OVERFLOW = 0x00004000
@@ -56,8 +58,9 @@ class Event:
 
 
 class Fanotify:
-    def __init__(self, queue_unlimited: bool = False):
-        flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK
+    def __init__(self, queue_unlimited: bool = False, notify: bool = False):
+        """``notify``: a notification group (FAN_CLASS_NOTIF: events are reported, never awaited)."""
+        flags = (FAN_CLASS_NOTIF if notify else FAN_CLASS_CONTENT) | FAN_CLOEXEC | FAN_NONBLOCK
         if queue_unlimited:
             flags |= FAN_UNLIMITED_QUEUE
         fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)

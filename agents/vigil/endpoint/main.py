@@ -26,7 +26,7 @@ from typing import Any
 from .. import __version__, topics
 from ..contracts import decider as proto
 from ..config import to_dict
-from ..contracts.endpoint import (DEFAULT_TTL, BehaviourEvent, EndpointEvent, EndpointEvents, EndpointStatus,
+from ..contracts.endpoint import (DEFAULT_TTL, BehaviourEvent, BehaviourExceptions, EndpointEvent, EndpointEvents, EndpointStatus,
                                   ExecEvent, Sample, SampleRequest, VerdictChanges, VerdictRequest, VerdictResponse)
 from ..contracts.envelope import PayloadError
 from ..control import ControlServer
@@ -38,6 +38,7 @@ from .config import EndpointConfig
 log = logging.getLogger(__name__)
 
 RECENT = 200
+MAX_EXCEPTIONS = 256        # the manager's set reaches the decider in one datagram (≤ 1 MB)
 
 
 class EndpointService:
@@ -73,6 +74,7 @@ class EndpointService:
         self._stopping = threading.Event()
         self._stop: threading.Event | None = None  # run()'s stop event
         self._fatal: str | None = None
+        self._exceptions: list | None = None       # the manager's behaviour exceptions for this endpoint
 
     # -- the decider process ----------------------------------------------------------------
     def start_decider(self, timeout: float = 10.0, reader: bool = True) -> None:
@@ -103,6 +105,8 @@ class EndpointService:
         if self.cfg.behaviour.enabled and not first.behaviour:
             self.counters.inc("behaviour_start_failures")
             log.error("behaviour rules could not start in the decider; the exec gate runs without them")
+        if self._exceptions is not None:           # a restarted decider gets the manager's set again
+            self.to_decider(proto.Exceptions(exceptions=self._exceptions))
         if reader:
             threading.Thread(target=self._read_decider, args=(ours,), name="decider-reader", daemon=True).start()
 
@@ -278,6 +282,26 @@ class EndpointService:
             self.to_decider(proto.Push(verdicts=[dataclasses.replace(v, ttl=float(v.ttl or DEFAULT_TTL))
                                                  for v in changes.verdicts]))
 
+    def _on_exceptions(self, msg, pushed: BehaviourExceptions) -> None:
+        """The manager's behaviour-rule exceptions (retained, the whole set): those naming this
+        endpoint replace the last set in the decider, without a restart.  Items that do not check
+        out were dropped by the contract and are counted here."""
+        if pushed.invalid:
+            self.counters.inc("behaviour_exceptions_rejected", pushed.invalid)
+            log.warning("behaviour exceptions: %d invalid entries from the manager ignored", pushed.invalid)
+        mine = [e for e in pushed.exceptions if e.applies_to(self.cfg.endpoint_id)]
+        if len(mine) > MAX_EXCEPTIONS:
+            self.counters.inc("behaviour_exceptions_rejected", len(mine) - MAX_EXCEPTIONS)
+            log.warning("behaviour exceptions: %d for this endpoint, only the first %d applied",
+                        len(mine), MAX_EXCEPTIONS)
+            mine = mine[:MAX_EXCEPTIONS]
+        self._exceptions = mine
+        self.counters.inc("behaviour_exceptions_received")
+        log.info("behaviour exceptions from the manager: %d for this endpoint (of %d)", len(mine),
+                 len(pushed.exceptions))
+        if self.cfg.behaviour.enabled:
+            self.to_decider(proto.Exceptions(exceptions=mine))
+
     def _on_sample_request(self, msg) -> None:
         threading.Thread(target=self._send_sample, args=(msg.payload,), name="sample", daemon=True).start()
 
@@ -376,6 +400,7 @@ class EndpointService:
                 "mounts": [str(m) for m in self.cfg.mounts], "decision_deadline": self.cfg.decision_deadline,
                 "decider_pid": self.decider.pid if self.decider else None, "decider": self.decider_stats(),
                 "counters": self.counters.snapshot(), "rss_kb": _rss_kb(), "events_waiting": len(self._events),
+                "behaviour_exceptions": [e.body() for e in self._exceptions or ()],
                 "threads": {t.name: t.native_id for t in threading.enumerate()}}
 
     def recent_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -390,6 +415,8 @@ class EndpointService:
         eid = self.cfg.endpoint_id
         self.mqtt.subscribe(self.response_topic, self._on_response)
         self.mqtt.subscribe(topics.VERDICTS, self._on_push)
+        if self.cfg.behaviour.enabled:
+            self.mqtt.subscribe_kind(topics.BEHAVIOUR_EXCEPTIONS, BehaviourExceptions, self._on_exceptions)
         self.mqtt.subscribe(topics.endpoint(eid, "sample/request"), self._on_sample_request)
         self.control.start()
         self.mqtt.start()

@@ -7,6 +7,9 @@
   it is for this engine, well formed, and newer than the one held (a delta must build on exactly
   the held generation).  Anything else is rejected with a logged, counted reason
   (``ruleset_rejected_<reason>``) and the kernel keeps the last good rule set.
+- Rule sets come as JSON or binary (``vrs1``, rulewire.py; the status lists both under
+  ``formats`` so the manager may send binary).  A binary snapshot's address blocks stay packed
+  and are written as only what changed (enforce_packed.py).
 - Every apply is one nft transaction (engine/nftables.py); the result goes out retained on
   ``.../ruleset/state``; the rule set is kept in ``<state_dir>/ruleset.json`` with absolute
   expiries and restored at start in one transaction, remaining lifetimes recomputed.
@@ -24,15 +27,17 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .. import payload, ruleset, topics
+from .. import payload, rulewire, ruleset, topics
 from ..contracts.engine import RulesetState
 from ..files import atomic_write
 from ..payload import PayloadError
 from .api import EngineContext
 from .config import EnforcementConfig
+from . import enforce_packed as pk
 from . import nftables as nft
 from .enforce_plan import Held, PlanError, Policy
 
@@ -127,11 +132,16 @@ class Enforcement:
             self._save_wanted.clear()
             if self._closing:
                 return
+            took = 0.0
             if self._dirty:
+                t0 = time.process_time()
                 self._persist()
-            # at most one save per SAVE_EVERY: a stream of deltas must not keep a full save of a
-            # large set competing with the worker (the kernel holds the state meanwhile)
-            deadline = time.monotonic() + SAVE_EVERY
+                took = time.process_time() - t0
+            # at most one save per SAVE_EVERY, and saving at most SAVE_SHARE of a core: a stream of
+            # deltas must not keep re-saving a large set (1M rows: seconds of CPU) on cores the
+            # bridge needs.  The kernel holds the state meanwhile; a crash restores an older
+            # generation, which the manager's resync corrects.
+            deadline = time.monotonic() + save_gap(took)
             while not self._closing and time.monotonic() < deadline:
                 time.sleep(0.1)
 
@@ -236,9 +246,9 @@ class Enforcement:
                     self.writer.replace(extra)
                     dropped = 0
                 self.local = loc
-            _freeze_if_big(len(self.policy.entries))
+            _freeze_if_big(self.policy.entry_count())
             log.info("enforcement: restored generation %s (%d entries, %d expired while down, %d local blocks)",
-                     self.generation, len(self.policy.entries), dropped, len(loc))
+                     self.generation, self.policy.entry_count(), dropped, len(loc))
             self.ctx.counters.inc("ruleset_restores")
         except (PlanError, nft.NftError) as exc:
             self.ctx.counters.inc("ruleset_restore_errors")
@@ -257,6 +267,9 @@ class Enforcement:
             except Exception:
                 self.ctx.counters.inc("enforcement_errors")
                 log.exception("enforcement: handling a %s failed", kind)
+            if self._queue.empty() and self.policy.cols:
+                with self.lock:
+                    self.policy.warm()      # index a binary snapshot's sets before a delta needs it
             # saving is another thread's job: a delta never waits behind the save of a big set
             if self._dirty and self._queue.empty():
                 self._save_wanted.set()
@@ -285,13 +298,23 @@ class Enforcement:
                     if known[1] < self.generation:
                         raise PayloadError("old-generation",
                                            f"snapshot generation {known[1]} is older than held {self.generation}")
-                msg = ruleset.open_snapshot(raw, self.key, self.engine_id)
-                if self.generation is not None and msg["generation"] == self.generation:
-                    # e.g. the retained snapshot after a restore: parsing 1M entries costs seconds
-                    self.ctx.counters.inc("ruleset_same_generation")
-                    return False
-                rs = ruleset.snapshot_entries(msg)
-                del msg
+                if rulewire.is_binary(raw):
+                    # binary (rulewire.py): verified over the exact bytes, kept packed; duplicate
+                    # addresses are refused by the kernel batch (or the diff's index), whole
+                    rs = rulewire.decode(raw, self.key, self.engine_id, kind="ruleset",
+                                         max_entries=self.cfg.max_elements, check_ip_duplicates=False)
+                    plan_of = self.policy.plan_packed
+                else:
+                    msg = ruleset.open_snapshot(raw, self.key, self.engine_id)
+                    if self.generation is not None and msg["generation"] == self.generation:
+                        # e.g. the retained snapshot after a restore: parsing 1M entries costs seconds
+                        self.ctx.counters.inc("ruleset_same_generation")
+                        return False
+                    rs = ruleset.snapshot_entries(msg)
+                    del msg
+
+                    def plan_of(rs, now):
+                        return self.policy.plan_snapshot(rs.entries, rs.issued_at, now)
                 with self.lock:
                     if self.generation is not None and rs.generation == self.generation:
                         self.ctx.counters.inc("ruleset_same_generation")
@@ -300,7 +323,7 @@ class Enforcement:
                         raise PayloadError("old-generation",
                                            f"snapshot generation {rs.generation} is older than held {self.generation}")
                     now = time.time()
-                    plan = self.policy.plan_snapshot(rs.entries, rs.issued_at, now)
+                    plan = plan_of(rs, now)
                     self.policy.apply(self.writer, plan, now)
                     self.policy.commit(plan)
                     self.snapshot_digest = (digest, rs.generation)
@@ -336,11 +359,11 @@ class Enforcement:
             for reason, n in plan.skipped.items():
                 self.ctx.counters.inc(f"ruleset_entries_{reason.replace('-', '_')}", n)
         if kind == "ruleset":
-            _freeze_if_big(len(self.policy.entries))
+            _freeze_if_big(self.policy.entry_count())
         self.ctx.counters.inc("ruleset_applied" if kind == "ruleset" else "ruleset_deltas_applied")
         log.info("enforcement: applied %s generation %d in %.1f ms (%d entries; skipped %s)",
                  "snapshot" if kind == "ruleset" else "delta", rs.generation, self.last_apply_ms,
-                 len(self.policy.entries), plan.skipped or "none")
+                 self.policy.entry_count(), plan.skipped or "none")
         if rs.mode is not None:
             self._mode_override(rs.mode)
         self._dirty = True
@@ -419,6 +442,9 @@ class Enforcement:
         with self.lock:
             self._dirty = False
             held = list(self.policy.entries.values())     # Held objects are replaced, never mutated
+            # packed sets: their index copied (C speed), rows made outside the lock
+            cols = [replace(c, index=dict(c.index) if c.index is not None else None, extra=dict(c.extra))
+                    for c in self.policy.cols.values()]
             doc = {"version": 1, "engine": self.engine_id, "generation": self.generation,
                    "issued_at": self.issued_at, "applied_at": self.applied_at, "mode": self.mode,
                    "key_id": self.key_id,
@@ -428,6 +454,7 @@ class Enforcement:
         doc["fields"] = list(_ROW)
         doc["entries"] = [[h.entry.id, h.entry.action, h.entry.scope, h.entry.value, h.entry.ttl,
                            h.entry.origin, h.entry.reason, h.expires] for h in held]
+        doc["entries"] += _packed_rows(cols, time.time())
         try:
             _write_json(self.state_path, doc)
         except OSError as exc:
@@ -466,10 +493,31 @@ class Enforcement:
         return {"generation": body["generation"], "applied_at": body["applied_at"], "counts": body["counts"],
                 "error": body["error"], "rejected": body["rejected"], "backend": body["backend"],
                 "last_apply_ms": self.last_apply_ms, "drops": drops, "table_ready": self.ready,
+                "formats": ["json", rulewire.FORMAT],     # what the manager may send (rulewire.py)
                 "key": self.key_error or (ruleset.key_id(self.key) if self.key else None)}
 
 
 FREEZE_AT = 10_000
+SAVE_SHARE = 0.05
+
+
+def save_gap(cpu_seconds: float) -> float:
+    """Seconds to wait after a save that cost ``cpu_seconds`` of CPU before the next one."""
+    return max(SAVE_EVERY, cpu_seconds / SAVE_SHARE)
+
+
+def _packed_rows(cols, now: float) -> list[list]:
+    """Saved rows of packed sets: the manager's expiry (its epoch seconds) as the absolute expiry;
+    ttl is then only informative (restore recomputes lifetimes from ``expires``)."""
+    rows = []
+    for c in cols:
+        action = "allow" if c.set_name.startswith("allow") else "drop"
+        for key, e, eid, origin, reason in c.rows_meta():
+            if e and e <= now:
+                continue
+            rows.append([eid, action, "ip", pk.key_text(c.family, key), None if not e else max(0, int(e - now)),
+                         origin, reason, float(e) if e else None])
+    return rows
 
 
 def _freeze_if_big(n: int) -> None:

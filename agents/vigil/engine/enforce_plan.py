@@ -19,13 +19,22 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import socket
+import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..ruleset import Entry, quiet_gc, remaining_ttl
+from ..rulewire import OP_ADD, Packed
+from . import enforce_packed as pk
 from . import nftables as nft
 
 INF = float("inf")
+_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
+
+
+def _none(_family: int, _keys: bytes) -> list[int]:
+    return []
 
 
 class PlanError(ValueError):
@@ -82,6 +91,12 @@ class Plan:
     remove: dict[str, list[str]] = field(default_factory=dict)
     refill_groups: set[str] = field(default_factory=set)
     skipped: dict[str, int] = field(default_factory=dict)
+    # binary snapshots (enforce_packed.py): the address sets held packed, and their kernel work
+    cols: dict[str, pk.IpCols] | None = None
+    col_changes: list[pk.ColChange] = field(default_factory=list)
+    # deltas on packed sets: (set, key) -> (expiry, (id, origin, reason)); (set, key) removed
+    col_put: dict[tuple[str, Any], tuple[int, tuple[str, str, str]]] = field(default_factory=dict)
+    col_del: set[tuple[str, Any]] = field(default_factory=set)
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -140,6 +155,17 @@ class Policy:
         self.groups: dict[str, list[tuple[str, float | None]]] = {}
         self.set_counts: dict[str, int] = {n: 0 for n in nft.MANAGED}
         self._heap: list[tuple[float, tuple[str, str, str]]] = []   # (expires, key); stale items skipped
+        # the address sets of the last binary snapshot, packed (empty: every entry is in .entries)
+        self.cols: dict[str, pk.IpCols] = {}
+
+    def entry_count(self) -> int:
+        return len(self.entries) + sum(len(c) for c in self.cols.values())
+
+    def warm(self) -> None:
+        """Index the packed sets now (the worker calls it when idle after a binary snapshot), so
+        that the first delta does not pay for it."""
+        for c in self.cols.values():
+            c.ensure_index()
 
     # -- checks -----------------------------------------------------------------------------
     def guarded(self, e: Entry) -> bool:
@@ -207,6 +233,70 @@ class Policy:
         self._check_cap(plan)
         return plan
 
+    def plan_packed(self, snap: Packed, now: float) -> Plan:
+        """A binary snapshot: its address blocks stay packed (enforce_packed.py) and are written
+        as only what changed against the packed sets held (or refilled: the first time, after a
+        JSON snapshot, or when most changed); networks, flows and guarded addresses take the
+        general path.  Raises PlanError (over-cap, duplicate-entry) with nothing applied."""
+        with quiet_gc():
+            return self._plan_packed(snap, now)
+
+    def _plan_packed(self, snap: Packed, now: float) -> Plan:
+        now_ms = int(now * 1000)
+        general: list[Entry] = []
+        cols: dict[str, pk.IpCols] = {}
+        expired = 0
+        for b in snap.blocks:
+            if b.op != OP_ADD:
+                continue
+            if b.scope != "ip":
+                general.extend(b.entries())
+                continue
+            name = _WHERE[b.action, "ip", b.family]
+            c, gone, guarded = pk.select(b, name, now_ms, self._guarded_rows if b.action == "drop" else _none)
+            cols[name] = c
+            expired += len(gone)
+            general.extend(b.entry(i) for i in guarded)
+        plan = self._plan_snapshot(general, snap.issued_at, now)
+        if expired:
+            plan.skip("expired", expired)
+        for fam in (4, 6):
+            for action in ("drop", "allow"):
+                name = _WHERE[action, "ip", fam]
+                new = cols.get(name) or pk.IpCols(name, fam, None, b"", array("I"), None)
+                cols[name] = new
+                old = self.cols.get(name)
+                change = None
+                if old is not None:
+                    change = pk.diff_change(old, new, snap.issued_at, now_ms)
+                    if new.index is not None and len(new.index) != len(new.expires):
+                        raise PlanError("duplicate-entry", f"{action} ip IPv{fam}: a key given twice")
+                plan.col_changes.append(change or pk.full_change(new, snap.issued_at, now_ms))
+        plan.cols = cols
+        self._check_cap(plan)
+        return plan
+
+    def _guarded_rows(self, family: int, keys: bytes) -> list[int]:
+        """Rows of packed addresses inside a guard (integer ranges; one pass per guard, and none
+        when no guard lies between the smallest and largest address)."""
+        ranges = self._granges[family]
+        if not ranges or not keys:
+            return []
+        if family == 4:
+            a = array("I", keys)
+            if _LITTLE:
+                a.byteswap()
+            vals = a
+        else:
+            vals = [int.from_bytes(keys[i:i + 16], "big") for i in range(0, len(keys), 16)]
+        lo, hi = min(vals), max(vals)
+        out: list[int] = []
+        for glo, ghi in ranges:
+            if ghi < lo or glo > hi:
+                continue
+            out.extend(i for i, v in enumerate(vals) if glo <= v <= ghi)
+        return sorted(set(out))
+
     def plan_restore(self, held: Iterable[Held], now: float) -> Plan:
         with quiet_gc():
             return self._plan_restore(held, now)
@@ -253,7 +343,8 @@ class Policy:
         now_ms = int(now * 1000)
         for key in remove:
             if plan.entry(key) is None:
-                plan.skip("remove-unknown")
+                if not self._col_remove(plan, key):
+                    plan.skip("remove-unknown")
                 continue
             self._unplace(plan, key)
             plan.del_entry(key)
@@ -261,17 +352,57 @@ class Policy:
             if plan.entry(e.key) is not None:
                 self._unplace(plan, e.key)
                 plan.del_entry(e.key)
+            else:
+                self._col_remove(plan, e.key)
             rem = remaining_ttl(e, issued_at, now_ms)
             if rem is not None and rem < 0.001:
                 plan.skip("expired")
                 continue
-            self._place(plan, Held(e, None if rem is None else now + rem))
+            h = Held(e, None if rem is None else now + rem)
+            if not self._col_put(plan, h, issued_at):
+                self._place(plan, h)
         # a key removed and put again is a put (delete + add), not a removal
         for name, keys in list(plan.remove.items()):
             putk = {k for k, _ in plan.put.get(name, [])}
             plan.remove[name] = [k for k in keys if k not in putk]
         self._check_cap(plan)
         return plan
+
+    def _col_at(self, key: tuple[str, str, str]):
+        """(set name, index key) when ``key`` belongs to a packed set, else None."""
+        action, scope, value = key
+        if scope != "ip" or not self.cols:
+            return None
+        fam = 6 if ":" in value else 4
+        return _WHERE[action, "ip", fam], pk.ip_key(fam, value)
+
+    def _col_remove(self, plan: Plan, key: tuple[str, str, str]) -> bool:
+        at = self._col_at(key)
+        if at is None:
+            return False
+        name, k = at
+        in_index = k in self.cols[name].ensure_index()
+        was_put = plan.col_put.pop(at, None) is not None
+        if not was_put and (not in_index or at in plan.col_del):
+            return False
+        if in_index:
+            plan.col_del.add(at)
+        plan.remove.setdefault(name, []).append(key[2])
+        if name in plan.put:
+            plan.put[name] = [it for it in plan.put[name] if it[0] != key[2]]
+        return True
+
+    def _col_put(self, plan: Plan, h: Held, issued_at: int) -> bool:
+        at = self._col_at(h.entry.key)
+        if at is None or self.guarded(h.entry):
+            return False
+        e = h.entry
+        expiry = 0 if e.ttl is None else -(-(issued_at + e.ttl * 1000) // 1000)
+        self.cols[at[0]].ensure_index()
+        plan.col_put[at] = (expiry, (e.id, e.origin, e.reason))
+        plan.col_del.discard(at)
+        plan.put.setdefault(at[0], []).append((e.value, h.expires))
+        return True
 
     def _place(self, plan: Plan, h: Held) -> None:
         plan.set_entry(h)
@@ -302,6 +433,11 @@ class Policy:
 
     def _check_cap(self, plan: Plan) -> None:
         n = plan.placed_count()
+        if plan.cols is not None:
+            n += sum(len(c) for c in plan.cols.values())
+        elif not plan.full:
+            n += sum(len(c) for c in self.cols.values()) - len(plan.col_del)
+            n += sum(1 for name, k in plan.col_put if k not in self.cols[name].index)
         if n > self.max_elements:
             raise PlanError("over-cap", f"{n} kernel elements exceed the cap of {self.max_elements}")
 
@@ -367,6 +503,10 @@ class Policy:
             contents.update(refill)
             if extra:
                 contents.update(extra)
+            if plan.cols is not None:
+                for name in plan.cols:
+                    del contents[name]
+                return nft.Change.packing(contents, plan.col_changes)
             return nft.Change.replacing(contents)
         put = {s: [(k, _ms(e, now)) for k, e in items] for s, items in plan.put.items()}
         return nft.Change.updating(put, plan.remove, refill)
@@ -379,7 +519,11 @@ class Policy:
                 self.set_counts[where] += 1
             self._heap = [(h.expires, k) for k, h in self.entries.items() if h.expires is not None]
             heapq.heapify(self._heap)
+            self.cols = plan.cols or {}
+            for name, c in self.cols.items():
+                self.set_counts[name] = len(c)
         else:
+            self._commit_cols(plan)
             for k in plan.placed_del:
                 self.set_counts[self.placed[k][0]] -= 1
                 del self.placed[k]
@@ -397,10 +541,41 @@ class Policy:
                     heapq.heappush(self._heap, (h.expires, k))
         self.groups = plan.groups
 
+    def _commit_cols(self, plan: Plan) -> None:
+        for name, k in plan.col_del:
+            c = self.cols[name]
+            c.index.pop(k, None)
+            c.extra.pop(k, None)
+        for (name, k), (e, meta) in plan.col_put.items():
+            c = self.cols[name]
+            c.index[k] = e
+            c.extra[k] = meta
+            if e and (not c.next_expiry or e < c.next_expiry):
+                c.next_expiry = e
+        for name in {n for n, _ in plan.col_del} | {n for n, _ in plan.col_put}:
+            self.set_counts[name] = len(self.cols[name])
+            self.cols[name].touched = True
+
+    def _purge_cols(self, now: float) -> int:
+        n = 0
+        for name, c in self.cols.items():
+            if not c.next_expiry or c.next_expiry > now:
+                continue
+            idx = c.ensure_index()
+            gone = [k for k, e in idx.items() if e and e <= now]
+            c.touched = c.touched or bool(gone)
+            for k in gone:
+                del idx[k]
+                c.extra.pop(k, None)
+            n += len(gone)
+            c.next_expiry = min((e for e in idx.values() if e), default=0)
+            self.set_counts[name] = len(idx)
+        return n
+
     # -- bookkeeping ------------------------------------------------------------------------
     def purge(self, now: float) -> int:
         """Forget entries the kernel has expired by itself; returns how many."""
-        n = 0
+        n = self._purge_cols(now) if self.cols else 0
         while self._heap and self._heap[0][0] <= now:
             exp, k = heapq.heappop(self._heap)
             h = self.entries.get(k)

@@ -27,10 +27,11 @@ import errno
 import os
 import socket
 import struct
+from array import array
 from typing import Iterable
 
 from .netlink import (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_NETFILTER, NFGEN, NLA, NLA_F_NESTED, NLH, NLM_F_ACK,
-                      NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOL_NETLINK,
+                      NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOL_NETLINK,
                       NetlinkError, attr, error_code, set_buffer)
 
 NFNL_SUBSYS_NFTABLES = 10
@@ -48,6 +49,7 @@ _HDR, _NFGEN, _ATTR = NLH, NFGEN, NLA
 _T_ELEM = struct.Struct(">8sQ8s")           # list elem + timeout header, timeout, key header
 _OPEN_UDATA = b"\x0a\x00\x06\x00\x01\x04\x01\x00\x00\x00\x00\x00"   # NFTNL_UDATA_SET_ELEM_FLAGS = open
 _PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
+_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
 
 
 _attr = attr
@@ -94,6 +96,39 @@ def interval_elements(ranges: list[tuple[int, int, int | None]], width: int) -> 
         out.append(plain + k if t is None else _T_ELEM.pack(lead, t, timed_hdr) + k)
         out.append(end_pre + (last + 1).to_bytes(width, "big"))
     return out
+
+
+def packed_hash_elements(keys: bytes, keylen: int, timeouts=None) -> bytes:
+    """``hash_elements`` of fixed-width keys packed in one ``bytes`` (and ``timeouts``: an array of
+    ms, native order, same count; None: no timeouts), as one ``bytes`` of fixed-size records built
+    column by column in C (strided slice assignment), not one Python object per element."""
+    n = len(keys) // keylen
+    plain, timed_hdr = _key_bytes(keylen)
+    if timeouts is None:
+        size = len(plain) + keylen
+        buf = bytearray((plain + bytes(keylen)) * n)
+        off = len(plain)
+    else:
+        if len(timeouts) != n:
+            raise NetlinkError(f"{len(timeouts)} timeouts for {n} keys")
+        lead = _ATTR.pack(4 + 12 + len(timed_hdr) + keylen, 1 | NLA_F_NESTED) + _ATTR.pack(12, 4)
+        size = len(lead) + 8 + len(timed_hdr) + keylen
+        buf = bytearray((lead + bytes(8) + timed_hdr + bytes(keylen)) * n)
+        t = array("Q", timeouts)
+        if _LITTLE:
+            t.byteswap()
+        tb = t.tobytes()
+        for j in range(8):
+            buf[len(lead) + j::size] = tb[j::8]
+        off = len(lead) + 8 + len(timed_hdr)
+    for j in range(keylen):
+        buf[off + j::size] = keys[j::keylen]
+    return bytes(buf)
+
+
+def packed_key_elements(keys: bytes, keylen: int) -> bytes:
+    """Key-only elements (for a delete) of packed keys."""
+    return packed_hash_elements(keys, keylen, None)
 
 
 # -- keys from the element texts nftables.py writes -----------------------------------------------
@@ -186,6 +221,21 @@ class Batch:
                                         head + _ATTR.pack(4 + len(nest), 3 | NLA_F_NESTED) + nest))
             self.acked += 1
             i = j
+
+    def add_packed(self, set_name: str, records: bytes, size: int, delete: bool = False,
+                   exclusive: bool = False) -> None:
+        """Elements as fixed-size records (``packed_hash_elements``): NEWSETELEM (or DELSETELEM)
+        messages of as many records as fit, sliced from the one buffer.  ``exclusive``: an element
+        that exists (a key given twice) fails the whole batch (NLM_F_EXCL)."""
+        head = self.table_attr + _attr(2, set_name.encode() + b"\0")
+        per = _MAX_NEST // size
+        mtype, flags = (NFT_MSG_DELSETELEM, 0) if delete else (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+        if exclusive and not delete:
+            flags |= NLM_F_EXCL
+        for i in range(0, len(records), per * size):
+            nest = records[i:i + per * size]
+            self.parts.append(self._msg(mtype, flags, head + _ATTR.pack(4 + len(nest), 3 | NLA_F_NESTED) + nest))
+            self.acked += 1
 
     def finish(self) -> bytes:
         """The whole batch, as it goes to the kernel (the dry run records exactly this)."""

@@ -5,7 +5,8 @@ Layout (per family, ``4`` shown; ``6`` is the same with ``ip6``)::
     table bridge vigil
       chain forward   hook forward priority -200, policy accept      (fail-open)
         ether type ip jump v4 ; ether type ip6 jump v6
-      chain v4        guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
+      chain v4        no drop set holds saddr or daddr, no flow matches: return  (the common case)
+                      guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
                       block4 / blocknet4* / local4 counter drop (saddr or daddr)
                       saddr . daddr . l4proto . dport @flow4 counter drop
       sets  guard4     interval          management networks and gateways (from config; static)
@@ -114,7 +115,12 @@ def chain_rules(family: int) -> list[str]:
     f = family
     accept = [f"guard{f}", f"allow{f}", *net_sets("allownet", f)]
     drop = [f"block{f}", *net_sets("blocknet", f), f"local{f}"]
-    rules = []
+    # The common case first: a packet that no drop set matches leaves after these lookups (one
+    # rule, each ``!=`` lookup ends it at the first set that holds the address), without the
+    # guard and allow lookups, which only matter for a packet some drop set matches -- 9 lookups
+    # instead of 17 per forwarded packet.  A packet that matches goes through every rule below.
+    miss = " ".join(f"{ip} saddr != @{s} {ip} daddr != @{s}" for s in drop)
+    rules = [f"{miss} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
     for s in accept:
         rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
     for s in drop:
@@ -225,6 +231,39 @@ def update_script(put: dict[str, list[tuple[str, int | None]]], remove: dict[str
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def packed_batch(batch: nfnetlink.Batch, changes: list) -> nfnetlink.Batch:
+    """The hash-set changes of a binary snapshot (enforce_packed.ColChange) appended to ``batch``."""
+    for cc in changes:
+        _check_managed(cc.set_name)
+        w = cc.width
+        if cc.refill:
+            batch.flush(cc.set_name)
+        elif cc.delete:
+            plain = nfnetlink.packed_hash_elements(cc.delete, w, None)
+            size = len(plain) // (len(cc.delete) // w)
+            batch.add_packed(cc.set_name, plain, size)                  # make each exist (it may have expired)
+            batch.add_packed(cc.set_name, plain, size, delete=True)
+        for keys, tos in ((cc.put_timed, cc.put_timeouts), (cc.put_untimed, None)):
+            if keys:
+                recs = nfnetlink.packed_hash_elements(keys, w, tos)
+                batch.add_packed(cc.set_name, recs, len(recs) // (len(keys) // w), exclusive=cc.refill)
+    return batch
+
+
+def packed_script(changes: list) -> list[str]:
+    lines: list[str] = []
+    for cc in changes:
+        _check_managed(cc.set_name)
+        if cc.refill:
+            lines.append(f"flush set {FAMILY} {TABLE} {cc.set_name}")
+        elif cc.delete:
+            keys = cc.deleted_texts()
+            _add(lines, "add", cc.set_name, keys)
+            _add(lines, "delete", cc.set_name, keys)
+        _add(lines, "add", cc.set_name, [element(k, t) for k, t in cc.texts()])
+    return lines
+
+
 @dataclass
 class Change:
     """One transaction on ``bridge vigil``, whatever carries it: what the planner returns and every
@@ -235,6 +274,13 @@ class Change:
     put: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)        # update
     remove: dict[str, list[str]] = field(default_factory=dict)
     refill: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
+    packed: list = field(default_factory=list)                  # packed: enforce_packed.ColChange
+
+    @classmethod
+    def packing(cls, contents, packed) -> "Change":
+        """A binary snapshot: ``contents`` refilled as by a replace, the hash sets of ``packed``
+        refilled or changed in place -- one transaction."""
+        return cls("packed", contents=contents, packed=packed)
 
     @classmethod
     def replacing(cls, contents: dict[str, list[tuple[str, int | None]]]) -> "Change":
@@ -248,14 +294,19 @@ class Change:
         """As an nft script (the nft CLI and libnftables backends)."""
         if self.kind == "replace":
             return replace_script(self.contents)
+        if self.kind == "packed":
+            text = replace_script(self.contents)
+            return text + "\n".join(packed_script(self.packed)) + "\n"
         return update_script(self.put, self.remove, self.refill)
 
     def batch(self) -> nfnetlink.Batch | None:
         """As one raw nfnetlink batch; None for a kind that goes as a script only (deltas)."""
+        if self.kind == "packed":
+            return packed_batch(replace_batch(self.contents), self.packed)
         return replace_batch(self.contents) if self.kind == "replace" else None
 
     def __bool__(self) -> bool:
-        return bool(self.contents or any(self.put.values()) or any(self.remove.values()) or self.refill)
+        return bool(self.packed or self.contents or any(self.put.values()) or any(self.remove.values()) or self.refill)
 
 
 def _check_managed(name: str, local_ok: bool = False) -> None:
@@ -379,7 +430,7 @@ class DryRunBackend(Backend):
 
     def commit(self, change: Change, bulk: bool = True) -> None:
         super().commit(change, bulk)
-        if bulk and change.kind == "replace":
+        if bulk and change.kind in ("replace", "packed"):
             self.scripts.append(change.script())    # the same change, readable
 
     def drop_counters(self) -> dict[str, int] | None:

@@ -59,8 +59,10 @@ class Behaviour:
         self.gate_rules = [r for r in rules if r.event == "gate"]
         self.exec_rules = [r for r in rules if r.event == "exec"]
         self.ptrace_rules = [r for r in rules if r.event == "ptrace"]
-        self.exceptions = [Exception_(e.get("rule", "*"), e.get("path"), e.get("unit"), e.get("user"))
-                           for e in cfg.get("exceptions") or ()]
+        # the configuration's exceptions, then the manager's (set_exceptions replaces those)
+        self.local_exceptions = [Exception_(e.get("rule", "*"), e.get("path"), e.get("unit"), e.get("user"))
+                                 for e in cfg.get("exceptions") or ()]
+        self.exceptions = list(self.local_exceptions)
         self.hash_max = int(cfg.get("hash_max_bytes", 32 << 20))
         self.behaviour_mode = cfg.get("mode", "inherit")
         self.strict_always = bool(cfg.get("strict", False))
@@ -94,6 +96,22 @@ class Behaviour:
         self.write_window = max((r.from_network_within for r in self.write_rules), default=0.0)
         if not self.write_rules:
             self.net_written.clear()
+
+    def set_exceptions(self, pushed) -> int:
+        """The manager's exceptions (contracts ``BehaviourException``, already validated and meant
+        for this endpoint), replacing the last set pushed; the configuration's own stay.  One for
+        a rule this endpoint does not have is left out and counted.  Returns how many apply."""
+        ids = {r.id for r in (*self.gate_rules, *self.exec_rules, *self.ptrace_rules)}
+        keep = []
+        for e in pushed:
+            if e.rule != "*" and e.rule not in ids:
+                self.c["behaviour_exceptions_unknown_rule"] += 1
+                continue
+            keep.append(Exception_(e.rule, e.path, e.unit, e.user))
+        self.exceptions = self.local_exceptions + keep
+        self.c["behaviour_exceptions_pushed"] = len(keep)      # a gauge: the set now applied
+        self.c["behaviour_exceptions_updates"] += 1
+        return len(keep)
 
     def close(self) -> None:
         if self.connector is not None:

@@ -57,7 +57,7 @@ class PolicyComponent:
         log.info("rule sets signed with key %s (public key %s)", ruleset.key_id(self.key),
                  ctx.state_dir / ruleset.PUBLIC_KEY_FILE)
         self.publisher = Publisher(ctx.manager_id, self.fleet, self.store, self.key, ctx.mqtt, ctx.counters,
-                                   resync_after=cfg.resync_after)
+                                   resync_after=cfg.resync_after, ruleset_format=cfg.ruleset_format)
         self._published_version = -1
         self._last_save = time.monotonic()
         self._last_sync = 0.0

@@ -72,6 +72,9 @@ class PolicyConfig:
     partition_count: int = 1
     # where else to put the public half of the signing key (for roles/lab to hand to engines)
     public_key_file: Path | None = None
+    # rule sets on the wire: "auto" = binary (vrs1) to engines that advertise it, JSON to others;
+    # "json" or "vrs1" for every engine
+    ruleset_format: str = "auto"
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):
@@ -86,6 +89,8 @@ class PolicyConfig:
                 raise ValueError(f"allowlist: {v!r} is not an address or CIDR") from None
         if not 0 < self.baseline_alpha <= 1 or not 0 < self.baseline_alpha_suspicious <= self.baseline_alpha:
             raise ValueError("baseline_alpha: 0 < baseline_alpha_suspicious <= baseline_alpha <= 1")
+        if self.ruleset_format not in ("auto", "json", "vrs1"):
+            raise ValueError("ruleset_format: one of auto, json, vrs1")
         if not 0 <= self.partition_index < self.partition_count:
             raise ValueError("partition_index: must be 0..partition_count-1")
         if self.unblock_suppress < 0 or self.offence_memory <= 0:

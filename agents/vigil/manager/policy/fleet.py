@@ -8,6 +8,12 @@ signed snapshot (retained).  The generation is monotonic per engine and kept in 
 starts above whatever the engine reports or the broker still retains, so that a manager whose state
 was lost never publishes a generation an engine would refuse.
 
+Encoding: binary (rulewire.py, ``vrs1``: ~16 bytes per address entry instead of ~100 of JSON) to an
+engine whose status advertises it under ``enforcement.formats``, JSON to any other (older engines
+keep working); ``policy.ruleset_format`` forces one for every engine.  Binary sets are issued on a
+whole second with lifetimes running to each decision's expiry rounded up, so an unchanged decision
+packs to the same bytes in every snapshot and the engine writes only what changed.
+
 Convergence: an engine that was offline receives the retained snapshot when it reconnects; a delta
 whose base it does not hold is ignored by it and the snapshot covers it.  When an engine reports a
 generation older than the current one for longer than ``resync_after`` seconds, the snapshot is
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...contracts.engine import EngineStatus, RulesetState
-from ... import payload, ruleset, topics
+from ... import payload, rulewire, ruleset, topics
 from ...counters import Counters
 from .decisions import DecisionStore, quarantine_networks
 
@@ -49,6 +55,7 @@ class EngineView:
     published_generation: int = 0
     behind_since: float | None = None
     state_seen: bool = False           # a ruleset/state message has come
+    formats: tuple[str, ...] = ()      # rule-set encodings the engine reads (its enforcement status)
 
     @property
     def effective_mode(self) -> str:
@@ -95,6 +102,9 @@ class Fleet:
         if st.learning is not None:
             v.learning = st.learning
         v.version = st.version or v.version
+        fmts = (st.enforcement or {}).get("formats")
+        if isinstance(fmts, list):
+            v.formats = tuple(f for f in fmts if isinstance(f, str))
         v.last_status = st.ts / 1000.0
         # ruleset/state is the authority; a status only fills in until one has come (retained
         # messages of the two topics may arrive in either order after a restart)
@@ -130,7 +140,7 @@ class Fleet:
 
 class Publisher:
     def __init__(self, manager_id: str, fleet: Fleet, store: DecisionStore, key, mqtt, counters: Counters,
-                 resync_after: float = 10.0, clock=time.time):
+                 resync_after: float = 10.0, clock=time.time, ruleset_format: str = "auto"):
         self.manager_id = manager_id
         self.fleet = fleet
         self.store = store
@@ -139,6 +149,7 @@ class Publisher:
         self.counters = counters
         self.resync_after = resync_after
         self.clock = clock
+        self.ruleset_format = ruleset_format
         # engine -> {entry key: (decision id, expires)} as last published
         self._published: dict[str, dict[EntryKey, tuple[str, float | None, dict]]] = {}
         self._published_mode: dict[str, str | None] = {}
@@ -166,10 +177,27 @@ class Publisher:
                               {"origin": d.origin, "reason": f"quarantine of {d.value}: reachable network"})
         return out
 
-    def _entry(self, k: EntryKey, val: tuple[str, float | None, dict], now: float) -> dict:
+    def _entry(self, k: EntryKey, val: tuple[str, float | None, dict], now: float, whole: bool = False) -> dict:
+        """``whole``: ``now`` is a whole second and the ttl runs to the decision's expiry rounded up,
+        so that issue time + ttl is the same integer in every snapshot (binary sets are diffed by it)."""
         did, expires, meta = val
-        ttl = None if expires is None else max(1, math.ceil(expires - now))
+        if expires is None:
+            ttl = None
+        elif whole:
+            ttl = max(1, math.ceil(expires) - int(now))
+        else:
+            ttl = max(1, math.ceil(expires - now))
         return ruleset.entry(did, k[0], k[1], k[2], ttl, meta["origin"][:200], meta["reason"][:500])
+
+    def binary_for(self, engine: str) -> bool:
+        if self.ruleset_format == "auto":
+            return rulewire.FORMAT in self.fleet.view(engine).formats
+        return self.ruleset_format == rulewire.FORMAT
+
+    def _encode(self, kind: str, body: dict, binary: bool, ts: int) -> bytes:
+        if binary:
+            return rulewire.encode(kind, self.manager_id, body, self.key, ts=ts)
+        return ruleset.encode_signed(kind, self.manager_id, body, self.key, ts=ts)
 
     def _next_generation(self, engine: str) -> int:
         v = self.fleet.view(engine)
@@ -195,19 +223,23 @@ class Publisher:
                 add, remove = want, []
             base = v.published_generation
             gen = self._next_generation(engine)
-            entries = [self._entry(k, val, now) for k, val in want.items()]
+            binary = self.binary_for(engine)
+            if binary:
+                now = float(int(now))
+            entries = [self._entry(k, val, now, binary) for k, val in want.items()]
             issued = int(now * 1000)
             snap = ruleset.snapshot_body(engine, gen, entries, mode=mode, issued_at=issued)
             if have is not None and base and not force_snapshot:
-                delta = ruleset.delta_body(engine, base, gen, [self._entry(k, val, now) for k, val in add.items()],
+                delta = ruleset.delta_body(engine, base, gen,
+                                           [self._entry(k, val, now, binary) for k, val in add.items()],
                                            [ruleset.removal(*k) for k in remove], mode=mode, issued_at=issued)
                 self.mqtt.publish(topics.engine(engine, "ruleset/delta"),
-                                  ruleset.encode_signed("ruleset-delta", self.manager_id, delta, self.key, ts=issued),
-                                  qos=1)
+                                  self._encode("ruleset-delta", delta, binary, issued), qos=1)
                 self.counters.inc("ruleset_deltas_published")
-            self.mqtt.publish(topics.engine(engine, "ruleset"),
-                              ruleset.encode_signed("ruleset", self.manager_id, snap, self.key, ts=issued),
+            self.mqtt.publish(topics.engine(engine, "ruleset"), self._encode("ruleset", snap, binary, issued),
                               qos=1, retain=True)
+            if binary:
+                self.counters.inc("ruleset_binary_published")
             self.counters.inc("ruleset_snapshots_published")
             self._published[engine] = want
             self._published_mode[engine] = mode
@@ -248,6 +280,8 @@ class Publisher:
 
 
 def snapshot_generation(raw: bytes) -> int | None:
+    if rulewire.is_binary(raw):
+        return rulewire.peek_generation(raw)
     try:
         msg = payload.decode(raw, "ruleset")
     except payload.PayloadError:

@@ -13,7 +13,8 @@ MQTT (DESIGN.md topics):
   behaviour``) are stored as ``endpoint_behaviour`` points (no quarantine from them yet).
 
 Control methods: ``verdicts.get``, ``verdicts.set``, ``verdicts.clear``, ``verdicts.unknowns``,
-``verdicts.stats``.
+``verdicts.stats``; ``behaviour.exceptions.*`` (exceptions.py: operator exceptions to the
+endpoints' behaviour rules, pushed retained on ``vigil/v1/behaviour/exceptions``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from ..api import Context, DecisionRequest
 from .backends import BackendError, Clamd, Finding, HashLists, Yara
 from ...contracts.vocab import VERDICTS
 from .config import VerdictsConfig
+from .exceptions import ExceptionBook
 from .store import Record, VerdictStore, is_sha256
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class VerdictService:
         ctl.register("verdicts.clear", self.ctl_clear)
         ctl.register("verdicts.unknowns", self.ctl_unknowns)
         ctl.register("verdicts.stats", self.status)
+        self.exceptions = ExceptionBook(ctx.state_dir / "behaviour-exceptions.json", ctx)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -88,6 +91,7 @@ class VerdictService:
                  "on" if self.clamd.available() else "off")
 
     def tick(self) -> None:
+        self.exceptions.tick()
         now = time.monotonic()
         if now - self._last_list_check >= 1.0:
             self._last_list_check = now

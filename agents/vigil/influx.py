@@ -6,6 +6,14 @@ head of the buffer and is retried with exponential backoff; a batch the server r
 (400) is counted as rejected and dropped so that it cannot wedge the pipeline.  When the buffer is
 full the *oldest* lines are dropped and counted (``influx_points_dropped``): fresh data matters more
 to an operator than stale data, and nothing is dropped silently.
+
+``write(lines, on_done=cb)`` runs ``cb`` (in the writer's thread, or at once when nothing is
+pending) once every line queued up to and
+including these is done with — written, rejected as bad, or dropped for room — so a caller can
+acknowledge its source only when the data has left the process (the manager acknowledges an MQTT
+message then, so a crash before the write leaves the message with the broker).  ``write([],
+on_done=cb)`` is a barrier: ``cb`` runs when everything queued before it is done.  Lines still
+buffered at ``close`` never run their callbacks.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .common import InfluxConfig
 from .counters import Counters
@@ -148,27 +156,57 @@ class InfluxWriter:
         self._stop = False
         self._inflight = 0
         self._db_ready = not cfg.create_database
+        # cumulative line counts: queued, and done with (written, rejected or dropped); a callback
+        # runs when ``_done`` reaches the mark it was queued with
+        self._queued = 0
+        self._done = 0
+        self._callbacks: deque[tuple[int, Callable[[], None]]] = deque()
         self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
 
     def start(self) -> "InfluxWriter":
         self._thread.start()
         return self
 
-    def write(self, lines: Iterable[str]) -> None:
+    def write(self, lines: Iterable[str], on_done: Callable[[], None] | None = None) -> None:
+        ready: list[Callable[[], None]] = []
         with self._cv:
             n = 0
             for ln in lines:
                 self._buf.append(ln)
                 n += 1
+            self._queued += n
+            if on_done is not None:
+                if self._queued == self._done:
+                    ready.append(on_done)             # nothing ahead of it: done already
+                else:
+                    self._callbacks.append((self._queued, on_done))
             over = len(self._buf) - self.cfg.buffer_points
             if over > 0:
                 for _ in range(over):
                     self._buf.popleft()
                 self.counters.inc("influx_points_dropped", over)
                 log.warning("influx: buffer full (%d points); dropped the %d oldest", self.cfg.buffer_points, over)
+                ready += self._mark_done(over)
             self.counters.inc("influx_points_queued", n)
             if len(self._buf) >= self.cfg.batch_size:
                 self._cv.notify()
+        self._run_callbacks(ready)
+
+    def _mark_done(self, n: int) -> list[Callable[[], None]]:
+        """Under the lock: ``n`` more lines are done with; return the callbacks now due."""
+        self._done += n
+        due = []
+        while self._callbacks and self._callbacks[0][0] <= self._done:
+            due.append(self._callbacks.popleft()[1])
+        return due
+
+    def _run_callbacks(self, due: list[Callable[[], None]]) -> None:
+        for cb in due:
+            try:
+                cb()
+            except Exception:
+                self.counters.inc("influx_callback_errors")
+                log.exception("influx: a write callback failed")
 
     def pending(self) -> int:
         with self._cv:
@@ -211,13 +249,16 @@ class InfluxWriter:
                 batch = [self._buf.popleft() for _ in range(min(self.cfg.batch_size, len(self._buf)))]
                 self._inflight = len(batch)
             ok = self._send(batch)
+            due = []
             with self._cv:
                 self._inflight = 0
                 if ok:
                     backoff = self.cfg.retry_min
+                    due = self._mark_done(len(batch))
                 else:
                     self._buf.extendleft(reversed(batch))  # keep order: retry this batch first
                 self._cv.notify_all()
+            self._run_callbacks(due)
             if not ok:
                 with self._cv:
                     if self._stop:

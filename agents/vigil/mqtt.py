@@ -19,6 +19,14 @@
   passes a longer one and gets its own thread running paho's public ``loop(timeout)``, with the
   same reconnect backoff.  A publish from another thread still wakes it at once (paho's socket
   pair); keepalive pings go out at most ``loop_timeout`` late.
+- a persistent session (``session_expiry`` > 0, a stable client id): the broker keeps the
+  subscriptions and queues QoS 1 messages while the process is gone, and delivers them when it
+  comes back (``clean_start`` false);
+- ``manual_ack``: a QoS 1 message is acknowledged to the broker only when every subscriber is done
+  with it.  A handler that stores the message somewhere asynchronous calls ``defer_ack()`` and
+  runs the returned callable once the message is stored; until then the broker keeps the message
+  in the session and delivers it again after a crash.  ``receive_maximum`` bounds how many
+  unacknowledged messages the broker sends at a time (the back-pressure on a slow store).
 """
 from __future__ import annotations
 
@@ -54,6 +62,8 @@ class _Subscription:
     sub_id: int
     handlers: list[Callable[[paho.MQTTMessage, dict], None]] = field(default_factory=list)
 
+NO_MATCHING_SUBSCRIBERS = 16           # MQTT v5 PUBACK reason code
+
 # CONNACK reason codes after which retrying cannot help.
 _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Client identifier not valid",
                   "Banned", "Bad authentication method"}
@@ -70,7 +80,8 @@ class Will:
 class MqttClient:
     def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters | None = None,
                  will: Will | None = None, on_connected: Callable[[], None] | None = None,
-                 session_expiry: int = 0, loop_timeout: float | None = None):
+                 session_expiry: int = 0, loop_timeout: float | None = None,
+                 manual_ack: bool = False, receive_maximum: int | None = None):
         if loop_timeout is not None and loop_timeout <= 0:
             raise ValueError(f"loop_timeout: {loop_timeout} must be > 0")
         self.cfg = cfg
@@ -83,6 +94,15 @@ class MqttClient:
         self.connected = threading.Event()
         self.fatal: str | None = None
         self._session_expiry = session_expiry
+        self._receive_maximum = receive_maximum
+        self.manual_ack = manual_ack
+        self._conn_gen = 0                  # +1 per CONNACK and per loss: an ack never crosses links
+        self._delivery = threading.local()  # the message being dispatched (defer_ack)
+        self.session_present: bool | None = None
+        # packet ids of QoS 1 publishes the broker acknowledged with "no matching subscribers"
+        # (MQTT v5 reason 16): a spool keeps those batches (take_unrouted); bounded, and each
+        # id's entry is replaced by the next PUBACK of that id
+        self._unrouted: dict[int, None] = {}
         self.loop_timeout = loop_timeout
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -94,6 +114,7 @@ class MqttClient:
         # 0 = unlimited client-side queue: the caller bounds what it keeps (never paho silently)
         self._c.max_queued_messages_set(0)
         self._c.max_inflight_messages_set(100)
+        self._c.manual_ack_set(manual_ack)
         self._c.reconnect_delay_set(min_delay=self._backoff_min, max_delay=int(cfg.reconnect_max))
         if cfg.username:
             self._c.username_pw_set(cfg.username, cfg.secret())
@@ -108,12 +129,15 @@ class MqttClient:
         self._c.on_connect = self._handle_connect
         self._c.on_disconnect = self._handle_disconnect
         self._c.on_message = self._dispatch
+        self._c.on_publish = self._handle_publish
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho's loop thread reconnects with backoff."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
         host = str(self.cfg.path) if self.cfg.transport == "unix" else self.cfg.host
         try:
             self._c.connect_async(host, self.cfg.port, keepalive=self.cfg.keepalive,
@@ -271,7 +295,15 @@ class MqttClient:
                 log.warning("mqtt: connect refused: %s", name)
             self.counters.inc("mqtt_connect_refused")
             return
-        log.info("mqtt: connected as %s", self.client_id)
+        self._conn_gen += 1
+        self.session_present = bool(getattr(flags, "session_present", False))
+        if self._session_expiry:
+            log.info("mqtt: connected as %s (session %s)", self.client_id,
+                     "resumed" if self.session_present else "new")
+            if not self.session_present:
+                self.counters.inc("mqtt_sessions_new")
+        else:
+            log.info("mqtt: connected as %s", self.client_id)
         self._backoff = self._backoff_min
         self.counters.inc("mqtt_connects")
         with self._subs_lock:
@@ -285,7 +317,25 @@ class MqttClient:
             except Exception:
                 log.exception("mqtt: on_connected hook failed")
 
+    def _handle_publish(self, client, userdata, mid, reason_code, properties):
+        unrouted = getattr(reason_code, "value", reason_code) == NO_MATCHING_SUBSCRIBERS
+        with self._subs_lock:
+            if unrouted:
+                self._unrouted[mid] = None
+                if len(self._unrouted) > 4096:
+                    self._unrouted.pop(next(iter(self._unrouted)))
+            else:
+                self._unrouted.pop(mid, None)
+        if unrouted:
+            self.counters.inc("mqtt_publish_unrouted")
+
+    def take_unrouted(self, mid: int) -> bool:
+        """Whether the broker acknowledged publish ``mid`` with "no matching subscribers" (once)."""
+        with self._subs_lock:
+            return self._unrouted.pop(mid, 0) is None
+
     def _handle_disconnect(self, client, userdata, flags, reason, properties):
+        self._conn_gen += 1             # acks still pending belong to the link that just ended
         if self.connected.is_set():
             log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason)
             self.counters.inc("mqtt_disconnects")
@@ -303,10 +353,38 @@ class MqttClient:
             handlers = [h for sub in subs for h in sub.handlers]
         if not handlers:
             self.counters.inc("mqtt_unmatched_messages")
+        if not (self.manual_ack and msg.qos > 0):
+            decoded: dict = {}          # contract -> decoded message, shared by its subscribers
+            for h in handlers:
+                h(msg, decoded)
             return
-        decoded: dict = {}              # contract -> decoded message, shared by its subscribers
-        for h in handlers:
-            h(msg, decoded)
+        ack = _PendingAck(self, msg.mid, msg.qos, self._conn_gen)
+        self._delivery.ack = ack
+        try:
+            decoded = {}
+            for h in handlers:
+                h(msg, decoded)
+        finally:
+            self._delivery.ack = None
+            ack.release()               # dispatch's own hold: acked now unless a handler deferred
+
+    def defer_ack(self) -> Callable[[], None]:
+        """Inside a handler: keep the broker from forgetting this message until the returned
+        callable has run (from any thread, once).  Outside one, or without ``manual_ack``: a no-op."""
+        ack = getattr(self._delivery, "ack", None)
+        if ack is None:
+            return _noop
+        ack.hold()
+        self.counters.inc("mqtt_acks_deferred")
+        return ack.release
+
+    def _send_ack(self, mid: int, qos: int, gen: int) -> None:
+        if gen != self._conn_gen:
+            # the link this message came on is gone; the broker sends it again on the resumed
+            # session, and an ack now could name another message that reuses the packet id
+            self.counters.inc("mqtt_acks_stale")
+            return
+        self._c.ack(mid, qos)
 
     def _guard(self, handler: Callable[[paho.MQTTMessage, dict], None], topic_filter: str):
         def run(msg, decoded):
@@ -316,6 +394,32 @@ class MqttClient:
                 self.counters.inc("handler_errors")
                 log.exception("mqtt: handler for %s failed on %s", topic_filter, msg.topic)
         return run
+
+
+class _PendingAck:
+    """Counts who still holds a received message; the last release acknowledges it."""
+
+    __slots__ = ("client", "mid", "qos", "gen", "holds", "lock")
+
+    def __init__(self, client: MqttClient, mid: int, qos: int, gen: int):
+        self.client, self.mid, self.qos, self.gen = client, mid, qos, gen
+        self.holds = 1
+        self.lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self.lock:
+            self.holds += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.holds -= 1
+            done = self.holds == 0
+        if done:
+            self.client._send_ack(self.mid, self.qos, self.gen)
+
+
+def _noop() -> None:
+    pass
 
 
 def _no_external_loop(client, userdata, sock) -> None:

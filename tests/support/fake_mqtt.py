@@ -98,6 +98,14 @@ class FakeMqtt:
             return False
         return self.publish(topic, data, qos, retain, properties).is_published()
 
+    def defer_ack(self) -> Callable[[], None]:
+        """Like MqttClient.defer_ack: the test sees how many acks were deferred and released."""
+        self.acks_deferred = getattr(self, "acks_deferred", 0) + 1
+
+        def release() -> None:
+            self.acks_released = getattr(self, "acks_released", 0) + 1
+        return release
+
     # -- for the test --------------------------------------------------------------------------
     @property
     def filters(self) -> list[str]:

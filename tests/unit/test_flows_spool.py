@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.fake_mqtt import FakeMqtt
 from vigil.counters import Counters
-from vigil.engine.spool import Spool, SpoolPublisher
+from vigil.spool import Spool, SpoolPublisher
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +97,41 @@ def test_full_event_spool_counts_the_events_dropped(tmp_path):
         box.flush("learning")
     assert box.backlog >= 1 and c.get("event_batches_dropped") >= 1
     assert c.get("events_dropped") == c.get("event_batches_dropped")   # one event per batch here
+
+
+def test_a_batch_nobody_subscribed_to_stays_and_goes_out_again(tmp_path):
+    """PUBACK with reason 16 ("no matching subscribers"): the broker dropped it; keep it, retry."""
+    class Broker(FakeMqtt):
+        def __init__(self):
+            super().__init__(auto_ack=True)
+            self.subscribed = False
+            self.unrouted: set[int] = set()
+
+        def publish(self, topic, data, qos=1, retain=False, properties=None):
+            info = super().publish(topic, data, qos, retain, properties)
+            info.mid = len(self.sent)
+            if not self.subscribed:
+                self.unrouted.add(info.mid)
+            return info
+
+        def take_unrouted(self, mid):
+            if mid in self.unrouted:
+                self.unrouted.discard(mid)
+                return True
+            return False
+
+    now = [100.0]
+    c = Counters()
+    mq = Broker()
+    pub = SpoolPublisher(mq, "t/flows", Spool(tmp_path, 1 << 20, c), c, unrouted_retry=5.0, clock=lambda: now[0])
+    pub.submit(1, b"batch 1")
+    pub.pump()                                     # acknowledged, but to nobody
+    assert list(pub.spool.entries) == [1] and c.get("flow_batches_unrouted") == 1
+    pub.pump()
+    assert len(mq.sent) == 1                       # not before the retry time
+    mq.subscribed = True                           # the manager subscribes
+    now[0] += 5.0
+    pub.pump()                                     # published again ...
+    assert [s.data for s in mq.sent] == [b"batch 1", b"batch 1"]
+    pub.pump()                                     # ... and this time delivered: deleted
+    assert pub.backlog == 0 and c.get("flow_batches_acked") == 1

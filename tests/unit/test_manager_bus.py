@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.support.fake_mqtt import FakeMqtt
-from tests.unit.test_policy import FakeWriter
+from tests.unit.test_policy import FakeWriter as _PolicyWriter
 from vigil import topics
 from vigil.contracts.engine import EngineStatus, EventBatch, FlowBatch
 from vigil.contracts.influx import MEASUREMENTS
@@ -22,6 +22,16 @@ from vigil.manager.policy.component import PolicyComponent
 from vigil.manager.policy.config import PolicyConfig
 
 pytestmark = pytest.mark.unit
+
+
+class FakeWriter(_PolicyWriter):
+    """Writes at once, so a write's callback (the MQTT acknowledgement) runs at once."""
+
+    def write(self, lines, on_done=None):
+        super().write(lines)
+        if on_done is not None:
+            on_done()
+
 
 _POINT = re.compile(r"^([^, ]+)((?:,[^ ]+)?) (.+?)(?: (\d+))?$")
 
@@ -105,3 +115,21 @@ def test_the_schema_check_catches_what_is_not_in_it():
         check_point("engine_traffic,engine=e1 bogus=1i 1")
     with pytest.raises(AssertionError, match="not in the schema"):
         check_point("no_such_measurement,engine=e1 x=1i 1")
+
+
+def test_ingest_defers_each_ack_until_its_points_are_written(manager):
+    mqtt, writer, ctx, ingest, policy = manager
+    mqtt.deliver(topics.engine("e1", "flows"), batch("e1", 1, [FLOW]))
+    mqtt.deliver(topics.engine("e1", "flows"), batch("e1", 1, [FLOW]))     # redelivery: a barrier
+    # the flow batch and its redelivery each held their ack until the writer was done with them
+    assert mqtt.acks_deferred == 2 and mqtt.acks_released == 2
+
+
+def test_broker_drops_are_counted_from_the_brokers_own_count(manager):
+    mqtt, writer, ctx, ingest, policy = manager
+    from vigil.manager.ingest.component import BROKER_DROPPED
+    for raw in (b"5", b"5", b"12", b"3", b"not a number"):    # 3: the broker restarted
+        mqtt.deliver(BROKER_DROPPED, raw)
+    assert ctx.counters.get("broker_messages_dropped") == 5 + 7 + 3
+    assert ctx.counters.get("broker_stats_malformed") == 1
+    assert ingest.status()["broker_messages_dropped"] == 3

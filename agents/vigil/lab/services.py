@@ -139,8 +139,11 @@ class Mosquitto:
     the network stack is not); host-side tools use TCP.
     """
 
-    def __init__(self, run_dir: Path, port: int | None = None):
+    def __init__(self, run_dir: Path, port: int | None = None, max_queued_messages: int = 200_000,
+                 autosave_interval: int = 10):
         self.dir = run_dir / "mosquitto"
+        self.max_queued_messages = max_queued_messages
+        self.autosave_interval = autosave_interval
         self.port = port or free_port()
         self.socket_path = self.dir / "mqtt.sock"
         self.conf = self.dir / "mosquitto.conf"
@@ -152,10 +155,18 @@ class Mosquitto:
 # Vigil lab broker (generated)
 per_listener_settings false
 allow_anonymous true
-persistence false
-# The default of 1000 silently drops QoS 1 messages for a subscriber that falls behind.
-max_queued_messages 1000000
+# Durable sessions (docs/DESIGN-NOTES.md, "Durable ingest"): the manager's persistent session keeps
+# its subscriptions and a queue of QoS 1 messages while it is down; the store is saved every
+# autosave_interval seconds and at a clean stop, so a restarted broker still has it.
+persistence true
+persistence_location {self.dir}/
+autosave_interval {self.autosave_interval}
+# A bounded queue per client (the default of 1000 silently drops QoS 1 messages for a subscriber
+# that falls behind).  What overflows is dropped by the broker, logged and counted in
+# $SYS/broker/publish/messages/dropped.  Sizing: docs/DESIGN-NOTES.md, "Durable ingest".
+max_queued_messages {self.max_queued_messages}
 max_inflight_messages 1000
+sys_interval 2
 set_tcp_nodelay true
 log_dest stderr
 log_type error

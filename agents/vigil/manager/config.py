@@ -27,6 +27,14 @@ class IngestConfig:
     max_event_types: int = 200
     # false in a policy-only process of a scaled-out manager: it reads every batch, writes nothing
     write_points: bool = True
+    # Durability across a manager crash (docs/DESIGN-NOTES.md, "Durable ingest"): the manager's
+    # MQTT session outlives the process for session_expiry seconds (client id manager-<manager_id>,
+    # so two manager processes need two ids); the broker queues what arrives meanwhile.  A flow
+    # batch, event batch or status is acknowledged to the broker only once its points have left the
+    # InfluxDB writer (ack_after_write), and at most receive_maximum messages wait unacknowledged.
+    session_expiry: int = 86400
+    ack_after_write: bool = True
+    receive_maximum: int = 2000
 
     def __post_init__(self):
         if not 1 <= self.top_talkers <= 100:
@@ -34,6 +42,10 @@ class IngestConfig:
         for p in self.service_ports:
             if not 0 < p < 65536:
                 raise ValueError(f"service_ports: {p} is not a port number")
+        if not 0 <= self.session_expiry <= 0xFFFFFFFF:
+            raise ValueError("session_expiry: must be 0..4294967295 seconds (0: no persistent session)")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ValueError("receive_maximum: must be 1..65535")
 
 
 @dataclass(frozen=True)

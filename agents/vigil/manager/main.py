@@ -41,7 +41,12 @@ class ManagerService:
             raise StartupError(f"cannot create state_dir {cfg.state_dir}: {exc}") from None
         self.stop_event = threading.Event()
         self.writer = InfluxWriter(cfg.influx, self.counters)
-        self.mqtt = MqttClient(cfg.mqtt, new_client_id(f"manager-{cfg.manager_id}"), self.counters)
+        ing = cfg.ingest
+        # a persistent session needs a stable client id: the broker keeps this manager's queue
+        # under it while the process is gone (and hands it to the next process with the same id)
+        client_id = f"manager-{cfg.manager_id}" if ing.session_expiry else new_client_id(f"manager-{cfg.manager_id}")
+        self.mqtt = MqttClient(cfg.mqtt, client_id, self.counters, session_expiry=ing.session_expiry,
+                               manual_ack=ing.ack_after_write, receive_maximum=ing.receive_maximum)
         self.control = ControlServer(cfg.control_socket)
         self.ctx = Context(cfg.manager_id, cfg.state_dir, self.mqtt, self.writer, self.counters,
                            self.control, _NoPolicy(self.counters), self.stop_event, cfg.storage)

@@ -19,6 +19,11 @@ A batch's points carry the interval end plus ``seq mod 10^6`` nanoseconds as the
 the chunks of one interval stay distinct points and a batch written twice (a QoS 1 redelivery)
 overwrites itself instead of counting twice.
 
+Nothing is acknowledged to the broker before it is stored: each handler defers the MQTT
+acknowledgement of its message until the InfluxDB writer is done with the message's points
+(``MqttClient.defer_ack``), and the manager's session is persistent, so a manager killed with
+points still in its buffer gets the same messages again when it comes back.
+
 Ingest only writes: it subscribes for itself (``MqttClient.subscribe_kind``), as every other
 component does for what it needs.  Flows come through an MQTT v5 shared subscription when
 configured, so that several manager processes split the writing between them; the policy takes
@@ -41,6 +46,7 @@ from ..seqtrack import SeqTracker, sending_engine
 log = logging.getLogger(__name__)
 
 _SUMS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"     # Mosquitto's; other brokers: absent
 
 
 class FlowAggregator:
@@ -186,6 +192,10 @@ class IngestComponent:
         ctx.mqtt.subscribe_kind(flows, FlowBatch, self.on_flows, qos=1)
         ctx.mqtt.subscribe_kind(topics.engine("+", "status"), EngineStatus, self.on_status, qos=1)
         ctx.mqtt.subscribe_kind(topics.engine("+", "events"), EventBatch, self.on_events, qos=1)
+        # what the broker dropped for want of queue room (Mosquitto's max_queued_messages): a
+        # manager that was away too long lost messages there, and the count says how many
+        self._broker_dropped: int | None = None
+        ctx.mqtt.subscribe(BROKER_DROPPED, self.on_broker_dropped, qos=0)
         if "engines.list" not in ctx.control.methods:  # the policy component's list is richer
             ctx.control.register("engines.list", self.list_engines)
 
@@ -199,7 +209,24 @@ class IngestComponent:
         pass
 
     def status(self) -> dict:
-        return {"engines": len(self.engines)}
+        return {"engines": len(self.engines), "broker_messages_dropped": self._broker_dropped}
+
+    def on_broker_dropped(self, msg) -> None:
+        """Mosquitto's cumulative count of messages it dropped (queue full), as counter
+        ``broker_messages_dropped``: the first reading whole (drops while this manager was away
+        are the ones that matter), then what the broker added (all of it after a broker restart,
+        which counts from zero again)."""
+        try:
+            n = int(msg.payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            self.counters.inc("broker_stats_malformed")
+            return
+        last = self._broker_dropped
+        added = n if last is None or n < last else n - last
+        self._broker_dropped = n
+        if added:
+            self.counters.inc("broker_messages_dropped", added)
+            log.warning("the broker dropped %d messages (queue full; %d since it started)", added, n)
 
     def list_engines(self) -> list[dict]:
         return [self.engines[k] for k in sorted(self.engines)]
@@ -209,9 +236,12 @@ class IngestComponent:
         if engine is None:
             return
         if self.aggregator.check_seq(engine, batch.seq) == "duplicate":
+            if self.cfg.write_points:
+                # a redelivery: acknowledge it only once its first copy's points have left
+                self.ctx.writer.write([], on_done=self.ctx.mqtt.defer_ack())
             return
         if self.cfg.write_points:
-            self.ctx.writer.write(self.aggregator.batch_points(batch))
+            self.ctx.writer.write(self.aggregator.batch_points(batch), on_done=self.ctx.mqtt.defer_ack())
         self.counters.inc("flow_batches_ingested")
         self.counters.inc("flow_records_ingested", len(batch.flows))
 
@@ -235,7 +265,7 @@ class IngestComponent:
             points.append(line("engine_events", {"engine": engine, "type": etype},
                                fields or {"count": 1}, ts * 1_000_000 + i))
         if self.cfg.write_points and points:
-            self.ctx.writer.write(points)
+            self.ctx.writer.write(points, on_done=self.ctx.mqtt.defer_ack())
         self.counters.inc("engine_events_ingested", len(points))
 
     def on_status(self, msg, st: EngineStatus) -> None:
@@ -245,4 +275,4 @@ class IngestComponent:
         engine = dev[1]
         self.engines[engine] = {**st.body(), "engine": engine, "ts": st.ts}
         if self.cfg.write_points:
-            self.ctx.writer.write(status_points(engine, st))
+            self.ctx.writer.write(status_points(engine, st), on_done=self.ctx.mqtt.defer_ack())

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_IP, SERVER_IP = "10.123.0.1", "10.123.0.2"
 MGMT_HOST_IP, APPLIANCE_IP = "192.168.123.1", "192.168.123.2"
 MQTT_PORT = 8883
-QEMU_TIMEOUT = float(os.environ.get("VIGIL_IMAGE_BOOT_TIMEOUT", "300"))
+# a loaded 2-core host has taken 310 s to the READY line (the boot alone, not a hang): room for that
+QEMU_TIMEOUT = float(os.environ.get("VIGIL_IMAGE_BOOT_TIMEOUT", "600"))
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

@@ -12,8 +12,10 @@ Boot (QEMU TCG, no configuration volume: the documented default ports bridge cli
 - baseline, measured in the same boot: QEMU started -> the kernel's first console line
   ("Linux version"), i.e. what firmware, boot loader and emulation cost before Linux runs at all.
 Goal: boot to forwarding <= 120 s.
+Where the boot time goes: each boot also prints when (seconds after QEMU started) the serial console
+first showed each stage's line (PHASES), and the medians of the stages' lengths.
 
-    sudo .venv/bin/python bench/image_build.py [--boots 2] [--skip-cold] [--reuse]
+    sudo .venv/bin/python bench/image_build.py [--boots 2] [--skip-cold] [--reuse] [--iso PATH]
 """
 from __future__ import annotations
 
@@ -41,7 +43,26 @@ def build(image_dir: Path) -> tuple[float, Path]:
     return time.monotonic() - t0, Path(r.stdout.strip().splitlines()[-1])
 
 
-def boot_once(iso: Path) -> tuple[float, float, float]:
+# A boot's stages, each marked by the first console line that shows it was reached.
+PHASES = [
+    ("kernel", "Linux version"),                                   # firmware + boot loader before it
+    ("initramfs", "Run /init as init process"),                    # the kernel's own start-up
+    ("live medium mounted", 'Mounting "/run/live/medium/live/filesystem.squashfs"'),  # udev, modules, probing
+    ("initramfs done", "Running /scripts/init-bottom"),            # overlay, persistence lookup, fstab
+    ("init started", "Not activating Mandatory Access Control"),   # run-init, switch to the root fs
+    ("systemd", "Welcome to"),                                     # systemd's start before its first line
+    ("bridge up", "vigil-appliance: bridge"),                      # early units, the appliance step
+    ("READY", "vigil-appliance: READY"),
+]
+
+
+def phases_seen(console: str, seen: dict[str, float], now: float) -> None:
+    for name, marker in PHASES:
+        if name not in seen and marker in console:
+            seen[name] = now
+
+
+def boot_once(iso: Path) -> tuple[float, float, float, dict[str, float]]:
     from tests.image import vm
     run_dir = Path(tempfile.mkdtemp(prefix="vigil-bench-image."))
     site = vm.Site(run_dir)
@@ -51,9 +72,12 @@ def boot_once(iso: Path) -> tuple[float, float, float]:
         appliance = vm.Appliance(site, iso, run_dir, config=None, state=None).boot()
         t0 = appliance.started
         kernel = None
+        seen: dict[str, float] = {}
         while True:
             now = time.monotonic()
-            if kernel is None and "Linux version" in appliance.console():
+            console = appliance.console()
+            phases_seen(console, seen, now - t0)
+            if kernel is None and "Linux version" in console:
                 kernel = now - t0
             if site.run("client", "ping", "-c", "1", "-W", "1", vm.SERVER_IP, check=False).returncode == 0:
                 forwarding = time.monotonic() - t0
@@ -62,7 +86,8 @@ def boot_once(iso: Path) -> tuple[float, float, float]:
                 sys.exit("no forwarding within 600 s:\n" + appliance.console()[-3000:])
         ready = appliance.wait_console(r"vigil-appliance: READY", 60)
         ready_s = time.monotonic() - t0 if ready else float("nan")
-        return kernel or float("nan"), forwarding, ready_s
+        phases_seen(appliance.console(), seen, ready_s)
+        return kernel or float("nan"), forwarding, ready_s, seen
     finally:
         if appliance:
             appliance.kill()
@@ -75,9 +100,12 @@ def main() -> None:
     ap.add_argument("--boots", type=int, default=2)
     ap.add_argument("--skip-cold", action="store_true", help="no cold build (it downloads every package)")
     ap.add_argument("--reuse", action="store_true", help="use VIGIL_IMAGE_DIR as it is (warm figures only)")
+    ap.add_argument("--iso", type=Path, help="boot figures only, for this ISO (no build)")
     args = ap.parse_args()
 
-    if args.reuse:
+    if args.iso:
+        iso = args.iso
+    elif args.reuse:
         image_dir = Path(os.environ.get("VIGIL_IMAGE_DIR", "/var/cache/vigil-image"))
         warm, iso = build(image_dir)
         print(f"build warm (nothing changed): {warm:.1f} s")
@@ -105,16 +133,26 @@ def main() -> None:
         print(f"build after a code change (base chroot cached): {change:.0f} s{base}")
         print(f"build warm (nothing changed): {warm:.1f} s" + (f" = {warm / cold:.4f} x cold" if cold else ""))
 
-    kernels, fwd, ready = [], [], []
+    kernels, fwd, ready, stages = [], [], [], []
     try:
         for i in range(args.boots):
-            k, f, r = boot_once(iso)
-            kernels.append(k), fwd.append(f), ready.append(r)
+            k, f, r, seen = boot_once(iso)
+            kernels.append(k), fwd.append(f), ready.append(r), stages.append(seen)
             print(f"boot {i + 1}: kernel's first line {k:.1f} s, READY {r:.1f} s, forwarding {f:.1f} s")
+            print("  stages reached (s after QEMU started): "
+                  + ", ".join(f"{name} {seen[name]:.1f}" for name, _ in PHASES if name in seen))
     finally:
-        if not args.reuse:
+        if not args.reuse and not args.iso:
             iso.unlink(missing_ok=True)   # the copy taken out of the throw-away image directory
     k, f = statistics.median(kernels), statistics.median(fwd)
+    print("where the boot time goes (median length of each stage, s):")
+    prev = "QEMU start"
+    for name, _ in PHASES:
+        lengths = [s[name] - (s[prev] if prev in s else 0.0) for s in stages
+                   if name in s and (prev == "QEMU start" or prev in s)]
+        if lengths:
+            print(f"  {prev} -> {name}: {statistics.median(lengths):.1f}")
+        prev = name
     print(f"boot to forwarding (median of {args.boots}): {f:.1f} s; baseline (QEMU start to the kernel's "
           f"first console line): {k:.1f} s; ratio {f / k:.1f}; goal <= 120 s: {'met' if f <= 120 else 'NOT met'}")
 

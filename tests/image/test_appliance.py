@@ -5,6 +5,10 @@ three NICs on taps in this test's namespaces (tests/image/vm.py): eth0 managemen
 Mosquitto over TLS and, through its unix socket, a real vigil-manager on this host), eth1 and eth2
 the bridge ports between ``client`` and ``server``. A FAT volume labelled VIGIL-CONFIG carries the
 site configuration; an ext4 partition labelled ``persistence`` keeps /var/lib/vigil.
+
+Each QEMU boot costs minutes of CPU under emulation, so each boot checks several things: the boot
+without a volume also takes kernel command line settings and DHCP on the management NIC; the
+configured boot also enables console login; its reboot also checks the machine id is kept.
 """
 from __future__ import annotations
 
@@ -71,12 +75,12 @@ def iperf(site: Site, seconds: int = 3) -> float:
     return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
 
 
-def nothing_answers_on_the_bridge_side(site: Site, tap: str) -> None:
+def nothing_answers_on_the_bridge_side(site: Site, tap: str, addresses: tuple[str, ...] = (APPLIANCE_IP,)) -> None:
     """Neither the management address nor any other address of the appliance answers from the
     bridged segment: no ARP, no ICMP, and only the server answers IPv6's all-nodes ping."""
     site.run("client", "ip", "route", "replace", "192.168.123.0/24", "dev", tap)
     try:
-        for ip in (APPLIANCE_IP, MGMT_HOST_IP):
+        for ip in (*addresses, MGMT_HOST_IP):
             r = site.run("client", "arping", "-c", "2", "-w", "3", "-I", tap, ip, check=False)
             assert "reply from" not in r.stdout.lower() and "bytes from" not in r.stdout.lower(), r.stdout
             assert site.run("client", "ping", "-c", "2", "-W", "1", ip, check=False).returncode != 0
@@ -122,27 +126,58 @@ def online(site: Site, generation_after: int | None = None):
     return check
 
 
-def test_unconfigured_appliance_bridges_and_says_what_is_missing(iso, run_dir):
+def test_unconfigured_appliance_bridges_says_what_is_missing_and_takes_dhcp_and_kernel_settings(iso, run_dir):
+    """No configuration volume. The ISO's kernel is booted with its boot menu's line plus two
+    ``vigil.*`` settings (as an operator types them at the menu): those two are then not missing.
+    The management NIC asks for an address by DHCP (the default) from a dnsmasq on the management
+    network, and still nothing of the appliance answers from the bridged side."""
     site = Site(run_dir)
     appliance = None
     try:
         site.add_namespaces()
-        appliance = Appliance(site, iso, run_dir, config=None, state=None).boot()
+        appliance = Appliance(site, iso, run_dir, config=None, state=None,
+                              kernel_args=f"vigil.engine_id=img0 vigil.manager={MGMT_HOST_IP}").boot()
+        leases = appliance.dhcp_server("192.168.123.50", "192.168.123.60")
         serve(site)
         appliance.wait_console(r"vigil-appliance: READY unconfigured")
         console = appliance.console()
-        for missing in ("configuration volume: no filesystem labelled VIGIL-CONFIG", "engine_id", "manager.host",
-                        "mqtt.password", "manager-signing.pub", "mqtt-ca.crt"):
+        for missing in ("configuration volume: no filesystem labelled VIGIL-CONFIG", "mqtt.password",
+                        "manager-signing.pub", "mqtt-ca.crt"):
             assert re.search(rf"vigil-appliance: MISSING {re.escape(missing)}", console), missing
+        # given on the kernel command line, so not missing (and no complaint about the words)
+        for given in ("engine_id", "manager.host"):
+            assert not re.search(rf"vigil-appliance: MISSING {re.escape(given)}", console), given
+        assert "kernel command line" not in "".join(re.findall(r"vigil-appliance: ERROR.*", console))
         assert "vigil-appliance: bridge br0 forwarding between eth1 and eth2" in console
+        assert "vigil-appliance: management NIC eth0: dhcp" in console
+
+        # DHCP on the management NIC: dnsmasq leased an address to eth0's MAC, which answers there
+        mgmt_mac = Appliance.NICS[0][2]
+        lease: list[str] = []
+
+        def leased() -> bool:
+            for line in leases.read_text().splitlines() if leases.exists() else []:
+                if mgmt_mac in line.lower():
+                    lease[:] = line.split()
+                    return True
+            return False
+        vm.wait(leased, 120, f"a DHCP lease for the management NIC ({mgmt_mac})")
+        leased_ip = lease[2]
+        print(f"image: management NIC leased {leased_ip} by DHCP")
+        vm.wait(lambda: site.run("mgmt", "ping", "-c", "1", "-W", "1", leased_ip, check=False).returncode == 0,
+                30, f"the appliance at its leased address {leased_ip}")
+
         vm.wait(lambda: curl_ok(site), 30, "client -> server through the unconfigured appliance")
         assert iperf(site, 2) > 1e6
-        nothing_answers_on_the_bridge_side(site, appliance.taps["client"])
+        nothing_answers_on_the_bridge_side(site, appliance.taps["client"], (leased_ip,))
         # no console login, no engine (skipped, not crash-looping): the console shows no login prompt
-        assert "login:" not in console
+        assert "login:" not in appliance.console()
     except BaseException:
         if appliance:
             print("--- console (tail)\n" + appliance.console()[-6000:])
+            dnsmasq_log = run_dir / "logs" / "dnsmasq.log"
+            if dnsmasq_log.exists():
+                print("--- dnsmasq (tail)\n" + dnsmasq_log.read_text()[-2000:])
         raise
     finally:
         if appliance:
@@ -157,12 +192,16 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         site.up(ENGINE_ID)
         key = run_dir / "operator"
         vm.sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        # console login enabled by the volume, with a crypt(3) hash made here (never in the image)
+        password_hash = vm.sh("openssl", "passwd", "-6", uuid.uuid4().hex).stdout.strip()
         settings = {
             "engine_id": ENGINE_ID,
             "management": {"interface": "eth0", "address": f"{APPLIANCE_IP}/24"},
             "manager": {"host": MGMT_HOST_IP, "port": vm.MQTT_PORT, "tls": True},
             "management_networks": ["192.168.123.0/24"],
             "engine": {"status_interval": 5.0, "flows": {"interval": 5.0}},
+            "console_login": True,
+            "console_password_hash": password_hash,
         }
         files = {"mqtt.password": site.passwords[ENGINE_ID].encode() + b"\n",
                  "manager-signing.pub": (run_dir / "manager-signing.pub").read_bytes(),
@@ -182,7 +221,9 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         assert iperf(site) > 1e6
         nothing_answers_on_the_bridge_side(site, appliance.taps["client"])
         console = appliance.console()
-        assert "made the SSH host key" in console and "login:" not in console
+        assert "made the SSH host key" in console
+        assert "vigil-appliance: console login enabled by the configuration" in console
+        appliance.wait_console(r"\blogin: ", 120)                 # the serial getty's prompt
 
         # 2. online at the manager with the signed rule set it published
         vm.wait(online(site), 240, f"{ENGINE_ID} online at the manager with its rule set applied")
@@ -193,7 +234,15 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         # Debian's kernel in the VM: conntrack on the bridge itself (nf_conntrack_bridge), the
         # engine's bridge-conntrack flow source, which this machine's own kernel cannot run
         assert features["bridge_conntrack"] is True and features["flow_source"] == "bridge-conntrack", features
-        assert ssh(site, key, "cat /etc/shadow | cut -d: -f2 | sort -u").split() <= ["!", "!*", "*"]
+        # the only password is the one the volume gave, for root (console login); sshd takes keys only
+        shadow = dict(line.split(":")[:2] for line in ssh(site, key, "cat /etc/shadow").splitlines() if ":" in line)
+        assert shadow.pop("root") == password_hash
+        assert set(shadow.values()) <= {"!", "!*", "*"}, shadow
+        assert ssh(site, key, "systemctl is-active serial-getty@ttyS0.service").strip() == "active"
+        # the machine id: made on this first boot, kept with the state (checked after the reboot)
+        machine_id = ssh(site, key, "cat /etc/machine-id").strip()
+        assert re.fullmatch(r"[0-9a-f]{32}", machine_id), machine_id
+        assert ssh(site, key, "readlink /etc/machine-id").strip() == "/var/lib/vigil/appliance/machine-id"
 
         # 3. a decision on the manager blocks the client's HTTP to the server within seconds; its
         #    other traffic (ICMP, iperf3) keeps flowing
@@ -226,6 +275,7 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         assert "made the SSH host key" not in console2          # kept on the persistence partition
         vm.wait(online(site), 240, f"{ENGINE_ID} online again")
         assert host_key(site) == first_key
+        assert ssh(site, key, "cat /etc/machine-id").strip() == machine_id
         assert not curl_ok(site, 1.0) and ping_ok(site)
         journal = ssh(site, key, "journalctl -b -u vigil-engine -o cat --no-pager")
         restored = journal.find("enforcement: restored generation")

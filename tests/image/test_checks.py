@@ -32,6 +32,8 @@ def clean_tree(root: Path) -> Path:
         "etc/systemd/system/sysinit.target.wants/vigil-appliance.service": "",
         "etc/systemd/system/multi-user.target.wants/vigil-engine.service": "",
         "usr/lib/live/boot/9990-main.sh": "", "boot/vmlinuz-6.1.0-28-amd64": "",
+        # the machine id: made on first boot, written through the link into the kept state
+        "var/lib/vigil/appliance/machine-id": "",
         # a public certificate and code that names the PEM header are not private keys
         "etc/ssl/certs/ca.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
         "usr/lib/python3/dist-packages/x/serialization.py": 'HEADER = b"-----BEGIN PRIVATE KEY-----"\n',
@@ -47,6 +49,7 @@ def clean_tree(root: Path) -> Path:
                 "etc/systemd/system/multi-user.target.wants/vigil-engine.service"):
         (root / rel).unlink()
         (root / rel).symlink_to("/etc/systemd/system/" + Path(rel).name)
+    (root / "etc/machine-id").symlink_to("/var/lib/vigil/appliance/machine-id")
     return root
 
 
@@ -79,6 +82,21 @@ def test_a_planted_secret_is_refused(tmp_path, rel, text, expect):
     r = check(root)
     assert r.returncode == 1
     assert expect in r.stderr, r.stderr
+    assert "1 problem(s): the image is refused" in r.stderr
+
+
+@pytest.mark.parametrize("plain_file", [False, True])
+def test_a_baked_machine_id_is_refused(tmp_path, plain_file):
+    """Through the image's own link (never the build host's file of the same path) or as a file."""
+    root = clean_tree(tmp_path)
+    if plain_file:
+        (root / "etc/machine-id").unlink()
+        (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    else:
+        (root / "var/lib/vigil/appliance/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    r = check(root)
+    assert r.returncode == 1, r.stderr
+    assert "/etc/machine-id: holds a machine id (01234567...)" in r.stderr, r.stderr
     assert "1 problem(s): the image is refused" in r.stderr
 
 

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_IP, SERVER_IP = "10.123.0.1", "10.123.0.2"
 MGMT_HOST_IP, APPLIANCE_IP = "192.168.123.1", "192.168.123.2"
 MQTT_PORT = 8883
-QEMU_TIMEOUT = float(os.environ.get("VIGIL_IMAGE_BOOT_TIMEOUT", "300"))
+# a loaded 2-core host has taken 310 s to the READY line (the boot alone, not a hang): room for that
+QEMU_TIMEOUT = float(os.environ.get("VIGIL_IMAGE_BOOT_TIMEOUT", "600"))
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -44,6 +45,21 @@ def build_iso() -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"scripts/build-image failed ({r.returncode}):\n{r.stderr[-6000:]}")
     return Path(r.stdout.strip().splitlines()[-1])
+
+
+def iso_boot_files(iso: Path, dest: Path) -> tuple[Path, Path, str]:
+    """The ISO's own kernel, initrd and kernel command line (its boot menu's default entry), for a
+    boot that adds ``vigil.<key>=`` settings to that line as an operator would at the boot menu."""
+    dest.mkdir(parents=True, exist_ok=True)
+    sh("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/live/vmlinuz", str(dest / "vmlinuz"),
+       "-extract", "/live/initrd.img", str(dest / "initrd.img"),
+       "-extract", "/isolinux/live.cfg", str(dest / "live.cfg"), timeout=120)
+    for f in ("vmlinuz", "initrd.img", "live.cfg"):
+        os.chmod(dest / f, 0o644)
+    m = re.search(r"^\s*append\s+(.+)$", (dest / "live.cfg").read_text(), re.M)
+    if not m:
+        raise RuntimeError(f"no append line in the ISO's isolinux/live.cfg:\n{(dest / 'live.cfg').read_text()}")
+    return dest / "vmlinuz", dest / "initrd.img", m.group(1).strip()
 
 
 def make_config_volume(path: Path, settings: dict | None, files: dict[str, bytes]) -> Path:
@@ -227,9 +243,13 @@ class Appliance:
     NICS = (("m", "mgmt", "52:54:00:12:00:01"), ("c", "client", "52:54:00:12:00:02"),
             ("s", "server", "52:54:00:12:00:03"))
 
-    def __init__(self, site: Site, iso: Path, run_dir: Path, config: Path | None, state: Path | None):
+    def __init__(self, site: Site, iso: Path, run_dir: Path, config: Path | None, state: Path | None,
+                 kernel_args: str | None = None):
         self.site, self.iso, self.run_dir = site, iso, run_dir
         self.config, self.state = config, state
+        # extra kernel command line words: the ISO's kernel and initrd are booted directly with the
+        # boot menu's own line plus these (otherwise the firmware and the ISO's boot loader boot it)
+        self.kernel_args = kernel_args
         self.proc: subprocess.Popen | None = None
         self.serial = run_dir / "serial.log"
         self.boots = 0
@@ -249,7 +269,11 @@ class Appliance:
                 # the iso-hybrid image as a disk (a USB stick's view of it): virtio reads the
                 # squashfs much faster under emulation than an IDE CD-ROM does
                 "-drive", f"file={self.iso},format=raw,readonly=on,if=none,id=boot",
-                "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
+                # (a kernel given to QEMU boots first: bootindex 0 is its own then)
+                "-device", "virtio-blk-pci,drive=boot" + (",bootindex=0" if self.kernel_args is None else "")]
+        if self.kernel_args is not None:
+            kernel, initrd, append = iso_boot_files(self.iso, self.run_dir / "boot")
+            argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", f"{append} {self.kernel_args}"]
         if self.config:
             argv += ["-drive", f"file={self.config},format=raw,if=virtio,readonly=on"]
         if self.state:
@@ -275,6 +299,15 @@ class Appliance:
             self.site.run(node, "ip", "addr", "add", addrs[node], "dev", tap)
             self.site.run(node, "ip", "link", "set", tap, "up")
         return self
+
+    def dhcp_server(self, first: str, last: str) -> Path:
+        """dnsmasq (DHCP only, no DNS) on the management tap; returns its lease file."""
+        leases = self.run_dir / "dhcp.leases"
+        self.site.popen("mgmt", "dnsmasq", "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+                        f"--interface={self.taps['mgmt']}", "--bind-interfaces", "--user=root", "--group=root",
+                        f"--dhcp-range={first},{last},255.255.255.0,1h", f"--dhcp-leasefile={leases}",
+                        "--dhcp-authoritative", "--log-dhcp", f"--pid-file={self.run_dir / 'dnsmasq.pid'}")
+        return leases
 
     def console(self) -> str:
         try:

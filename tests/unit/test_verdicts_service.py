@@ -149,6 +149,36 @@ def test_tampered_sample_rejected_and_analysis_fails(svc):
     assert svc.counters.get("samples_unrequested") == 1
 
 
+def _endpoint_status(svc, state: str, endpoint="ep1"):
+    svc.on_status(msg(topics.endpoint(endpoint, "status"), payload.encode("endpoint-status", endpoint, {
+        "state": state, "mode": "block-malicious", "address": "10.9.0.5", "host": "h"})))
+
+
+def test_sample_of_an_offline_endpoint_does_not_hold_up_the_queue(svc):
+    """A restarted manager replays sightings of endpoints that are gone: asking them would wait
+    sample_wait per hash in front of every other analysis.  Deferred, then asked when it is back."""
+    data = b"\x7fELF...." + MARKER
+    sha = hashlib.sha256(data).hexdigest()
+    request(svc, sha, size=len(data))
+    _endpoint_status(svc, "offline")
+    t = time.monotonic()
+    rec = svc.analyse(sha)
+    assert time.monotonic() - t < 0.5 and rec.verdict == "unknown"
+    assert not svc.ctx.mqtt.on(topics.endpoint("ep1", "sample/request"))
+    assert svc.store.get(sha).analysis == "waiting-sample" and svc.counters.get("samples_deferred_offline") == 1
+    queued = svc._queue.qsize()
+    _endpoint_status(svc, "online")
+    assert svc._queue.qsize() == queued + 1                      # queued again once the endpoint is back
+    _endpoint_status(svc, "online")
+    assert svc._queue.qsize() == queued + 1                      # and only once
+    svc._queue.get_nowait()
+    t2 = threading.Thread(target=_serve_sample, args=(svc, data))
+    t2.start()
+    rec = svc.analyse(sha)
+    t2.join()
+    assert (rec.verdict, rec.source) == ("malicious", "yara:Vigil_Test_Marker")
+
+
 def test_clean_sample_stays_unknown_and_oversize_is_not_requested(svc):
     data = b"harmless"
     sha, rec = _analyse_uploaded(svc, data)

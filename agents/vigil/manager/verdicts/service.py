@@ -64,6 +64,7 @@ class VerdictService:
         self._queue: queue.Queue[str] = queue.Queue(cfg.queue_max)
         self._samples: dict[str, threading.Event] = {}
         self._samples_lock = threading.Lock()
+        self._deferred: dict[str, set[str]] = {}     # endpoint -> hashes whose sample waits for it
         self._endpoints: dict[str, dict[str, Any]] = {}     # id -> {address, host, mode, state}
         self._quarantined: dict[tuple[str, str], float] = {}  # (endpoint, sha) -> until
         self._thread: threading.Thread | None = None
@@ -173,6 +174,11 @@ class VerdictService:
             return
         self._endpoints[dev[1]] = {"state": st.state, "mode": st.mode, "address": st.address, "host": st.host,
                                    "version": st.version}
+        if st.state == "online":
+            with self._samples_lock:
+                back = self._deferred.pop(dev[1], ())
+            for sha in back:
+                self._enqueue(sha, requeue=True)
 
     def on_events(self, msg) -> None:
         dev = topics.device_of(msg.topic)
@@ -345,6 +351,15 @@ class VerdictService:
             return False
         if not rec.last_endpoint:
             self.store.set_analysis(rec.sha256, "failed", "no endpoint to ask for the sample")
+            return False
+        if self._endpoints.get(rec.last_endpoint, {}).get("state") == "offline":
+            # Nobody would answer: waiting sample_wait here would hold up every analysis behind it
+            # (a restarted manager replays the sightings of endpoints that have gone since).  The
+            # hash is queued again when that endpoint's status says it is back.
+            with self._samples_lock:
+                self._deferred.setdefault(rec.last_endpoint, set()).add(rec.sha256)
+            self.store.set_analysis(rec.sha256, "waiting-sample", f"{rec.last_endpoint} is offline; asked when back")
+            self.counters.inc("samples_deferred_offline")
             return False
         ev = threading.Event()
         with self._samples_lock:

@@ -308,20 +308,30 @@ class Publisher:
                 log.exception("storing the generations of %d rule sets failed; nothing published", len(plans))
                 return 0
             now_whole = float(int(now))
-            second: list[tuple[_Plan, bytes]] = []
+
+            def snapshot(p: _Plan) -> None:
+                t = now_whole if p.binary else now
+                issued = int(t * 1000)
+                entries = [self._cached_entry(cache, k, val, t, p.binary) for k, val in p.want.items()]
+                body = ruleset.snapshot_body(p.engine, p.gen, entries, mode=p.mode, issued_at=issued)
+                self.mqtt.publish(topics.engine(p.engine, "ruleset"), self._encode("ruleset", body, p.binary, issued),
+                                  qos=1, retain=True)
+                if p.binary:
+                    self.counters.inc("ruleset_binary_published")
+                self.counters.inc("ruleset_snapshots_published")
+                p.entries = len(entries)
+
+            second: list[_Plan] = []
             done: list[_Plan] = []
             for p in plans:
                 try:
                     v = p.view
                     base = v.published_generation
                     p.gen = v.published_generation = gens[f"generation:{p.engine}"]
-                    t = now_whole if p.binary else now
-                    issued = int(t * 1000)
-                    entries = [self._cached_entry(cache, k, val, t, p.binary) for k, val in p.want.items()]
-                    snap = self._encode("ruleset", ruleset.snapshot_body(p.engine, p.gen, entries, mode=p.mode,
-                                                                         issued_at=issued), p.binary, issued)
                     # another manager published in between (gen != base + 1): our delta base is not the engine's
                     if p.had and base and not p.force and p.gen == base + 1:
+                        t = now_whole if p.binary else now
+                        issued = int(t * 1000)
                         delta = ruleset.delta_body(p.engine, base, p.gen,
                                                    [self._cached_entry(cache, k, val, t, p.binary)
                                                     for k, val in p.add.items()],
@@ -330,18 +340,16 @@ class Publisher:
                         self.mqtt.publish(topics.engine(p.engine, "ruleset/delta"),
                                           self._encode("ruleset-delta", delta, p.binary, issued), qos=1)
                         self.counters.inc("ruleset_deltas_published")
-                        p.entries = len(entries)
-                        second.append((p, snap))
+                        second.append(p)
                     else:
-                        self._publish_snapshot(p, snap)
-                        p.entries = len(entries)
+                        snapshot(p)
                         done.append(p)
                 except Exception:
                     self.counters.inc("ruleset_publish_errors")
                     log.exception("publishing the rule set of %s failed", p.engine)
-            for p, snap in second:
+            for p in second:   # built and signed only now: every delta is out already
                 try:
-                    self._publish_snapshot(p, snap)
+                    snapshot(p)
                     done.append(p)
                 except Exception:
                     self.counters.inc("ruleset_publish_errors")
@@ -353,12 +361,6 @@ class Publisher:
                 log.info("rule set for %s: generation %d, %d entries (+%d -%d)", p.engine, p.gen, p.entries,
                          len(p.add), len(p.remove))
             return len(done)
-
-    def _publish_snapshot(self, p: _Plan, snap: bytes) -> None:
-        self.mqtt.publish(topics.engine(p.engine, "ruleset"), snap, qos=1, retain=True)
-        if p.binary:
-            self.counters.inc("ruleset_binary_published")
-        self.counters.inc("ruleset_snapshots_published")
 
     def sync_all(self) -> int:
         now = self.clock()

@@ -10,6 +10,11 @@ was lost never publishes a generation an engine would refuse.  Several managers 
 ever rises (``DecisionStore.raise_meta_int``), so a manager that takes over publishing continues
 above the last one's, and only the holder of the publishing lease calls ``sync``.
 
+A decision for the whole fleet: ``sync_all`` stores every changed engine's next generation in a
+few transactions (``DecisionStore.raise_meta_ints``), then publishes every engine's delta, and only
+then builds, signs and publishes the retained snapshots, so the last engine's delta does not wait
+for a thousand snapshots; each entry is built once per sync, each message still signed per engine.
+
 Encoding: binary (rulewire.py, ``vrs1``: ~16 bytes per address entry instead of ~100 of JSON) to an
 engine whose status advertises it under ``enforcement.formats``, JSON to any other (older engines
 keep working); ``policy.ruleset_format`` forces one for every engine.  Binary sets are issued on a

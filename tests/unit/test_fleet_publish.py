@@ -128,3 +128,27 @@ def test_raise_meta_ints_never_goes_back(storage):
     assert got == {"generation:a": 8, "generation:b": 4, "generation:c": 1}
     assert st.raise_meta_ints({"generation:b": 2}) == {"generation:b": 4}
     assert {k: st.get_meta(k) for k in got} == {"generation:a": "8", "generation:b": "4", "generation:c": "1"}
+
+
+def test_one_engine_failing_to_publish_does_not_hold_the_others(storage):
+    st, fleet, pub, mq, key, c = setup(storage)
+    pub.sync_all()
+    real = mq.publish
+    broken = {"e03"}
+
+    def publish(topic, data, *a, **kw):
+        if topic.split("/")[3] in broken:
+            raise OSError("broker connection reset")
+        return real(topic, data, *a, **kw)
+    mq.publish = publish
+    mq.sent.clear()
+    st.propose("ip", "192.0.2.40", "operator", "global")
+    assert pub.sync_all() == len(ENGINES) - 1
+    assert c.get("ruleset_publish_errors") == 1
+    assert len(mq.sent) == 2 * (len(ENGINES) - 1)
+    broken.clear()          # it recovers: the failed engine is retried at the next sync, and only it
+    mq.sent.clear()
+    assert pub.sync_all() == 1
+    assert {s.topic.split("/")[3] for s in mq.sent} == {"e03"}
+    gen, _, values = read(mq.sent[-1].data, "ruleset", "e03", key)
+    assert "192.0.2.40" in values and int(st.get_meta("generation:e03")) == gen

@@ -314,7 +314,7 @@ class Publisher:
                 return 0
             now_whole = float(int(now))
 
-            def snapshot(p: _Plan) -> None:
+            def snapshot(p: _Plan) -> str:
                 t = now_whole if p.binary else now
                 issued = int(t * 1000)
                 entries = [self._cached_entry(cache, k, val, t, p.binary) for k, val in p.want.items()]
@@ -325,40 +325,37 @@ class Publisher:
                     self.counters.inc("ruleset_binary_published")
                 self.counters.inc("ruleset_snapshots_published")
                 p.entries = len(entries)
+                return "done"
 
-            second: list[_Plan] = []
-            done: list[_Plan] = []
-            for p in plans:
+            def delta_or_snapshot(p: _Plan) -> str:
+                v = p.view
+                base = v.published_generation
+                p.gen = v.published_generation = gens[f"generation:{p.engine}"]
+                # another manager published in between (gen != base + 1): our delta base is not the engine's
+                if not (p.had and base and not p.force and p.gen == base + 1):
+                    return snapshot(p)
+                t = now_whole if p.binary else now
+                issued = int(t * 1000)
+                delta = ruleset.delta_body(p.engine, base, p.gen,
+                                           [self._cached_entry(cache, k, val, t, p.binary) for k, val in p.add.items()],
+                                           [ruleset.removal(*k) for k in p.remove], mode=p.mode, issued_at=issued)
+                self.mqtt.publish(topics.engine(p.engine, "ruleset/delta"),
+                                  self._encode("ruleset-delta", delta, p.binary, issued), qos=1)
+                self.counters.inc("ruleset_deltas_published")
+                return "delta"
+
+            def attempt(p: _Plan, step) -> str | None:
                 try:
-                    v = p.view
-                    base = v.published_generation
-                    p.gen = v.published_generation = gens[f"generation:{p.engine}"]
-                    # another manager published in between (gen != base + 1): our delta base is not the engine's
-                    if p.had and base and not p.force and p.gen == base + 1:
-                        t = now_whole if p.binary else now
-                        issued = int(t * 1000)
-                        delta = ruleset.delta_body(p.engine, base, p.gen,
-                                                   [self._cached_entry(cache, k, val, t, p.binary)
-                                                    for k, val in p.add.items()],
-                                                   [ruleset.removal(*k) for k in p.remove], mode=p.mode,
-                                                   issued_at=issued)
-                        self.mqtt.publish(topics.engine(p.engine, "ruleset/delta"),
-                                          self._encode("ruleset-delta", delta, p.binary, issued), qos=1)
-                        self.counters.inc("ruleset_deltas_published")
-                        second.append(p)
-                    else:
-                        snapshot(p)
-                        done.append(p)
-                except Exception:
+                    return step(p)
+                except Exception:  # this engine only: the others still get theirs
                     self.counters.inc("ruleset_publish_errors")
                     log.exception("publishing the rule set of %s failed", p.engine)
-            for p in second:   # built and signed only now: every delta is out already
-                try:
-                    snapshot(p)
-                    done.append(p)
-                except Exception:
-                    self.counters.inc("ruleset_publish_errors")
-                    log.exception("publishing the rule set of %s failed", p.engine)
+                    return None
+
+            firsts = [(p, attempt(p, delta_or_snapshot)) for p in plans]
+            done = [p for p, r in firsts if r == "done"]
+            # the snapshots of the engines that got a delta, built and signed only now: every delta is out
+            done += [p for p, r in firsts if r == "delta" and attempt(p, snapshot) == "done"]
             for p in done:
                 self._published[p.engine] = p.want
                 self._published_mode[p.engine] = p.mode

@@ -288,6 +288,17 @@ class DecisionStore:
                 self.set_meta(key, str(new))
             return new
 
+    def raise_meta_ints(self, values: dict[str, int], above: bool = False, chunk: int = 256) -> dict[str, int]:
+        """``raise_meta_int`` for many keys in few transactions (one per ``chunk`` keys) instead of
+        one commit per key; keys are locked in sorted order, so two batches never deadlock."""
+        out: dict[str, int] = {}
+        keys = sorted(values)
+        for i in range(0, len(keys), chunk):
+            with self._lock, self._db.transaction():
+                for key in keys[i:i + chunk]:
+                    out[key] = self.raise_meta_int(key, values[key], above)
+        return out
+
     # -- allowlist ------------------------------------------------------------------------
     def allow_networks(self) -> list[ipaddress._BaseNetwork]:
         with self._lock:

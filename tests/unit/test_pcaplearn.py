@@ -236,3 +236,50 @@ def test_flow_table_is_bounded():
     assert sum(len(b.flows) for b in out) == table_max and stats.errors == {"evicted-flows": 400}
     assert CaptureFlows(5).max_flows == 5
     assert list(read_packets(io.BytesIO(b""), stats)) == []
+
+
+# -- the manager's control method and vigilctl ---------------------------------------------------
+
+def test_vigilctl_learn_pcap_teaches_the_managers_baseline_and_switches_to_enforcing(tmp_path, capsys):
+    import threading
+
+    from tests.support.fake_mqtt import FakeMqtt
+    from tests.unit.test_policy import FakeWriter, status
+    from vigil.cli import vigilctl
+    from vigil.control import ControlServer
+    from vigil.counters import Counters
+    from vigil.manager.api import Context
+    from vigil.manager.policy.component import PolicyComponent, PolicyConfig
+    ctl = ControlServer(tmp_path / "m.sock")
+    counters = Counters()
+    ctx = Context("m", tmp_path / "state", FakeMqtt(), FakeWriter(), counters, ctl, None, threading.Event())
+    (tmp_path / "state").mkdir()
+    comp = PolicyComponent(PolicyConfig(), ctx)
+    comp.on_status("e1", status("e1", mode="learning"))
+    ctl.start()
+    try:
+        cap = tmp_path / "normal.pcap"
+        cap.write_bytes(pcap(normal_traffic(200)))
+        sock = str(tmp_path / "m.sock")
+        rc = vigilctl.main(["--socket", sock, "--json", "engines", "learn-pcap", "e1", str(cap), "--enforce"])
+        rep = json.loads(capsys.readouterr().out)
+        assert rc == 0 and rep["errors"] == {} and rep["intervals"] == 20 and rep["mode"] == "enforcing"
+        assert rep["learned_seconds"] == pytest.approx(200.0)
+        assert comp.fleet.view("e1").effective_mode == "enforcing"
+        assert comp.baselines.get("e1").known_service(f"tcp/{SERVER}/80")
+        # stored: a restarted manager has it
+        comp.close()
+        # a file that is no capture: a clear error, counted, nothing learned, nothing raised
+        comp = PolicyComponent(PolicyConfig(), ctx)
+        assert comp.baselines.get("e1").learned_seconds == pytest.approx(200.0)
+        junk = tmp_path / "junk.pcap"
+        junk.write_bytes(b"not a capture at all")
+        rep = comp.learn_pcap("e1", str(junk))
+        assert rep["errors"] == {"not-a-capture": 1} and counters.get("pcap_learn_errors") == 1
+        rc = vigilctl.main(["--socket", sock, "engines", "learn-pcap", "e9", str(tmp_path / "missing.pcap")])
+        err = capsys.readouterr().err
+        assert rc != 0 and "missing.pcap" in err
+        rc = vigilctl.main(["--socket", sock, "engines", "learn-pcap", "e9", str(cap), "--enforce"])
+        assert rc != 0 and "unknown engine" in capsys.readouterr().err
+    finally:
+        ctl.stop()

@@ -25,8 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from ...engine.conntrack import PROTO_NAMES
-from ...engine.flows import conn_state
+from ...contracts.connstate import PROTO_NAMES, TCP_STATES, conn_state
 from .baselines import Baseline
 from .detections import Detector, Thresholds
 
@@ -417,9 +416,7 @@ class CaptureFlows:
                 "start": fl.start_ms, "end": now_ms if ended else None,
                 "duration": round(max(0, now_ms - fl.start_ms) / 1000.0, 3),
                 "new": fl.reported == (0, 0, 0, 0),
-                "state": "" if fl.tcp_state is None else
-                ("none", "syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack",
-                 "time_wait", "close", "syn_sent2")[fl.tcp_state],
+                "state": "" if fl.tcp_state is None else TCP_STATES[fl.tcp_state],
                 "conn_state": conn_state(proto, fl.tcp_state, status, ended, cur[2]),
                 "replied": fl.status_reply, "assured": fl.assured,
                 "orig_pkts": d[0], "orig_bytes": d[1], "resp_pkts": d[2], "resp_bytes": d[3],

@@ -283,3 +283,21 @@ def test_vigilctl_learn_pcap_teaches_the_managers_baseline_and_switches_to_enfor
         assert rc != 0 and "unknown engine" in capsys.readouterr().err
     finally:
         ctl.stop()
+
+
+def test_icmp_queries_are_flows_and_errors_or_neighbour_discovery_are_not():
+    def icmp(src, dst, typ, ident=7):
+        body = struct.pack("!BBHHH", typ, 0, 0, ident, 1)
+        return ether(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
+                                 socket.inet_aton(src), socket.inet_aton(dst)) + body)
+    src6 = socket.inet_pton(socket.AF_INET6, "fe80::1")
+    ns = b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + struct.pack("!IHBB16s16s", 6 << 28, 24, 58, 255, src6, src6) + \
+        struct.pack("!BBHI16s", 135, 0, 0, 0, src6)
+    t = 1_700_000_000.0
+    pk = [(t, icmp(CLIENTS[0], SERVER, 8)), (t + 0.001, icmp(SERVER, CLIENTS[0], 0)),
+          (t + 0.002, icmp(SERVER, CLIENTS[0], 3)), (t + 0.003, ns)]
+    stats = PcapStats()
+    (b,) = batches(io.BytesIO(pcap(pk)), 10.0, stats)
+    (f,) = b.flows
+    assert (f["proto"], f["src"], f["dport"], f["replied"], f["conn_state"]) == ("icmp", CLIENTS[0], 0, True, "S1")
+    assert stats.untracked == 2

@@ -47,6 +47,7 @@ class PcapStats:
     ip_packets: int = 0       # of those, IPv4/IPv6 that made or updated a flow
     non_ip: int = 0           # ARP, LLDP, ...: not flows (the engine does not report them either)
     fragments: int = 0        # non-first IP fragments (conntrack reassembles; the first one counts)
+    untracked: int = 0        # ICMP errors, neighbour discovery, MLD: conntrack makes no flow of them
     errors: dict[str, int] = field(default_factory=dict)   # reason -> count
     first_ts: float | None = None
     last_ts: float | None = None
@@ -278,16 +279,23 @@ def _ipv6(ts: float, b: bytes, off: int, stats: PcapStats) -> Packet | None:
     return _l4(ts, 6, nxt, src, dst, b, p, plen + 40, stats)
 
 
-def _l4(ts, family, proto, src, dst, b, p, length, stats) -> Packet:
+# ICMP types conntrack follows as flows (queries and their replies); errors are "related" to the
+# flow they answer, and IPv6 neighbour discovery / MLD are never tracked
+_ICMP_TRACKED = {1: {0, 8, 13, 14, 15, 16, 17, 18}, 58: {128, 129, 139, 140}}
+
+
+def _l4(ts, family, proto, src, dst, b, p, length, stats) -> Packet | None:
     sport = dport = flags = 0
     if proto in (6, 17, 132, 136) and len(b) >= p + 4:
         sport, dport = struct.unpack_from("!HH", b, p)
         if proto == 6 and len(b) >= p + 14:
             flags = b[p + 13]
-    elif proto in (1, 58) and len(b) >= p + 8:
-        # conntrack keys echo by identifier; the engine reports ICMP flows with ports 0
-        if b[p] in (0, 8, 128, 129):
-            sport = struct.unpack_from("!H", b, p + 4)[0]
+    elif proto in (1, 58):
+        if len(b) < p + 8 or b[p] not in _ICMP_TRACKED[proto]:
+            stats.untracked += 1
+            return None
+        # conntrack keys a query by its identifier; the engine reports ICMP flows with ports 0
+        sport = dport = struct.unpack_from("!H", b, p + 4)[0]   # both ways: the reply finds the query
     stats.ip_packets += 1
     return Packet(ts, family, proto, src, dst, sport, dport, flags, length)
 
@@ -487,7 +495,7 @@ def learn(f: BinaryIO, baseline: Baseline, thresholds: Thresholds, interval: flo
         n_records += len(b.flows)
         suspicious += bool(findings)
     return {"engine": baseline.engine, "packets": stats.packets, "ip_packets": stats.ip_packets,
-            "non_ip": stats.non_ip, "fragments": stats.fragments, "out_of_order": stats.out_of_order,
+            "non_ip": stats.non_ip, "fragments": stats.fragments, "untracked": stats.untracked, "out_of_order": stats.out_of_order,
             "errors": dict(stats.errors), "intervals": n_batches, "flow_records": n_records,
             "suspicious_intervals": suspicious,
             "capture_seconds": round((stats.last_ts or 0) - (stats.first_ts or 0), 3),

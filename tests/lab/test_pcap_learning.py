@@ -67,8 +67,9 @@ def test_capture_learning_gives_the_live_baseline_and_decisions(lab):
     assert {k for k, v in cap["services"].items() if v["learned"]} == learned
     assert cap["services"][f"tcp/{srv}/8080"]["sources"] == live["services"][f"tcp/{srv}/8080"]["sources"]
     assert cap["known_sources"] == 1 and live["known_sources"] >= 1      # the client
-    # traffic time: the live engine learned a little before and after the recording
-    assert abs(cap["learned_seconds"] - live["learned_seconds"]) <= 6 * INTERVAL, (cap, live)
+    # traffic time: the live engine also learned before and after the recording (its loopback
+    # broker traffic makes every interval count): a few seconds more, never fewer
+    assert -2 * INTERVAL <= live["learned_seconds"] - cap["learned_seconds"] <= 15, (cap, live)
     for m in ("src_new_per_service", "src_hosts", "src_ports_per_host"):
         assert abs(cap["sources"][m]["max"] - live["sources"][m]["max"]) <= 2, (m, cap["sources"], live["sources"])
 

@@ -121,36 +121,27 @@ def _pcapng(f: BinaryIO, first: bytes, stats: PcapStats) -> Iterator[tuple[float
         if len(lenb) < 4:
             stats.error("truncated-block")
             return
-        if btype_raw == b"\x0a\x0d\x0d\x0a":   # section header: its byte-order magic sets the order
+        shb = btype_raw == b"\x0a\x0d\x0d\x0a"
+        if shb:                                 # section header: its byte-order magic sets the order
             bom = _read_exact(f, 4)
-            if bom == b"\x4d\x3c\x2b\x1a":
-                end = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                end = ">"
-            else:
+            if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
                 stats.error("bad-section-header")
                 return
-            blen = struct.unpack(end + "I", lenb)[0]
-            if blen < 28 or blen % 4 or blen > MAX_BLOCK:
-                stats.error("bad-block-length")
-                return
-            body = _read_exact(f, blen - 12)
-            if len(body) < blen - 12:
-                stats.error("truncated-block")
-                return
+            end = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
             ifaces = []
-            btype_raw = None
-            continue
         btype = struct.unpack(end + "I", btype_raw)[0]
         blen = struct.unpack(end + "I", lenb)[0]
         btype_raw = None
-        if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+        done = 12 if shb else 8                 # bytes of the block already read
+        if blen < done + 4 + (12 if shb else 0) or blen % 4 or blen > MAX_BLOCK:
             stats.error("bad-block-length")
             return
-        body = _read_exact(f, blen - 8)
-        if len(body) < blen - 8:
+        body = _read_exact(f, blen - done)
+        if len(body) < blen - done:
             stats.error("truncated-block")
             return
+        if shb:
+            continue
         body = body[:-4]
         if btype == 1:                          # interface description
             if len(body) < 8:

@@ -301,3 +301,12 @@ def test_icmp_queries_are_flows_and_errors_or_neighbour_discovery_are_not():
     (f,) = b.flows
     assert (f["proto"], f["src"], f["dport"], f["replied"], f["conn_state"]) == ("icmp", CLIENTS[0], 0, True, "S1")
     assert stats.untracked == 2
+
+
+def test_a_reused_tuple_ends_the_old_connection_and_starts_a_new_one():
+    t = 1_700_000_000.0
+    pk = connection(t, CLIENTS[0], 40000) + connection(t + 1, CLIENTS[0], 40000)
+    (b,) = batches(io.BytesIO(pcap(pk)), 10.0, PcapStats())
+    old, new = sorted(b.flows, key=lambda f: f["start"])
+    assert old["end"] == int((t + 1) * 1000) and old["orig_pkts"] == 5 and old["new"]
+    assert new["end"] is None and new["orig_pkts"] == 5 and new["new"] and new["conn_state"] == "SF"

@@ -20,6 +20,7 @@ a truncated record, an impossible length or an unknown block ends or skips with 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -324,6 +325,9 @@ class CaptureFlows:
         self.flows: dict[tuple, _Flow] = {}
         self.evicted = 0
         self._next_id = 1
+        self._touched: dict[tuple, None] = {}        # flows with packets since the last report
+        self._ended: list[dict] = []                  # final records of reused tuples (≤ one per packet)
+        self._deadlines: list[tuple[float, tuple]] = []   # (idle deadline, key); stale ones skipped
 
     def add(self, pk: Packet) -> None:
         key = (pk.proto, pk.src, pk.sport, pk.dst, pk.dport)
@@ -335,8 +339,9 @@ class CaptureFlows:
             orig = False
         if fl is not None and pk.proto == 6 and orig and fl.tcp_state in (7, 8) and pk.flags & _SYN \
                 and not pk.flags & _ACK:
-            # a new SYN on a closed tuple: conntrack starts a new connection
+            # a new SYN on a closed tuple: conntrack ends the old entry and starts a new connection
             self.flows.pop(fl.key)
+            self._ended.append(self._record(fl, tuple(fl.counters), int(pk.ts * 1000), True))
             fl = None
         if fl is None:
             if len(self.flows) >= self.max_flows:
@@ -351,6 +356,7 @@ class CaptureFlows:
             self._next_id += 1
             orig = True
         fl.last_ts = pk.ts
+        self._touched[fl.key] = None
         c = fl.counters
         if orig:
             c[0] += 1
@@ -388,19 +394,30 @@ class CaptureFlows:
 
     def report(self, now: float) -> list[dict]:
         """Records of flows that moved since the last report, and final records of flows whose
-        conntrack timeout ran out by ``now`` (capture seconds)."""
-        out = []
+        conntrack timeout ran out by ``now`` (capture seconds).  Cost: the flows that moved and
+        those whose deadline passed, not the whole table (an idle established flow waits days)."""
+        out, self._ended = self._ended, []
         now_ms = int(now * 1000)
-        for key in list(self.flows):
-            fl = self.flows[key]
-            ended = now - fl.last_ts >= fl.timeout()
+        for key in self._touched:
+            fl = self.flows.get(key)
+            if fl is None:
+                continue
             cur = tuple(fl.counters)
-            if cur != fl.reported or ended:
-                end_ms = int((fl.last_ts + fl.timeout()) * 1000) if ended else now_ms
-                out.append(self._record(fl, cur, end_ms, ended))
+            if cur != fl.reported:
+                out.append(self._record(fl, cur, now_ms, False))
                 fl.reported = cur
-            if ended:
-                del self.flows[key]
+            heapq.heappush(self._deadlines, (fl.last_ts + fl.timeout(), key))
+        self._touched.clear()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, key = heapq.heappop(self._deadlines)
+            fl = self.flows.get(key)
+            if fl is None or fl.last_ts + fl.timeout() > deadline:
+                continue            # gone, or moved since: a later entry stands for it
+            out.append(self._record(fl, tuple(fl.counters), int(deadline * 1000), True))
+            del self.flows[key]
+        if len(self._deadlines) > 4 * len(self.flows) + 1024:   # stale entries of busy flows
+            self._deadlines = [(fl.last_ts + fl.timeout(), k) for k, fl in self.flows.items()]
+            heapq.heapify(self._deadlines)
         return out
 
     @staticmethod

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from .decisions import COLUMNS as DECISION_COLUMNS, rows as decision_rows
 from .output import emit, ts
@@ -22,6 +23,15 @@ def register(sub) -> None:
     b = s.add_parser("baseline", help="the learned baseline of an engine")
     b.add_argument("engine")
     b.set_defaults(func=cmd_baseline)
+    lp = s.add_parser("learn-pcap", help="learn an engine's baseline from a capture of normal traffic "
+                                         "(pcap/pcapng, e.g. tcpdump -w on a span port), in capture time")
+    lp.add_argument("engine")
+    lp.add_argument("file", help="the capture, on the manager's host")
+    lp.add_argument("--interval", type=float, default=10.0,
+                    help="the engine's flow interval (flows.interval, seconds; default 10)")
+    lp.add_argument("--enforce", action="store_true", help="then switch the engine to enforcing")
+    lp.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the manager")
+    lp.set_defaults(func=cmd_learn_pcap)
 
 
 def cmd_list(args, client) -> None:
@@ -58,6 +68,16 @@ def cmd_mode(args, client) -> None:
 def cmd_report(args, client) -> None:
     params = {"engine": args.engine} if args.engine else {}
     emit(args, decision_rows(client("engines.report", **params)), DECISION_COLUMNS)
+
+
+def cmd_learn_pcap(args, client) -> None:
+    rep = client("engines.learn_pcap", _timeout=args.timeout, engine=args.engine,
+                 file=os.path.abspath(args.file), interval=args.interval, enforce=args.enforce)
+    if not getattr(args, "json", False):
+        rep["errors"] = ", ".join(f"{k}: {v}" for k, v in sorted(rep.get("errors", {}).items())) or "none"
+    emit(args, rep, [("ENGINE", "engine"), ("PACKETS", "packets"), ("INTERVALS", "intervals"),
+                     ("SUSPICIOUS", "suspicious_intervals"), ("ADDED S", "learned_seconds_added"),
+                     ("LEARNED S", "learned_seconds"), ("MODE", "mode"), ("ERRORS", "errors")])
 
 
 def cmd_baseline(args, client) -> None:

@@ -28,8 +28,8 @@ class Client:
     def __init__(self, socket_path: str):
         self.socket_path = socket_path
 
-    def __call__(self, method: str, **params):
-        return call(self.socket_path, method, **params)
+    def __call__(self, method: str, _timeout: float = 30.0, **params):
+        return call(self.socket_path, method, timeout=_timeout, **params)
 
 
 class UsageError(Exception):

@@ -23,17 +23,13 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..contracts.connstate import IPS_ASSURED, IPS_SEEN_REPLY, PROTO_NAMES, TCP_STATES  # noqa: F401 (re-exported)
 from .netlink import (BE16, BE32, BE64, NETLINK_ADD_MEMBERSHIP, NFGEN, NLA, NLH, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
                       NLMSG_DONE, NLMSG_ERROR, SOL_NETLINK, NetlinkError, error_code, iter_messages, nfnl_message,
                       open_socket)
 
 log = logging.getLogger(__name__)
 
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite", 47: "gre"}
-TCP_STATES = {0: "none", 1: "syn_sent", 2: "syn_recv", 3: "established", 4: "fin_wait",
-              5: "close_wait", 6: "last_ack", 7: "time_wait", 8: "close", 9: "syn_sent2"}
-IPS_SEEN_REPLY = 1 << 1
-IPS_ASSURED = 1 << 2
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0

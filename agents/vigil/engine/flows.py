@@ -32,36 +32,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from ..contracts.connstate import conn_state
 from .conntrack import IPS_ASSURED, IPS_SEEN_REPLY, PROTO_NAMES, TCP_STATES, CtEntry
 from .senders import FORGED
-
-_SYN_STATES = (0, 1, 9)   # none, syn_sent, syn_sent2
-_FIN_STATES = (4, 5, 6, 7)  # fin_wait, close_wait, last_ack, time_wait
-
-
-def conn_state(proto: int, tcp_state: int | None, status: int, ended: bool, resp_pkts: int = 0) -> str:
-    # A SYN answered only by a RST is killed by conntrack before it sets SEEN_REPLY; the reply
-    # counter still shows the RST.
-    replied = bool(status & IPS_SEEN_REPLY) or resp_pkts > 0
-    assured = bool(status & IPS_ASSURED)
-    if proto != 6:
-        if not replied:
-            return "S0"
-        return "SF" if ended else "S1"
-    if tcp_state is None:
-        return "OTH"
-    if not replied:
-        return "S0" if tcp_state in _SYN_STATES or tcp_state == 8 else "OTH"
-    if tcp_state == 8:  # close: after a RST
-        return "RST" if assured else "REJ"
-    if tcp_state == 2:
-        return "SH"
-    if tcp_state in _FIN_STATES:
-        return "SF"
-    if tcp_state == 3:
-        return "SF" if ended else "S1"
-    return "OTH"
-
 
 @dataclass(slots=True)
 class _Tracked:

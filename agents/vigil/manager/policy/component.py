@@ -23,6 +23,7 @@ from typing import Any
 
 from ... import ruleset, topics
 from ...contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
+from ...contracts.ids import valid_id
 from ...contracts.vocab import SEVERITY_RANK
 from ...control import ControlError
 from ...daemon import StartupError
@@ -31,6 +32,7 @@ from ..api import DecisionRequest
 from .baselines import BaselineStore
 from .decisions import OPERATOR, Decision, DecisionStore, Rejected, parse_targets, quarantine_networks
 from .detections import Detector
+from . import pcaplearn
 from .fleet import Fleet, Publisher, snapshot_generation
 from .config import PolicyConfig
 from ..seqtrack import SeqTracker, sending_engine
@@ -101,6 +103,7 @@ class PolicyComponent:
         c.register("engines.mode", self.set_mode)
         c.register("engines.report", self.learning_report)
         c.register("engines.baseline", self.baseline)
+        c.register("engines.learn_pcap", self.learn_pcap)
         c.register("decisions.list", self.list_decisions)
         c.register("decisions.add", self.add_decision)
         c.register("decisions.delete", self.delete_decision)
@@ -439,6 +442,46 @@ class PolicyComponent:
             raise ControlError("not-found", f"no baseline for engine {engine!r}")
         with self._lock:
             return self.baselines.baselines[engine].report()
+
+    def learn_pcap(self, engine: str, file: str, interval: float = 10.0, enforce: bool = False) -> dict:
+        """Learn ``engine``'s baseline from a capture file on this host (pcaplearn.py), in capture
+        time, through the same steps as live flow batches; ``enforce``: then switch the engine to
+        enforcing (an operator's mode override), so it enforces on its first day."""
+        if not isinstance(engine, str) or not valid_id(engine):
+            raise ControlError("invalid", f"engine: not an engine id: {engine!r}")
+        if not isinstance(file, str) or not file.startswith("/"):
+            raise ControlError("invalid", f"file: an absolute path on the manager's host, got {file!r}")
+        path = file
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not 0.2 <= interval <= 3600:
+            raise ControlError("invalid", f"interval: between 0.2 and 3600 seconds (the engine's flows.interval), "
+                                          f"got {interval!r}")
+        if enforce and engine not in self.fleet.engines:
+            raise ControlError("not-found", f"unknown engine {engine!r}: it must have reported once to be switched "
+                                            "to enforcing (learn without --enforce first)")
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise ControlError("not-found", f"cannot read the capture {path}: {exc.strerror or exc}") from None
+        with f:
+            with self._lock:
+                base = self.baselines.get(engine)
+            rep = pcaplearn.learn(f, base, self.cfg.detection.thresholds(), interval=float(interval),
+                                  alpha=self.cfg.baseline_alpha, alpha_suspicious=self.cfg.baseline_alpha_suspicious,
+                                  locked=lambda: self._lock)
+        with self._lock:
+            self.baselines.save()
+        if rep["errors"]:
+            self.counters.inc("pcap_learn_errors", sum(rep["errors"].values()))   # by reason: in the reply
+        self.counters.inc("pcap_learn_runs")
+        log.info("baseline of %s learned from %s: %d packets, %d intervals, %.0f s of traffic added, errors %s",
+                 engine, path, rep["packets"], rep["intervals"], rep["learned_seconds_added"], rep["errors"] or "none")
+        if enforce:
+            if rep["learned_seconds"] < self.cfg.detection.new_service_min_learned:
+                raise ControlError("invalid", f"the baseline holds {rep['learned_seconds']:.0f} s of traffic, less than "
+                                              f"{self.cfg.detection.new_service_min_learned:.0f} s: not switched to "
+                                              "enforcing (learned what there was)")
+            rep["mode"] = self.set_mode(engine, "enforcing")["mode"]
+        return rep
 
     def list_decisions(self, state: str = "active", engine: str | None = None, origin: str | None = None,
                        value: str | None = None, limit: int = 1000) -> list[dict]:

@@ -21,7 +21,7 @@ import json
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -133,8 +133,27 @@ def sign(msg: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     return out
 
 
-def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
-    """Raise PayloadError unless ``msg`` carries a valid signature by ``key``."""
+TrustedKeys = Union[Ed25519PublicKey, Mapping[str, Ed25519PublicKey]]
+
+
+def trusted_keys(keys: Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+    """key_id -> key for the keys an engine trusts (several during a signing key's rotation)."""
+    return {key_id(k): k for k in keys}
+
+
+def _trusted_key(keys: TrustedKeys, claimed: Any) -> Ed25519PublicKey:
+    """The one place a signature's ``key_id`` is matched to a trusted key: ``keys`` is one key or
+    a ``key_id -> key`` mapping (``trusted_keys``).  Raises PayloadError ``unknown-key``."""
+    if isinstance(keys, Ed25519PublicKey):
+        keys = {key_id(keys): keys}
+    key = keys.get(claimed) if isinstance(claimed, str) else None
+    if key is None:
+        raise PayloadError("unknown-key", f"signed by key {claimed!r}, trusted keys are {', '.join(sorted(keys))}")
+    return key
+
+
+def verify(msg: dict[str, Any], key: TrustedKeys) -> None:
+    """Raise PayloadError unless ``msg`` carries a valid signature by ``key`` (or one of them)."""
     sig = msg.get("signature")
     if sig is None:
         raise PayloadError("unsigned", "no signature field")
@@ -142,9 +161,7 @@ def verify(msg: dict[str, Any], key: Ed25519PublicKey) -> None:
         raise PayloadError("bad-signature", "signature must be an object with a base64 'sig'")
     if sig.get("alg") != "ed25519":
         raise PayloadError("bad-alg", f"signature alg {sig.get('alg')!r} (expected ed25519)")
-    expected = key_id(key)
-    if sig.get("key_id") != expected:
-        raise PayloadError("unknown-key", f"signed by key {sig.get('key_id')!r}, configured key is {expected}")
+    key = _trusted_key(key, sig.get("key_id"))
     try:
         raw = base64.b64decode(sig["sig"], validate=True)
     except (ValueError, TypeError):
@@ -171,7 +188,7 @@ def encode_signed(kind: str, sender: str, body: dict[str, Any], key: Ed25519Priv
 _SIG_MEMBER = b',"signature":'
 
 
-def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str, Any]:
+def open_signed(raw: bytes, kind: str, key: TrustedKeys | None) -> dict[str, Any]:
     """``payload.decode`` + ``verify``.  Fast path: when ``raw`` is signed bytes followed by a
     ``"signature"`` member (what encode_signed writes) and the signature checks over exactly those
     bytes, the message is parsed from the signed bytes themselves -- what the manager signed,
@@ -184,12 +201,11 @@ def open_signed(raw: bytes, kind: str, key: Ed25519PublicKey | None) -> dict[str
                 sig = json.loads(raw[i + len(_SIG_MEMBER):-1])
             except (ValueError, UnicodeDecodeError):
                 sig = None
-            if (isinstance(sig, dict) and sig.get("alg") == "ed25519" and isinstance(sig.get("sig"), str)
-                    and sig.get("key_id") == key_id(key)):
+            if isinstance(sig, dict) and sig.get("alg") == "ed25519" and isinstance(sig.get("sig"), str):
                 signed = raw[:i] + b"}"
                 try:
-                    key.verify(base64.b64decode(sig["sig"], validate=True), signed)
-                except (InvalidSignature, ValueError, TypeError):
+                    _trusted_key(key, sig.get("key_id")).verify(base64.b64decode(sig["sig"], validate=True), signed)
+                except (PayloadError, InvalidSignature, ValueError, TypeError):
                     pass
                 else:
                     if len(signed) >= _BIG:
@@ -487,13 +503,13 @@ def _check_delta(msg: dict[str, Any], engine_id: str | None) -> tuple[list[Entry
     return add, [parse_removal(r) for r in rem]
 
 
-def decode_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Snapshot:
+def decode_snapshot(raw: bytes, key: TrustedKeys | None, engine_id: str | None = None) -> Snapshot:
     """Bytes from the ruleset topic -> checked Snapshot. ``key`` None skips the signature check
     (only for tools that merely display a rule set; an engine always passes its key)."""
     return snapshot_entries(open_snapshot(raw, key, engine_id))
 
 
-def open_snapshot(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> dict[str, Any]:
+def open_snapshot(raw: bytes, key: TrustedKeys | None, engine_id: str | None = None) -> dict[str, Any]:
     """First half of ``decode_snapshot``: the envelope, signature and head (engine, generation,
     issued_at, mode) checked, the entries not yet parsed (most of the cost for a large set), so
     that a receiver can drop a snapshot it already holds cheaply."""
@@ -510,7 +526,7 @@ def snapshot_entries(msg: dict[str, Any]) -> Snapshot:
                     key_id=(msg.get("signature") or {}).get("key_id", "") if isinstance(msg.get("signature"), dict) else "")
 
 
-def decode_delta(raw: bytes, key: Ed25519PublicKey | None, engine_id: str | None = None) -> Delta:
+def decode_delta(raw: bytes, key: TrustedKeys | None, engine_id: str | None = None) -> Delta:
     msg = open_signed(raw, "ruleset-delta", key)
     add, rem = _check_delta(msg, engine_id)
     return Delta(engine=msg["engine"], base_generation=msg["base_generation"], generation=msg["generation"],

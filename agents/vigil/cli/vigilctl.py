@@ -20,6 +20,7 @@ GROUPS = [
     "vigil.cli.decisions",
     "vigil.cli.allowlist",
     "vigil.cli.hashes",
+    "vigil.cli.keys",
 ]
 
 

@@ -120,3 +120,28 @@ def test_a_manager_key_swapped_in_rewrites_the_public_half(tmp_path):
     priv, pub = rs.generate_keypair(tmp_path)
     assert rs.key_id(priv) == rs.key_id(NEW) != rs.key_id(old)
     assert rs.key_id(rs.load_public_key(tmp_path / rs.PUBLIC_KEY_FILE)) == rs.key_id(NEW)
+
+
+def test_a_manager_restarted_on_a_new_key_signs_the_next_generation_with_it(tmp_path):
+    from tests.unit.test_policy import component, status
+    from vigil import topics
+    from vigil.contracts.engine import RulesetState
+    comp, _, mqtt = component(tmp_path)
+    old_id = rs.key_id(comp.key)
+    comp.on_status("e1", status("e1"))
+    comp.tick()
+    g1 = rs.decode_snapshot(mqtt.last(topics.engine("e1", "ruleset")), comp.key.public_key(), "e1").generation
+    comp.fleet.on_ruleset_state("e1", RulesetState(engine="e1", generation=g1, key_id=old_id))
+    assert comp.list_engines()[0]["ruleset_key_id"] == old_id
+    comp.close()
+    # what the rotation playbook's switch does while the manager is stopped
+    rs.save_private_key(NEW, tmp_path / "state" / rs.PRIVATE_KEY_FILE)
+    comp2, _, mqtt2 = component(tmp_path)
+    assert rs.key_id(comp2.key) == rs.key_id(NEW) and comp2.status()["key_id"] == rs.key_id(NEW)
+    comp2.on_status("e1", status("e1"))
+    comp2.tick()
+    raw = mqtt2.last(topics.engine("e1", "ruleset"))
+    snap = rs.decode_snapshot(raw, rs.trusted_keys([OLD.public_key(), NEW.public_key()]), "e1")
+    assert snap.key_id == rs.key_id(NEW) and snap.generation > g1     # engines in the overlap apply it
+    with pytest.raises(PayloadError, match="unknown-key"):
+        rs.decode_snapshot(raw, comp.key.public_key(), "e1")          # engines not yet told refuse it

@@ -149,7 +149,7 @@ def check_signature(signed: bytes | memoryview, signer: str, sig: bytes, keys) -
     ``signed`` by the trusted key whose id is ``signer``.  ``keys``: see ``trusted_keys``.  Raises
     PayloadError ``unknown-key`` or ``bad-signature``; returns the key that signed."""
     trusted = trusted_keys(keys)
-    key = trusted.get(signer)
+    key = trusted.get(signer) if isinstance(signer, str) else None    # a forged key_id may be any JSON
     if key is None:
         raise PayloadError("unknown-key", f"signed by key {signer!r}, trusted: {', '.join(sorted(trusted)) or 'none'}")
     try:
@@ -173,8 +173,9 @@ def verify(msg: dict[str, Any], keys) -> None:
     except (ValueError, TypeError):
         raw = None
     if raw is None:
-        if sig.get("key_id") not in trusted_keys(keys):
-            check_signature(b"", sig.get("key_id"), b"", keys)     # raises unknown-key
+        claimed = sig.get("key_id")
+        if not isinstance(claimed, str) or claimed not in trusted_keys(keys):
+            check_signature(b"", claimed, b"", keys)     # raises unknown-key
         raise PayloadError("bad-signature", "sig is not base64")
     check_signature(canonical(msg), sig.get("key_id"), raw, keys)
 

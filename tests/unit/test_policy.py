@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -146,8 +147,11 @@ def test_store_persists_across_restart(storage):
 
 
 # -- the component: rule sets ---------------------------------------------------------------
-def component(storage: Backend, **cfg):
-    """A policy component on the test's storage backend (SQLite under tmp_path, or PostgreSQL)."""
+def component(storage: Backend | Path, **cfg):
+    """A policy component on the test's storage backend (SQLite under tmp_path, or PostgreSQL); a
+    bare directory means SQLite there."""
+    if isinstance(storage, Path):
+        storage = Backend("sqlite", storage, None)
     tmp_path = storage.tmp_path
     mqtt = FakeMqtt()
     ctx = Context("m1", tmp_path / "state", mqtt, FakeWriter(), Counters(),

@@ -21,6 +21,7 @@ GROUPS = [
     "vigil.cli.allowlist",
     "vigil.cli.hashes",
     "vigil.cli.behaviour",
+    "vigil.cli.keys",
 ]
 
 

@@ -133,6 +133,8 @@ class EnforcementConfig:
     """Manager rule sets and local blocks in the kernel table ``bridge vigil`` (engine/enforce.py)."""
     enabled: bool = True
     manager_public_key: Path | None = None  # PEM; without it every rule set is rejected (no-key)
+    # more manager keys trusted beside it: during a signing key's rotation, the new one (or the old)
+    manager_public_keys: list[Path] = field(default_factory=list)
     backend: Literal["auto", "lib", "cli", "dry-run"] = "auto"  # auto: libnftables, else nft -f
     max_elements: int = 2_000_000           # kernel elements a rule set may occupy
     max_local: int = 100_000                # engine-local blocks held at once

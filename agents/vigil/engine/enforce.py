@@ -3,10 +3,11 @@
 - Subscribes to ``vigil/v1/engine/{id}/ruleset`` (retained snapshot) and ``.../ruleset/delta``;
   messages are handed to one worker thread (the MQTT loop never waits for the kernel) and applied
   in arrival order.
-- A rule set is applied only if its Ed25519 signature checks against the configured manager key,
-  it is for this engine, well formed, and newer than the one held (a delta must build on exactly
-  the held generation).  Anything else is rejected with a logged, counted reason
-  (``ruleset_rejected_<reason>``) and the kernel keeps the last good rule set.
+- A rule set is applied only if its Ed25519 signature checks against a trusted manager key (one,
+  or several while the manager's signing key rotates), it is for this engine, well formed, and
+  newer than the one held (a delta must build on exactly the held generation).  Anything else is
+  rejected with a logged, counted reason (``ruleset_rejected_<reason>``) and the kernel keeps the
+  last good rule set.
 - Rule sets come as JSON or binary (``vrs1``, rulewire.py; the status lists both under
   ``formats`` so the manager may send binary).  A binary snapshot's address blocks stay packed
   and are written as only what changed (enforce_packed.py).
@@ -162,18 +163,23 @@ class Enforcement:
 
     # -- setup ------------------------------------------------------------------------------
     def _load_key(self) -> None:
+        """The manager keys this engine trusts, key_id -> key (``manager_public_key`` and any
+        ``manager_public_keys``): rule sets signed by any of them are applied.  One unreadable
+        file rejects every rule set until all can be read (a half-loaded trust list would hide a
+        broken rotation)."""
         self._key_tried = time.time()
-        path = self.cfg.manager_public_key
-        if path is None:
+        paths = [p for p in (self.cfg.manager_public_key, *self.cfg.manager_public_keys) if p is not None]
+        if not paths:
             self.key_error = "no manager_public_key configured: every rule set is rejected"
             if self.key is None and not getattr(self, "_warned_key", False):
                 log.warning("enforcement: %s", self.key_error)
                 self._warned_key = True
             return
         try:
-            self.key = ruleset.load_public_key(path)
+            self.key = ruleset.trusted_keys(ruleset.load_public_key(p) for p in paths)
             self.key_error = None
-            log.info("enforcement: manager key %s loaded from %s", ruleset.key_id(self.key), path)
+            log.info("enforcement: manager keys %s trusted (%s)", ", ".join(self.key),
+                     ", ".join(map(str, paths)))
         except ValueError as exc:
             if self.key_error != str(exc):
                 log.error("enforcement: %s (rule sets are rejected until it can be read)", exc)
@@ -293,7 +299,7 @@ class Enforcement:
                 digest = hashlib.sha256(raw).hexdigest()
                 known = self.snapshot_digest
                 if (known is not None and known[0] == digest and self.generation is not None
-                        and self.key_id == ruleset.key_id(self.key)):
+                        and self.key_id in self.key):
                     # the very bytes applied (and verified) before: its generation is known
                     if known[1] == self.generation:
                         self.ctx.counters.inc("ruleset_same_generation")
@@ -528,7 +534,7 @@ class Enforcement:
                 "error": body["error"], "rejected": body["rejected"], "backend": body["backend"],
                 "last_apply_ms": self.last_apply_ms, "drops": drops, "table_ready": self.ready,
                 "formats": ["json", rulewire.FORMAT],     # what the manager may send (rulewire.py)
-                "key": self.key_error or (ruleset.key_id(self.key) if self.key else None)}
+                "key": self.key_error or (", ".join(self.key) if self.key else None)}
 
 
 FREEZE_AT = 10_000

@@ -59,6 +59,7 @@ class EngineView:
     applied_generation: int | None = None
     applied_at: float | None = None
     ruleset_error: str | None = None
+    ruleset_key_id: str | None = None  # the manager key that signed the applied rule set
     counts: dict = field(default_factory=dict)
     published_generation: int = 0
     behind_since: float | None = None
@@ -75,7 +76,8 @@ class EngineView:
                 "tags": self.tags, "learning": self.learning, "version": self.version,
                 "last_status": self.last_status, "ruleset_generation": self.applied_generation,
                 "applied_generation": self.applied_generation, "published_generation": self.published_generation,
-                "ruleset_error": self.ruleset_error, "ruleset_counts": self.counts}
+                "ruleset_error": self.ruleset_error, "ruleset_key_id": self.ruleset_key_id,
+                "ruleset_counts": self.counts}
 
 
 class Fleet:
@@ -142,6 +144,7 @@ class Fleet:
             v.state_seen = True
         v.applied_at = (state.applied_at or 0) / 1000.0 or None
         v.ruleset_error = state.error
+        v.ruleset_key_id = state.key_id
         v.counts = dict(state.counts)
 
     def set_mode(self, engine: str, mode: str | None) -> EngineView:

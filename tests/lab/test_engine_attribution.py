@@ -14,21 +14,11 @@ import time
 
 import pytest
 
-from test_engine_detection import ClientLoop, Events, _http, _reaches
-from test_engine_slow_scan import Bursts
+from tests.support.engine_lab import Bursts, ClientLoop, _http, _reaches
 
 pytestmark = pytest.mark.lab
 
 NOWHERE = "10.77.0.99"      # on the lab's /24, used by no host
-
-
-@pytest.fixture
-def events(lab):
-    ev = Events(lab.mosquitto.port)
-    try:
-        yield ev
-    finally:
-        ev.close()
 
 
 def _learned(lab):

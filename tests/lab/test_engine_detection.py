@@ -4,60 +4,14 @@ spoof (scapy in the attacker's namespace) produce events."""
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from vigil import payload
+from tests.support.engine_lab import ClientLoop, _http, _reaches
 
 pytestmark = pytest.mark.lab
 
-
-class Events:
-    def __init__(self, port: int, engine: str = "e1"):
-        self.items: list[dict] = []
-        self.lock = threading.Lock()
-        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{time.monotonic_ns()}",
-                             protocol=paho.MQTTv5)
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe(f"vigil/v1/engine/{engine}/events", qos=1)
-        self.c.loop_start()
-
-    def _on(self, client, userdata, msg):
-        doc = payload.decode(msg.payload, "events")
-        with self.lock:
-            self.items.extend(doc["events"])
-
-    def find(self, **match) -> list[dict]:
-        with self.lock:
-            return [e for e in self.items if all(e.get(k) == v for k, v in match.items())]
-
-    def wait(self, timeout: float = 10.0, **match) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.find(**match)
-            if got:
-                return got
-            time.sleep(0.05)
-        with self.lock:
-            raise AssertionError(f"no event {match}; got {self.items}")
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
-@pytest.fixture
-def events(lab):
-    ev = Events(lab.mosquitto.port)
-    try:
-        yield ev
-    finally:
-        ev.close()
 
 
 def _engine(lab, mode: str):
@@ -66,39 +20,9 @@ def _engine(lab, mode: str):
     lab.wait_log("engine", "mqtt: connected")
 
 
-def _reaches(lab, host: str, port: int = 8080) -> bool:
-    r = lab.run(host, ["curl", "-sS", "-o", "/dev/null", "--max-time", "1", f"http://{lab.ip('server')}:{port}/"],
-                check=False)
-    return r.returncode == 0
-
-
-class ClientLoop(threading.Thread):
-    """The client fetches from the server every 50 ms; every failure is kept."""
-
-    def __init__(self, lab):
-        super().__init__(daemon=True)
-        self.lab, self.ok, self.failed, self.stop = lab, 0, [], threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            if _reaches(self.lab, "client"):
-                self.ok += 1
-            else:
-                self.failed.append(time.time())
-            time.sleep(0.05)
-
-
 def _nmap(lab):
     return lab.run("attacker", ["nmap", "-sS", "-n", "-Pn", "-p", "1-1000", lab.ip("server")],
                    check=False, timeout=120)
-
-
-def _http(lab):
-    lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", lab.ip("server")], name="http")
-    deadline = time.monotonic() + 10
-    while not _reaches(lab, "client"):
-        assert time.monotonic() < deadline, "http server did not come up"
-        time.sleep(0.1)
 
 
 def test_nmap_is_blocked_in_enforcing_mode_and_client_keeps_working(lab, events):

@@ -4,50 +4,13 @@ while a bursty benign client beside it (many short requests, parallel downloads,
 is never flagged and never loses a request.  About 3 minutes of real time."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from test_engine_detection import ClientLoop, Events, _http, _reaches
+from tests.support.engine_lab import Bursts, ClientLoop, _http, _reaches
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def events(lab):
-    ev = Events(lab.mosquitto.port)
-    try:
-        yield ev
-    finally:
-        ev.close()
-
-
-class Bursts(threading.Thread):
-    """Every 5 s, ten parallel downloads from the client; once (``iperf``), a 20 s iperf3 run."""
-
-    def __init__(self, lab, iperf: bool = True):
-        super().__init__(daemon=True)
-        self.lab, self.stop, self.failed, self.rounds = lab, threading.Event(), [], 0
-        self.iperf = iperf
-
-    def run(self):
-        url = f"http://{self.lab.ip('server')}:8080/"
-        iperf_done = not self.iperf
-        while not self.stop.is_set():
-            r = self.lab.run("client", ["curl", "-sS", "--parallel", "--parallel-max", "10", "--max-time", "5",
-                                        *[x for i in range(10) for x in ("-o", "/dev/null", f"{url}?p={i}")]],
-                             check=False, timeout=20)
-            if r.returncode != 0:
-                self.failed.append((time.time(), r.stderr[-300:]))
-            self.rounds += 1
-            if not iperf_done and self.rounds == 3:
-                iperf_done = True
-                r = self.lab.run("client", ["iperf3", "-c", self.lab.ip("server"), "-t", "20", "-b", "200M"],
-                                 check=False, timeout=40)
-                if r.returncode != 0:
-                    self.failed.append((time.time(), "iperf3: " + r.stderr[-300:]))
-            self.stop.wait(5.0)
 
 
 def test_one_probe_per_15s_is_found_on_the_minutes_scale_beside_a_bursty_client(lab, events):

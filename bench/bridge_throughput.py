@@ -184,14 +184,24 @@ def CT_EVENTS() -> str:
     return ev
 
 
-def _flow_tables(lab) -> None:
+def _flow_tables(lab, samples: bool = True, old_layout: bool = False) -> None:
+    """The engine's flow-accounting tables as datapath.py writes them (``old_layout``: as before
+    issue 16's change, all sampling rules and three forgery lookups for every frame)."""
     from vigil.engine import datapath
     feats = datapath.KernelFeatures(True, True, True, False, True, "br_netfilter-conntrack")
     _brnf(lab)
     _sysctl(lab, f"{NETFILTER}/nf_conntrack_acct", "1")
     _sysctl(lab, f"{NETFILTER}/nf_conntrack_timestamp", "1")
     ports = lab.engine_config("engine")["bridge"]["ports"]
-    _nft(lab, datapath.flow_accounting_script(feats, ports, datapath.SampleSpec(group=1)))
+    script = datapath.flow_accounting_script(feats, ports, datapath.SampleSpec(group=1 if samples else 0))
+    if old_layout:
+        bit = f"{datapath.FORGED_BIT:#x}"
+        script = script.replace(datapath.SAMPLE_FAST_PATH, "").replace(
+            "    ip saddr . ether saddr != @owner4 jump forged4\n",
+            f"    ip saddr @owned4 ip saddr . ether saddr != @owner4 meta mark set meta mark | {bit}\n"
+            f"    ip saddr != 0.0.0.0 ether saddr @hostmac4 ip saddr . ether saddr != @owner4 "
+            f"meta mark set meta mark | {bit}\n")
+    _nft(lab, script)
 
 
 def ladder_steps(lab, state: dict):
@@ -210,7 +220,9 @@ def ladder_steps(lab, state: dict):
         ("br_netfilter call-iptables, no table", lambda: _brnf(lab)),
         ("+ conntrack (inet forward ct rule)", lambda: _ct_only(lab, acct=False, events=False)),
         ("+ acct, timestamps, ct event set", lambda: _ct_only(lab, acct=True, events=True)),
-        ("+ bridge vigil_flow (marks, owners, NFLOG)", lambda: _flow_tables(lab)),
+        ("+ bridge vigil_flow, no sampling rules", lambda: _flow_tables(lab, samples=False)),
+        ("+ sampling rules, layout before issue 16", lambda: _flow_tables(lab, old_layout=True)),
+        ("+ sampling rules (bulk fast path)", lambda: _flow_tables(lab)),
         ("engine kernel state, agent stopped", engine(True)),
         ("engine running", engine(False)),
     ]

@@ -8,6 +8,12 @@ br_netfilter's call-iptables switched off: no netfilter hook on the path.  Runs 
 medians.  Goal: ratio >= 0.95.
 
     sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/bridge_throughput.py [--pairs 3] [--seconds 10]
+        [--ruleset N] [--ladder | --attribute]
+
+``--ladder`` measures where the cost goes, one kernel part added per step (br_netfilter, conntrack,
+acct/events, the flow tables, the sampling rules before and after the bulk fast path, the engine
+with its agent stopped and running); bench/bridge_profile.py gives the same ladder from kernel
+stacks (CPU per GB of the forwarding path), which holds still when other jobs load the machine.
 """
 from __future__ import annotations
 
@@ -96,13 +102,22 @@ def iperf(lab, seconds: float) -> float:
 
 def alternate(lab, pairs: int, seconds: float, setup_with, label: str) -> tuple[list[float], list[float]]:
     plain, withx = [], []
+    cost = COST
+    cost.clear()
     for i in range(pairs):
         make_plain(lab)
         plain.append(iperf(lab, seconds))
+        cost.setdefault("plain", []).append(LAST["cpu_s_per_gb"])
         setup_with()
         withx.append(iperf(lab, seconds))
-        print(f"  pair {i + 1}: plain {plain[-1]:6.2f} Gbit/s   {label} {withx[-1]:6.2f} Gbit/s", flush=True)
+        cost.setdefault("with", []).append(LAST["cpu_s_per_gb"])
+        print(f"  pair {i + 1}: plain {plain[-1]:6.2f} Gbit/s   {label} {withx[-1]:6.2f} Gbit/s   "
+              f"ratio {withx[-1] / plain[-1]:5.3f}  (iperf3 CPU {cost['plain'][-1]:.3f} / {cost['with'][-1]:.3f} "
+              f"s/GB, load {os.getloadavg()[0]:.2f})", flush=True)
     return plain, withx
+
+
+COST: dict = {}     # iperf3 CPU seconds per GB of the last alternate() run, plain and with
 
 
 def _cpu(pid: int) -> float:
@@ -274,6 +289,11 @@ def report(plain: list[float], withx: list[float], label: str) -> None:
     print(f"{'figure':44s} {'Gbit/s':>8s} {'ratio':>7s}")
     print(f"{'plain bridge (median)':44s} {mp:8.2f} {1.0:7.2f}")
     print(f"{label + ' (median)':44s} {mw:8.2f} {mw / mp:7.3f}")
+    if COST.get("plain") and COST.get("with"):
+        cp, cw = statistics.median(COST["plain"]), statistics.median(COST["with"])
+        print(f"{'cost ratio (iperf3 CPU/GB plain / with)':44s} {'':8s} {cp / cw:7.3f}   "
+              f"({cp:.3f} / {cw:.3f} s/GB; the throughput ratio on idle cores)")
+    print(f"goal: ratio >= 0.95 -> {'met' if mw / mp >= 0.95 else 'NOT met'} (load {os.getloadavg()[0]:.2f})")
 
 
 def main() -> int:

@@ -62,6 +62,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=12)
     ap.add_argument("--ruleset", type=int, default=0)
+    ap.add_argument("--only", action="append", default=[],
+                    help="keep the ladder steps whose label contains this text (repeatable; plain always)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the ladder this many times, alternating")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -72,20 +75,22 @@ def main() -> int:
         if args.ruleset:
             bt.load_ruleset(lab, args.ruleset)
         state: dict = {}
-        steps = [("plain bridge", lambda: None)] + bt.ladder_steps(lab, state)
+        steps = [(label, f) for label, f in bt.ladder_steps(lab, state)
+                 if not args.only or any(o in label for o in args.only)]
+        steps = [("plain bridge", lambda: None)] + steps
         print(f"perf cpu-clock 999 Hz, iperf3 {args.seconds:.0f}s, rule set {args.ruleset}, "
               f"load {os.getloadavg()[0]:.2f}; samples per GB of iperf3 + ksoftirqd")
         print(f"{'configuration':46s} {'Gbit/s':>6s} {'total':>6s} {'path':>6s} {'bridge':>6s} {'brnf':>6s} "
               f"{'ct_in':>6s} {'inet':>6s} {'predicted':>9s}")
         base = None
-        for label, setup in steps:
+        for label, setup in [st for _ in range(args.rounds) for st in steps]:
             state.clear()
             bt.make_plain(lab)
             setup()
             gbps, c = profile(lab, args.seconds, tmp / "perf.data")
             if "pid" in state and state["stopped"]:
                 os.kill(state["pid"], signal.SIGCONT)
-            if base is None:
+            if label == "plain bridge":
                 base = c
             pred = base["total"] / (base["total"] + c.get("br_handle_frame", 0) - base.get("br_handle_frame", 0))
             print(f"{label:46s} {gbps:6.2f} {c['total']:6.0f} {c.get('br_handle_frame', 0):6.0f} "

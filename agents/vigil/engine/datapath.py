@@ -176,8 +176,9 @@ def flow_accounting_script(features: KernelFeatures, ports: list[str],
     ct_rule = f"    ct state new ct mark set meta mark ct event set {CT_EVENTS}\n"
     # the 802.1Q id rides in the mark's upper bits (mark = vlan << 8 | port) into conntrack
     # (a map per port: nft's shift of the big-endian ``vlan id`` into the mark does not compute)
+    # (``vlan id`` first: an untagged frame leaves at its ether type, before the ifname is copied)
     vlan_rules = "".join(
-        f'    iifname "{p}" vlan id 1-4094 meta mark set vlan id map {{ '
+        f'    vlan id 1-4094 iifname "{p}" meta mark set vlan id map {{ '
         + ", ".join(f"{v} : {v << 8 | m}" for v in range(1, 4095)) + " }\n"
         for p, m in port_marks(ports).items())
     if features.flow_source == "bridge-conntrack":

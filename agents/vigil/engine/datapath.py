@@ -122,11 +122,27 @@ OWNER_SETS = (
     "  set hostmac4 { type ether_addr; flags timeout; size 262144; }\n"
     "  set owner6 { type ipv6_addr . ether_addr; flags timeout; size 262144; }\n"
     "  set owned6 { type ipv6_addr; flags timeout; size 262144; }\n")
+# A frame whose (address, MAC) pair is a learned owner can be neither kind of forgery: one lookup
+# in owner4 settles nearly every IPv4 frame, and only the rest pay for owned4 and hostmac4
+# (the same two conditions as before, each now behind the shared "not the owner" test).
+FORGED4_CHAIN = (
+    "  chain forged4 {\n"
+    f"    ip saddr @owned4 meta mark set meta mark | {FORGED_BIT:#x}\n"
+    f"    ip saddr != 0.0.0.0 ether saddr @hostmac4 meta mark set meta mark | {FORGED_BIT:#x}\n"
+    "  }\n")
 FORGED_RULES = (
-    f"    ip saddr @owned4 ip saddr . ether saddr != @owner4 meta mark set meta mark | {FORGED_BIT:#x}\n"
-    f"    ip saddr != 0.0.0.0 ether saddr @hostmac4 ip saddr . ether saddr != @owner4 "
-    f"meta mark set meta mark | {FORGED_BIT:#x}\n"
+    "    ip saddr . ether saddr != @owner4 jump forged4\n"
     f"    ip6 saddr @owned6 ip6 saddr . ether saddr != @owner6 meta mark set meta mark | {FORGED_BIT:#x}\n")
+# Bulk traffic skips the sampling rules: a plain IPv4/IPv6 TCP segment (ACK set, no SYN/FIN/RST),
+# or an IPv4 UDP datagram not from port 67, without IP options, not a fragment and not flagged
+# forged, can match none of SAMPLE_RULES (each rule needs one of exactly those), so ``accept`` here
+# (which ends only this chain) changes no sample.  It keeps the per-packet rule count of a bulk
+# flow at five instead of seventeen (perf: nft_do_chain_bridge was ~3.5 % of the forwarding CPU).
+SAMPLE_FAST_PATH = (
+    f"    meta mark & {FORGED_BIT:#x} == 0 ip hdrlength 5 ip frag-off & 0x3fff == 0 "
+    "tcp flags & (fin|syn|rst|ack) == ack accept\n"
+    f"    meta mark & {FORGED_BIT:#x} == 0 ip hdrlength 5 ip frag-off & 0x3fff == 0 udp sport != 67 accept\n"
+    f"    meta mark & {FORGED_BIT:#x} == 0 ether type ip6 tcp flags & (fin|syn|rst|ack) == ack accept\n")
 # Which conntrack events the kernel generates for bridged flows: NEW (detector), REPLY and ASSURED
 # (answered / established, for the detector's success ratio), DESTROY (final counters).
 CT_EVENTS = "new,reply,assured,destroy"
@@ -152,7 +168,7 @@ def flow_accounting_script(features: KernelFeatures, ports: list[str],
     sample_rules = ""
     new_flow = ""
     if samples.group and features.nflog:
-        sample_rules = "".join(f'    {match} {_limit(samples.rate)} log group {samples.group} prefix "{name}"\n'
+        sample_rules = SAMPLE_FAST_PATH + "".join(f'    {match} {_limit(samples.rate)} log group {samples.group} prefix "{name}"\n'
                                for name, match in SAMPLE_RULES)
         name, match = NEW_FLOW_SAMPLE
         new_flow = (f'    {match} {_limit(samples.new_flow_rate)} log group {samples.group} '
@@ -160,20 +176,21 @@ def flow_accounting_script(features: KernelFeatures, ports: list[str],
     ct_rule = f"    ct state new ct mark set meta mark ct event set {CT_EVENTS}\n"
     # the 802.1Q id rides in the mark's upper bits (mark = vlan << 8 | port) into conntrack
     # (a map per port: nft's shift of the big-endian ``vlan id`` into the mark does not compute)
+    # (``vlan id`` first: an untagged frame leaves at its ether type, before the ifname is copied)
     vlan_rules = "".join(
-        f'    iifname "{p}" vlan id 1-4094 meta mark set vlan id map {{ '
+        f'    vlan id 1-4094 iifname "{p}" meta mark set vlan id map {{ '
         + ", ".join(f"{v} : {v << 8 | m}" for v in range(1, 4095)) + " }\n"
         for p, m in port_marks(ports).items())
     if features.flow_source == "bridge-conntrack":
         return drop_old + f"""table bridge {FLOW_TABLE} {{
-{OWNER_SETS}  chain prerouting {{
+{OWNER_SETS}{FORGED4_CHAIN}  chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
-{vlan_rules}{FORGED_RULES}{sample_rules}{ct_rule}{new_flow}  }}
+{vlan_rules}{FORGED_RULES}{ct_rule}{new_flow}{sample_rules}  }}
 }}
 """
     return drop_old + f"""table bridge {FLOW_TABLE} {{
-{OWNER_SETS}  chain prerouting {{
+{OWNER_SETS}{FORGED4_CHAIN}  chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     meta mark set iifname map {{ {marks} }}
 {vlan_rules}{FORGED_RULES}{sample_rules}  }}

@@ -8,7 +8,9 @@ site configuration; an ext4 partition labelled ``persistence`` keeps /var/lib/vi
 
 Each QEMU boot costs minutes of CPU under emulation, so each boot checks several things: the boot
 without a volume also takes kernel command line settings and DHCP on the management NIC; the
-configured boot also enables console login; its reboot also checks the machine id is kept.
+configured boot also enables console login and, between its block and its reboot, upgrades the
+agent with site.yml over SSH (a wheel of a higher version built from this tree); its reboot also
+checks the machine id and the upgrade are kept.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -126,6 +129,53 @@ def online(site: Site, generation_after: int | None = None):
     return check
 
 
+def bumped_source(dest: Path) -> str:
+    """A copy of this tree's package whose version is one step above the image's; its version."""
+    dest.mkdir(parents=True)
+    shutil.copy2(vm.ROOT / "pyproject.toml", dest)
+    shutil.copy2(vm.ROOT / "README.md", dest)
+    shutil.copytree(vm.ROOT / "agents", dest / "agents",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
+    pyproject, init = dest / "pyproject.toml", dest / "agents" / "vigil" / "__init__.py"
+    version = re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M).group(1)
+    assert re.search(rf'^__version__ = "{re.escape(version)}"', init.read_text(), re.M), "versions differ"
+    bumped = f"{version}.1"
+    pyproject.write_text(pyproject.read_text().replace(f'version = "{version}"', f'version = "{bumped}"', 1))
+    init.write_text(init.read_text().replace(f'__version__ = "{version}"', f'__version__ = "{bumped}"', 1))
+    return bumped
+
+
+def upgrade_with_site_yml(site: Site, run_dir: Path, key: Path) -> tuple[str, float, str]:
+    """ansible-playbook site.yml --limit appliance over SSH from the management network, as an
+    operator would, with the operator key the volume authorised.  The wheelhouse is built first on
+    this host (the management namespace has no route to a package index), so the role's own
+    build-wheelhouse finds it current.  Returns the new version, the play's seconds and its output."""
+    src, wheelhouse = run_dir / "upgrade-src", run_dir / "wheelhouse"
+    version = bumped_source(src)
+    python = sys.executable                       # ansible-playbook's own: the role's controller Python
+    vm.sh(str(vm.ROOT / "roles/vigil_common/files/build-wheelhouse"), str(src), str(wheelhouse), python,
+          timeout=600)
+    inventory = run_dir / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"vigil_engines": {"hosts": {"appliance": {
+        "ansible_host": APPLIANCE_IP, "ansible_user": "root", "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_private_key_file": str(key),
+        "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={key.parent / 'known_hosts'}",
+    }}}}}}))
+    env = {"VIGIL_SOURCE_DIR": str(src), "VIGIL_WHEELHOUSE": str(wheelhouse),
+           "ANSIBLE_CONFIG": str(vm.ROOT / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(run_dir / "ansible-tmp"),
+           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(run_dir / "ansible-cp"), "ANSIBLE_TIMEOUT": "60",
+           "ANSIBLE_HOST_KEY_CHECKING": "False"}
+    t0 = time.monotonic()
+    r = site.run("mgmt", "env", *(f"{k}={v}" for k, v in env.items()),
+                 str(Path(python).parent / "ansible-playbook"), "-i", str(inventory),
+                 str(vm.ROOT / "site.yml"), "--limit", "appliance", check=False, timeout=1500)
+    seconds = time.monotonic() - t0
+    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "logs" / "site.yml.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
+    return version, seconds, r.stdout
+
+
 def test_unconfigured_appliance_bridges_says_what_is_missing_and_takes_dhcp_and_kernel_settings(iso, run_dir):
     """No configuration volume. The ISO's kernel is booted with its boot menu's line plus two
     ``vigil.*`` settings (as an operator types them at the menu): those two are then not missing.
@@ -223,6 +273,8 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         console = appliance.console()
         assert "made the SSH host key" in console
         assert "vigil-appliance: console login enabled by the configuration" in console
+        image_version = re.search(r"vigil-appliance: agent vigil (\S+) from the image \(/opt/vigil/venv\): "
+                                  r"no upgrade installed", console).group(1)
         appliance.wait_console(r"\blogin: ", 120)                 # the serial getty's prompt
 
         # 2. online at the manager with the signed rule set it published
@@ -241,6 +293,7 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         assert ssh(site, key, "systemctl is-active serial-getty@ttyS0.service").strip() == "active"
         # the machine id: made on this first boot, kept with the state (checked after the reboot)
         machine_id = ssh(site, key, "cat /etc/machine-id").strip()
+        engine_yaml = ssh(site, key, "cat /etc/vigil/engine.yaml")
         assert re.fullmatch(r"[0-9a-f]{32}", machine_id), machine_id
         assert ssh(site, key, "readlink /etc/machine-id").strip() == "/var/lib/vigil/appliance/machine-id"
 
@@ -257,8 +310,27 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         assert ping_ok(site) and iperf(site, 2) > 1e6
         vm.wait(online(site, gen), 60, "the new generation applied")
         assert "10.123.0.1" in ssh(site, key, "nft list table bridge vigil")
+        blocked_gen = engines(site)[ENGINE_ID]["ruleset_generation"]
+        assert engines(site)[ENGINE_ID]["version"] == image_version
 
-        # 4. the operator reboots it (over SSH; QEMU resets the same VM): same identity, the block
+        # 4. the operator upgrades the agent: site.yml over SSH, limited to the appliance; the play
+        #    ends only once the engine runs the new agent and reached the broker again
+        new_version, upgrade_s, play = upgrade_with_site_yml(site, run_dir, key)
+        print(f"image: site.yml upgraded the agent {image_version} -> {new_version} in {upgrade_s:.0f}s")
+        assert "failed=0" in play and "changed=" in play
+        vm.wait(lambda: engines(site).get(ENGINE_ID, {}).get("version") == new_version and online(site)(),
+                120, f"{ENGINE_ID} online at the manager running {new_version}")
+        after = engines(site)
+        assert list(after) == [ENGINE_ID]                                  # the same identity
+        assert after[ENGINE_ID]["ruleset_generation"] == blocked_gen      # the same rule set
+        assert not curl_ok(site, 1.0) and ping_ok(site)                  # still blocked, still flowing
+        assert iperf(site, 2) > 1e6
+        assert host_key(site) == first_key
+        assert ssh(site, key, "readlink /run/vigil/appliance/agent").strip() == "/var/lib/vigil/agent/venv"
+        assert ssh(site, key, "cat /etc/vigil/engine.yaml") == engine_yaml     # the volume's, untouched
+        assert "10.123.0.1" in ssh(site, key, "nft list table bridge vigil")
+
+        # 5. the operator reboots it (over SSH; QEMU resets the same VM): same identity, the block
         #    back in the kernel before the engine reaches the broker
         mark = len(appliance.console())
         site.run("mgmt", "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
@@ -273,6 +345,8 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
               f"forwarding {time.monotonic() - ready2:.1f}s after the bridge came up")
         console2 = appliance.console()[mark:]
         assert "made the SSH host key" not in console2          # kept on the persistence partition
+        assert (f"vigil-appliance: agent vigil {new_version} from the upgrade (/var/lib/vigil/agent/venv): "
+                f"newer than the image's {image_version}") in console2
         vm.wait(online(site), 240, f"{ENGINE_ID} online again")
         assert host_key(site) == first_key
         assert ssh(site, key, "cat /etc/machine-id").strip() == machine_id
@@ -282,6 +356,8 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         connected = journal.find("mqtt: connected")
         assert 0 <= restored < connected, journal[-3000:]
         assert list(engines(site)) == [ENGINE_ID]
+        vm.wait(lambda: engines(site)[ENGINE_ID].get("version") == new_version, 30,
+                f"the upgrade {new_version} still running after the reboot")
     except BaseException:
         if appliance:
             print("--- console (tail)\n" + appliance.console()[-8000:])

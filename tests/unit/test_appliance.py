@@ -111,3 +111,57 @@ def test_networkd_files_configure_only_the_management_nic():
     assert "Name=br0 eth1 eth2" in files["05-vigil-bridge.network"] and "Unmanaged=yes" in files["05-vigil-bridge.network"]
     p = plan(SETTINGS, "vigil.mgmt_address=dhcp", FILES, True)
     assert "DHCP=ipv4" in appliance.networkd_files(p.cfg, p.bridge_ports)["10-vigil-management.network"]
+
+
+# --- the agent: the image's or a persisted upgrade, whichever is newer ---------------------------
+
+def fake_venv(root, version, entry_point=True):
+    dist = root / "lib" / "python3.11" / "site-packages" / f"vigil-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vigil\nVersion: {version}\n\nVersion: 9.9.9\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "python").symlink_to("/usr/bin/python3")
+    if entry_point:
+        (root / "bin" / "vigil-engine").write_text("#!/bin/sh\n")
+    return root
+
+
+@pytest.mark.parametrize("image, upgrade, winner", [
+    ("0.1.0", None, "image"),            # no upgrade installed
+    ("0.1.0", "0.1.0.1", "upgrade"),     # an upgrade over SSH survives a reboot of the same image
+    ("0.2.0", "0.1.0.1", "image"),       # a newer image with the same persistence wins
+    ("0.1.0", "0.1", "image"),           # equal releases: the image's own agent
+    ("0.1.0", "0.1.0+local", "image"),   # a local or pre-release part does not raise the release
+    ("0.1.0", "1.0.0", "upgrade"),
+    ("0.10.0", "0.9.0", "image"),        # numbers, not strings
+    ("0.1.0", "next", "image"),          # not a release number: never preferred
+    (None, "0.1.0", "upgrade"),          # the image's version unreadable: the installed upgrade
+])
+def test_the_newer_agent_is_chosen(image, upgrade, winner):
+    c = appliance.choose_agent(image, upgrade, True)
+    assert c.source == winner, c
+    assert c.venv == (appliance.UPGRADE_VENV if winner == "upgrade" else appliance.IMAGE_VENV)
+    assert c.reason
+
+
+def test_an_incomplete_upgrade_is_not_chosen():
+    c = appliance.choose_agent("0.1.0", "0.2.0", False)
+    assert c.source == "image" and "incomplete" in c.reason
+
+
+def test_select_agent_reads_both_venvs_and_links_the_newer_one(tmp_path):
+    image = fake_venv(tmp_path / "image", "0.1.0")
+    upgrade = fake_venv(tmp_path / "upgrade", "0.1.1")
+    link = tmp_path / "run" / "agent"
+    assert appliance.venv_version(image) == "0.1.0"     # the first Version: header only
+    choice, changed = appliance.select_agent(link, image, upgrade)
+    assert (choice.source, choice.version, changed) == ("upgrade", "0.1.1", True)
+    assert link.resolve() == upgrade.resolve()
+    assert appliance.select_agent(link, image, upgrade)[1] is False     # already linked
+    # the upgrade's entry point gone (a half-finished install): back to the image
+    (upgrade / "bin" / "vigil-engine").unlink()
+    choice, changed = appliance.select_agent(link, image, upgrade)
+    assert (choice.source, changed) == ("image", True) and link.resolve() == image.resolve()
+    # nothing installed at all under the upgrade's path
+    choice, _ = appliance.select_agent(link, image, tmp_path / "absent")
+    assert choice.source == "image" and choice.reason == "no upgrade installed"

@@ -13,7 +13,11 @@ settings may also come from the kernel command line, ``vigil.<key>=``) and then:
    partition keeps ``/var/lib/vigil``), and lets operators in with their public keys only;
 4. writes ``/etc/vigil/engine.yaml``, the broker password and the keys, only when everything the
    engine needs is there, and otherwise prints on the console exactly what is missing (the engine's
-   unit is then skipped, not crash-looping).
+   unit is then skipped, not crash-looping);
+5. picks the agent the engine runs: the image's (``/opt/vigil/venv``) or an upgrade installed over
+   SSH by roles/vigil_engine (``/var/lib/vigil/agent/venv``, kept by the persistence partition),
+   whichever is newer, and links ``/run/vigil/appliance/agent`` to it (the engine's unit runs
+   ``agent/bin/vigil-engine``).
 
 The configuration volume's layout and every key: image/README.md.
 """
@@ -46,6 +50,9 @@ PASSWORD_FILE = "mqtt.password"
 PUBKEY_FILE = "manager-signing.pub"
 CA_FILE = "mqtt-ca.crt"
 KEYS_FILE = "authorized_keys"
+IMAGE_VENV = Path("/opt/vigil/venv")                 # the agent in the image (RAM overlay at run time)
+UPGRADE_VENV = Path("/var/lib/vigil/agent/venv")     # an upgrade installed over SSH, kept with the state
+AGENT_LINK = Path("/run/vigil/appliance/agent")      # the engine's unit runs AGENT_LINK/bin/vigil-engine
 DEFAULT_PORTS = ["eth1", "eth2"]
 DEFAULT_MGMT = "eth0"
 PREFIX = "vigil-appliance:"
@@ -272,6 +279,81 @@ def networkd_files(cfg: ApplianceConfig, bridge_ports: list[str]) -> dict[str, s
             "10-vigil-management.network": "\n".join(lines) + "\n"}
 
 
+def venv_version(venv: Path) -> str | None:
+    """The version of the vigil package installed in a venv (its dist-info), or None."""
+    for meta in sorted(venv.glob("lib/python3*/site-packages/vigil-*.dist-info/METADATA")):
+        with meta.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break                       # the headers end at the first empty line
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    return None
+
+
+_RELEASE = re.compile(r"^v?(\d{1,9}(?:\.\d{1,9}){0,9})(?![.\d])")
+
+
+def release(version: str | None) -> tuple[int, ...] | None:
+    """A version's release numbers (PEP 440's leading N.N.N), trailing zeros dropped; None when it
+    has none.  Pre-, post- and local parts are ignored: an upgrade must raise the release."""
+    m = _RELEASE.match((version or "").strip())
+    if not m:
+        return None
+    parts = [int(x) for x in m.group(1).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    venv: Path
+    source: str                 # "image" or "upgrade"
+    version: str | None
+    reason: str
+
+
+def choose_agent(image_version: str | None, upgrade_version: str | None, upgrade_usable: bool,
+                 image_venv: Path = IMAGE_VENV, upgrade_venv: Path = UPGRADE_VENV) -> AgentChoice:
+    """The newer of the image's agent and the persisted upgrade.  The upgrade wins only when its
+    release is strictly higher, so a newer image booted with the same persistence runs its own
+    agent, and an equal one prefers the image (what was built and checked with it)."""
+    img, up = release(image_version), release(upgrade_version)
+    if upgrade_version is None:
+        return AgentChoice(image_venv, "image", image_version, "no upgrade installed")
+    if not upgrade_usable:
+        return AgentChoice(image_venv, "image", image_version,
+                           f"the upgrade {upgrade_version} in {upgrade_venv} is incomplete (no bin/vigil-engine)")
+    if up is None:
+        return AgentChoice(image_venv, "image", image_version,
+                           f"the upgrade's version {upgrade_version!r} is not a release number")
+    if img is None or up > img:
+        return AgentChoice(upgrade_venv, "upgrade", upgrade_version,
+                           f"newer than the image's {image_version}")
+    return AgentChoice(image_venv, "image", image_version,
+                       f"the upgrade {upgrade_version} in {upgrade_venv} is not newer")
+
+
+def select_agent(link: Path = AGENT_LINK, image_venv: Path = IMAGE_VENV,
+                 upgrade_venv: Path = UPGRADE_VENV) -> tuple[AgentChoice, bool]:
+    """Choose the agent and point ``link`` at its venv (atomically); whether the link changed."""
+    usable = (upgrade_venv / "bin" / "vigil-engine").is_file() and (upgrade_venv / "bin" / "python").exists()
+    choice = choose_agent(venv_version(image_venv), venv_version(upgrade_venv), usable, image_venv, upgrade_venv)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and os.readlink(link) == str(choice.venv):
+        return choice, False
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(choice.venv)
+    os.replace(tmp, link)
+    return choice, True
+
+
+def say_agent(choice: AgentChoice) -> None:
+    say(f"agent vigil {choice.version or '?'} from the {choice.source} ({choice.venv}): {choice.reason}")
+
+
 # --- side effects (boot only) ---------------------------------------------------------------------
 
 def say(msg: str) -> None:
@@ -427,6 +509,13 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
         say(f"bridge {p.cfg.bridge.name} forwarding between {' and '.join(p.bridge_ports)} "
             "(no address, no STP)")
 
+    try:
+        say_agent(select_agent(run_dir / AGENT_LINK.name, IMAGE_VENV, state / "agent" / "venv")[0])
+    except OSError as exc:       # the image's agent then, whatever the upgrade's state
+        say(f"ERROR choosing the agent: {exc}; the image's agent runs")
+        (run_dir / AGENT_LINK.name).unlink(missing_ok=True)
+        (run_dir / AGENT_LINK.name).symlink_to(IMAGE_VENV)
+
     if p.configure_mgmt:
         network_dir.mkdir(parents=True, exist_ok=True)
         for name, text in networkd_files(p.cfg, p.bridge_ports).items():
@@ -468,8 +557,9 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vigil.engine.appliance",
                                  description="The engine appliance's boot step (image/README.md)")
-    ap.add_argument("action", choices=["boot", "plan"],
-                    help="boot: configure this appliance; plan: print what a boot would do, change nothing")
+    ap.add_argument("action", choices=["boot", "plan", "agent"],
+                    help="boot: configure this appliance; plan: print what a boot would do, change nothing; "
+                         "agent: choose the image's agent or the persisted upgrade, link it, print the choice")
     ap.add_argument("--config-dir", type=Path, default=Path("/etc/vigil"))
     ap.add_argument("--state", type=Path, default=Path("/var/lib/vigil"))
     ap.add_argument("--run-dir", type=Path, default=Path("/run/vigil/appliance"))
@@ -490,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"MISSING {m}")
         say(f"bridge {' '.join(p.bridge_ports)}; engine.yaml {'ready' if p.engine_yaml else 'not written'}")
         return 0 if p.engine_yaml else 1
+    if args.action == "agent":
+        choice, changed = select_agent(args.run_dir / AGENT_LINK.name, IMAGE_VENV, args.state / "agent" / "venv")
+        say_agent(choice)
+        print("changed" if changed else "unchanged")
+        return 0
     try:
         return boot(args.config_dir, args.state, args.run_dir, args.network_dir, cmdline, args.volume_timeout)
     except Exception as exc:  # the service must say why, on the console, and the bridge stays

@@ -8,7 +8,8 @@ Goal: cold <= 600 s. Baseline for the build figures: the cold build itself (rati
 code-change builds to it).
 
 Boot (QEMU TCG, no configuration volume: the documented default ports bridge client and server):
-- boot to forwarding: QEMU started -> the first ping from client to server through the appliance;
+- boot to forwarding: QEMU started -> the first ping from client to server through the appliance
+  (the bridge is made in the initramfs, image/README.md: long before systemd and READY);
 - baseline, measured in the same boot: QEMU started -> the kernel's first console line
   ("Linux version"), i.e. what firmware, boot loader and emulation cost before Linux runs at all.
 Goal: boot to forwarding <= 120 s.
@@ -47,11 +48,12 @@ def build(image_dir: Path) -> tuple[float, Path]:
 PHASES = [
     ("kernel", "Linux version"),                                   # firmware + boot loader before it
     ("initramfs", "Run /init as init process"),                    # the kernel's own start-up
-    ("live medium mounted", 'Mounting "/run/live/medium/live/filesystem.squashfs"'),  # udev, modules, probing
+    ("bridge up in the initramfs", "vigil-initramfs: bridge"),     # udev, NIC drivers, the bridge
+    ("live medium mounted", 'Mounting "/run/live/medium/live/filesystem.squashfs"'),  # probing the disks
     ("initramfs done", "Running /scripts/init-bottom"),            # overlay, persistence lookup, fstab
     ("init started", "Not activating Mandatory Access Control"),   # run-init, switch to the root fs
     ("systemd", "Welcome to"),                                     # systemd's start before its first line
-    ("bridge up", "vigil-appliance: bridge"),                      # early units, the appliance step
+    ("bridge adopted", "vigil-appliance: bridge"),                 # early units, the appliance step
     ("READY", "vigil-appliance: READY"),
 ]
 
@@ -84,10 +86,15 @@ def boot_once(iso: Path) -> tuple[float, float, float, dict[str, float]]:
                 break
             if now - t0 > 600:
                 sys.exit("no forwarding within 600 s:\n" + appliance.console()[-3000:])
-        ready = appliance.wait_console(r"vigil-appliance: READY", 60)
-        ready_s = time.monotonic() - t0 if ready else float("nan")
-        phases_seen(appliance.console(), seen, ready_s)
-        return kernel or float("nan"), forwarding, ready_s, seen
+        print(f"  forwarding {forwarding:.1f} s after QEMU started", flush=True)
+        # the bridge is made in the initramfs: the later stages (systemd, the boot step adopting
+        # the bridge, READY) come after forwarding; keep stamping them as they appear
+        while "READY" not in seen:
+            phases_seen(appliance.console(), seen, time.monotonic() - t0)
+            if time.monotonic() - t0 > vm.QEMU_TIMEOUT:
+                sys.exit("no READY line within the boot timeout:\n" + appliance.console()[-3000:])
+            time.sleep(0.5)
+        return kernel or float("nan"), forwarding, seen["READY"], seen
     finally:
         if appliance:
             appliance.kill()
@@ -138,7 +145,9 @@ def main() -> None:
         for i in range(args.boots):
             k, f, r, seen = boot_once(iso)
             kernels.append(k), fwd.append(f), ready.append(r), stages.append(seen)
-            print(f"boot {i + 1}: kernel's first line {k:.1f} s, READY {r:.1f} s, forwarding {f:.1f} s")
+            load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"boot {i + 1}: kernel's first line {k:.1f} s, READY {r:.1f} s, forwarding {f:.1f} s "
+                  f"(host load after it: {load})")
             print("  stages reached (s after QEMU started): "
                   + ", ".join(f"{name} {seen[name]:.1f}" for name, _ in PHASES if name in seen))
     finally:

@@ -199,6 +199,9 @@ def test_unconfigured_appliance_bridges_says_what_is_missing_and_takes_dhcp_and_
             assert not re.search(rf"vigil-appliance: MISSING {re.escape(given)}", console), given
         assert "kernel command line" not in "".join(re.findall(r"vigil-appliance: ERROR.*", console))
         assert "vigil-appliance: bridge br0 forwarding between eth1 and eth2" in console
+        # made in the initramfs already (forwarding long before systemd), then adopted unchanged
+        assert "vigil-initramfs: bridge br0 forwarding between eth1 and eth2 (from the defaults" in console
+        assert "made in the initramfs, adopted" in console and "corrected to the configuration" not in console
         assert "vigil-appliance: management NIC eth0: dhcp" in console
 
         # DHCP on the management NIC: dnsmasq leased an address to eth0's MAC, which answers there
@@ -272,6 +275,8 @@ def test_configured_appliance_enrols_enforces_and_keeps_state_across_a_reboot(is
         nothing_answers_on_the_bridge_side(site, appliance.taps["client"])
         console = appliance.console()
         assert "made the SSH host key" in console
+        # the initramfs read the volume (FAT, mounted there for a moment) and made the bridge
+        assert "vigil-initramfs: bridge br0 forwarding between eth1 and eth2 (from the configuration volume" in console
         assert "vigil-appliance: console login enabled by the configuration" in console
         image_version = re.search(r"vigil-appliance: agent vigil (\S+) from the image \(/opt/vigil/venv\): "
                                   r"no upgrade installed", console).group(1)

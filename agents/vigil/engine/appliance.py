@@ -432,22 +432,52 @@ def sysctl(key: str, value: str) -> None:
         pass
 
 
-def bring_up_bridge(name: str, ports: list[str]) -> list[str]:
-    """The transparent bridge: no STP, no forwarding delay, no address, IPv6 off. Idempotent."""
-    absent = wait_links(ports, 30.0)
+# Written by the initramfs's step (image/config/includes.chroot/etc/initramfs-tools/scripts/
+# init-premount/vigil-bridge) when it made the bridge; /run is carried over to the root filesystem.
+INITRAMFS_BRIDGE = Path("/run/vigil/initramfs-bridge")
+
+
+def bring_up_bridge(name: str, ports: list[str], made_early: Path = INITRAMFS_BRIDGE,
+                    wait: float = 30.0) -> tuple[list[str], list[str]]:
+    """The transparent bridge: no STP, no forwarding delay, no address, IPv6 off. Idempotent.
+
+    The initramfs may have made a bridge already (so that the appliance forwards half a minute and
+    more sooner); it is adopted, and corrected to this configuration, which wins: ports that are
+    not configured are taken out (first, so that a NIC the configuration makes the management NIC
+    leaves the bridge even when a configured port is missing), a bridge of another name is removed.
+    Returns (configured ports not found, corrections made)."""
+    corrections: list[str] = []
+    try:
+        early = made_early.read_text().split()
+    except OSError:
+        early = []
+    if early and early[0] != name and Path("/sys/class/net", early[0], "bridge").is_dir():
+        run("ip", "link", "del", early[0])
+        corrections.append(f"removed bridge {early[0]} (the configuration names {name})")
+    brif = Path("/sys/class/net", name, "brif")
+    existing = sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
+    for p in existing:
+        if p not in ports:
+            run("ip", "link", "set", p, "nomaster")
+            corrections.append(f"took {p} out of {name}")
+    absent = wait_links(ports, wait)
     if absent:
-        return absent
+        return absent, corrections
     sysctl("net.ipv4.conf.all.arp_ignore", "1")
     sysctl("net.ipv4.conf.all.arp_announce", "2")
     if not Path("/sys/class/net", name).exists():
         run("ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+    else:   # adopted: its flags as if made here
+        run("ip", "link", "set", name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
     sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1")
     for p in ports:
+        if existing and p not in existing:
+            corrections.append(f"added {p} to {name}")
         sysctl(f"net.ipv6.conf.{p}.disable_ipv6", "1")
         run("ip", "addr", "flush", "dev", p)
         run("ip", "link", "set", p, "master", name, "up")
     run("ip", "link", "set", name, "up")
-    return []
+    return [], corrections
 
 
 def ssh_setup(state: Path, run_dir: Path, keys: bytes | None) -> bool:
@@ -501,13 +531,17 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
     for e in p.errors:
         say(f"ERROR {e}")
 
-    absent = bring_up_bridge(p.cfg.bridge.name, p.bridge_ports)
+    early = INITRAMFS_BRIDGE.exists()
+    absent, corrections = bring_up_bridge(p.cfg.bridge.name, p.bridge_ports)
+    if corrections:
+        say(f"bridge made in the initramfs corrected to the configuration ({len(corrections)} "
+            f"correction{'s' if len(corrections) > 1 else ''}): {'; '.join(corrections)}")
     if absent:
         say(f"ERROR bridge ports not found: {' '.join(absent)} (NICs here: "
             f"{' '.join(sorted(n.name for n in Path('/sys/class/net').iterdir()))}); no bridge")
     else:
         say(f"bridge {p.cfg.bridge.name} forwarding between {' and '.join(p.bridge_ports)} "
-            "(no address, no STP)")
+            f"(no address, no STP{'; made in the initramfs, adopted' if early else ''})")
 
     try:
         say_agent(select_agent(run_dir / AGENT_LINK.name, IMAGE_VENV, state / "agent" / "venv")[0])

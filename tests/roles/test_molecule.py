@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,19 +99,33 @@ def molecule_env(tmp_path_factory):
     sweep()
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule(scenario, molecule_env):
+def test_molecule(scenario, molecule_env, tmp_path):
     molecule = [str(VENV_BIN / "molecule")]
+    # the whole log (profile_tasks: every task's time), written as it comes, so a slow or killed
+    # run still shows where it was: in VIGIL_MOLECULE_LOG_DIR if set, else pytest's tmp_path
+    log_dir = Path(os.environ.get("VIGIL_MOLECULE_LOG_DIR") or tmp_path)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"molecule-{scenario}.log"
     try:
-        run = subprocess.run([*molecule, "test", "-s", scenario], cwd=ROLES, env=molecule_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1700)
+        # its own process group: on a timeout the nested ansible-playbook runs die with molecule
+        with log.open("w") as out:
+            proc = subprocess.Popen([*molecule, "test", "-s", scenario], cwd=ROLES, env=molecule_env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=3500)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
     finally:
         subprocess.run([*molecule, "destroy", "-s", scenario], cwd=ROLES, env=molecule_env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
         sweep()
-    assert run.returncode == 0, f"molecule test -s {scenario} failed:\n{run.stdout[-20000:]}"
-    recap = check_step_recap(run.stdout)
-    assert recap, f"no PLAY RECAP from the check step of {scenario}:\n{run.stdout[-5000:]}"
+    output = log.read_text()
+    assert returncode == 0, f"molecule test -s {scenario} failed (log: {log}):\n{output[-20000:]}"
+    recap = check_step_recap(output)
+    assert recap, f"no PLAY RECAP from the check step of {scenario}:\n{output[-5000:]}"
     drift = [r for r in recap if r["changed"] or r["failed"] or r["unreachable"]]
     assert not drift, f"--check on the converged fleet of {scenario} reports changes or failures: {drift}"

@@ -488,7 +488,7 @@ def check_variant(lab, name: str, n: int = 1000) -> dict:
         assert res["nflog_new_flow"] >= len(mine), res
     # a running flow, then a block of the server
     one_off_server()
-    cli = lab.popen("client", ["iperf3", "-c", srv, "-p", port, "-t", "30"], name=f"check-cli-{name}")
+    lab.popen("client", ["iperf3", "-c", srv, "-p", port, "-t", "30"], name=f"check-cli-{name}")
     try:
         time.sleep(2)
         res["rx_before"] = _rx_rate(lab)

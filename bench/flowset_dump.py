@@ -59,7 +59,7 @@ def _counter(data, pos: int, end: int) -> tuple[int, int] | None:
         if kind == EXPR_NAME:
             name = bytes(data[a:b]).rstrip(b"\0")
         elif kind == EXPR_DATA:
-            for k2, c, d in _attrs(data, a, b):
+            for k2, c, _d in _attrs(data, a, b):
                 if k2 == COUNTER_BYTES:
                     nbytes = BE64.unpack_from(data, c)[0]
                 elif k2 == COUNTER_PACKETS:

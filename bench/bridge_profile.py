@@ -13,7 +13,7 @@ runs in their softirq context):
   this path - plain path): the throughput ratio on idle cores if only the path differs.
 
     sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/bridge_profile.py [--seconds 12] [--ruleset N]
-        [--rounds R] [--variants today,T,V1,V2,V3,V4]
+        [--rounds R] [--variants today,T,V1,V2,V3,V4,V5]
 
 ``--variants``: the datapaths without br_netfilter and conntrack that bridge_throughput.py writes out
 (flow-set counters, a new-flow signal on a set miss, the sampling and block lookups), against the
@@ -71,7 +71,7 @@ def main() -> int:
                     help="keep the ladder steps whose label contains this text (repeatable; plain always)")
     ap.add_argument("--rounds", type=int, default=1, help="run the ladder this many times, alternating")
     ap.add_argument("--variants", default="",
-                    help="instead of the ladder: datapath variants of bridge_throughput.py (today,T,V1,V2,V3,V4), "
+                    help="instead of the ladder: datapath variants of bridge_throughput.py (today,T,V1,V2,V3,V4,V5), "
                          "with --ruleset N entries written straight into bridge vigil block4 (no agent)")
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -490,7 +490,7 @@ def check_variant(lab, name: str, n: int = 1000, cut: str = "delete") -> dict:
     one_off_server()
     r = lab.run("client", ["iperf3", "-c", srv, "-p", port, "-t", "2", "-P", "2", "-J"], timeout=30)
     lab.stop(f"check-srv-{name}")
-    sent = json.loads(r.stdout)["end"]["sum_sent"]["bytes"]
+    sent = json.loads(r.stdout)["end"]["sum_received"]["bytes"]     # payload that arrived
     elems = flow_elements(lab, 4)
     mine = [e for e in elems if int(port) in (e["sport"], e["dport"])]
     up = sum(e["bytes"] for e in mine if e["saddr"] == lab.ip("client") and e["dport"] == int(port))

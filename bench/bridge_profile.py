@@ -13,6 +13,11 @@ runs in their softirq context):
   this path - plain path): the throughput ratio on idle cores if only the path differs.
 
     sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/bridge_profile.py [--seconds 12] [--ruleset N]
+        [--rounds R] [--variants today,T,V1,V2,V3,V4,V5]
+
+``--variants``: the datapaths without br_netfilter and conntrack that bridge_throughput.py writes out
+(flow-set counters, a new-flow signal on a set miss, the sampling and block lookups), against the
+engine's kernel state of today built the same way.
 """
 from __future__ import annotations
 
@@ -65,6 +70,9 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[],
                     help="keep the ladder steps whose label contains this text (repeatable; plain always)")
     ap.add_argument("--rounds", type=int, default=1, help="run the ladder this many times, alternating")
+    ap.add_argument("--variants", default="",
+                    help="instead of the ladder: datapath variants of bridge_throughput.py (today,T,V1,V2,V3,V4,V5), "
+                         "with --ruleset N entries written straight into bridge vigil block4 (no agent)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -72,11 +80,14 @@ def main() -> int:
     lab = bt.make_lab("bp")
     tmp = Path(tempfile.mkdtemp(prefix="vigil-bridge-profile-"))
     try:
-        if args.ruleset:
-            bt.load_ruleset(lab, args.ruleset)
         state: dict = {}
-        steps = [(label, f) for label, f in bt.ladder_steps(lab, state)
-                 if not args.only or any(o in label for o in args.only)]
+        if args.variants:
+            steps = bt.variant_steps(lab, args.ruleset, args.variants.split(","))
+        else:
+            if args.ruleset:
+                bt.load_ruleset(lab, args.ruleset)
+            steps = [(label, f) for label, f in bt.ladder_steps(lab, state)
+                     if not args.only or any(o in label for o in args.only)]
         steps = [("plain bridge", lambda: None)] + steps
         print(f"perf cpu-clock 999 Hz, iperf3 {args.seconds:.0f}s, rule set {args.ruleset}, "
               f"load {os.getloadavg()[0]:.2f}; samples per GB of iperf3 + ksoftirqd")

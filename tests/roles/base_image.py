@@ -1,4 +1,4 @@
-"""The Molecule base image: Debian 12 minbase + systemd + python3, built by debootstrap.
+"""The Molecule base image: Debian 12 minbase + systemd + python3 (+ python3-apt), by debootstrap.
 
 Built once and cached by the hash of its recipe: the rootfs tarball under ``CACHE_DIR`` (kept
 across runs and across podman resets) and the imported podman image

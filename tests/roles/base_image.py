@@ -1,4 +1,4 @@
-"""The Molecule base image: Debian 12 minbase + systemd + python3, built by debootstrap.
+"""The Molecule base image: Debian 12 minbase + systemd + python3 (+ python3-apt), by debootstrap.
 
 Built once and cached by the hash of its recipe: the rootfs tarball under ``CACHE_DIR`` (kept
 across runs and across podman resets) and the imported podman image
@@ -22,7 +22,10 @@ IMAGE_REPO = "localhost/vigil-molecule-base"
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-INCLUDE = ["systemd", "systemd-sysv", "dbus", "python3", "iproute2", "ca-certificates"]
+# python3-apt: the scenario runs its plays through Mitogen (roles/molecule/fleet/plugins/strategy),
+# whose kept-open interpreter the apt module cannot respawn after installing python3-apt itself, as
+# it does over SSH on an operator's fresh Debian. The roles' own packages stay out of the image.
+INCLUDE = ["systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "iproute2", "ca-certificates"]
 # Run inside the rootfs after debootstrap: what a container with systemd as PID 1 needs.
 FIXUP = r"""
 set -e
@@ -40,6 +43,9 @@ done
 echo 'Acquire::Languages "none";' > /etc/apt/apt.conf.d/99vigil-nolang
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+# the emptied lists look a day old: apt's cache_valid_time (vigil_common) then refreshes them, as
+# it would on a host that never ran apt-get update (with python3-apt in the image, nothing else does)
+touch -d '1 day ago' /var/lib/apt/lists
 : > /etc/machine-id
 """
 

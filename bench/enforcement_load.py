@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "agents"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _netns import reexec_inner  # noqa: E402
 
 
 def _addrs(n: int, seed: int) -> list[str]:
@@ -173,15 +175,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespace, nftables)", file=sys.stderr)
         return 2
-    ns = f"benf{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        print(f"enforcement load benchmark in netns {ns} (shared, noisy machine: {os.cpu_count()} cores, "
-              f"load {os.getloadavg()[0]:.2f})")
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner",
-                               "--sizes", args.sizes] + (["--no-json"] if args.no_json else [])).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
+    print(f"enforcement load benchmark in a netns of its own (shared, noisy machine: {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.2f})")
+    return reexec_inner("benf", __file__, ["--sizes", args.sizes] + (["--no-json"] if args.no_json else []))
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "agents"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _netns import reexec_inner  # noqa: E402
 
 from vigil.engine.netlink import (NLA, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,  # noqa: E402
                                   NLMSG_ERROR, attr, error_code, iter_messages, nfnl_message, open_socket)
@@ -180,14 +181,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
-    ns = f"fsd-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner", "--elements",
-                               str(args.elements), "--repeat", str(args.repeat)]).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-
+    return reexec_inner("fsd", __file__, ["--elements", str(args.elements), "--repeat", str(args.repeat)])
 
 if __name__ == "__main__":
     raise SystemExit(main())

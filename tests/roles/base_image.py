@@ -43,9 +43,6 @@ done
 echo 'Acquire::Languages "none";' > /etc/apt/apt.conf.d/99vigil-nolang
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
-# the emptied lists look a day old: apt's cache_valid_time (vigil_common) then refreshes them, as
-# it would on a host that never ran apt-get update (with python3-apt in the image, nothing else does)
-touch -d '1 day ago' /var/lib/apt/lists
 : > /etc/machine-id
 """
 

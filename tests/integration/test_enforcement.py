@@ -14,6 +14,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.engine_lab import BOTH_DATAPATHS
 from tests.support.rulesets import RulesetPublisher, allow, drop, kernel_set
 from vigil import ruleset
 
@@ -68,7 +69,8 @@ def _applied(pub, gen):
     return pub.wait_state(lambda s: s["generation"] == gen and s["error"] is None)
 
 
-def test_snapshot_delta_cidr_ipv6_flow_and_expiry(lab, pub):
+@BOTH_DATAPATHS
+def test_snapshot_delta_cidr_ipv6_flow_and_expiry(lab, pub, datapath):
     _start(lab, pub)
     _listen(lab)
     srv4, srv6 = lab.ip("server"), lab.ip("server", 6)

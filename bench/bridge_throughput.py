@@ -648,7 +648,7 @@ def main() -> int:
             for source in args.sources.split(","):
                 flows = {} if source == "auto" else {"flows": {"source": source}}
                 plain, eng = alternate(lab, args.pairs, args.seconds,
-                                       lambda: start_engine(lab, **flows), f"engine {source}")
+                                       lambda flows=flows: start_engine(lab, **flows), f"engine {source}")
                 report(plain, eng, f"with vigil-engine running (flows.source {source})")
                 ratios = sorted(w / p for p, w in zip(plain, eng))
                 print(f"median pair ratio {statistics.median(ratios):.3f} (pairs {ratios[0]:.3f}-{ratios[-1]:.3f})\n",

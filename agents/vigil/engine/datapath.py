@@ -327,9 +327,11 @@ def flowset_script(ports: list[str], samples: SampleSpec | None, timeout_s: int,
                            f'prefix "flow-ack"')
             add(c, f"update @{flows} {{ {k} }}")
             # a frame with a forged source never makes its flow skip the checks; a TCP flow is
-            # marked checked only past its handshake (SYN, SYN-ACK and RST keep taking this path)
+            # marked checked only by a segment of an established connection (ACK, no SYN or RST):
+            # handshakes keep taking this path (the detector's signals), and so do crafted flag
+            # combinations without ACK (NULL, XMAS, SYN+FIN ...: sampled even inside a known tuple)
             if ports:
-                add(c, f"meta mark & {FORGED_BIT:#x} == 0 tcp flags & (syn|rst) == 0 add @{seen} {{ {k} }}")
+                add(c, f"meta mark & {FORGED_BIT:#x} == 0 tcp flags & (syn|rst|ack) == ack add @{seen} {{ {k} }}")
                 add(c, f"meta mark & {FORGED_BIT:#x} == 0 meta l4proto != tcp add @{seen} {{ {k} }}")
             else:
                 add(c, f"meta mark & {FORGED_BIT:#x} == 0 add @{seen} {{ {k} }}")

@@ -18,7 +18,6 @@ counted).  A sample that cannot be decoded is counted and skipped.
 """
 from __future__ import annotations
 
-import socket
 import struct
 from collections import OrderedDict
 

@@ -221,7 +221,7 @@ class EngineService:
         now_ms = payload.now_ms()
         t0 = time.monotonic()
         if self.flowset:
-            records = self.table.update(self.reader.dump(), now_ms)
+            records = self.table.update(_portless_as_zero_ports(self.reader.dump()), now_ms)
         else:
             records = self.table.update(self.reader.dump(self.table.known_by_id()), now_ms)
         self.counters.inc("flow_polls")
@@ -267,10 +267,10 @@ class EngineService:
             # the enforcement part rewrites bridge vigil with the datapath in the same transaction
             self.ctx.datapath_script = lambda: datapath.flowset_script(
                 ports, spec, fcfg.flowset_timeout, flow_rate=scfg.flow_signal_rate)
-            self.table = FlowSetTable(self.port_names, fcfg.flowset_timeout, max_flows=fcfg.max_flows,
-                                      counters=self.counters)
+            self.table = FlowSetTable(self.port_names, fcfg.flowset_timeout, max_flows=fcfg.max_flows)
             self.table.mac_for = self.senders.mac_for
-            self.reader = FlowSetReader(counters=self.counters)
+            self.reader = FlowSetReader(counters=self.counters,
+                                        sets=tuple((n, 4 if n.endswith("4") else 6) for n in datapath.FLOW_SETS))
         else:
             self.timeouts_applied = datapath.set_idle_timeouts(dict(fcfg.idle_timeouts))
             self.reader = ConntrackReader(self.counters)
@@ -463,6 +463,14 @@ class EngineService:
         self.mqtt.stop()
         if self.reader is not None:
             self.reader.close()
+
+
+def _portless_as_zero_ports(elements):
+    """The portless sets' keys (addresses and protocol: 12 or 36 bytes) as flow keys with ports 0."""
+    for fam, key, packets, nbytes, expires in elements:
+        if len(key) in (12, 36):
+            key += bytes(8)
+        yield fam, key, packets, nbytes, expires
 
 
 def _safe_status(part) -> dict:

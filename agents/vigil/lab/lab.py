@@ -127,7 +127,6 @@ class Lab:
             "control_socket": str(self.run_dir / "manager.sock"),
             "log": {"level": "INFO"},
         }
-        _merge(cfg, copy.deepcopy(self.engine_overrides))
         _merge(cfg, overrides)
         return cfg
 

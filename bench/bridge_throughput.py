@@ -223,9 +223,9 @@ def _flow_tables(lab, samples: bool = True, old_layout: bool = False) -> None:
 def ladder_steps(lab, state: dict):
     import signal
 
-    def engine(stop: bool):
+    def engine(stop: bool, **over):
         def run():
-            start_engine(lab)
+            start_engine(lab, **over)
             pid = lab.procs["engine"].pid
             if stop:
                 os.kill(pid, signal.SIGSTOP)
@@ -241,6 +241,8 @@ def ladder_steps(lab, state: dict):
         ("+ sampling rules (bulk fast path)", lambda: _flow_tables(lab)),
         ("engine kernel state, agent stopped", engine(True)),
         ("engine running", engine(False)),
+        ("flow-set engine kernel state, agent stopped", engine(True, flows={"source": "flowset"})),
+        ("flow-set engine running", engine(False, flows={"source": "flowset"})),
     ]
 
 

@@ -233,6 +233,7 @@ table inet {FLOW_TABLE} {{
 # so a block also cuts the flows already running: their next frame misses and meets the lookups.
 FLOWSET = "bridge-flowset"
 SEEN_TTL = 60                 # seconds a checked flow skips the lookups before it is checked again
+FLOWSET_SIZE = 262144         # elements per flow set and verdict cache
 NEW_BIT = 0x40000000          # mark: this frame opened a flow (neither direction was in flowsN)
 PORT_PROTOS = "{ tcp, udp, udplite, sctp, dccp }"
 FLOWSET_SIGNALS = ("new-flow", "flow-reply", "flow-ack")
@@ -273,8 +274,9 @@ def flowset_script(ports: list[str], samples: SampleSpec | None, timeout_s: int,
             typ = f"{a} . {a} . inet_proto" + (" . inet_service . inet_service" if ports else "")
             flows, seen = flow_sets(fam, ports)
             decl.append(f"  set {flows} {{ type {typ}; flags dynamic,timeout; timeout {int(timeout_s)}s; "
-                        "size 262144; counter; }")
-            decl.append(f"  set {seen} {{ type {typ}; flags dynamic,timeout; timeout {SEEN_TTL}s; size 262144; }}")
+                        f"size {FLOWSET_SIZE}; counter; }}")
+            decl.append(f"  set {seen} {{ type {typ}; flags dynamic,timeout; timeout {SEEN_TTL}s; "
+                        f"size {FLOWSET_SIZE}; }}")
     decl.append("  chain pre { type filter hook prerouting priority -300; policy accept; }")
     for c in ("forged4", "v4", "v6", "flow4p", "flow4n", "flow6p", "flow6n"):
         decl.append(f"  chain {c} {{ }}")
@@ -362,6 +364,20 @@ def set_idle_timeouts(timeouts: dict[str, int]) -> dict[str, int]:
             else:
                 log.warning("cannot set net.netfilter.%s (idle timeout for %s)", name, key)
     return applied
+
+
+def flowset_elements(elements) -> tuple[list, int]:
+    """A dump of the flow sets (flowset.FlowSetReader: family, key, packets, bytes, expires) as the
+    flow table's elements -- the portless sets' keys (addresses and protocol: 12 or 36 bytes) become
+    keys with ports 0 -- and the element count of the fullest set."""
+    out, sizes = [], {}
+    for fam, key, packets, nbytes, expires in elements:
+        kind = (fam, len(key))
+        sizes[kind] = sizes.get(kind, 0) + 1
+        if len(key) in (12, 36):
+            key += bytes(8)
+        out.append((fam, key, packets, nbytes, expires))
+    return out, max(sizes.values(), default=0)
 
 
 _FLOWSET_CHAINS = ("pre", "flow4p", "flow4n", "flow6p", "flow6n", "forged4")

@@ -149,6 +149,7 @@ class EngineService:
         self.reader: ConntrackReader | None = None
         self.ct_events: ConntrackEvents | None = None
         self.signals: FlowSignals | None = None      # the flow-set datapath's flow signals
+        self._full_warned = -1e9
         self.nflog: NflogReader | None = None
         self.threads: list[threading.Thread] = []
         self.spool = Spool(self.state_dir / "spool", int(cfg.flows.spool_max_mb * 1024 * 1024), self.counters)
@@ -221,7 +222,7 @@ class EngineService:
         now_ms = payload.now_ms()
         t0 = time.monotonic()
         if self.flowset:
-            records = self.table.update(_portless_as_zero_ports(self.reader.dump()), now_ms)
+            records = self.table.update(self._flowset_elements(), now_ms)
         else:
             records = self.table.update(self.reader.dump(self.table.known_by_id()), now_ms)
         self.counters.inc("flow_polls")
@@ -345,6 +346,18 @@ class EngineService:
             log.error("could not save learned owners: %s", exc)
 
     # -- kernel readers (threads) ---------------------------------------------------------------
+    def _flowset_elements(self) -> list:
+        """One dump of the flow sets as flow-table elements; a set at its size is counted
+        (``flowset_full``): new flows then go uncounted (enforcement stays exact on the slow path)."""
+        out, fullest = datapath.flowset_elements(self.reader.dump())
+        if fullest >= datapath.FLOWSET_SIZE * 0.98:
+            self.counters.inc("flowset_full")
+            if time.monotonic() - self._full_warned >= 60:
+                self._full_warned = time.monotonic()
+                log.warning("a flow set holds %d of %d elements: new flows go uncounted until flows expire "
+                            "(a flood of new tuples?)", fullest, datapath.FLOWSET_SIZE)
+        return out
+
     @property
     def flowset(self) -> bool:
         return self.features is not None and self.features.flow_source == datapath.FLOWSET
@@ -463,14 +476,6 @@ class EngineService:
         self.mqtt.stop()
         if self.reader is not None:
             self.reader.close()
-
-
-def _portless_as_zero_ports(elements):
-    """The portless sets' keys (addresses and protocol: 12 or 36 bytes) as flow keys with ports 0."""
-    for fam, key, packets, nbytes, expires in elements:
-        if len(key) in (12, 36):
-            key += bytes(8)
-        yield fam, key, packets, nbytes, expires
 
 
 def _safe_status(part) -> dict:

@@ -75,7 +75,7 @@ def test_enforcement_table_with_the_datapath_has_no_forward_hook_and_allow_retur
     assert any(r.endswith("counter drop comment \"block4 src\"") for r in v4)
     # the conntrack layout is unchanged: forward hook, allow accepts
     plain = nft.table_script(guards)
-    assert "add rule bridge vigil forward ether type ip jump v4" in plain
+    assert "add rule bridge vigil forward meta protocol ip jump v4" in plain
     assert any(r.endswith(" accept") for r in _chain(plain, "v4"))
 
 

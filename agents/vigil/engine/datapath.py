@@ -303,12 +303,13 @@ def flowset_script(ports: list[str], samples: SampleSpec | None, timeout_s: int,
     if group:
         for name, match in SAMPLE_RULES:
             add("pre", f'{match} {_limit(samples.rate)} log group {group} prefix "{name}"')
-    add("pre", "ether type ip jump v4")
-    add("pre", "ether type ip6 jump v6")
+    # meta protocol: an 802.1Q-tagged frame is IP too (nftables.table_script says why)
+    add("pre", "meta protocol ip jump v4")
+    add("pre", "meta protocol ip6 jump v6")
     for fam in (4, 6):
         ether = "ip" if fam == 4 else "ip6"
-        add("pre", f"ether type {ether} meta l4proto {PORT_PROTOS} goto flow{fam}p")
-        add("pre", f"ether type {ether} goto flow{fam}n")
+        add("pre", f"meta protocol {ether} meta l4proto {PORT_PROTOS} goto flow{fam}p")
+        add("pre", f"meta protocol {ether} goto flow{fam}n")
     rate = flow_rate or 10 * samples.new_flow_rate
     for fam in (4, 6):
         for kind, ports in (("p", True), ("n", False)):

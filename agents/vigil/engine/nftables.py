@@ -4,7 +4,7 @@ Layout (per family, ``4`` shown; ``6`` is the same with ``ip6``)::
 
     table bridge vigil
       chain forward   hook forward priority -200, policy accept      (fail-open)
-        ether type ip jump v4 ; ether type ip6 jump v6
+        meta protocol ip jump v4 ; meta protocol ip6 jump v6    (not ether type: see below)
       chain v4        no drop set holds saddr or daddr, no flow matches: return  (the common case)
                       guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
                       block4 / blocknet4* / local4 counter drop (saddr or daddr)
@@ -164,8 +164,11 @@ def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
         lines.append(f"delete chain {FAMILY} {TABLE} forward")
         lines.append(datapath.rstrip("\n"))
     else:
+        # ``meta protocol``, not ``ether type``: the kernel hands the bridge an 802.1Q frame's tag
+        # apart from the frame, and nft then reads the tag's 0x8100 as the ether type -- a blocked
+        # source passed by tagging its frames.  The lookups' own dependency is ``meta protocol``.
         for fam in (4, 6):
-            lines.append(f"add rule {FAMILY} {TABLE} forward ether type {_ETHER[fam]} jump v{fam}")
+            lines.append(f"add rule {FAMILY} {TABLE} forward meta protocol {_ETHER[fam]} jump v{fam}")
     allow = "return" if datapath else "accept"
     for fam in (4, 6):
         lines += [f"add rule {FAMILY} {TABLE} v{fam} {r}" for r in chain_rules(fam, allow)]

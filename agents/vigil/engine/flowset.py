@@ -55,6 +55,7 @@ import threading
 from typing import Callable, Iterable
 
 from ..contracts.connstate import PROTO_NAMES, conn_state
+from ..counters import Counters
 from .netlink import (NLA, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr, error_code,
                       iter_messages, nfnl_message, open_socket)
 
@@ -180,14 +181,11 @@ class FlowSetReader:
 
     def __init__(self, table: str = "vigil", counters=None, rcvbuf: int = 8 << 20, timeout_s: float = 5.0,
                  sets: tuple[tuple[str, int], ...] = SETS):
-        self.table, self.counters, self.rcvbuf, self.timeout_s, self.sets = table, counters, rcvbuf, timeout_s, sets
+        self.table, self.rcvbuf, self.timeout_s, self.sets = table, rcvbuf, timeout_s, sets
+        self.counters = counters if counters is not None else Counters()
         self._sock: socket.socket | None = None
         self._buf = bytearray(1 << 20)
         self._seq = 0
-
-    def _count(self, name: str, n: int = 1) -> None:
-        if self.counters is not None:
-            self.counters.inc(name, n)
 
     def dump(self) -> list[tuple[int, bytes, int, int, int]]:
         out: list = []
@@ -198,22 +196,20 @@ class FlowSetReader:
                     self._sock.settimeout(self.timeout_s)   # a lost NLMSG_DONE must not wedge the loop
                 self._seq += 1
                 dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
-                         lambda: self._count("flowset_messages_malformed"))
+                         lambda: self.counters.inc("flowset_messages_malformed"))
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
-                    self._count("flowset_missing")
+                    self.counters.inc("flowset_missing")
                     continue
-                self._count("flowset_dump_errors")
+                self.counters.inc("flowset_dump_errors")
                 log.warning("flow set dump %s failed: %s; reopening the socket", set_name, exc)
                 self.close()
         return out
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
 
 def flow_key(family: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:

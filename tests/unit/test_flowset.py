@@ -376,3 +376,11 @@ def test_broken_framing_and_socket_errors_are_counted_never_raised():
     r._sock = Broken([])
     assert r.dump() == [] and r._sock is None                   # closed: reopened at the next dump
     assert counters.c == {"flowset_messages_malformed": 1, "flowset_dump_errors": 1}
+
+
+def test_elements_whose_key_does_not_fit_the_family_are_left_out_and_counted():
+    k6 = flow_key(6, "fd00::1", "fd00::2", 6, 1, 2)
+    msg = setelem_message([(FWD[:19], 1, 1, 1), (k6, 2, 2, 2), (FWD, 3, 3, 3), (b"", 4, 4, 4)])
+    r, counters = reader_with([msg + done_message(), done_message(2)])
+    assert r.dump() == [(4, FWD, 3, 3, 3)]
+    assert counters.c == {"flowset_keys_malformed": 3}

@@ -72,6 +72,7 @@ DATA_VALUE = 1                                         # NFTA_DATA_VALUE
 EXPR_NAME, EXPR_DATA = 1, 2                            # NFTA_EXPR_*
 COUNTER_BYTES, COUNTER_PACKETS = 1, 2                  # NFTA_COUNTER_*
 BE64 = struct.Struct(">Q")
+_NLA, _BE64 = NLA.unpack_from, BE64.unpack_from
 KEY_LEN = {4: 20, 6: 44}
 SETS = (("flows4", 4), ("flows6", 6))
 ICMP_PROTOS = (1, 58)
@@ -92,56 +93,83 @@ def _attrs(data, pos: int, end: int):
 
 
 def _counter(data, pos: int, end: int) -> tuple[int, int] | None:
-    """(packets, bytes) of one NFTA_SET_ELEM_EXPR nest if it is a counter."""
-    name = b""
+    """(packets, bytes) of one expression nest (NFTA_EXPR_*) if it is a counter."""
+    is_counter = False
     packets = nbytes = 0
-    for kind, a, b in _attrs(data, pos, end):
+    while pos + 4 <= end:
+        alen, kind = _NLA(data, pos)
+        if alen < 4 or pos + alen > end:
+            raise ValueError(f"bad expression attribute length {alen} at {pos}")
+        kind &= NLA_TYPE_MASK
         if kind == EXPR_NAME:
-            name = bytes(data[a:b]).rstrip(b"\0")
+            is_counter = bytes(data[pos + 4:pos + alen]).rstrip(b"\0") == b"counter"
         elif kind == EXPR_DATA:
-            for k2, c, _d in _attrs(data, a, b):
-                if k2 == COUNTER_BYTES:
-                    nbytes = BE64.unpack_from(data, c)[0]
-                elif k2 == COUNTER_PACKETS:
-                    packets = BE64.unpack_from(data, c)[0]
-    return (packets, nbytes) if name == b"counter" else None
+            for k2, c, d in _attrs(data, pos + 4, pos + alen):
+                if d - c >= 8:
+                    if k2 == COUNTER_BYTES:
+                        nbytes = _BE64(data, c)[0]
+                    elif k2 == COUNTER_PACKETS:
+                        packets = _BE64(data, c)[0]
+        pos += (alen + 3) & ~3
+    return (packets, nbytes) if is_counter else None
 
 
-def parse_elements(data, pos: int, end: int, family: int, out: list) -> None:
+def parse_elements(data, pos: int, end: int, family: int, out: list) -> int:
     """Append (family, key bytes, packets, bytes, expires ms) of each element of one NEWSETELEM
-    payload; raises ValueError / struct.error on a garbled one (the caller drops the message)."""
+    payload; returns how many were left out for a key of another length than the family's.  Raises
+    ValueError / struct.error on a garbled message (the caller drops it whole).  The element loop is
+    written out (no generator per attribute): it runs once per flow direction at every dump."""
+    key_len = KEY_LEN.get(family, -1)
+    skipped = 0
     for kind, a, b in _attrs(data, pos, end):
         if kind != LIST_ELEMENTS:
             continue
-        for k_elem, ea, eb in _attrs(data, a, b):
-            if k_elem != LIST_ELEM:
+        p = a
+        while p + 4 <= b:
+            elen, etype = _NLA(data, p)
+            if elen < 4 or p + elen > b:
+                raise ValueError(f"bad element length {elen} at {p}")
+            q, eb = p + 4, p + elen
+            p += (elen + 3) & ~3
+            if etype & NLA_TYPE_MASK != LIST_ELEM:
                 continue
-            key, counts, expires = b"", None, 0
-            for k, c, d in _attrs(data, ea, eb):
-                if k == ELEM_KEY:
-                    for k2, e, f in _attrs(data, c, d):
-                        if k2 == DATA_VALUE:
-                            key = bytes(data[e:f])
-                elif k == ELEM_EXPIRATION:
-                    expires = BE64.unpack_from(data, c)[0]
-                elif k == ELEM_EXPR:
-                    counts = _counter(data, c, d)
-                elif k == ELEM_EXPRESSIONS:
-                    for _k3, e, f in _attrs(data, c, d):
+            key, counts, expires = None, None, 0
+            while q + 4 <= eb:
+                alen, at = _NLA(data, q)
+                if alen < 4 or q + alen > eb:
+                    raise ValueError(f"bad element attribute length {alen} at {q}")
+                at &= NLA_TYPE_MASK
+                if at == ELEM_KEY and alen >= 8:
+                    klen, kt = _NLA(data, q + 4)
+                    if kt & NLA_TYPE_MASK == DATA_VALUE and 4 <= klen <= alen - 4:
+                        key = bytes(data[q + 8:q + 4 + klen])
+                elif at == ELEM_EXPIRATION and alen >= 12:
+                    expires = _BE64(data, q + 4)[0]
+                elif at == ELEM_EXPR:
+                    counts = _counter(data, q + 4, q + alen)
+                elif at == ELEM_EXPRESSIONS:
+                    for _k, e, f in _attrs(data, q + 4, q + alen):
                         counts = counts or _counter(data, e, f)
+                q += (alen + 3) & ~3
+            if key is None or len(key) != key_len:
+                skipped += 1
+                continue
             packets, nbytes = counts or (0, 0)
             out.append((family, key, packets, nbytes, expires))
+    return skipped
 
 
 def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: int, out: list,
-             buf: bytearray, on_malformed: Callable[[], None] | None = None) -> None:
-    """Append every element of one bridge-family set to ``out`` by one netlink dump on ``sock``.
-    The kernel's refusal (e.g. ENOENT for a missing set) raises OSError with its errno; a garbled
-    message is dropped whole and ``on_malformed()`` called (or ValueError raised without one)."""
+             buf: bytearray, on_malformed: Callable[[], None] | None = None) -> int:
+    """Append every element of one bridge-family set to ``out`` by one netlink dump on ``sock``;
+    returns how many elements were left out for a key that does not fit ``family``.  The kernel's
+    refusal (e.g. ENOENT for a missing set) raises OSError with its errno; a garbled message is
+    dropped whole and ``on_malformed()`` called (or ValueError raised without one)."""
     payload = attr(LIST_TABLE, table.encode() + b"\0") + attr(LIST_SET, set_name.encode() + b"\0")
     sock.send(nfnl_message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
                            family=NFPROTO_BRIDGE, payload=payload))
     view = memoryview(buf)
+    skipped = 0
     while True:
         n = sock.recv_into(buf)
         if n == 0:
@@ -149,17 +177,17 @@ def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: i
         try:
             for mtype, _flags, start, end in iter_messages(view, n):
                 if mtype == NLMSG_DONE:
-                    return
+                    return skipped
                 if mtype == NLMSG_ERROR:
                     code = error_code(view, start)
                     if code == 0:      # an ack: nothing more comes
-                        return
+                        return skipped
                     raise OSError(code, f"set dump {table} {set_name}: {errno.errorcode.get(code, code)}")
                 if mtype != NEWSETELEM:
                     continue
                 n0 = len(out)
                 try:
-                    parse_elements(view, start + 4, end, family, out)
+                    skipped += parse_elements(view, start + 4, end, family, out)
                 except (ValueError, struct.error, IndexError):
                     del out[n0:]
                     if on_malformed is None:
@@ -175,7 +203,8 @@ class FlowSetReader:
     """Dumps ``flows4`` then ``flows6`` of ``table bridge <table>`` over one kept netlink socket.
 
     Nothing raises: a missing set or table yields nothing for it (``flowset_missing``, once per set
-    per dump); a garbled message is dropped (``flowset_messages_malformed``); any other failure is
+    per dump); a garbled message is dropped (``flowset_messages_malformed``); an element whose key
+    does not fit the set's family is left out (``flowset_keys_malformed``); any other failure is
     logged and counted (``flowset_dump_errors``), what was read so far is kept, and the socket is
     reopened at the next dump."""
 
@@ -195,8 +224,10 @@ class FlowSetReader:
                     self._sock = open_socket(self.rcvbuf)
                     self._sock.settimeout(self.timeout_s)   # a lost NLMSG_DONE must not wedge the loop
                 self._seq += 1
-                dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
-                         lambda: self.counters.inc("flowset_messages_malformed"))
+                skipped = dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
+                                   lambda: self.counters.inc("flowset_messages_malformed"))
+                if skipped:
+                    self.counters.inc("flowset_keys_malformed", skipped)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     self.counters.inc("flowset_missing")

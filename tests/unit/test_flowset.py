@@ -384,3 +384,41 @@ def test_elements_whose_key_does_not_fit_the_family_are_left_out_and_counted():
     r, counters = reader_with([msg + done_message(), done_message(2)])
     assert r.dump() == [(4, FWD, 3, 3, 3)]
     assert counters.c == {"flowset_keys_malformed": 3}
+
+
+def test_a_full_set_is_counted_and_each_sets_size_kept():
+    counters = Count()
+    r = fs.FlowSetReader(counters=counters, set_size=2)
+    r._sock = FakeSock([setelem_message([(FWD, 1, 1, 1), (REV, 1, 1, 1)]) + done_message(), error_message(2)])
+    assert len(r.dump()) == 2
+    assert r.sizes == {"flows4": 2, "flows6": 0} and counters.c == {"flowset_full": 1, "flowset_missing": 1}
+
+
+def test_hints_from_another_thread_while_dumps_are_applied():
+    import threading
+    t = FlowSetTable({}, T, max_hints=500)
+    stop = threading.Event()
+    errors = []
+
+    def noter():
+        i = 0
+        try:
+            while not stop.is_set():
+                t.note_first(4, C, S, 17, 1024 + i % 2000, 53)
+                i += 1
+        except Exception as exc:          # noqa: BLE001 - any failure of the thread fails the test
+            errors.append(exc)
+
+    th = threading.Thread(target=noter)
+    th.start()
+    try:
+        for n in range(30):
+            dump = [el(k4(C, S, 17, 1024 + i, 53), n + 1, 100 * (n + 1), 1_000) for i in range(0, 2000, 7)]
+            t.update(dump, NOW + n * 10_000)
+        deadline = time.monotonic() + 10
+        while t.hints_dropped == 0 and time.monotonic() < deadline:     # the noter has filled the table
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        th.join()
+    assert errors == [] and len(t._hints) <= 500 and t.hints_dropped > 0

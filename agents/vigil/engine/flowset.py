@@ -206,12 +206,15 @@ class FlowSetReader:
     per dump); a garbled message is dropped (``flowset_messages_malformed``); an element whose key
     does not fit the set's family is left out (``flowset_keys_malformed``); any other failure is
     logged and counted (``flowset_dump_errors``), what was read so far is kept, and the socket is
-    reopened at the next dump."""
+    reopened at the next dump.  ``sizes`` holds each set's element count at the last dump; a set
+    holding ``set_size`` elements (the sets' ``size``) is full: the kernel adds no new flow to it,
+    so new flows go unseen by telemetry (enforcement is unaffected) -- counted in ``flowset_full``."""
 
     def __init__(self, table: str = "vigil", counters=None, rcvbuf: int = 8 << 20, timeout_s: float = 5.0,
-                 sets: tuple[tuple[str, int], ...] = SETS):
-        self.table, self.rcvbuf, self.timeout_s, self.sets = table, rcvbuf, timeout_s, sets
+                 sets: tuple[tuple[str, int], ...] = SETS, set_size: int = 262144):
+        self.table, self.rcvbuf, self.timeout_s, self.sets, self.set_size = table, rcvbuf, timeout_s, sets, set_size
         self.counters = counters if counters is not None else Counters()
+        self.sizes: dict[str, int] = {}
         self._sock: socket.socket | None = None
         self._buf = bytearray(1 << 20)
         self._seq = 0
@@ -219,6 +222,7 @@ class FlowSetReader:
     def dump(self) -> list[tuple[int, bytes, int, int, int]]:
         out: list = []
         for set_name, family in self.sets:
+            n0 = len(out)
             try:
                 if self._sock is None:
                     self._sock = open_socket(self.rcvbuf)
@@ -231,10 +235,13 @@ class FlowSetReader:
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     self.counters.inc("flowset_missing")
-                    continue
-                self.counters.inc("flowset_dump_errors")
-                log.warning("flow set dump %s failed: %s; reopening the socket", set_name, exc)
-                self.close()
+                else:
+                    self.counters.inc("flowset_dump_errors")
+                    log.warning("flow set dump %s failed: %s; reopening the socket", set_name, exc)
+                    self.close()
+            self.sizes[set_name] = len(out) - n0
+            if self.sizes[set_name] >= self.set_size:
+                self.counters.inc("flowset_full")
         return out
 
     def close(self) -> None:

@@ -102,9 +102,11 @@ def test_hints_are_bounded_and_expire_and_bad_ones_are_refused():
         assert t.note_first(4, C, S, 6, 1000 + i, 80)
     assert len(t._hints) == 3 and t.hints_dropped == 2
     for bad in ((5, C, S, 6, 1, 2), (4, "nope", S, 6, 1, 2), (4, C, S, 6, 70000, 2), (4, C, S, "bogus", 1, 2),
-                (4, C, S, 300, 1, 2), (4, C, S, 6, "1", 2), (4, "fd00::1", S, 6, 1, 2)):
+                (4, C, S, 300, 1, 2), (4, C, S, 6, "1", 2), (4, "fd00::1", S, 6, 1, 2), (4, C, S, 6, 80.5, 2),
+                (4, None, S, 6, 1, 2), (4, C, S, None, 1, 2)):
         assert not t.note_first(*bad)
-    assert t.hints_invalid == 7
+    assert not t.note_first(4, C, S, 6, 1, 2, in_port=["eth0"]) and not t.note_first(4, C, S, 6, 1, 2, ts_ms="now")
+    assert t.hints_invalid == 12
     for i in range(FlowSetTable.HINT_DUMPS):
         t.update([], NOW + i)
     assert t._hints == {} and t.hints_expired == 3

@@ -348,7 +348,7 @@ class FlowSetTable:
                 in_port = self.port_names.get(in_port, "")
             if not isinstance(in_port, str) or (ts_ms is not None and not isinstance(ts_ms, int)):
                 raise ValueError("bad in_port or ts_ms")
-        except (ValueError, TypeError, OSError, KeyError):
+        except (ValueError, TypeError, OSError, KeyError, struct.error):
             self.hints_invalid += 1
             return False
         with self._lock:

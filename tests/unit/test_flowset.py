@@ -424,3 +424,52 @@ def test_hints_from_another_thread_while_dumps_are_applied():
         stop.set()
         th.join()
     assert errors == [] and len(t._hints) <= 500 and t.hints_dropped > 0
+
+
+# -- hints from the sampled packet itself ---------------------------------------------------------------
+
+def ipv4(src, dst, proto, l4: bytes, frag: int = 0) -> bytes:
+    return (struct.pack(">BBHHHBBH", 0x45, 0, 20 + len(l4), 1, frag, 64, proto, 0) + socket.inet_aton(src)
+            + socket.inet_aton(dst) + l4)
+
+
+def ipv6(src, dst, nxt, rest: bytes) -> bytes:
+    return (struct.pack(">IHBB", 6 << 28, len(rest), nxt, 64) + socket.inet_pton(socket.AF_INET6, src)
+            + socket.inet_pton(socket.AF_INET6, dst) + rest)
+
+
+def test_packet_key_is_the_key_the_update_rule_makes():
+    udp = struct.pack(">HHHH", 40000, 53, 8, 0)
+    assert fs.packet_key(ipv4(C, S, 17, udp)) == (4, k4(C, S, 17, 40000, 53))
+    tcp = struct.pack(">HHIIHHHH", 40000, 443, 1, 0, 0x5002, 1024, 0, 0)
+    assert fs.packet_key(ipv4(C, S, 6, tcp)) == (4, FWD)
+    echo = struct.pack(">BBHHH", 8, 0, 0xBEEF, 1, 1)                   # ICMP: type/code, then checksum
+    assert fs.packet_key(ipv4(C, S, 1, echo)) == (4, k4(C, S, 1, 0x0800, 0xBEEF))
+    hop = bytes([17, 0]) + bytes(6)                                    # hop-by-hop options, then UDP
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 0, hop + udp)) == (6, flow_key(6, "fd00::1", "fd00::2", 17,
+                                                                                   40000, 53))
+    first_frag = bytes([17, 0, 0, 1]) + bytes(4)                       # fragment header, offset 0, more
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 44, first_frag + udp))[1][32] == 17
+    later_frag = bytes([17, 0, 0x05, 0x01]) + bytes(4)                 # offset 160: no ports in it
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 44, later_frag + udp)) is None
+    assert fs.packet_key(ipv4(C, S, 17, udp, frag=0x2000 | 20)) is None          # IPv4 non-first fragment
+    assert fs.packet_key(ipv4(C, S, 17, udp, frag=0x2000))[0] == 4                # first fragment
+    assert fs.packet_key(ipv4(C, S, 17, b"\0\1")) is None                          # truncated transport
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 0, (bytes([0, 0]) + bytes(6)) * 9 + udp)) is None  # 9 headers
+    assert fs.packet_key(b"\x45" + bytes(10)) is None and fs.packet_key(b"\x75" + bytes(40)) is None
+
+
+def test_a_hint_from_the_packet_picks_the_originator_and_matches_icmp_exactly():
+    t = FlowSetTable({2: "eth1"}, T)
+    # a client on port 53 asking a server on 40000: the port rule alone would pick the server
+    a, b = k4(C, S, 17, 53, 40000), k4(S, C, 17, 40000, 53)
+    assert t.note_packet(ipv4(C, S, 17, struct.pack(">HHHH", 53, 40000, 8, 0)), in_port=2, forged=True)
+    # an echo request: its key holds the checksum, which only the packet itself gives
+    echo = k4(C, S, 1, 0x0800, 0x1111)
+    assert t.note_packet(ipv4(C, S, 1, struct.pack(">BBHHH", 8, 0, 0x1111, 1, 1)), in_port="eth0")
+    recs = {r["proto"]: r for r in t.update([el(b, 1, 60), el(a, 1, 60), el(echo, 1, 84)], NOW)}
+    assert (recs["udp"]["src"], recs["udp"]["sport"], recs["udp"]["in_port"], recs["udp"]["spoofed"]) == \
+        (C, 53, "eth1", True)
+    assert (recs["icmp"]["in_port"], recs["icmp"]["sport"], recs["icmp"]["dport"]) == ("eth0", 8, 0)
+    assert t._hints == {}
+    assert not t.note_packet(b"garbage") and not t.note_packet(None) and t.hints_invalid == 2

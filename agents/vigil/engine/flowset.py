@@ -32,8 +32,11 @@ established flow: there is no TCP state.  ``assured``: TCP with >= 2 packets eac
 protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
-same dump, the one an NFLOG ``new-flow`` sample named (``note_first``); without a sample, the side
-whose destination port is the lower (a server port), and for equal ports the side with more packets.
+same dump, the one an NFLOG ``new-flow`` sample named (``note_packet`` with the sampled packet, which
+gives the exact key -- ICMP's checksum included -- or ``note_first`` with its 5-tuple); without a
+sample, the side whose destination port is the lower (a server port), and for equal ports the side
+with more packets.  A sample also gives the flow its in-port, forgery flag and start time.  Samples
+are kept for at most ``max_hints`` tuples (the oldest dropped, counted) and ``HINT_DUMPS`` dumps.
 
 When a flow ends: when neither element is in a dump *and* the dump is past the expiry the kernel
 gave each element when it was last seen (an element absent before its expiry was skipped by the dump
@@ -259,6 +262,47 @@ def flow_key(family: int, src: str, dst: str, proto: int, sport: int, dport: int
             + struct.pack(">HHHH", sport, 0, dport, 0))
 
 
+_IPV6_EXT = (0, 43, 60)      # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+
+
+def packet_key(payload: bytes) -> tuple[int, bytes] | None:
+    """(family, set key) of a packet (from its network header on, as NFLOG delivers it) keyed the way
+    the datapath's update rule keys it: addresses, the transport protocol after any IPv6 extension
+    headers, and the first 4 bytes of the transport header (ports; for ICMP type, code, checksum).
+    None when the packet has no transport header there (too short, a non-first fragment)."""
+    n = len(payload)
+    if n < 20:
+        return None
+    version = payload[0] >> 4
+    if version == 4:
+        off, proto, addrs = (payload[0] & 0x0F) * 4, payload[9], payload[12:20]
+        if off < 20 or (payload[6] & 0x1F) or payload[7]:
+            return None
+    elif version == 6 and n >= 40:
+        proto, off, addrs = payload[6], 40, payload[8:40]
+        for _ in range(8):                     # a bounded walk, whatever the chain of headers
+            if proto not in _IPV6_EXT and proto not in (44, 51):
+                break
+            if n < off + 8:
+                return None
+            if proto in _IPV6_EXT:
+                proto, off = payload[off], off + (payload[off + 1] + 1) * 8
+            elif proto == 44:                  # fragment header: only the first fragment has ports
+                if (payload[off + 2] << 8 | payload[off + 3]) & 0xFFF8:
+                    return None
+                proto, off = payload[off], off + 8
+            else:                              # 51, authentication header: (len + 2) * 4 bytes
+                proto, off = payload[off], off + (payload[off + 1] + 2) * 4
+        else:
+            return None
+    else:
+        return None
+    if n < off + 4:
+        return None
+    return version, addrs + bytes((proto, 0, 0, 0, payload[off], payload[off + 1], 0, 0,
+                                   payload[off + 2], payload[off + 3], 0, 0))
+
+
 def reverse_key(key: bytes) -> bytes:
     """The key of the other direction of the same flow (20- or 44-byte keys)."""
     if len(key) == 20:
@@ -338,17 +382,27 @@ class FlowSetTable:
     # -- hints --------------------------------------------------------------------------------------
     def note_first(self, family: int, src: str, dst: str, proto, sport: int, dport: int, forged: bool = False,
                    in_port="", ts_ms: int | None = None) -> bool:
-        """An NFLOG ``new-flow`` sample: this tuple is its flow's originator.  False (and counted in
-        ``hints_invalid``) for a tuple that cannot be a key."""
+        """An NFLOG ``new-flow`` sample: this tuple is its flow's originator.  ``in_port``: a port
+        name, or a port index of ``port_names``.  False (and counted in ``hints_invalid``) for a
+        tuple that cannot be a key."""
         try:
             if isinstance(proto, str):
                 proto = _PROTO_NUMBERS[proto] if proto in _PROTO_NUMBERS else int(proto)
             key = flow_key(family, src, dst, proto, sport, dport)
-            if isinstance(in_port, int):
-                in_port = self.port_names.get(in_port, "")
-            if not isinstance(in_port, str) or (ts_ms is not None and not isinstance(ts_ms, int)):
-                raise ValueError("bad in_port or ts_ms")
         except (ValueError, TypeError, OSError, KeyError, struct.error):
+            key = None
+        return self._note(key, forged, in_port, ts_ms)
+
+    def note_packet(self, payload: bytes, forged: bool = False, in_port="", ts_ms: int | None = None) -> bool:
+        """``note_first`` from the sampled packet itself (NFLOG's payload): the exact key the kernel
+        used, so ICMP and protocols without ports get their hint too."""
+        pk = packet_key(payload) if isinstance(payload, (bytes, bytearray)) else None
+        return self._note(pk[1] if pk else None, forged, in_port, ts_ms)
+
+    def _note(self, key: bytes | None, forged: bool, in_port, ts_ms: int | None) -> bool:
+        if isinstance(in_port, int):
+            in_port = self.port_names.get(in_port, "")
+        if key is None or not isinstance(in_port, str) or (ts_ms is not None and not isinstance(ts_ms, int)):
             self.hints_invalid += 1
             return False
         with self._lock:

@@ -216,3 +216,94 @@ def test_real_traffic_becomes_one_record_per_flow_with_what_was_sent_and_ends_af
         assert r["orig_bytes_total"] == r0["orig_bytes_total"]
     # ours are no longer followed (link-local neighbour discovery may still be)
     assert {f.id for f in table.flows.values()}.isdisjoint(r["id"] for r in mine.values())
+
+
+# -- new-flow samples name the originator -------------------------------------------------------------
+
+NEWFLOW_DATAPATH = SETS.format(t=TIMEOUT_S) + textwrap.dedent("""\
+      chain prerouting {
+        type filter hook prerouting priority -300; policy accept;
+        ether type ip ip saddr . ip daddr . meta l4proto . th sport . th dport != @flows4 log group 7 prefix "new-flow"
+        ether type ip update @flows4 { ip saddr . ip daddr . meta l4proto . th sport . th dport }
+      }
+    }
+""")
+
+SAMPLER = textwrap.dedent('''
+    import json, sys, time
+    from vigil.engine.flowset import FlowSetReader
+    from vigil.engine.nflog import NflogReader
+    r = NflogReader(7)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    samples, deadline = [], time.time() + 3
+    while time.time() < deadline and len(samples) < 2:
+        samples += [(s.payload.hex(), s.physindev) for s in r.read(0.2) if s.prefix == "new-flow"]
+    print(json.dumps({"samples": samples,
+                      "dump": [(f, k.hex(), p, b, e) for f, k, p, b, e in FlowSetReader().dump()]}))
+''')
+
+ASK = textwrap.dedent('''
+    import socket, sys
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((sys.argv[2], 53))
+    u.settimeout(5)
+    u.sendto(b"q" * 10, (sys.argv[1], 40000))
+    u.recvfrom(100)
+''')
+
+ANSWER = textwrap.dedent('''
+    import socket, sys
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((sys.argv[1], 40000))
+    print("ready", flush=True)
+    data, peer = u.recvfrom(100)
+    u.sendto(b"a" * 10, peer)
+''')
+
+
+def test_new_flow_samples_name_the_originator_the_port_rule_would_miss(bridged):
+    """A client on port 53 asks a server on port 40000: both directions first appear in the same
+    dump, so without samples the lower destination port would make the server the originator."""
+    import json
+    a, b, e = bridged
+    subprocess.run(["ip", "netns", "exec", e, "nft", "flush ruleset"], check=True)
+    subprocess.run(["ip", "netns", "exec", e, "nft", "-f", "-"], input=NEWFLOW_DATAPATH, text=True, check=True)
+    links = json.loads(subprocess.run(["ip", "-n", e, "-j", "link", "show"], capture_output=True, text=True,
+                                      check=True).stdout)
+    port_names = {link["ifindex"]: link["ifname"] for link in links}
+    env = {**os.environ, "PYTHONPATH": ":".join(PYPATH)}
+    sampler = subprocess.Popen(["ip", "netns", "exec", e, sys.executable, "-c", SAMPLER], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-c", ANSWER, "10.99.0.2"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert sampler.stdout.readline().strip() == "ready" and server.stdout.readline().strip() == "ready"
+        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", ASK, "10.99.0.2", "10.99.0.1"], check=True,
+                       timeout=30)
+        assert server.wait(timeout=10) == 0
+        out, _ = sampler.communicate("go\n", timeout=30)
+    finally:
+        for p in (sampler, server):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    got = json.loads(out)
+    dump = [(f, bytes.fromhex(k), p, n, x) for f, k, p, n, x in got["dump"]]
+    ours = [d for d in dump if d[1][8] == 17]
+    assert len(ours) == 2 and len(got["samples"]) == 2, got      # one sample per direction's first packet
+
+    blind = FlowSetTable({}, TIMEOUT_S).update(ours, int(time.time() * 1000))
+    assert [(r["src"], r["sport"]) for r in blind] == [("10.99.0.2", 40000)]      # the port rule's guess
+
+    table = FlowSetTable(port_names, TIMEOUT_S)
+    for payload, physindev in got["samples"]:
+        assert table.note_packet(bytes.fromhex(payload), in_port=physindev)
+    r = one_record(table.update(ours, int(time.time() * 1000)))
+    assert (r["src"], r["sport"], r["dst"], r["dport"], r["in_port"]) == ("10.99.0.1", 53, "10.99.0.2", 40000, "pa")
+    assert (r["orig_pkts"], r["resp_pkts"], r["conn_state"]) == (1, 1, "S1") and table.hints_invalid == 0
+
+
+def one_record(records: list) -> dict:
+    assert len(records) == 1, records
+    return records[0]

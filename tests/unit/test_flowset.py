@@ -473,3 +473,12 @@ def test_a_hint_from_the_packet_picks_the_originator_and_matches_icmp_exactly():
     assert (recs["icmp"]["in_port"], recs["icmp"]["sport"], recs["icmp"]["dport"]) == ("eth0", 8, 0)
     assert t._hints == {}
     assert not t.note_packet(b"garbage") and not t.note_packet(None) and t.hints_invalid == 2
+
+
+def test_when_both_directions_were_sampled_the_earlier_sample_names_the_originator():
+    for first, second in (((C, S, 53, 40000), (S, C, 40000, 53)), ((S, C, 40000, 53), (C, S, 53, 40000))):
+        t = FlowSetTable({}, T)
+        for src, dst, sp, dp in (first, second):
+            assert t.note_packet(ipv4(src, dst, 17, struct.pack(">HHHH", sp, dp, 8, 0)))
+        r = one(t.update([el(k4(S, C, 17, 40000, 53), 1, 60), el(k4(C, S, 17, 53, 40000), 1, 60)], NOW))
+        assert (r["src"], r["sport"]) == (first[0], first[2]) and t._hints == {}

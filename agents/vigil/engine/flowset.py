@@ -32,7 +32,7 @@ established flow: there is no TCP state.  ``assured``: TCP with >= 2 packets eac
 protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
-same dump, the one an NFLOG ``new-flow`` sample named (``note_packet`` with the sampled packet, which
+same dump, the one an NFLOG ``new-flow`` sample named first (``note_packet`` with the sampled packet, which
 gives the exact key -- ICMP's checksum included -- or ``note_first`` with its 5-tuple); without a
 sample, the side whose destination port is the lower (a server port), and for equal ports the side
 with more packets.  A sample also gives the flow its in-port, forgery flag and start time.  Samples
@@ -374,7 +374,8 @@ class FlowSetTable:
         self.restarts = 0              # a tuple's element came back after expiring
         self.hints_invalid = self.hints_dropped = self.hints_expired = 0
         self.mac_for: Callable[[str, bool], str | None] | None = None
-        self._hints: dict[bytes, tuple] = {}        # key -> (forged, in_port, ts_ms, dump generation)
+        self._hints: dict[bytes, tuple] = {}        # key -> (forged, in_port, ts_ms, dump generation, order)
+        self._hint_seq = 0
         self._lock = threading.Lock()               # hints come from the NFLOG thread
         self._gen = 0
         self._next_id = 0
@@ -409,7 +410,8 @@ class FlowSetTable:
             if key not in self._hints and len(self._hints) >= self.max_hints:
                 del self._hints[next(iter(self._hints))]
                 self.hints_dropped += 1
-            self._hints[key] = (bool(forged), in_port, ts_ms, self._gen)
+            self._hint_seq += 1
+            self._hints[key] = (bool(forged), in_port, ts_ms, self._gen, self._hint_seq)
         return True
 
     def _take_hints(self, key: bytes, rkey: bytes) -> tuple[tuple | None, tuple | None]:
@@ -530,7 +532,8 @@ class FlowSetTable:
             hk, hr = self._take_hints(key, rkey)
             mine = (pk, nb, exp)
             theirs = partner[1:] if partner is not None else None
-            if hk is not None:
+            # each direction's first packet misses the set, so both may have been sampled: the earlier wins
+            if hk is not None and (hr is None or hk[4] < hr[4]):
                 orig_is_key, hint = True, hk
             elif hr is not None:
                 orig_is_key, hint = False, hr

@@ -32,11 +32,13 @@ established flow: there is no TCP state.  ``assured``: TCP with >= 2 packets eac
 protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
-same dump, the one an NFLOG ``new-flow`` sample named first (``note_packet`` with the sampled packet, which
-gives the exact key -- ICMP's checksum included -- or ``note_first`` with its 5-tuple); without a
-sample, the side whose destination port is the lower (a server port), and for equal ports the side
-with more packets.  A sample also gives the flow its in-port, forgery flag and start time.  Samples
-are kept for at most ``max_hints`` tuples (the oldest dropped, counted) and ``HINT_DUMPS`` dumps.
+same dump, the one an NFLOG ``new-flow`` sample named first (``note_packet`` with the sampled
+packet, which gives the exact key -- ICMP's checksum included -- or ``note_first`` with its
+5-tuple); without a sample, the side whose destination port is the lower (a server port), and for
+equal ports the side with more packets.  A sample also gives the flow its in-port, forgery flag and
+start time.  Samples are kept for at most ``max_hints`` tuples (the oldest dropped, counted) and
+``HINT_DUMPS`` dumps.  Without a sample, ``start`` is the earliest last-packet estimate (below) of
+the flow's elements when first seen (the first packet came no later than that).
 
 When a flow ends: when neither element is in a dump *and* the dump is past the expiry the kernel
 gave each element when it was last seen (an element absent before its expiry was skipped by the dump

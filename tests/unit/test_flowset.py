@@ -214,11 +214,12 @@ def test_garbage_keys_are_counted_and_forged_ones_stay_bounded():
     garbage = [el(b"", 1, 1), el(b"x" * 19, 1, 1), el(FWD + b"\0", 1, 1), el(FWD, 1, 1, fam=6),
                el(b"y" * 44, 1, 1, fam=4), el(b"z" * 20, 1, 1, fam=9)]
     assert t.update(garbage, NOW) == [] and t.keys_malformed == 6 and t.flows == {}
+    assert t.stats()["flowset_keys_malformed_table"] == 6
     # an adversary's keys: zero ports, any protocol, ICMP whose "ports" are type/code and checksum
     forged = [el(bytes([10, 0, i >> 8 & 255, i & 255]) + bytes(4) + bytes([i % 256, 0, 0, 0]) + bytes(8), 1, 40)
               for i in range(1000)]
     recs = t.update(forged, NOW)
-    assert len(t.flows) == 100 and len(recs) == 100 and t.evicted == 900
+    assert len(t.flows) == 100 and len(recs) == 100 and t.evicted == 900 == t.stats()["flowset_flows_evicted"]
     icmp = one(FlowSetTable({}, T).update([el(k4(C, S, 1, 0x0800, 0xBEEF), 1, 84)], NOW))
     assert (icmp["proto"], icmp["sport"], icmp["dport"]) == ("icmp", 8, 0)
     one(FlowSetTable({}, T).update([el(k4(C, S, 0, 0, 0), 1, 40), el(k4(S, C, 0, 0, 0), 1, 40)], NOW))

@@ -382,6 +382,13 @@ class FlowSetTable:
         self._gen = 0
         self._next_id = 0
 
+    def stats(self) -> dict[str, int]:
+        """This table's own counters, named for the engine's status (``flowset_`` ...)."""
+        return {"flowset_flows_evicted": self.evicted, "flowset_flows_ended": self.ended_by_absence,
+                "flowset_keys_malformed_table": self.keys_malformed, "flowset_elements_missed": self.elements_missed,
+                "flowset_restarts": self.restarts, "flowset_hints_invalid": self.hints_invalid,
+                "flowset_hints_dropped": self.hints_dropped, "flowset_hints_expired": self.hints_expired}
+
     # -- hints --------------------------------------------------------------------------------------
     def note_first(self, family: int, src: str, dst: str, proto, sport: int, dport: int, forged: bool = False,
                    in_port="", ts_ms: int | None = None) -> bool:

@@ -102,9 +102,11 @@ def test_hints_are_bounded_and_expire_and_bad_ones_are_refused():
         assert t.note_first(4, C, S, 6, 1000 + i, 80)
     assert len(t._hints) == 3 and t.hints_dropped == 2
     for bad in ((5, C, S, 6, 1, 2), (4, "nope", S, 6, 1, 2), (4, C, S, 6, 70000, 2), (4, C, S, "bogus", 1, 2),
-                (4, C, S, 300, 1, 2), (4, C, S, 6, "1", 2), (4, "fd00::1", S, 6, 1, 2)):
+                (4, C, S, 300, 1, 2), (4, C, S, 6, "1", 2), (4, "fd00::1", S, 6, 1, 2), (4, C, S, 6, 80.5, 2),
+                (4, None, S, 6, 1, 2), (4, C, S, None, 1, 2)):
         assert not t.note_first(*bad)
-    assert t.hints_invalid == 7
+    assert not t.note_first(4, C, S, 6, 1, 2, in_port=["eth0"]) and not t.note_first(4, C, S, 6, 1, 2, ts_ms="now")
+    assert t.hints_invalid == 12
     for i in range(FlowSetTable.HINT_DUMPS):
         t.update([], NOW + i)
     assert t._hints == {} and t.hints_expired == 3
@@ -212,11 +214,12 @@ def test_garbage_keys_are_counted_and_forged_ones_stay_bounded():
     garbage = [el(b"", 1, 1), el(b"x" * 19, 1, 1), el(FWD + b"\0", 1, 1), el(FWD, 1, 1, fam=6),
                el(b"y" * 44, 1, 1, fam=4), el(b"z" * 20, 1, 1, fam=9)]
     assert t.update(garbage, NOW) == [] and t.keys_malformed == 6 and t.flows == {}
+    assert t.stats()["flowset_keys_malformed_table"] == 6
     # an adversary's keys: zero ports, any protocol, ICMP whose "ports" are type/code and checksum
     forged = [el(bytes([10, 0, i >> 8 & 255, i & 255]) + bytes(4) + bytes([i % 256, 0, 0, 0]) + bytes(8), 1, 40)
               for i in range(1000)]
     recs = t.update(forged, NOW)
-    assert len(t.flows) == 100 and len(recs) == 100 and t.evicted == 900
+    assert len(t.flows) == 100 and len(recs) == 100 and t.evicted == 900 == t.stats()["flowset_flows_evicted"]
     icmp = one(FlowSetTable({}, T).update([el(k4(C, S, 1, 0x0800, 0xBEEF), 1, 84)], NOW))
     assert (icmp["proto"], icmp["sport"], icmp["dport"]) == ("icmp", 8, 0)
     one(FlowSetTable({}, T).update([el(k4(C, S, 0, 0, 0), 1, 40), el(k4(S, C, 0, 0, 0), 1, 40)], NOW))
@@ -376,3 +379,107 @@ def test_broken_framing_and_socket_errors_are_counted_never_raised():
     r._sock = Broken([])
     assert r.dump() == [] and r._sock is None                   # closed: reopened at the next dump
     assert counters.c == {"flowset_messages_malformed": 1, "flowset_dump_errors": 1}
+
+
+def test_elements_whose_key_does_not_fit_the_family_are_left_out_and_counted():
+    k6 = flow_key(6, "fd00::1", "fd00::2", 6, 1, 2)
+    msg = setelem_message([(FWD[:19], 1, 1, 1), (k6, 2, 2, 2), (FWD, 3, 3, 3), (b"", 4, 4, 4)])
+    r, counters = reader_with([msg + done_message(), done_message(2)])
+    assert r.dump() == [(4, FWD, 3, 3, 3)]
+    assert counters.c == {"flowset_keys_malformed": 3}
+
+
+def test_a_full_set_is_counted_and_each_sets_size_kept():
+    counters = Count()
+    r = fs.FlowSetReader(counters=counters, set_size=2)
+    r._sock = FakeSock([setelem_message([(FWD, 1, 1, 1), (REV, 1, 1, 1)]) + done_message(), error_message(2)])
+    assert len(r.dump()) == 2
+    assert r.sizes == {"flows4": 2, "flows6": 0} and counters.c == {"flowset_full": 1, "flowset_missing": 1}
+
+
+def test_hints_from_another_thread_while_dumps_are_applied():
+    import threading
+    t = FlowSetTable({}, T, max_hints=500)
+    stop = threading.Event()
+    errors = []
+
+    def noter():
+        i = 0
+        try:
+            while not stop.is_set():
+                t.note_first(4, C, S, 17, 1024 + i % 2000, 53)
+                i += 1
+        except Exception as exc:          # noqa: BLE001 - any failure of the thread fails the test
+            errors.append(exc)
+
+    th = threading.Thread(target=noter)
+    th.start()
+    try:
+        for n in range(30):
+            dump = [el(k4(C, S, 17, 1024 + i, 53), n + 1, 100 * (n + 1), 1_000) for i in range(0, 2000, 7)]
+            t.update(dump, NOW + n * 10_000)
+        deadline = time.monotonic() + 10
+        while t.hints_dropped == 0 and time.monotonic() < deadline:     # the noter has filled the table
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        th.join()
+    assert errors == [] and len(t._hints) <= 500 and t.hints_dropped > 0
+
+
+# -- hints from the sampled packet itself ---------------------------------------------------------------
+
+def ipv4(src, dst, proto, l4: bytes, frag: int = 0) -> bytes:
+    return (struct.pack(">BBHHHBBH", 0x45, 0, 20 + len(l4), 1, frag, 64, proto, 0) + socket.inet_aton(src)
+            + socket.inet_aton(dst) + l4)
+
+
+def ipv6(src, dst, nxt, rest: bytes) -> bytes:
+    return (struct.pack(">IHBB", 6 << 28, len(rest), nxt, 64) + socket.inet_pton(socket.AF_INET6, src)
+            + socket.inet_pton(socket.AF_INET6, dst) + rest)
+
+
+def test_packet_key_is_the_key_the_update_rule_makes():
+    udp = struct.pack(">HHHH", 40000, 53, 8, 0)
+    assert fs.packet_key(ipv4(C, S, 17, udp)) == (4, k4(C, S, 17, 40000, 53))
+    tcp = struct.pack(">HHIIHHHH", 40000, 443, 1, 0, 0x5002, 1024, 0, 0)
+    assert fs.packet_key(ipv4(C, S, 6, tcp)) == (4, FWD)
+    echo = struct.pack(">BBHHH", 8, 0, 0xBEEF, 1, 1)                   # ICMP: type/code, then checksum
+    assert fs.packet_key(ipv4(C, S, 1, echo)) == (4, k4(C, S, 1, 0x0800, 0xBEEF))
+    hop = bytes([17, 0]) + bytes(6)                                    # hop-by-hop options, then UDP
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 0, hop + udp)) == (6, flow_key(6, "fd00::1", "fd00::2", 17,
+                                                                                   40000, 53))
+    first_frag = bytes([17, 0, 0, 1]) + bytes(4)                       # fragment header, offset 0, more
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 44, first_frag + udp))[1][32] == 17
+    later_frag = bytes([17, 0, 0x05, 0x01]) + bytes(4)                 # offset 160: no ports in it
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 44, later_frag + udp)) is None
+    assert fs.packet_key(ipv4(C, S, 17, udp, frag=0x2000 | 20)) is None          # IPv4 non-first fragment
+    assert fs.packet_key(ipv4(C, S, 17, udp, frag=0x2000))[0] == 4                # first fragment
+    assert fs.packet_key(ipv4(C, S, 17, b"\0\1")) is None                          # truncated transport
+    assert fs.packet_key(ipv6("fd00::1", "fd00::2", 0, (bytes([0, 0]) + bytes(6)) * 9 + udp)) is None  # 9 headers
+    assert fs.packet_key(b"\x45" + bytes(10)) is None and fs.packet_key(b"\x75" + bytes(40)) is None
+
+
+def test_a_hint_from_the_packet_picks_the_originator_and_matches_icmp_exactly():
+    t = FlowSetTable({2: "eth1"}, T)
+    # a client on port 53 asking a server on 40000: the port rule alone would pick the server
+    a, b = k4(C, S, 17, 53, 40000), k4(S, C, 17, 40000, 53)
+    assert t.note_packet(ipv4(C, S, 17, struct.pack(">HHHH", 53, 40000, 8, 0)), in_port=2, forged=True)
+    # an echo request: its key holds the checksum, which only the packet itself gives
+    echo = k4(C, S, 1, 0x0800, 0x1111)
+    assert t.note_packet(ipv4(C, S, 1, struct.pack(">BBHHH", 8, 0, 0x1111, 1, 1)), in_port="eth0")
+    recs = {r["proto"]: r for r in t.update([el(b, 1, 60), el(a, 1, 60), el(echo, 1, 84)], NOW)}
+    assert (recs["udp"]["src"], recs["udp"]["sport"], recs["udp"]["in_port"], recs["udp"]["spoofed"]) == \
+        (C, 53, "eth1", True)
+    assert (recs["icmp"]["in_port"], recs["icmp"]["sport"], recs["icmp"]["dport"]) == ("eth0", 8, 0)
+    assert t._hints == {}
+    assert not t.note_packet(b"garbage") and not t.note_packet(None) and t.hints_invalid == 2
+
+
+def test_when_both_directions_were_sampled_the_earlier_sample_names_the_originator():
+    for first, second in (((C, S, 53, 40000), (S, C, 40000, 53)), ((S, C, 40000, 53), (C, S, 53, 40000))):
+        t = FlowSetTable({}, T)
+        for src, dst, sp, dp in (first, second):
+            assert t.note_packet(ipv4(src, dst, 17, struct.pack(">HHHH", sp, dp, 8, 0)))
+        r = one(t.update([el(k4(S, C, 17, 40000, 53), 1, 60), el(k4(C, S, 17, 53, 40000), 1, 60)], NOW))
+        assert (r["src"], r["sport"]) == (first[0], first[2]) and t._hints == {}

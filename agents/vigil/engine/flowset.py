@@ -32,8 +32,13 @@ established flow: there is no TCP state.  ``assured``: TCP with >= 2 packets eac
 protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
-same dump, the one an NFLOG ``new-flow`` sample named (``note_first``); without a sample, the side
-whose destination port is the lower (a server port), and for equal ports the side with more packets.
+same dump, the one an NFLOG ``new-flow`` sample named first (``note_packet`` with the sampled
+packet, which gives the exact key -- ICMP's checksum included -- or ``note_first`` with its
+5-tuple); without a sample, the side whose destination port is the lower (a server port), and for
+equal ports the side with more packets.  A sample also gives the flow its in-port, forgery flag and
+start time.  Samples are kept for at most ``max_hints`` tuples (the oldest dropped, counted) and
+``HINT_DUMPS`` dumps.  Without a sample, ``start`` is the earliest last-packet estimate (below) of
+the flow's elements when first seen (the first packet came no later than that).
 
 When a flow ends: when neither element is in a dump *and* the dump is past the expiry the kernel
 gave each element when it was last seen (an element absent before its expiry was skipped by the dump
@@ -55,6 +60,7 @@ import threading
 from typing import Callable, Iterable
 
 from ..contracts.connstate import PROTO_NAMES, conn_state
+from ..counters import Counters
 from .netlink import (NLA, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr, error_code,
                       iter_messages, nfnl_message, open_socket)
 
@@ -71,6 +77,7 @@ DATA_VALUE = 1                                         # NFTA_DATA_VALUE
 EXPR_NAME, EXPR_DATA = 1, 2                            # NFTA_EXPR_*
 COUNTER_BYTES, COUNTER_PACKETS = 1, 2                  # NFTA_COUNTER_*
 BE64 = struct.Struct(">Q")
+_NLA, _BE64 = NLA.unpack_from, BE64.unpack_from
 KEY_LEN = {4: 20, 6: 44}
 SETS = (("flows4", 4), ("flows6", 6))
 ICMP_PROTOS = (1, 58)
@@ -91,56 +98,83 @@ def _attrs(data, pos: int, end: int):
 
 
 def _counter(data, pos: int, end: int) -> tuple[int, int] | None:
-    """(packets, bytes) of one NFTA_SET_ELEM_EXPR nest if it is a counter."""
-    name = b""
+    """(packets, bytes) of one expression nest (NFTA_EXPR_*) if it is a counter."""
+    is_counter = False
     packets = nbytes = 0
-    for kind, a, b in _attrs(data, pos, end):
+    while pos + 4 <= end:
+        alen, kind = _NLA(data, pos)
+        if alen < 4 or pos + alen > end:
+            raise ValueError(f"bad expression attribute length {alen} at {pos}")
+        kind &= NLA_TYPE_MASK
         if kind == EXPR_NAME:
-            name = bytes(data[a:b]).rstrip(b"\0")
+            is_counter = bytes(data[pos + 4:pos + alen]).rstrip(b"\0") == b"counter"
         elif kind == EXPR_DATA:
-            for k2, c, _d in _attrs(data, a, b):
-                if k2 == COUNTER_BYTES:
-                    nbytes = BE64.unpack_from(data, c)[0]
-                elif k2 == COUNTER_PACKETS:
-                    packets = BE64.unpack_from(data, c)[0]
-    return (packets, nbytes) if name == b"counter" else None
+            for k2, c, d in _attrs(data, pos + 4, pos + alen):
+                if d - c >= 8:
+                    if k2 == COUNTER_BYTES:
+                        nbytes = _BE64(data, c)[0]
+                    elif k2 == COUNTER_PACKETS:
+                        packets = _BE64(data, c)[0]
+        pos += (alen + 3) & ~3
+    return (packets, nbytes) if is_counter else None
 
 
-def parse_elements(data, pos: int, end: int, family: int, out: list) -> None:
+def parse_elements(data, pos: int, end: int, family: int, out: list) -> int:
     """Append (family, key bytes, packets, bytes, expires ms) of each element of one NEWSETELEM
-    payload; raises ValueError / struct.error on a garbled one (the caller drops the message)."""
+    payload; returns how many were left out for a key of another length than the family's.  Raises
+    ValueError / struct.error on a garbled message (the caller drops it whole).  The element loop is
+    written out (no generator per attribute): it runs once per flow direction at every dump."""
+    key_len = KEY_LEN.get(family, -1)
+    skipped = 0
     for kind, a, b in _attrs(data, pos, end):
         if kind != LIST_ELEMENTS:
             continue
-        for k_elem, ea, eb in _attrs(data, a, b):
-            if k_elem != LIST_ELEM:
+        p = a
+        while p + 4 <= b:
+            elen, etype = _NLA(data, p)
+            if elen < 4 or p + elen > b:
+                raise ValueError(f"bad element length {elen} at {p}")
+            q, eb = p + 4, p + elen
+            p += (elen + 3) & ~3
+            if etype & NLA_TYPE_MASK != LIST_ELEM:
                 continue
-            key, counts, expires = b"", None, 0
-            for k, c, d in _attrs(data, ea, eb):
-                if k == ELEM_KEY:
-                    for k2, e, f in _attrs(data, c, d):
-                        if k2 == DATA_VALUE:
-                            key = bytes(data[e:f])
-                elif k == ELEM_EXPIRATION:
-                    expires = BE64.unpack_from(data, c)[0]
-                elif k == ELEM_EXPR:
-                    counts = _counter(data, c, d)
-                elif k == ELEM_EXPRESSIONS:
-                    for _k3, e, f in _attrs(data, c, d):
+            key, counts, expires = None, None, 0
+            while q + 4 <= eb:
+                alen, at = _NLA(data, q)
+                if alen < 4 or q + alen > eb:
+                    raise ValueError(f"bad element attribute length {alen} at {q}")
+                at &= NLA_TYPE_MASK
+                if at == ELEM_KEY and alen >= 8:
+                    klen, kt = _NLA(data, q + 4)
+                    if kt & NLA_TYPE_MASK == DATA_VALUE and 4 <= klen <= alen - 4:
+                        key = bytes(data[q + 8:q + 4 + klen])
+                elif at == ELEM_EXPIRATION and alen >= 12:
+                    expires = _BE64(data, q + 4)[0]
+                elif at == ELEM_EXPR:
+                    counts = _counter(data, q + 4, q + alen)
+                elif at == ELEM_EXPRESSIONS:
+                    for _k, e, f in _attrs(data, q + 4, q + alen):
                         counts = counts or _counter(data, e, f)
+                q += (alen + 3) & ~3
+            if key is None or len(key) != key_len:
+                skipped += 1
+                continue
             packets, nbytes = counts or (0, 0)
             out.append((family, key, packets, nbytes, expires))
+    return skipped
 
 
 def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: int, out: list,
-             buf: bytearray, on_malformed: Callable[[], None] | None = None) -> None:
-    """Append every element of one bridge-family set to ``out`` by one netlink dump on ``sock``.
-    The kernel's refusal (e.g. ENOENT for a missing set) raises OSError with its errno; a garbled
-    message is dropped whole and ``on_malformed()`` called (or ValueError raised without one)."""
+             buf: bytearray, on_malformed: Callable[[], None] | None = None) -> int:
+    """Append every element of one bridge-family set to ``out`` by one netlink dump on ``sock``;
+    returns how many elements were left out for a key that does not fit ``family``.  The kernel's
+    refusal (e.g. ENOENT for a missing set) raises OSError with its errno; a garbled message is
+    dropped whole and ``on_malformed()`` called (or ValueError raised without one)."""
     payload = attr(LIST_TABLE, table.encode() + b"\0") + attr(LIST_SET, set_name.encode() + b"\0")
     sock.send(nfnl_message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
                            family=NFPROTO_BRIDGE, payload=payload))
     view = memoryview(buf)
+    skipped = 0
     while True:
         n = sock.recv_into(buf)
         if n == 0:
@@ -148,17 +182,17 @@ def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: i
         try:
             for mtype, _flags, start, end in iter_messages(view, n):
                 if mtype == NLMSG_DONE:
-                    return
+                    return skipped
                 if mtype == NLMSG_ERROR:
                     code = error_code(view, start)
                     if code == 0:      # an ack: nothing more comes
-                        return
+                        return skipped
                     raise OSError(code, f"set dump {table} {set_name}: {errno.errorcode.get(code, code)}")
                 if mtype != NEWSETELEM:
                     continue
                 n0 = len(out)
                 try:
-                    parse_elements(view, start + 4, end, family, out)
+                    skipped += parse_elements(view, start + 4, end, family, out)
                 except (ValueError, struct.error, IndexError):
                     del out[n0:]
                     if on_malformed is None:
@@ -174,46 +208,51 @@ class FlowSetReader:
     """Dumps ``flows4`` then ``flows6`` of ``table bridge <table>`` over one kept netlink socket.
 
     Nothing raises: a missing set or table yields nothing for it (``flowset_missing``, once per set
-    per dump); a garbled message is dropped (``flowset_messages_malformed``); any other failure is
+    per dump); a garbled message is dropped (``flowset_messages_malformed``); an element whose key
+    does not fit the set's family is left out (``flowset_keys_malformed``); any other failure is
     logged and counted (``flowset_dump_errors``), what was read so far is kept, and the socket is
-    reopened at the next dump."""
+    reopened at the next dump.  ``sizes`` holds each set's element count at the last dump; a set
+    holding ``set_size`` elements (the sets' ``size``) is full: the kernel adds no new flow to it,
+    so new flows go unseen by telemetry (enforcement is unaffected) -- counted in ``flowset_full``."""
 
     def __init__(self, table: str = "vigil", counters=None, rcvbuf: int = 8 << 20, timeout_s: float = 5.0,
-                 sets: tuple[tuple[str, int], ...] = SETS):
-        self.table, self.counters, self.rcvbuf, self.timeout_s, self.sets = table, counters, rcvbuf, timeout_s, sets
+                 sets: tuple[tuple[str, int], ...] = SETS, set_size: int = 262144):
+        self.table, self.rcvbuf, self.timeout_s, self.sets, self.set_size = table, rcvbuf, timeout_s, sets, set_size
+        self.counters = counters if counters is not None else Counters()
+        self.sizes: dict[str, int] = {}
         self._sock: socket.socket | None = None
         self._buf = bytearray(1 << 20)
         self._seq = 0
 
-    def _count(self, name: str, n: int = 1) -> None:
-        if self.counters is not None:
-            self.counters.inc(name, n)
-
     def dump(self) -> list[tuple[int, bytes, int, int, int]]:
         out: list = []
         for set_name, family in self.sets:
+            n0 = len(out)
             try:
                 if self._sock is None:
                     self._sock = open_socket(self.rcvbuf)
                     self._sock.settimeout(self.timeout_s)   # a lost NLMSG_DONE must not wedge the loop
                 self._seq += 1
-                dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
-                         lambda: self._count("flowset_messages_malformed"))
+                skipped = dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
+                                   lambda: self.counters.inc("flowset_messages_malformed"))
+                if skipped:
+                    self.counters.inc("flowset_keys_malformed", skipped)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
-                    self._count("flowset_missing")
-                    continue
-                self._count("flowset_dump_errors")
-                log.warning("flow set dump %s failed: %s; reopening the socket", set_name, exc)
-                self.close()
+                    self.counters.inc("flowset_missing")
+                else:
+                    self.counters.inc("flowset_dump_errors")
+                    log.warning("flow set dump %s failed: %s; reopening the socket", set_name, exc)
+                    self.close()
+            self.sizes[set_name] = len(out) - n0
+            if self.sizes[set_name] >= self.set_size:
+                self.counters.inc("flowset_full")
         return out
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
 
 def flow_key(family: int, src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
@@ -223,6 +262,47 @@ def flow_key(family: int, src: str, dst: str, proto: int, sport: int, dport: int
         raise ValueError(f"bad flow tuple {family} {proto} {sport} {dport}")
     return (socket.inet_pton(af, src) + socket.inet_pton(af, dst) + bytes((proto, 0, 0, 0))
             + struct.pack(">HHHH", sport, 0, dport, 0))
+
+
+_IPV6_EXT = (0, 43, 60)      # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+
+
+def packet_key(payload: bytes) -> tuple[int, bytes] | None:
+    """(family, set key) of a packet (from its network header on, as NFLOG delivers it) keyed the way
+    the datapath's update rule keys it: addresses, the transport protocol after any IPv6 extension
+    headers, and the first 4 bytes of the transport header (ports; for ICMP type, code, checksum).
+    None when the packet has no transport header there (too short, a non-first fragment)."""
+    n = len(payload)
+    if n < 20:
+        return None
+    version = payload[0] >> 4
+    if version == 4:
+        off, proto, addrs = (payload[0] & 0x0F) * 4, payload[9], payload[12:20]
+        if off < 20 or (payload[6] & 0x1F) or payload[7]:
+            return None
+    elif version == 6 and n >= 40:
+        proto, off, addrs = payload[6], 40, payload[8:40]
+        for _ in range(8):                     # a bounded walk, whatever the chain of headers
+            if proto not in _IPV6_EXT and proto not in (44, 51):
+                break
+            if n < off + 8:
+                return None
+            if proto in _IPV6_EXT:
+                proto, off = payload[off], off + (payload[off + 1] + 1) * 8
+            elif proto == 44:                  # fragment header: only the first fragment has ports
+                if (payload[off + 2] << 8 | payload[off + 3]) & 0xFFF8:
+                    return None
+                proto, off = payload[off], off + 8
+            else:                              # 51, authentication header: (len + 2) * 4 bytes
+                proto, off = payload[off], off + (payload[off + 1] + 2) * 4
+        else:
+            return None
+    else:
+        return None
+    if n < off + 4:
+        return None
+    return version, addrs + bytes((proto, 0, 0, 0, payload[off], payload[off + 1], 0, 0,
+                                   payload[off + 2], payload[off + 3], 0, 0))
 
 
 def reverse_key(key: bytes) -> bytes:
@@ -296,32 +376,51 @@ class FlowSetTable:
         self.restarts = 0              # a tuple's element came back after expiring
         self.hints_invalid = self.hints_dropped = self.hints_expired = 0
         self.mac_for: Callable[[str, bool], str | None] | None = None
-        self._hints: dict[bytes, tuple] = {}        # key -> (forged, in_port, ts_ms, dump generation)
+        self._hints: dict[bytes, tuple] = {}        # key -> (forged, in_port, ts_ms, dump generation, order)
+        self._hint_seq = 0
         self._lock = threading.Lock()               # hints come from the NFLOG thread
         self._gen = 0
         self._next_id = 0
 
+    def stats(self) -> dict[str, int]:
+        """This table's own counters, named for the engine's status (``flowset_`` ...)."""
+        return {"flowset_flows_evicted": self.evicted, "flowset_flows_ended": self.ended_by_absence,
+                "flowset_keys_malformed_table": self.keys_malformed, "flowset_elements_missed": self.elements_missed,
+                "flowset_restarts": self.restarts, "flowset_hints_invalid": self.hints_invalid,
+                "flowset_hints_dropped": self.hints_dropped, "flowset_hints_expired": self.hints_expired}
+
     # -- hints --------------------------------------------------------------------------------------
     def note_first(self, family: int, src: str, dst: str, proto, sport: int, dport: int, forged: bool = False,
                    in_port="", ts_ms: int | None = None) -> bool:
-        """An NFLOG ``new-flow`` sample: this tuple is its flow's originator.  False (and counted in
-        ``hints_invalid``) for a tuple that cannot be a key."""
+        """An NFLOG ``new-flow`` sample: this tuple is its flow's originator.  ``in_port``: a port
+        name, or a port index of ``port_names``.  False (and counted in ``hints_invalid``) for a
+        tuple that cannot be a key."""
         try:
             if isinstance(proto, str):
                 proto = _PROTO_NUMBERS[proto] if proto in _PROTO_NUMBERS else int(proto)
             key = flow_key(family, src, dst, proto, sport, dport)
-            if isinstance(in_port, int):
-                in_port = self.port_names.get(in_port, "")
-            if not isinstance(in_port, str) or (ts_ms is not None and not isinstance(ts_ms, int)):
-                raise ValueError("bad in_port or ts_ms")
-        except (ValueError, TypeError, OSError, KeyError):
+        except (ValueError, TypeError, OSError, KeyError, struct.error):
+            key = None
+        return self._note(key, forged, in_port, ts_ms)
+
+    def note_packet(self, payload: bytes, forged: bool = False, in_port="", ts_ms: int | None = None) -> bool:
+        """``note_first`` from the sampled packet itself (NFLOG's payload): the exact key the kernel
+        used, so ICMP and protocols without ports get their hint too."""
+        pk = packet_key(payload) if isinstance(payload, (bytes, bytearray)) else None
+        return self._note(pk[1] if pk else None, forged, in_port, ts_ms)
+
+    def _note(self, key: bytes | None, forged: bool, in_port, ts_ms: int | None) -> bool:
+        if isinstance(in_port, int):
+            in_port = self.port_names.get(in_port, "")
+        if key is None or not isinstance(in_port, str) or (ts_ms is not None and not isinstance(ts_ms, int)):
             self.hints_invalid += 1
             return False
         with self._lock:
             if key not in self._hints and len(self._hints) >= self.max_hints:
                 del self._hints[next(iter(self._hints))]
                 self.hints_dropped += 1
-            self._hints[key] = (bool(forged), in_port, ts_ms, self._gen)
+            self._hint_seq += 1
+            self._hints[key] = (bool(forged), in_port, ts_ms, self._gen, self._hint_seq)
         return True
 
     def _take_hints(self, key: bytes, rkey: bytes) -> tuple[tuple | None, tuple | None]:
@@ -442,7 +541,8 @@ class FlowSetTable:
             hk, hr = self._take_hints(key, rkey)
             mine = (pk, nb, exp)
             theirs = partner[1:] if partner is not None else None
-            if hk is not None:
+            # each direction's first packet misses the set, so both may have been sampled: the earlier wins
+            if hk is not None and (hr is None or hk[4] < hr[4]):
                 orig_is_key, hint = True, hk
             elif hr is not None:
                 orig_is_key, hint = False, hr

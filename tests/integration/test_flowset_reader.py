@@ -32,6 +32,10 @@ SETS = textwrap.dedent("""\
                    flags dynamic,timeout; timeout {t}s; size 262144; counter; }}
       set flows6 {{ type ipv6_addr . ipv6_addr . inet_proto . inet_service . inet_service;
                    flags dynamic,timeout; timeout {t}s; size 262144; counter; }}
+      set flowsn4 {{ type ipv4_addr . ipv4_addr . inet_proto; flags dynamic,timeout; timeout {t}s;
+                    size 262144; counter; }}
+      set flowsn6 {{ type ipv6_addr . ipv6_addr . inet_proto; flags dynamic,timeout; timeout {t}s;
+                    size 262144; counter; }}
 """)
 
 LOADED = textwrap.dedent('''
@@ -46,6 +50,7 @@ LOADED = textwrap.dedent('''
                                         0.0.0.0 . 255.255.255.255 . 0 . 0 . 0 counter packets 1099511627776 bytes 7 }
       add element bridge vigil flows6 { fd00::1 . fd00::2 . udp . 5353 . 53 counter packets 2 bytes 200 timeout 30s,
                                         fd00::2 . fd00::1 . udp . 53 . 5353 counter packets 1 bytes 300 }
+      add element bridge vigil flowsn4 { 10.0.0.1 . 10.0.0.2 . icmp counter packets 3 bytes 252 }
     """)
     counters = Counters()
     reader = FlowSetReader("vigil", counters)
@@ -53,19 +58,20 @@ LOADED = textwrap.dedent('''
             (4, flow_key(4, "10.0.0.2", "10.0.0.1", 6, 443, 40000)): (4, 4096, 600),
             (4, flow_key(4, "0.0.0.0", "255.255.255.255", 0, 0, 0)): (2**40, 7, 600),
             (6, flow_key(6, "fd00::1", "fd00::2", 17, 5353, 53)): (2, 200, 30),
-            (6, flow_key(6, "fd00::2", "fd00::1", 17, 53, 5353)): (1, 300, 600)}
+            (6, flow_key(6, "fd00::2", "fd00::1", 17, 53, 5353)): (1, 300, 600),
+            (4, flow_key(4, "10.0.0.1", "10.0.0.2", 1, 0, 0)): (3, 252, 600)}   # portless: ports 0
     for _ in range(2):                       # the kept socket serves a second dump just the same
         got = reader.dump()
-        assert [f for f, *_x in got] == [4, 4, 4, 6, 6], got          # flows4 first, then flows6
+        assert [f for f, *_x in got] == [4, 4, 4, 6, 6, 4], got       # flows4, flows6, flowsn4
         assert {(f, k): (p, b) for f, k, p, b, _e in got} == {k: v[:2] for k, v in want.items()}, got
         for f, k, _p, _b, e in got:                                   # ms left of each element's own timeout
             assert want[(f, k)][2] * 1000 - 10_000 < e <= want[(f, k)][2] * 1000, (k, e)
     sock = reader._sock
     assert sock is not None and counters.snapshot() == {}
     subprocess.run(["nft", "delete set bridge vigil flows6"], check=True)
-    assert len(reader.dump()) == 3 and reader._sock is sock and counters.snapshot() == {"flowset_missing": 1}
+    assert len(reader.dump()) == 4 and reader._sock is sock and counters.snapshot() == {"flowset_missing": 1}
     subprocess.run(["nft", "delete table bridge vigil"], check=True)
-    assert reader.dump() == [] and counters.snapshot() == {"flowset_missing": 3}
+    assert reader.dump() == [] and counters.snapshot() == {"flowset_missing": 5}
     assert FlowSetReader("nosuchtable", counters).dump() == []
     print("ok", counters.snapshot())
 ''')
@@ -74,7 +80,7 @@ LOADED = textwrap.dedent('''
 def test_reader_returns_both_sets_exactly_as_loaded_and_counts_missing_ones():
     code = LOADED.replace("__SETS__", repr(SETS.format(t=600)))
     out = run_probe("fsr", code, PYPATH)
-    assert out.split() == ["ok", "{'flowset_missing':", "5}"], out
+    assert out.split() == ["ok", "{'flowset_missing':", "9}"], out
 
 
 # -- real traffic ----------------------------------------------------------------------------------

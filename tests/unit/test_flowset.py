@@ -150,7 +150,8 @@ def test_an_element_absent_before_its_expiry_was_missed_by_the_dump_not_ended():
     (6, 1, 0, False, "S0", False),
     (6, 1, 1, False, "REJ", False),      # SYN answered by RST, as counters show it
     (6, 1, 1, True, "REJ", False),
-    (6, 2, 1, False, "S1", False),
+    (6, 2, 1, False, "SH", False),      # handshake under way, or a SYN-ACK the client reset
+    (6, 2, 1, True, "REJ", False),       # ... which it was, once ended (a forged SYN's victim)
     (6, 5, 4, False, "S1", True),
     (6, 5, 4, True, "SF", True),
     (17, 1, 0, True, "S0", False),
@@ -332,9 +333,9 @@ class Count:
         self.c[name] = self.c.get(name, 0) + n
 
 
-def reader_with(replies):
+def reader_with(replies, sets=fs.SETS[:2]):
     counters = Count()
-    r = fs.FlowSetReader(counters=counters)
+    r = fs.FlowSetReader(counters=counters, sets=sets)
     r._sock = FakeSock(replies)
     return r, counters
 
@@ -391,7 +392,7 @@ def test_elements_whose_key_does_not_fit_the_family_are_left_out_and_counted():
 
 def test_a_full_set_is_counted_and_each_sets_size_kept():
     counters = Count()
-    r = fs.FlowSetReader(counters=counters, set_size=2)
+    r = fs.FlowSetReader(counters=counters, set_size=2, sets=fs.SETS[:2])
     r._sock = FakeSock([setelem_message([(FWD, 1, 1, 1), (REV, 1, 1, 1)]) + done_message(), error_message(2)])
     assert len(r.dump()) == 2
     assert r.sizes == {"flows4": 2, "flows6": 0} and counters.c == {"flowset_full": 1, "flowset_missing": 1}
@@ -483,3 +484,18 @@ def test_when_both_directions_were_sampled_the_earlier_sample_names_the_originat
             assert t.note_packet(ipv4(src, dst, 17, struct.pack(">HHHH", sp, dp, 8, 0)))
         r = one(t.update([el(k4(S, C, 17, 40000, 53), 1, 60), el(k4(C, S, 17, 53, 40000), 1, 60)], NOW))
         assert (r["src"], r["sport"]) == (first[0], first[2]) and t._hints == {}
+
+
+def test_portless_sets_read_as_flow_keys_with_ports_zero():
+    """flowsn4/flowsn6 (datapath.flowset_script) key ICMP and other portless protocols by addresses
+    and protocol: read as the 20/44-byte flow keys with ports 0; a key of another length is left out."""
+    icmp4 = flow_key(4, C, S, 1, 0, 0)
+    assert icmp4[12:] == bytes(8)
+    short = icmp4[:12]
+    r, counters = reader_with([done_message(1), done_message(2),
+                               setelem_message([(short, 4, 336, 900), (icmp4, 1, 1, 1)], seq=3) + done_message(3),
+                               done_message(4)], sets=fs.SETS)
+    assert r.dump() == [(4, icmp4, 4, 336, 900)]
+    assert counters.c == {"flowset_keys_malformed": 1}
+    rec = one(FlowSetTable({}, T).update([el(icmp4, 4, 336), el(flow_key(4, S, C, 1, 0, 0), 4, 336)], NOW))
+    assert (rec["proto"], rec["sport"], rec["dport"], rec["orig_pkts"], rec["resp_pkts"]) == ("icmp", 0, 0, 4, 4)

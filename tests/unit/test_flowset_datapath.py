@@ -210,13 +210,3 @@ def test_answers_waiting_for_their_ack_are_bounded():
         sig.on_sample(_sample("flow-reply", _ip4(B, A, 6, _tcp(80, 10000 + i, SYN | ACK))))
     assert sig.status()["awaiting_ack"] == 100
 
-
-def test_portless_elements_become_zero_port_keys_and_the_fullest_set_is_measured():
-    v4 = socket.inet_aton(A) + socket.inet_aton(B)
-    ports = v4 + bytes((6, 0, 0, 0)) + struct.pack(">HHHH", 40000, 0, 80, 0)
-    icmp = v4 + bytes((1, 0, 0, 0))
-    out, fullest = datapath.flowset_elements([(4, ports, 3, 300, 1000), (4, icmp, 1, 84, 500),
-                                              (4, ports[:-1] + b"\1", 1, 60, 10)])
-    assert out[0][1] == ports and out[1][1] == icmp + bytes(8) and len(out[1][1]) == 20
-    assert out[1][2:] == (1, 84, 500) and fullest == 2
-    assert datapath.flowset_elements([]) == ([], 0)

@@ -367,20 +367,6 @@ def set_idle_timeouts(timeouts: dict[str, int]) -> dict[str, int]:
     return applied
 
 
-def flowset_elements(elements) -> tuple[list, int]:
-    """A dump of the flow sets (flowset.FlowSetReader: family, key, packets, bytes, expires) as the
-    flow table's elements -- the portless sets' keys (addresses and protocol: 12 or 36 bytes) become
-    keys with ports 0 -- and the element count of the fullest set."""
-    out, sizes = [], {}
-    for fam, key, packets, nbytes, expires in elements:
-        kind = (fam, len(key))
-        sizes[kind] = sizes.get(kind, 0) + 1
-        if len(key) in (12, 36):
-            key += bytes(8)
-        out.append((fam, key, packets, nbytes, expires))
-    return out, max(sizes.values(), default=0)
-
-
 _FLOWSET_CHAINS = ("pre", "flow4p", "flow4n", "flow6p", "flow6n", "forged4")
 _FLOWSET_SETS = (*FLOW_SETS, *SEEN_SETS, "owner4", "owned4", "hostmac4", "owner6", "owned6")
 _CT_FORWARD = "table bridge vigil {\n  chain forward { type filter hook forward priority -200; policy accept; }\n}\n"

@@ -21,14 +21,17 @@ What a set cannot tell, and what is reported instead (documented in the record's
 
 ====== =====================================================================================
 S0     no packet in the reply direction
-REJ    TCP with exactly one packet each way (most likely a SYN answered by a RST)
+REJ    TCP with exactly one packet each way (most likely a SYN answered by a RST), or ended
+       without two packets each way (a SYN-ACK answered by a RST)
+SH     TCP replied, not two packets each way yet (a handshake under way)
 S1     replied, still present
 SF     replied, ended (both elements expired)
 OTH    TCP seen only in the reply direction (picked up mid-stream)
 ====== =====================================================================================
 
-Counters cannot tell a reset (RST) from a normal close, nor a half-done handshake (SH) from an
-established flow: there is no TCP state.  ``assured``: TCP with >= 2 packets each way; other
+Counters cannot tell a reset (RST) of an established flow from a normal close: there is no TCP
+state; a TCP flow counts as established (S1/SF) once it has two packets each way.  ``assured``:
+TCP with >= 2 packets each way; other
 protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
@@ -79,7 +82,11 @@ COUNTER_BYTES, COUNTER_PACKETS = 1, 2                  # NFTA_COUNTER_*
 BE64 = struct.Struct(">Q")
 _NLA, _BE64 = NLA.unpack_from, BE64.unpack_from
 KEY_LEN = {4: 20, 6: 44}
-SETS = (("flows4", 4), ("flows6", 6))
+# protocols without ports have sets of their own (datapath.flowset_script: an ICMP echo's "ports"
+# would be its type and checksum), keyed by addresses and protocol; their keys are read as flow
+# keys with ports 0, so the table pairs and reports them like any flow
+PORTLESS_KEY_LEN = {4: 12, 6: 36}
+SETS = (("flows4", 4), ("flows6", 6), ("flowsn4", 4, True), ("flowsn6", 6, True))
 ICMP_PROTOS = (1, 58)
 _PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 
@@ -119,12 +126,13 @@ def _counter(data, pos: int, end: int) -> tuple[int, int] | None:
     return (packets, nbytes) if is_counter else None
 
 
-def parse_elements(data, pos: int, end: int, family: int, out: list) -> int:
+def parse_elements(data, pos: int, end: int, family: int, out: list, portless: bool = False) -> int:
     """Append (family, key bytes, packets, bytes, expires ms) of each element of one NEWSETELEM
     payload; returns how many were left out for a key of another length than the family's.  Raises
     ValueError / struct.error on a garbled message (the caller drops it whole).  The element loop is
     written out (no generator per attribute): it runs once per flow direction at every dump."""
-    key_len = KEY_LEN.get(family, -1)
+    key_len = (PORTLESS_KEY_LEN if portless else KEY_LEN).get(family, -1)
+    pad = bytes(KEY_LEN.get(family, 0) - key_len) if portless else b""
     skipped = 0
     for kind, a, b in _attrs(data, pos, end):
         if kind != LIST_ELEMENTS:
@@ -160,12 +168,12 @@ def parse_elements(data, pos: int, end: int, family: int, out: list) -> int:
                 skipped += 1
                 continue
             packets, nbytes = counts or (0, 0)
-            out.append((family, key, packets, nbytes, expires))
+            out.append((family, key + pad if pad else key, packets, nbytes, expires))
     return skipped
 
 
 def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: int, out: list,
-             buf: bytearray, on_malformed: Callable[[], None] | None = None) -> int:
+             buf: bytearray, on_malformed: Callable[[], None] | None = None, portless: bool = False) -> int:
     """Append every element of one bridge-family set to ``out`` by one netlink dump on ``sock``;
     returns how many elements were left out for a key that does not fit ``family``.  The kernel's
     refusal (e.g. ENOENT for a missing set) raises OSError with its errno; a garbled message is
@@ -192,7 +200,7 @@ def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: i
                     continue
                 n0 = len(out)
                 try:
-                    skipped += parse_elements(view, start + 4, end, family, out)
+                    skipped += parse_elements(view, start + 4, end, family, out, portless)
                 except (ValueError, struct.error, IndexError):
                     del out[n0:]
                     if on_malformed is None:
@@ -205,7 +213,8 @@ def dump_set(sock: socket.socket, seq: int, table: str, set_name: str, family: i
 
 
 class FlowSetReader:
-    """Dumps ``flows4`` then ``flows6`` of ``table bridge <table>`` over one kept netlink socket.
+    """Dumps ``flows4``, ``flows6`` and the portless ``flowsn4``, ``flowsn6`` of ``table bridge <table>``
+    over one kept netlink socket.
 
     Nothing raises: a missing set or table yields nothing for it (``flowset_missing``, once per set
     per dump); a garbled message is dropped (``flowset_messages_malformed``); an element whose key
@@ -216,7 +225,7 @@ class FlowSetReader:
     so new flows go unseen by telemetry (enforcement is unaffected) -- counted in ``flowset_full``."""
 
     def __init__(self, table: str = "vigil", counters=None, rcvbuf: int = 8 << 20, timeout_s: float = 5.0,
-                 sets: tuple[tuple[str, int], ...] = SETS, set_size: int = 262144):
+                 sets: tuple[tuple, ...] = SETS, set_size: int = 262144):
         self.table, self.rcvbuf, self.timeout_s, self.sets, self.set_size = table, rcvbuf, timeout_s, sets, set_size
         self.counters = counters if counters is not None else Counters()
         self.sizes: dict[str, int] = {}
@@ -226,7 +235,7 @@ class FlowSetReader:
 
     def dump(self) -> list[tuple[int, bytes, int, int, int]]:
         out: list = []
-        for set_name, family in self.sets:
+        for set_name, family, *portless in self.sets:
             n0 = len(out)
             try:
                 if self._sock is None:
@@ -234,7 +243,7 @@ class FlowSetReader:
                     self._sock.settimeout(self.timeout_s)   # a lost NLMSG_DONE must not wedge the loop
                 self._seq += 1
                 skipped = dump_set(self._sock, self._seq, self.table, set_name, family, out, self._buf,
-                                   lambda: self.counters.inc("flowset_messages_malformed"))
+                                   lambda: self.counters.inc("flowset_messages_malformed"), bool(portless and portless[0]))
                 if skipped:
                     self.counters.inc("flowset_keys_malformed", skipped)
             except OSError as exc:
@@ -576,9 +585,12 @@ class FlowSetTable:
         replied = rpk > 0
         ended = end is not None
         if proto == 6:
-            cs = ("OTH" if opk == 0 else "S0" if not replied else "REJ" if opk == 1 and rpk == 1
-                  else "SF" if ended else "S1")
             assured = opk >= 2 and rpk >= 2
+            # replied but never two packets each way: a SYN answered by a RST (1 + 1), or a SYN-ACK
+            # the "client" reset (a forged SYN's victim answers so) -- conntrack's REJ; while the
+            # flow lives it may still be a handshake under way (SH); both count as failed
+            cs = ("OTH" if opk == 0 else "S0" if not replied else "REJ" if opk == 1 and rpk == 1
+                  else ("SF" if ended else "S1") if assured else "REJ" if ended else "SH")
         else:
             cs = conn_state(proto, None, 0, ended, rpk)
             assured = replied

@@ -270,8 +270,7 @@ class EngineService:
                 ports, spec, fcfg.flowset_timeout, flow_rate=scfg.flow_signal_rate)
             self.table = FlowSetTable(self.port_names, fcfg.flowset_timeout, max_flows=fcfg.max_flows)
             self.table.mac_for = self.senders.mac_for
-            self.reader = FlowSetReader(counters=self.counters,
-                                        sets=tuple((n, 4 if n.endswith("4") else 6) for n in datapath.FLOW_SETS))
+            self.reader = FlowSetReader(counters=self.counters, set_size=datapath.FLOWSET_SIZE)
         else:
             self.timeouts_applied = datapath.set_idle_timeouts(dict(fcfg.idle_timeouts))
             self.reader = ConntrackReader(self.counters)
@@ -347,15 +346,15 @@ class EngineService:
 
     # -- kernel readers (threads) ---------------------------------------------------------------
     def _flowset_elements(self) -> list:
-        """One dump of the flow sets as flow-table elements; a set at its size is counted
-        (``flowset_full``): new flows then go uncounted (enforcement stays exact on the slow path)."""
-        out, fullest = datapath.flowset_elements(self.reader.dump())
-        if fullest >= datapath.FLOWSET_SIZE * 0.98:
-            self.counters.inc("flowset_full")
-            if time.monotonic() - self._full_warned >= 60:
-                self._full_warned = time.monotonic()
-                log.warning("a flow set holds %d of %d elements: new flows go uncounted until flows expire "
-                            "(a flood of new tuples?)", fullest, datapath.FLOWSET_SIZE)
+        """One dump of the flow sets.  A set near its size means new flows go uncounted until flows
+        expire (enforcement stays exact on the slow path): logged once a minute (the reader counts
+        ``flowset_full``)."""
+        out = self.reader.dump()
+        fullest = max(self.reader.sizes.values(), default=0)
+        if fullest >= datapath.FLOWSET_SIZE * 0.98 and time.monotonic() - self._full_warned >= 60:
+            self._full_warned = time.monotonic()
+            log.warning("a flow set holds %d of %d elements: new flows go uncounted until flows expire "
+                        "(a flood of new tuples?)", fullest, datapath.FLOWSET_SIZE)
         return out
 
     @property

@@ -8,7 +8,8 @@ br_netfilter's call-iptables switched off: no netfilter hook on the path.  Runs 
 medians.  Goal: ratio >= 0.95.
 
     sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/bridge_throughput.py [--pairs 3] [--seconds 10]
-        [--ruleset N] [--ladder | --attribute | --variants today,T,V1,V2,V3,V4,V5 | --check V1,V2,V3,V4]
+        [--ruleset N] [--sources auto,flowset | --ladder | --attribute | --variants today,T,V1,V2,V3,V4,V5
+        | --check V1,V2,V3,V4]
 
 ``--ladder`` measures where the cost goes, one kernel part added per step (br_netfilter, conntrack,
 acct/events, the flow tables, the sampling rules before and after the bulk fast path, the engine
@@ -222,9 +223,9 @@ def _flow_tables(lab, samples: bool = True, old_layout: bool = False) -> None:
 def ladder_steps(lab, state: dict):
     import signal
 
-    def engine(stop: bool):
+    def engine(stop: bool, **over):
         def run():
-            start_engine(lab)
+            start_engine(lab, **over)
             pid = lab.procs["engine"].pid
             if stop:
                 os.kill(pid, signal.SIGSTOP)
@@ -240,6 +241,8 @@ def ladder_steps(lab, state: dict):
         ("+ sampling rules (bulk fast path)", lambda: _flow_tables(lab)),
         ("engine kernel state, agent stopped", engine(True)),
         ("engine running", engine(False)),
+        ("flow-set engine kernel state, agent stopped", engine(True, flows={"source": "flowset"})),
+        ("flow-set engine running", engine(False, flows={"source": "flowset"})),
     ]
 
 
@@ -606,6 +609,9 @@ def main() -> int:
     ap.add_argument("--variants", default="",
                     help="comma-separated datapath variants (today,T,V1,V2,V3,V4,V5), each against plain in "
                          "alternating pairs, with --ruleset N entries in bridge vigil block4 (no agent)")
+    ap.add_argument("--sources", default="auto",
+                    help="comma-separated flows.source of the running engine (auto,conntrack,flowset), "
+                         "each against plain in alternating pairs")
     ap.add_argument("--check", default="",
                     help="comma-separated variants (V1-V4) whose semantics to prove with iperf3 flows")
     args = ap.parse_args()
@@ -641,8 +647,14 @@ def main() -> int:
         elif args.attribute:
             attribute(lab, args.pairs, args.seconds)
         else:
-            plain, eng = alternate(lab, args.pairs, args.seconds, lambda: start_engine(lab), "engine")
-            report(plain, eng, "with vigil-engine running")
+            for source in args.sources.split(","):
+                flows = {} if source == "auto" else {"flows": {"source": source}}
+                plain, eng = alternate(lab, args.pairs, args.seconds,
+                                       lambda flows=flows: start_engine(lab, **flows), f"engine {source}")
+                report(plain, eng, f"with vigil-engine running (flows.source {source})")
+                ratios = sorted(w / p for p, w in zip(plain, eng))
+                print(f"median pair ratio {statistics.median(ratios):.3f} (pairs {ratios[0]:.3f}-{ratios[-1]:.3f})\n",
+                      flush=True)
     finally:
         if RULESET.get("pub") is not None:
             RULESET["pub"].close()

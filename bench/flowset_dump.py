@@ -4,19 +4,19 @@ The datapath variants of bridge_throughput.py (issue 16) keep per-flow packets a
 dynamic set with per-element counters instead of conntrack; the agent would read them by dumping
 the set (NFT_MSG_GETSETELEM) at its flow interval.  This loads N flow elements with known counters
 into a set in a private network namespace and times, in the same run: ``nft -j list set`` (the
-baseline any tool would use) and ``dump()`` below (one raw netlink dump, decoded in Python without
-an object per attribute), and checks that both read the same counters.
+baseline any tool would use) and the engine's reader (``vigil.engine.flowset.FlowSetReader``: one raw
+netlink dump, decoded in Python without an object per attribute), and checks that both read the same
+counters.  ``--update`` also times the engine's ``FlowSetTable.update()`` over the dumped elements
+(both directions of n/2 flows) against the dump itself.
 
-    sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/flowset_dump.py [--elements 10000] [--repeat 5]
+    sudo flock /tmp/vigil-bench.lock .venv/bin/python bench/flowset_dump.py [--elements 10000] [--repeat 5] [--update]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -27,112 +27,22 @@ sys.path.insert(0, str(ROOT / "agents"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _netns import reexec_inner  # noqa: E402
 
-from vigil.engine.netlink import (NLA, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,  # noqa: E402
-                                  NLMSG_ERROR, attr, error_code, iter_messages, nfnl_message, open_socket)
-
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 12, 13
-NFPROTO_BRIDGE = 7
-LIST_TABLE, LIST_SET, LIST_ELEMENTS = 1, 2, 3          # NFTA_SET_ELEM_LIST_*
-LIST_ELEM = 1                                          # NFTA_LIST_ELEM
-ELEM_KEY, ELEM_EXPIRATION, ELEM_EXPR, ELEM_EXPRESSIONS = 1, 5, 7, 11   # NFTA_SET_ELEM_*
-DATA_VALUE = 1                                         # NFTA_DATA_VALUE
-EXPR_NAME, EXPR_DATA = 1, 2                            # NFTA_EXPR_*
-COUNTER_BYTES, COUNTER_PACKETS = 1, 2                  # NFTA_COUNTER_*
-BE64 = struct.Struct(">Q")
-
-
-def _attrs(data, pos: int, end: int):
-    """(type, value start, value end) of each attribute in data[pos:end]."""
-    while pos + 4 <= end:
-        alen, kind = NLA.unpack_from(data, pos)
-        if alen < 4 or pos + alen > end:
-            raise ValueError(f"bad attribute length {alen} at {pos}")
-        yield kind & NLA_TYPE_MASK, pos + 4, pos + alen
-        pos += (alen + 3) & ~3
-
-
-def _counter(data, pos: int, end: int) -> tuple[int, int] | None:
-    """(packets, bytes) of one NFTA_SET_ELEM_EXPR nest if it is a counter."""
-    name = b""
-    packets = nbytes = 0
-    for kind, a, b in _attrs(data, pos, end):
-        if kind == EXPR_NAME:
-            name = bytes(data[a:b]).rstrip(b"\0")
-        elif kind == EXPR_DATA:
-            for k2, c, _d in _attrs(data, a, b):
-                if k2 == COUNTER_BYTES:
-                    nbytes = BE64.unpack_from(data, c)[0]
-                elif k2 == COUNTER_PACKETS:
-                    packets = BE64.unpack_from(data, c)[0]
-    return (packets, nbytes) if name == b"counter" else None
-
-
-def parse_elements(data, pos: int, end: int, out: list) -> None:
-    """Append (key bytes, packets, bytes, expires ms) of each element of one NEWSETELEM payload."""
-    for kind, a, b in _attrs(data, pos, end):
-        if kind != LIST_ELEMENTS:
-            continue
-        for k_elem, ea, eb in _attrs(data, a, b):
-            if k_elem != LIST_ELEM:
-                continue
-            key, counts, expires = b"", None, 0
-            for k, c, d in _attrs(data, ea, eb):
-                if k == ELEM_KEY:
-                    for k2, e, f in _attrs(data, c, d):
-                        if k2 == DATA_VALUE:
-                            key = bytes(data[e:f])
-                elif k == ELEM_EXPIRATION:
-                    expires = BE64.unpack_from(data, c)[0]
-                elif k == ELEM_EXPR:
-                    counts = _counter(data, c, d)
-                elif k == ELEM_EXPRESSIONS:
-                    for _k3, e, f in _attrs(data, c, d):
-                        counts = counts or _counter(data, e, f)
-            packets, nbytes = counts or (0, 0)
-            out.append((key, packets, nbytes, expires))
-
-
-def dump(table: str, set_name: str, family: int = NFPROTO_BRIDGE, sock: socket.socket | None = None) -> list:
-    """Every element of one set: (key bytes, packets, bytes, expires ms), by one netlink dump."""
-    own = sock is None
-    sock = sock or open_socket(8 << 20)
-    try:
-        payload = attr(LIST_TABLE, table.encode() + b"\0") + attr(LIST_SET, set_name.encode() + b"\0")
-        sock.send(nfnl_message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, 1,
-                               family=family, payload=payload))
-        out: list = []
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        while True:
-            n = sock.recv_into(buf)
-            for mtype, _flags, start, end in iter_messages(view, n):
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    code = error_code(view, start)
-                    raise OSError(code, f"set dump {table} {set_name}: {os.strerror(code)}")
-                if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM:
-                    parse_elements(view, start + 4, end, out)
-    finally:
-        if own:
-            sock.close()
-
-
-def flow4_key(saddr: str, daddr: str, proto: int, sport: int, dport: int) -> bytes:
-    """The set's key bytes for an ipv4 5-tuple (each field padded to 4 bytes, ports big-endian)."""
-    return (socket.inet_aton(saddr) + socket.inet_aton(daddr) + bytes([proto, 0, 0, 0])
-            + struct.pack(">HH", sport, 0) + struct.pack(">HH", dport, 0))
-
+from vigil.engine.flowset import FlowSetReader, FlowSetTable, flow_key  # noqa: E402
 
 SET_DECL = ("table bridge vigil {{ set flows4 {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service . "
             "inet_service; flags dynamic,timeout; timeout {timeout}s; size 262144; counter; }}; }}\n")
 
 
 def elements(n: int) -> list[tuple[str, str, int, int, int, int, int]]:
-    """n distinct flows with distinct counters: (saddr, daddr, proto, sport, dport, packets, bytes)."""
-    return [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "10.200.0.1", (6, 17)[i & 1], 1024 + i % 60000,
-             (80, 53)[i & 1], i + 1, 1000 * (i + 1)) for i in range(n)]
+    """n distinct elements with distinct counters, both directions of n/2 flows (client to server
+    first): (saddr, daddr, proto, sport, dport, packets, bytes)."""
+    out = []
+    for i in range(n):
+        j = i >> 1
+        c, s, p, sp, dp = f"10.{j >> 16 & 255}.{j >> 8 & 255}.{j & 255}", "10.200.0.1", (6, 17)[j & 1], \
+            1024 + j % 60000, (80, 53)[j & 1]
+        out.append((c, s, p, sp, dp, i + 1, 1000 * (i + 1)) if i % 2 == 0 else (s, c, p, dp, sp, i + 1, 1000 * (i + 1)))
+    return out
 
 
 def load_script(elems, timeout: int = 3600) -> str:
@@ -144,12 +54,33 @@ def load_script(elems, timeout: int = 3600) -> str:
     return "".join(lines)
 
 
-def inner(n: int, repeat: int) -> int:
+def update_figures(got: list, n: int, md: float, repeat: int) -> None:
+    """FlowSetTable.update() over the dumped elements: all new (pairing, one record per flow), then
+    every counter moved (a record per flow), then nothing moved; us per element and ratio to the dump."""
+    now = 1_700_000_000_000
+    moved = [(f, k, p + 1, b + 100, e) for f, k, p, b, e in got]
+    t_new, t_moved, t_same = [], [], []
+    for _ in range(repeat):
+        table = FlowSetTable({}, 3600)
+        for dump_now, times, elems in ((now, t_new, got), (now + 10_000, t_moved, moved),
+                                       (now + 20_000, t_same, moved)):
+            t0 = time.perf_counter()
+            recs = table.update(elems, dump_now)
+            times.append(time.perf_counter() - t0)
+            assert len(recs) == (0 if times is t_same else len(table.flows)), len(recs)
+    for label, times in (("every flow new", t_new), ("every counter moved", t_moved), ("nothing moved", t_same)):
+        mu = statistics.median(times)
+        print(f"  FlowSetTable.update, {label:20s}{mu * 1000:6.1f} ms   ratio to the dump {mu / md:.3f}  "
+              f"({mu / n * 1e6:.2f} us per element, {len(table.flows)} flows)")
+
+
+def inner(n: int, repeat: int, update: bool = False) -> int:
     """Run inside the private namespace: load, then time both readers."""
     elems = elements(n)
     subprocess.run(["nft", "-f", "-"], input=load_script(elems), text=True, check=True)
-    want = {flow4_key(s, d, p, sp, dp): (pk, b) for s, d, p, sp, dp, pk, b in elems}
+    want = {flow_key(4, s, d, p, sp, dp): (pk, b) for s, d, p, sp, dp, pk, b in elems}
     t_nft, t_dump = [], []
+    reader = FlowSetReader("vigil", sets=(("flows4", 4),))     # one socket kept, as the engine does
     for _ in range(repeat):
         t0 = time.perf_counter()
         r = subprocess.run(["nft", "-j", "list", "set", "bridge", "vigil", "flows4"], capture_output=True,
@@ -157,16 +88,18 @@ def inner(n: int, repeat: int) -> int:
         doc = json.loads(r.stdout)
         t_nft.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        got = dump("vigil", "flows4")
+        got = reader.dump()
         t_dump.append(time.perf_counter() - t0)
     listed = [x for x in doc["nftables"] if "set" in x][0]["set"]["elem"]
     assert len(listed) == n, len(listed)
-    assert len(got) == n and {k: (p, b) for k, p, b, _e in got} == want, "dump differs from what was loaded"
+    assert len(got) == n and {k: (p, b) for _f, k, p, b, _e in got} == want, "dump differs from what was loaded"
     mn, md = statistics.median(t_nft), statistics.median(t_dump)
     print(f"{n} flow elements with counters, median of {repeat}:")
     print(f"  nft -j list set (baseline)   {mn * 1000:8.1f} ms")
     print(f"  netlink dump + decode        {md * 1000:8.1f} ms   ratio {md / mn:.3f}  "
           f"({md / n * 1e6:.2f} us per element; every element's key and counters as loaded)")
+    if update:
+        update_figures(got, n, md, repeat)
     return 0
 
 
@@ -174,14 +107,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", type=int, default=10000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--update", action="store_true", help="also time FlowSetTable.update() over the dump")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
-        return inner(args.elements, args.repeat)
+        return inner(args.elements, args.repeat, args.update)
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
-    return reexec_inner("fsd", __file__, ["--elements", str(args.elements), "--repeat", str(args.repeat)])
+    return reexec_inner("fsd", __file__, ["--elements", str(args.elements), "--repeat", str(args.repeat)]
+                        + (["--update"] if args.update else []))
 
 if __name__ == "__main__":
     raise SystemExit(main())

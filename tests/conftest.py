@@ -55,6 +55,17 @@ def lab():
 
 
 @pytest.fixture
+def datapath(request, lab):
+    """Parametrised indirectly with ``conntrack`` or ``flowset``: the engine's flow datapath for the
+    test (engine flows.source; docs/DESIGN-NOTES.md "The flow-set datapath")."""
+    source = getattr(request, "param", "conntrack")
+    if source == "flowset":
+        lab.engine_overrides = {"flows": {"source": "flowset"}}
+    yield source
+    lab.engine_overrides = {}
+
+
+@pytest.fixture
 def lab2():
     """A lab with two engines (two bridges) and one management stack."""
     from vigil.lab.lab import Lab

@@ -98,30 +98,42 @@ def _start_engine(lab, **over):
     lab.wait_log("engine", "mqtt: connected")
 
 
-def test_curl_record_matches_bytes_and_describes_the_flow(engine_lab):
-    lab, col = engine_lab
-    size = 8 * 1024 * 1024
+def download(lab, start_engine, size: int = 8 * 1024 * 1024) -> tuple[int, int]:
+    """The client fetches ``size`` bytes over HTTP from the server, with the engine started by
+    ``start_engine()`` in between; returns (bytes downloaded, the client's port)."""
     www = lab.run_dir / "www"
     www.mkdir()
     (www / "blob.bin").write_bytes(bytes(range(256)) * (size // 256))
-    _start_engine(lab)
+    start_engine()
     lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", lab.ip("server"),
                          "--directory", str(www)], name="http")
     r = lab.run("client", ["curl", "-sS", "--retry", "5", "--retry-connrefused", "-o", "/dev/null",
                            "-w", "%{size_download} %{local_port}", f"http://{lab.ip('server')}:8080/blob.bin"])
     downloaded, sport = map(int, r.stdout.split())
     assert downloaded == size
-    # the connection closes at once; its final record comes from the DESTROY event or the dump
-    ended = col.wait(lambda: [x for x in col.records(dport=8080, sport=sport) if x["end"]], 20,
+    return downloaded, sport
+
+
+def download_records(lab, col, downloaded: int, sport: int, timeout: float) -> tuple[list[dict], dict]:
+    """The download's records once its final one arrived, checked against what curl received: the
+    reply bytes within TOLERANCE, the totals equal to the deltas' sums, the tuple and ingress port."""
+    ended = col.wait(lambda: [x for x in col.records(dport=8080, sport=sport) if x["end"]], timeout,
                      "the curl flow's final record")
     recs = col.records(dport=8080, sport=sport)
     resp = sum(x["resp_bytes"] for x in recs)
-    orig = sum(x["orig_bytes"] for x in recs)
     assert downloaded <= resp <= downloaded * (1 + TOLERANCE), (downloaded, resp)
     last = ended[-1]
-    assert last["resp_bytes_total"] == resp and last["orig_bytes_total"] == orig
+    assert last["resp_bytes_total"] == resp and last["orig_bytes_total"] == sum(x["orig_bytes"] for x in recs)
     assert last["src"] == lab.ip("client") and last["dst"] == lab.ip("server") and last["proto"] == "tcp"
     assert last["in_port"] == "eth0" and last["family"] == 4
+    return recs, last
+
+
+def test_curl_record_matches_bytes_and_describes_the_flow(engine_lab):
+    lab, col = engine_lab
+    downloaded, sport = download(lab, lambda: _start_engine(lab))
+    # the connection closes at once; its final record comes from the DESTROY event or the dump
+    recs, last = download_records(lab, col, downloaded, sport, 20)
     assert last["conn_state"] in ("SF", "S1") and last["assured"]
     assert last["start"] <= last["end"] and last["resp_pkts"] + last["orig_pkts"] > 0 or len(recs) > 1
     assert sum(1 for x in recs if x["new"]) == 1

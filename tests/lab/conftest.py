@@ -13,3 +13,4 @@ def events(lab):
         yield ev
     finally:
         ev.close()
+

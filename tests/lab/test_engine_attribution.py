@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support.engine_lab import Bursts, ClientLoop, _http, _reaches
+from tests.support.engine_lab import BOTH_DATAPATHS, Bursts, ClientLoop, _http, _reaches
 
 pytestmark = pytest.mark.lab
 
@@ -61,7 +61,8 @@ def _no_harm_to_client(lab, events, client, attack_until: float | None = None, b
         assert ev.get("mac") != lab.topo.hosts["client"].mac, ev
 
 
-def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
+@BOTH_DATAPATHS
+def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events, datapath):
     _learned(lab)
     attacker = lab.topo.hosts["attacker"]
     client, bursts = _benign(lab)
@@ -85,7 +86,8 @@ def test_decoy_scan_blocks_the_sender_by_mac_never_the_decoys(lab, events):
     assert lab.topo.hosts["client"].mac not in nft
 
 
-def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events):
+@BOTH_DATAPATHS
+def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events, datapath):
     _learned(lab)
     attacker = lab.topo.hosts["attacker"]
     client, bursts = _benign(lab)
@@ -104,7 +106,8 @@ def test_spoofed_syn_flood_blocks_the_sender_not_the_forged_address(lab, events)
     _no_harm_to_client(lab, events, client, bursts=bursts)
 
 
-def test_manager_flood_detection_blocks_the_forging_mac_through_the_rule_set(lab, events):
+@BOTH_DATAPATHS
+def test_manager_flood_detection_blocks_the_forging_mac_through_the_rule_set(lab, events, datapath):
     """The engine's own detector is off: only the manager's flood detection over the flow records
     (which carry ``spoofed`` and ``src_mac``) can react.  Its decision is a ``mac`` entry of the
     signed rule set, enforced in the engine's ``blockmac`` set; nothing is decided on the client."""

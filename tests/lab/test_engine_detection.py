@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.engine_lab import ClientLoop, _http, _reaches
+from tests.support.engine_lab import BOTH_DATAPATHS, ClientLoop, _http, _reaches
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +25,8 @@ def _nmap(lab):
                    check=False, timeout=120)
 
 
-def test_nmap_is_blocked_in_enforcing_mode_and_client_keeps_working(lab, events):
+@BOTH_DATAPATHS
+def test_nmap_is_blocked_in_enforcing_mode_and_client_keeps_working(lab, events, datapath):
     _engine(lab, "enforcing")
     _http(lab)
     assert _reaches(lab, "attacker")
@@ -51,7 +52,8 @@ def test_nmap_is_blocked_in_enforcing_mode_and_client_keeps_working(lab, events)
     assert _reaches(lab, "client")
 
 
-def test_nmap_is_only_reported_in_learning_mode(lab, events):
+@BOTH_DATAPATHS
+def test_nmap_is_only_reported_in_learning_mode(lab, events, datapath):
     _engine(lab, "learning")
     _http(lab)
     _nmap(lab)
@@ -70,7 +72,8 @@ def _scapy(lab, code: str):
                          "from scapy.all import *\nconf.verb = 0\n" + code], timeout=60)
 
 
-def test_crafted_xmas_and_null_probes_produce_events(lab, events):
+@BOTH_DATAPATHS
+def test_crafted_xmas_and_null_probes_produce_events(lab, events, datapath):
     _engine(lab, "learning")
     srv = lab.ip("server")
     _scapy(lab, f"send([IP(dst='{srv}')/TCP(dport=p, flags='FPU') for p in range(20, 30)])\n"

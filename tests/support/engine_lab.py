@@ -6,9 +6,13 @@ import threading
 import time
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from vigil import payload
+
+# the same attack against both flow datapaths (the ``datapath`` fixture of tests/lab/conftest.py)
+BOTH_DATAPATHS = pytest.mark.parametrize("datapath", ["conntrack", "flowset"], indirect=True)
 
 
 class Events:

@@ -25,6 +25,9 @@ class EngineContext:
     stop: threading.Event
     mode: Callable[[], str]                       # "learning" or "enforcing", current
     features: Any = None                          # datapath.KernelFeatures once probed
+    # the flow-set datapath's script (datapath.flowset_script), when that is the datapath: the
+    # enforcement table is written with it, and every change flushes its verdict caches
+    datapath_script: Callable[[], str] | None = None
     parts: dict[str, Any] = field(default_factory=dict)  # name -> part, for parts that cooperate
     # Sets the mode ("learning"/"enforcing") when the manager's rule set carries an operator's
     # override; the engine fills it in (None: overrides are counted and logged, not applied).

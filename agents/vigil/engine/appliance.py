@@ -577,6 +577,12 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
         if CA_FILE in files:
             write_secret(config_dir / CA_FILE, files[CA_FILE], 0o644)
         write_secret(engine_conf, yaml.safe_dump(p.engine_yaml, sort_keys=False).encode(), 0o640)
+        if (p.engine_yaml.get("flows") or {}).get("source") == "flowset":
+            # the flow-set datapath needs no br_netfilter hook; the engine's unit cannot switch
+            # them off (/proc/sys is read-only to it) and the image's sysctl.d switches them on
+            for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
+                sysctl(key, "0")
+            say("flows.source flowset: br_netfilter's IP hooks off")
         say(f"READY engine {p.cfg.engine_id}: bridge forwarding; manager "
             f"{p.cfg.manager.host}:{p.cfg.manager.port}; vigil-engine starts")
         return 0

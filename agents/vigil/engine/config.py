@@ -23,7 +23,11 @@ class BridgeConfig:
 class FlowConfig:
     interval: float = 10.0
     max_flows: int = 200_000
-    source: Literal["auto", "conntrack"] = "auto"
+    # auto / conntrack: conntrack (bridge conntrack, or br_netfilter); flowset: no conntrack, the
+    # kernel counts flows in bridge-family sets (datapath.flowset_script; what it gives up:
+    # docs/DESIGN-NOTES.md "The flow-set datapath"); flowset_timeout: its one idle timeout
+    source: Literal["auto", "conntrack", "flowset"] = "auto"
+    flowset_timeout: int = 120
     # Services (proto/port) with fewer than this many flows in a batch are still reported per
     # flow; the manager aggregates. Kept here so the engine can cap batch size.
     max_records_per_batch: int = 50_000
@@ -39,6 +43,10 @@ class FlowConfig:
             raise ValueError(f"interval: must be between 0.2 and 3600 seconds, got {self.interval}")
         if self.max_flows < 100:
             raise ValueError("max_flows: must be at least 100")
+        if self.source not in ("auto", "conntrack", "flowset"):
+            raise ValueError(f"source: must be auto, conntrack or flowset, got {self.source!r}")
+        if not 10 <= self.flowset_timeout <= 3600:
+            raise ValueError(f"flowset_timeout: must be 10..3600 seconds, got {self.flowset_timeout}")
         known = {"tcp", "tcp_closed", "udp", "udp_unreplied", "icmp", "other"}
         for k, v in self.idle_timeouts.items():
             if k not in known:
@@ -56,6 +64,7 @@ class SamplesConfig:
     group: int = 7
     rate: int = 100            # samples per second per rule
     new_flow_rate: int = 200   # samples of new flows per second
+    flow_signal_rate: int = 2000   # flow-set datapath: each flow signal (new, reply, ack) per second
     copy_range: int = 2048     # bytes of each sampled packet
     dhcp_servers: list[str] = field(default_factory=list)  # known servers; others are reported
     max_events_per_interval: int = 1000
@@ -65,7 +74,8 @@ class SamplesConfig:
     def __post_init__(self):
         if not 1 <= self.group <= 65535:
             raise ValueError(f"group: must be 1..65535, got {self.group}")
-        if not 1 <= self.rate <= 100_000 or not 1 <= self.new_flow_rate <= 100_000:
+        if not 1 <= self.rate <= 100_000 or not 1 <= self.new_flow_rate <= 100_000 \
+                or not 1 <= self.flow_signal_rate <= 100_000:
             raise ValueError("rate: must be 1..100000 per second")
         if not 64 <= self.copy_range <= 65535:
             raise ValueError(f"copy_range: must be 64..65535, got {self.copy_range}")

@@ -39,7 +39,7 @@ class KernelFeatures:
     br_netfilter: bool
     bridge_conntrack: bool
     nflog: bool
-    flow_source: str  # "bridge-conntrack", "br_netfilter-conntrack" or "none"
+    flow_source: str  # "bridge-conntrack", "br_netfilter-conntrack", "bridge-flowset" or "none"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +63,9 @@ def _write(path: str, value: str) -> bool:
         return False
 
 
-def probe() -> KernelFeatures:
+def probe(source: str = "auto") -> KernelFeatures:
+    """What this kernel offers; ``source`` (flows.source): ``flowset`` asks for the flow-set
+    datapath (below), which needs only bridge-family dynamic sets with counters."""
     conntrack = _read("/proc/sys/net/netfilter/nf_conntrack_acct") is not None
     acct = _read("/proc/sys/net/netfilter/nf_conntrack_acct") == "1"
     brnf = _read("/proc/sys/net/bridge/bridge-nf-call-iptables") is not None
@@ -77,7 +79,13 @@ def probe() -> KernelFeatures:
         nflog = True
     except NftError:
         nflog = False
-    if bridge_ct:
+    if source == "flowset":
+        try:
+            nft(flowset_script(["eth0", "eth1"], SampleSpec(), 120), check_only=True)
+            source = FLOWSET
+        except NftError as exc:
+            raise NftError(f"flows.source flowset: this kernel refuses the flow-set datapath ({exc})") from None
+    elif bridge_ct:
         source = "bridge-conntrack"
     elif conntrack and brnf:
         source = "br_netfilter-conntrack"
@@ -203,6 +211,136 @@ table inet {FLOW_TABLE} {{
 """
 
 
+# -- the flow-set datapath (flows.source: flowset; docs/DESIGN-NOTES.md, issue 16) ---------------
+#
+# No br_netfilter, no conntrack: one base chain ``pre`` in ``bridge vigil`` (the enforcement table:
+# nft cannot jump across tables) does everything.  A frame of a flow already checked against the rule
+# set costs one lookup in ``seen4`` and one counter update in ``flows4``, then ``accept``.  Any other
+# frame (a flow's first, a re-check once its ``seen`` element expired or a block flushed ``seen``,
+# a frame with a forged source, a TCP SYN/RST, a non-first fragment) takes the full path: port mark,
+# forgery checks, the sampling rules, the block lookups (``v4``/``v6``, where an allow verdict is
+# ``return``), the flow signals, the counter update and, for a flow past its handshake, ``add @seen``.
+#
+# Two sets per family because on this kernel a lookup in a set with counters counts the packet too
+# but does not refresh the element's timeout: ``flowsN`` (counters, refreshed by every packet, gone
+# ``timeout`` seconds after a flow's last one) is the telemetry, read by a netlink dump
+# (engine/flowset.py); ``seenN`` (no counters, a fixed life) is the verdict cache.  Each direction of
+# a connection is its own element.  Protocols without ports have sets of their own keyed by
+# addresses and protocol (``flowsnN``/``seennN``): an ICMP echo's "ports" would be its type and
+# checksum, one element per packet (and nft cannot look up a key with constant fields).
+#
+# Every change to the rule set flushes ``seen4``/``seen6`` in its own transaction (nftables.NftWriter),
+# so a block also cuts the flows already running: their next frame misses and meets the lookups.
+FLOWSET = "bridge-flowset"
+SEEN_TTL = 60                 # seconds a checked flow skips the lookups before it is checked again
+FLOWSET_SIZE = 262144         # elements per flow set and verdict cache
+NEW_BIT = 0x40000000          # mark: this frame opened a flow (neither direction was in flowsN)
+PORT_PROTOS = "{ tcp, udp, udplite, sctp, dccp }"
+FLOWSET_SIGNALS = ("new-flow", "flow-reply", "flow-ack")
+_FAM = {4: ("ip", "ipv4_addr", "ip"), 6: ("ip6", "ipv6_addr", "ip6")}
+
+
+def _keys(fam: int, ports: bool) -> tuple[str, str]:
+    ip = _FAM[fam][0]
+    if ports:
+        return (f"{ip} saddr . {ip} daddr . meta l4proto . th sport . th dport",
+                f"{ip} daddr . {ip} saddr . meta l4proto . th dport . th sport")
+    return f"{ip} saddr . {ip} daddr . meta l4proto", f"{ip} daddr . {ip} saddr . meta l4proto"
+
+
+def flow_sets(fam: int, ports: bool) -> tuple[str, str]:
+    """(telemetry set, verdict-cache set) of one family and key kind."""
+    n = "" if ports else "n"
+    return f"flows{n}{fam}", f"seen{n}{fam}"
+
+
+SEEN_SETS = tuple(flow_sets(f, p)[1] for p in (True, False) for f in (4, 6))
+FLOW_SETS = tuple(flow_sets(f, p)[0] for p in (True, False) for f in (4, 6))
+
+
+def flowset_script(ports: list[str], samples: SampleSpec | None, timeout_s: int, table: str = "vigil",
+                   flow_rate: int = 0) -> str:
+    """The flow-set datapath's part of ``bridge vigil`` (sets, chains ``pre``, ``forged4``, ``flowNp``
+    and ``flowNn``; ``v4``/``v6`` only declared: nftables.table_script fills them).  Idempotent: the
+    chains are flushed and refilled, the sets keep their elements.  ``flow_rate``: the kernel limit
+    of each flow signal (new-flow, flow-reply, flow-ack) per second, default 10x the new-flow rate."""
+    samples = samples or SampleSpec()
+    t = f"bridge {table}"
+    marks = ", ".join(f'"{p}" : {m}' for p, m in port_marks(ports).items())
+    decl = [f"table {t} {{", OWNER_SETS.rstrip("\n")]
+    for fam in (4, 6):
+        a = _FAM[fam][1]
+        for ports in (True, False):
+            typ = f"{a} . {a} . inet_proto" + (" . inet_service . inet_service" if ports else "")
+            flows, seen = flow_sets(fam, ports)
+            decl.append(f"  set {flows} {{ type {typ}; flags dynamic,timeout; timeout {int(timeout_s)}s; "
+                        f"size {FLOWSET_SIZE}; counter; }}")
+            decl.append(f"  set {seen} {{ type {typ}; flags dynamic,timeout; timeout {SEEN_TTL}s; "
+                        f"size {FLOWSET_SIZE}; }}")
+    decl.append("  chain pre { type filter hook prerouting priority -300; policy accept; }")
+    for c in ("forged4", "v4", "v6", "flow4p", "flow4n", "flow6p", "flow6n"):
+        decl.append(f"  chain {c} {{ }}")
+    decl.append("}")
+    lines = decl + [f"flush chain {t} {c}" for c in ("pre", "forged4", "flow4p", "flow4n", "flow6p", "flow6n")]
+
+    def add(chain: str, rule: str) -> None:
+        lines.append(f"add rule {t} {chain} {rule}")
+
+    for r in FORGED4_CHAIN.splitlines()[1:-1]:
+        add("forged4", r.strip())
+    # the hit: a checked flow (ports first: nearly all traffic; a portless protocol's frame misses
+    # the first lookup, whose ``th dport`` is its checksum, and meets its own)
+    for ports in (True, False):
+        for fam in (4, 6):
+            k, _ = _keys(fam, ports)
+            flows, seen = flow_sets(fam, ports)
+            add("pre", f"{k} @{seen} update @{flows} {{ {k} }} accept")
+    # the full path
+    add("pre", f"meta mark set iifname map {{ {marks} }}")
+    for r in FORGED_RULES.splitlines():
+        add("pre", r.strip())
+    group = samples.group if samples.group else 0
+    if group:
+        for name, match in SAMPLE_RULES:
+            add("pre", f'{match} {_limit(samples.rate)} log group {group} prefix "{name}"')
+    # meta protocol: an 802.1Q-tagged frame is IP too (nftables.table_script says why)
+    add("pre", "meta protocol ip jump v4")
+    add("pre", "meta protocol ip6 jump v6")
+    for fam in (4, 6):
+        ether = "ip" if fam == 4 else "ip6"
+        add("pre", f"meta protocol {ether} meta l4proto {PORT_PROTOS} goto flow{fam}p")
+        add("pre", f"meta protocol {ether} goto flow{fam}n")
+    rate = flow_rate or 10 * samples.new_flow_rate
+    for fam in (4, 6):
+        for kind, ports in (("p", True), ("n", False)):
+            c = f"flow{fam}{kind}"
+            k, rev = _keys(fam, ports)
+            flows, seen = flow_sets(fam, ports)
+            # signals for the detector (engine/flowsignals.py): a flow opened (neither direction
+            # known), answered (this direction new, the other known), past the TCP handshake
+            # (a segment with only ACK among SYN/FIN/RST/ACK that missed ``seen``)
+            add(c, f"{k} != @{flows} {rev} != @{flows} meta mark set meta mark | {NEW_BIT:#x}")
+            if group:
+                add(c, f'meta mark & {NEW_BIT:#x} == {NEW_BIT:#x} counter {_limit(rate)} log group {group} '
+                       f'prefix "new-flow"')
+                add(c, f'meta mark & {NEW_BIT:#x} == 0 {k} != @{flows} counter {_limit(rate)} '
+                       f'log group {group} prefix "flow-reply"')
+                if ports:
+                    add(c, f'tcp flags & (fin|syn|rst|ack) == ack counter {_limit(rate)} log group {group} '
+                           f'prefix "flow-ack"')
+            add(c, f"update @{flows} {{ {k} }}")
+            # a frame with a forged source never makes its flow skip the checks; a TCP flow is
+            # marked checked only by a segment of an established connection (ACK, no SYN or RST):
+            # handshakes keep taking this path (the detector's signals), and so do crafted flag
+            # combinations without ACK (NULL, XMAS, SYN+FIN ...: sampled even inside a known tuple)
+            if ports:
+                add(c, f"meta mark & {FORGED_BIT:#x} == 0 tcp flags & (syn|rst|ack) == ack add @{seen} {{ {k} }}")
+                add(c, f"meta mark & {FORGED_BIT:#x} == 0 meta l4proto != tcp add @{seen} {{ {k} }}")
+            else:
+                add(c, f"meta mark & {FORGED_BIT:#x} == 0 add @{seen} {{ {k} }}")
+    return "\n".join(lines) + "\n"
+
+
 # Per-protocol idle timeouts are the kernel's conntrack timeouts of this namespace: the kernel ages
 # flows out and the DESTROY event gives the final record.
 TIMEOUT_SYSCTLS = {
@@ -229,8 +367,42 @@ def set_idle_timeouts(timeouts: dict[str, int]) -> dict[str, int]:
     return applied
 
 
+_FLOWSET_CHAINS = ("pre", "flow4p", "flow4n", "flow6p", "flow6n", "forged4")
+_FLOWSET_SETS = (*FLOW_SETS, *SEEN_SETS, "owner4", "owned4", "hostmac4", "owner6", "owned6")
+_CT_FORWARD = "table bridge vigil {\n  chain forward { type filter hook forward priority -200; policy accept; }\n}\n"
+
+
+def flowset_removal(ports: list[str], timeout_s: int = 120) -> str:
+    """Undo the flow-set datapath in ``bridge vigil`` (its chains and sets; the rule set stays):
+    one transaction that also succeeds when nothing of it is there (declare, flush, delete)."""
+    decl = flowset_script(ports, SampleSpec(0), timeout_s).split("flush chain", 1)[0]
+    lines = [decl.rstrip("\n")]
+    lines += [f"flush chain bridge vigil {c}" for c in _FLOWSET_CHAINS]
+    lines += [f"delete chain bridge vigil {c}" for c in _FLOWSET_CHAINS]
+    lines += [f"delete set bridge vigil {s}" for s in _FLOWSET_SETS]
+    return "\n".join(lines) + "\n"
+
+
+def install_flowset(ports: list[str], samples: SampleSpec | None, timeout_s: int, flow_rate: int = 0) -> None:
+    """The flow-set datapath: br_netfilter's IP hooks off, the conntrack tables and today's
+    ``forward`` hook of ``bridge vigil`` gone, ``pre`` in their place -- one transaction."""
+    for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+        path = f"/proc/sys/net/bridge/{name}"
+        if _read(path) not in (None, "0") and not _write(path, "0"):
+            log.warning("cannot switch off net.bridge.%s: br_netfilter keeps costing every frame", name)
+    nft(f"table bridge {FLOW_TABLE} {{}}\ndelete table bridge {FLOW_TABLE}\n"
+        f"table inet {FLOW_TABLE} {{}}\ndelete table inet {FLOW_TABLE}\n"
+        + _CT_FORWARD + "flush chain bridge vigil forward\ndelete chain bridge vigil forward\n"
+        + flowset_script(ports, samples, timeout_s, flow_rate=flow_rate))
+    log.info("flow-set datapath installed on ports %s (flow timeout %ss)", ", ".join(ports), timeout_s)
+
+
 def install_flow_accounting(features: KernelFeatures, ports: list[str],
-                            samples: SampleSpec | None = None) -> None:
+                            samples: SampleSpec | None = None, flowset_timeout: int = 120,
+                            flow_rate: int = 0) -> None:
+    if features.flow_source == FLOWSET:
+        install_flowset(ports, samples, flowset_timeout, flow_rate)
+        return
     if features.flow_source == "none":
         raise NftError("this kernel offers no flow accounting for bridged traffic "
                        "(neither nf_conntrack_bridge nor br_netfilter with conntrack)")
@@ -248,7 +420,8 @@ def install_flow_accounting(features: KernelFeatures, ports: list[str],
             _write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1")
         if _read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") != "1":
             _write("/proc/sys/net/bridge/bridge-nf-call-ip6tables", "1")
-    nft(flow_accounting_script(features, ports, samples))
+    # coming back from the flow-set datapath: its chains and sets leave bridge vigil first
+    nft(flowset_removal(ports, flowset_timeout) + flow_accounting_script(features, ports, samples))
     log.info("flow accounting installed (%s) on ports %s", features.flow_source, ", ".join(ports))
 
 

@@ -39,6 +39,7 @@ from ..files import atomic_write
 from ..payload import PayloadError
 from .api import EngineContext
 from .config import EnforcementConfig
+from .datapath import SEEN_SETS
 from . import enforce_packed as pk
 from . import nftables as nft
 from .enforce_plan import Held, PlanError, Policy
@@ -101,6 +102,8 @@ class Enforcement:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self._load_key()
+        if getattr(self.ctx, "datapath_script", None) is not None:
+            self.writer.use_flowset(self.ctx.datapath_script, list(SEEN_SETS))
         self._ensure_table()
         if self.ready:
             self._restore()

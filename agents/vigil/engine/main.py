@@ -29,6 +29,8 @@ from .config import EngineConfig
 from .conntrack import EV_DESTROY, EV_NEW, IPS_ASSURED, IPS_SEEN_REPLY, ConntrackEvents, ConntrackReader
 from .detect import ScanDetector
 from .flows import FlowTable
+from .flowset import FlowSetReader, FlowSetTable
+from .flowsignals import FlowSignals
 from .nflog import NflogReader
 from .senders import FORGED, Senders
 from .spool import Spool, SpoolPublisher
@@ -146,6 +148,8 @@ class EngineService:
         self.table = FlowTable(self.port_names, max_flows=cfg.flows.max_flows)
         self.reader: ConntrackReader | None = None
         self.ct_events: ConntrackEvents | None = None
+        self.signals: FlowSignals | None = None      # the flow-set datapath's flow signals
+        self._full_warned = -1e9
         self.nflog: NflogReader | None = None
         self.threads: list[threading.Thread] = []
         self.spool = Spool(self.state_dir / "spool", int(cfg.flows.spool_max_mb * 1024 * 1024), self.counters)
@@ -195,6 +199,7 @@ class EngineService:
                          "flows_ended_by_event": self.table.ended_by_event,
                          "flows_ended_by_absence": self.table.ended_by_absence},
             "telemetry": {"flow_source": self.features.flow_source if self.features else None,
+                          "flow_signals": self.signals.status() if self.signals else None,
                           "ct_events": self.ct_events is not None,
                           "samples": self.nflog is not None,
                           "spool_batches": len(self.spool), "spool_bytes": self.spool.bytes,
@@ -216,7 +221,10 @@ class EngineService:
     def poll_flows(self, interval_start_ms: int) -> None:
         now_ms = payload.now_ms()
         t0 = time.monotonic()
-        records = self.table.update(self.reader.dump(self.table.known_by_id()), now_ms)
+        if self.flowset:
+            records = self.table.update(self._flowset_elements(), now_ms)
+        else:
+            records = self.table.update(self.reader.dump(self.table.known_by_id()), now_ms)
         self.counters.inc("flow_polls")
         poll_s = time.monotonic() - t0
         if records:
@@ -241,19 +249,33 @@ class EngineService:
 
     # -- supervisor -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self.features = datapath.probe()
+        fcfg = self.cfg.flows
+        try:
+            self.features = datapath.probe(fcfg.source)
+        except datapath.NftError as exc:
+            raise StartupError(str(exc)) from None
         log.info("kernel features: %s", self.features.as_dict())
         scfg = self.cfg.samples
         spec = datapath.SampleSpec(scfg.group if scfg.enabled else 0, scfg.rate, scfg.new_flow_rate)
+        ports = list(self.cfg.bridge.ports)
         try:
-            datapath.install_flow_accounting(self.features, list(self.cfg.bridge.ports), spec)
+            datapath.install_flow_accounting(self.features, ports, spec, fcfg.flowset_timeout,
+                                             scfg.flow_signal_rate)
         except datapath.NftError as exc:
             raise StartupError(f"flow accounting: {exc}") from None
-        self.timeouts_applied = datapath.set_idle_timeouts(dict(self.cfg.flows.idle_timeouts))
         self.ctx.features = self.features
+        if self.flowset:
+            # the enforcement part rewrites bridge vigil with the datapath in the same transaction
+            self.ctx.datapath_script = lambda: datapath.flowset_script(
+                ports, spec, fcfg.flowset_timeout, flow_rate=scfg.flow_signal_rate)
+            self.table = FlowSetTable(self.port_names, fcfg.flowset_timeout, max_flows=fcfg.max_flows)
+            self.table.mac_for = self.senders.mac_for
+            self.reader = FlowSetReader(counters=self.counters, set_size=datapath.FLOWSET_SIZE)
+        else:
+            self.timeouts_applied = datapath.set_idle_timeouts(dict(fcfg.idle_timeouts))
+            self.reader = ConntrackReader(self.counters)
         self.senders.requeue_all()     # the owner sets were just recreated empty
         self._sync_owners()
-        self.reader = ConntrackReader(self.counters)
         self._start_readers()
         for p in self.parts:
             p.start()
@@ -304,7 +326,8 @@ class EngineService:
 
     # -- source attribution (senders.py) ------------------------------------------------------
     def _sync_owners(self) -> None:
-        script = self.senders.kernel_script(f"bridge {datapath.FLOW_TABLE}")
+        table = "vigil" if self.flowset else datapath.FLOW_TABLE
+        script = self.senders.kernel_script(f"bridge {table}")
         if not script:
             return
         try:
@@ -322,7 +345,33 @@ class EngineService:
             log.error("could not save learned owners: %s", exc)
 
     # -- kernel readers (threads) ---------------------------------------------------------------
+    def _flowset_elements(self) -> list:
+        """One dump of the flow sets.  A set near its size means new flows go uncounted until flows
+        expire (enforcement stays exact on the slow path): logged once a minute (the reader counts
+        ``flowset_full``)."""
+        out = self.reader.dump()
+        fullest = max(self.reader.sizes.values(), default=0)
+        if fullest >= datapath.FLOWSET_SIZE * 0.98 and time.monotonic() - self._full_warned >= 60:
+            self._full_warned = time.monotonic()
+            log.warning("a flow set holds %d of %d elements: new flows go uncounted until flows expire "
+                        "(a flood of new tuples?)", fullest, datapath.FLOWSET_SIZE)
+        return out
+
+    @property
+    def flowset(self) -> bool:
+        return self.features is not None and self.features.flow_source == datapath.FLOWSET
+
     def _start_readers(self) -> None:
+        if self.flowset:
+            self._start_nflog()
+            if self.nflog is None:
+                log.error("flow-set datapath without NFLOG samples: the scan detector gets no signal")
+            else:
+                self.signals = FlowSignals(self.detector, self.table, self.port_names, self.counters,
+                                           senders=self.senders)
+            for t in self.threads:
+                t.start()
+            return
         try:
             self.ct_events = ConntrackEvents(self.counters)
         except OSError as exc:
@@ -331,6 +380,11 @@ class EngineService:
             self.counters.inc("ct_events_unavailable")
         if self.ct_events is not None:
             self.threads.append(threading.Thread(target=self._ct_loop, name="ct-events", daemon=True))
+        self._start_nflog()
+        for t in self.threads:
+            t.start()
+
+    def _start_nflog(self) -> None:
         scfg = self.cfg.samples
         if scfg.enabled and self.features.nflog:
             try:
@@ -340,8 +394,6 @@ class EngineService:
                 self.counters.inc("nflog_unavailable")
         if self.nflog is not None:
             self.threads.append(threading.Thread(target=self._nflog_loop, name="nflog", daemon=True))
-        for t in self.threads:
-            t.start()
 
     def _ct_loop(self) -> None:
         det = self.detector
@@ -377,10 +429,16 @@ class EngineService:
     def _nflog_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                for sample in self.nflog.read(timeout=0.5):
+                signals = self.signals
+                # with the flow-set datapath the detector's signals come this way: wake often
+                for sample in self.nflog.read(timeout=0.05 if signals and self.detector else 0.5):
                     self.senders.on_sample(sample)
+                    if signals is not None:
+                        signals.on_sample(sample)
                     for ev in run_checks(self.checks, sample):
                         self.outbox.emit(ev)
+                if signals is not None and self.detector is not None:
+                    self.detector.evaluate()
             except Exception:
                 if self.stop_event.is_set():
                     return

@@ -4,7 +4,7 @@ Layout (per family, ``4`` shown; ``6`` is the same with ``ip6``)::
 
     table bridge vigil
       chain forward   hook forward priority -200, policy accept      (fail-open)
-        ether type ip jump v4 ; ether type ip6 jump v6
+        meta protocol ip jump v4 ; meta protocol ip6 jump v6    (not ether type: see below)
       chain v4        no drop set holds saddr or daddr, no flow matches: return  (the common case)
                       guard4 / allow4 / allownet4* accept   (saddr or daddr: checked first)
                       block4 / blocknet4* / local4 counter drop (saddr or daddr)
@@ -46,7 +46,7 @@ import logging
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import nfnetlink
 
@@ -118,7 +118,10 @@ BLOCK_MAC = "blockmac"       # rule-set entries of scope mac (mac . port), both 
 LOCAL_MAC_DECL = f"set {LOCAL_MAC} {{ type ether_addr . ifname; flags timeout; }}"
 
 
-def chain_rules(family: int) -> list[str]:
+def chain_rules(family: int, allow: str = "accept") -> list[str]:
+    """The lookups of one family.  ``allow``: the verdict of an allowlisted or guarded packet --
+    ``accept`` in the forward hook; ``return`` when ``v4``/``v6`` are called from the flow-set
+    datapath's ``pre`` chain, which must still count the flow (datapath.flowset_script)."""
     ip = _IP[family]
     f = family
     accept = [f"guard{f}", f"allow{f}", *net_sets("allownet", f)]
@@ -133,7 +136,7 @@ def chain_rules(family: int) -> list[str]:
     macs = " ".join(f"ether saddr . iifname != @{s}" for s in (BLOCK_MAC, LOCAL_MAC))
     rules = [f"{miss} {macs} {ip} saddr . {ip} daddr . meta l4proto . th dport != @flow{f} return"]
     for s in accept:
-        rules += [f"{ip} saddr @{s} accept", f"{ip} daddr @{s} accept"]
+        rules += [f"{ip} saddr @{s} {allow}", f"{ip} daddr @{s} {allow}"]
     # after the accepts: allowlisted and guarded addresses pass even from a blocked MAC
     for s in (BLOCK_MAC, LOCAL_MAC):
         rules.append(f"ether saddr . iifname @{s} counter drop comment \"{s}\"")
@@ -144,9 +147,12 @@ def chain_rules(family: int) -> list[str]:
     return rules
 
 
-def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> str:
+def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+                 datapath: str | None = None) -> str:
     """Idempotent creation: sets are declared (existing ones keep their elements), the chains are
-    flushed and refilled, the guard sets are refilled.  One transaction; foreign tables untouched."""
+    flushed and refilled, the guard sets are refilled.  One transaction; foreign tables untouched.
+    ``datapath``: the flow-set datapath's script (datapath.flowset_script), which then calls the
+    lookups from its ``pre`` chain instead of a ``forward`` hook (one is removed if present)."""
     lines = [f"table {FAMILY} {TABLE} {{"]
     lines += [f"  {s.declaration()}" for s in SETS.values()]
     lines.append(f"  {LOCAL_MAC_DECL}")
@@ -154,10 +160,18 @@ def table_script(guards: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
     lines += ["  chain v4 { }", "  chain v6 { }", "}"]
     for chain in ("forward", "v4", "v6"):
         lines.append(f"flush chain {FAMILY} {TABLE} {chain}")
+    if datapath:
+        lines.append(f"delete chain {FAMILY} {TABLE} forward")
+        lines.append(datapath.rstrip("\n"))
+    else:
+        # ``meta protocol``, not ``ether type``: the kernel hands the bridge an 802.1Q frame's tag
+        # apart from the frame, and nft then reads the tag's 0x8100 as the ether type -- a blocked
+        # source passed by tagging its frames.  The lookups' own dependency is ``meta protocol``.
+        for fam in (4, 6):
+            lines.append(f"add rule {FAMILY} {TABLE} forward meta protocol {_ETHER[fam]} jump v{fam}")
+    allow = "return" if datapath else "accept"
     for fam in (4, 6):
-        lines.append(f"add rule {FAMILY} {TABLE} forward ether type {_ETHER[fam]} jump v{fam}")
-    for fam in (4, 6):
-        lines += [f"add rule {FAMILY} {TABLE} v{fam} {r}" for r in chain_rules(fam)]
+        lines += [f"add rule {FAMILY} {TABLE} v{fam} {r}" for r in chain_rules(fam, allow)]
     by_fam: dict[int, list[str]] = {4: [], 6: []}
     for net in ipaddress.collapse_addresses(n for n in guards if n.version == 4):
         by_fam[4].append(str(net))
@@ -292,6 +306,9 @@ class Change:
     remove: dict[str, list[str]] = field(default_factory=dict)
     refill: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
     packed: list = field(default_factory=list)                  # packed: enforce_packed.ColChange
+    # sets flushed at the end of the same transaction whatever the kind: the flow-set datapath's
+    # verdict caches, so that the change also applies to flows already running (NftWriter.flush_sets)
+    flush: list[str] = field(default_factory=list)
 
     @classmethod
     def packing(cls, contents, packed) -> "Change":
@@ -310,17 +327,26 @@ class Change:
     def script(self) -> str:
         """As an nft script (the nft CLI and libnftables backends)."""
         if self.kind == "replace":
-            return replace_script(self.contents)
-        if self.kind == "packed":
             text = replace_script(self.contents)
-            return text + "\n".join(packed_script(self.packed)) + "\n"
-        return update_script(self.put, self.remove, self.refill)
+        elif self.kind == "packed":
+            text = replace_script(self.contents) + "\n".join(packed_script(self.packed)) + "\n"
+        else:
+            text = update_script(self.put, self.remove, self.refill)
+        if self.flush and text.strip():
+            text += "".join(f"flush set {FAMILY} {TABLE} {n}\n" for n in self.flush)
+        return text
 
     def batch(self) -> nfnetlink.Batch | None:
         """As one raw nfnetlink batch; None for a kind that goes as a script only (deltas)."""
         if self.kind == "packed":
-            return packed_batch(replace_batch(self.contents), self.packed)
-        return replace_batch(self.contents) if self.kind == "replace" else None
+            batch = packed_batch(replace_batch(self.contents), self.packed)
+        elif self.kind == "replace":
+            batch = replace_batch(self.contents)
+        else:
+            return None
+        for n in self.flush:
+            batch.flush(n)
+        return batch
 
     def __bool__(self) -> bool:
         return bool(self.packed or self.contents or any(self.put.values()) or any(self.remove.values()) or self.refill)
@@ -482,6 +508,17 @@ class NftWriter:
         self.lock = threading.Lock()
         self.transactions = 0
         self.bulk = True            # replace() through one nfnetlink batch (False: nft script)
+        # the flow-set datapath (datapath.flowset_script): its script joins every table_script, and
+        # its verdict caches are flushed by every change (a block also stops running flows)
+        self.datapath: Callable[[], str] | None = None
+        self.flush_sets: list[str] = []
+
+    def use_flowset(self, script: Callable[[], str], flush_sets: list[str]) -> None:
+        self.datapath = script
+        self.flush_sets = list(flush_sets)
+
+    def _flush_lines(self) -> str:
+        return "".join(f"flush set {FAMILY} {TABLE} {n}\n" for n in self.flush_sets)
 
     def _run(self, script: str) -> None:
         if not script.strip():
@@ -494,12 +531,13 @@ class NftWriter:
         """Create the table (or bring an existing one to this layout) without touching set
         contents.  If an older layout is in the way (a set of another type), the table is
         recreated: the caller then restores its rule set."""
+        dp = self.datapath() if self.datapath else None
         try:
-            self._run(table_script(self.guards))
+            self._run(table_script(self.guards, dp) + self._flush_lines())
         except NftError as exc:
             log.warning("table %s %s has an incompatible layout (%s); recreating it", FAMILY, TABLE, exc)
             self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
-            self._run(table_script(self.guards))
+            self._run(table_script(self.guards, dp))
 
     def commit(self, change: Change) -> None:
         """One transaction.  A replace goes as one raw nfnetlink batch while ``bulk`` (nft's parser
@@ -507,6 +545,7 @@ class NftWriter:
         the backend decides how, the dry run included (it records the same bytes)."""
         if not change:
             return
+        change.flush = self.flush_sets
         with self.lock:
             self.backend.commit(change, self.bulk)
             self.transactions += 1
@@ -523,7 +562,8 @@ class NftWriter:
         key = f'{mac} . "{port}"'
         self._run(f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
                   f"delete element {FAMILY} {TABLE} {LOCAL_MAC} {{ {key} }}\n"
-                  f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {element(key, timeout_ms)} }}\n")
+                  f"add element {FAMILY} {TABLE} {LOCAL_MAC} {{ {element(key, timeout_ms)} }}\n"
+                  + self._flush_lines())
 
     def delete_table(self) -> None:
         self._run(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")

@@ -7,6 +7,7 @@ killed earlier run with the same name left behind, so a second ``up`` always wor
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -34,6 +35,9 @@ class Lab:
         self.mosquitto: Mosquitto | None = None
         self.influx: InfluxDB | None = None
         self.procs: dict[str, ManagedProcess] = {}
+        # merged into every engine's configuration before a call's own overrides (a test that
+        # runs the same attack against both datapaths sets {"flows": {"source": "flowset"}})
+        self.engine_overrides: dict = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def up(self, services: bool = True) -> "Lab":
@@ -137,6 +141,7 @@ class Lab:
             "status_interval": 5.0,
             "log": {"level": "INFO"},
         }
+        _merge(cfg, copy.deepcopy(self.engine_overrides))
         _merge(cfg, overrides)
         return cfg
 

@@ -1,0 +1,112 @@
+"""The flow-set datapath's flow signals (NFLOG samples) -> the scan detector and the flow table.
+
+Without conntrack there are no NEW / ASSURED / DESTROY events.  The kernel's ``pre`` chain
+(datapath.flowset_script) samples instead, each under its own rate limit:
+
+- ``new-flow``: a frame whose flow neither direction of which the flow sets hold -- the
+  originator's first frame: a probe for the detector, and the hint that tells the flow table which
+  side opened the flow (engine/flowset.py);
+- ``flow-reply``: a frame whose direction is new while the other is known -- the answer.  For UDP
+  and the others that is success; for TCP it is remembered (a SYN-ACK) or a refusal (RST);
+- ``flow-ack``: a TCP segment with only ACK among SYN/FIN/RST/ACK that missed the verdict cache:
+  past a handshake.  It counts as established only for a flow whose answer was seen, and only when
+  neither the answer nor this segment carried a forged source (a scanner that forges the target's
+  SYN-ACK, or sends a bare ACK after its SYN, does not look like a client).
+
+Bounded: the flows waiting for their answer are at most ``max_pending`` (oldest forgotten,
+counted).  A sample that cannot be decoded is counted and skipped.
+"""
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+
+from .nflog import Sample
+from .senders import FORGED, five_tuple
+
+PORT_PROTOS = frozenset((6, 17, 33, 132, 136))     # tcp, udp, dccp, sctp, udplite (datapath.PORT_PROTOS)
+SIGNALS = ("new-flow", "flow-reply", "flow-ack")
+_SYN, _RST, _ACK = 0x02, 0x04, 0x10
+
+
+def sample_tuple(s: Sample) -> tuple[int, int, str, str, int, int, int, int] | None:
+    """(family, proto, src, dst, sport, dport, tcp flags, detector port) of a sampled IP packet.
+    The ports are the flow set's key: 0 for a protocol without ports and for a fragment; the
+    detector's port is the destination port, or for ICMP its code (as conntrack reports it).
+    None for what is not IPv4/IPv6."""
+    ft = five_tuple(s.payload)
+    if ft is None:
+        return None
+    proto, src, sport, dst, dport = ft
+    p = s.payload
+    fam = 6 if p[0] >> 4 == 6 else 4
+    off = (p[0] & 0x0F) * 4 if fam == 4 else 40
+    det_port = dport
+    if proto not in PORT_PROTOS or (fam == 4 and struct.unpack_from(">H", p, 6)[0] & 0x1FFF):
+        sport = dport = 0
+    flags = p[off + 13] if proto == 6 and len(p) >= off + 14 else 0
+    return fam, proto, src, dst, sport, dport, flags, det_port
+
+
+class FlowSignals:
+    def __init__(self, detector, table, port_names: dict[int, str], counters=None, max_pending: int = 65536,
+                 senders=None):
+        self.detector = detector
+        self.senders = senders                  # senders.Senders: an established flow proves its source
+        self.table = table                      # flowset.FlowSetTable (note_first), or None
+        self.port_names = port_names
+        self.counters = counters
+        self.max_pending = max_pending
+        self.replied: OrderedDict = OrderedDict()   # orig key -> True once answered (TCP: SYN-ACK)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self.counters is not None:
+            self.counters.inc(name, n)
+
+    def on_sample(self, s: Sample) -> bool:
+        """Handle one sample; False when it is not a flow signal (the protocol checks take it)."""
+        if s.prefix not in SIGNALS:
+            return False
+        t = sample_tuple(s)
+        if t is None:
+            self._count("flow_signals_malformed")
+            return True
+        fam, proto, src, dst, sport, dport, flags, det_port = t
+        forged = bool(s.mark & FORGED)
+        self._count(f"flow_signals_{s.prefix.replace('-', '_')}")
+        if s.prefix == "new-flow":
+            if self.table is not None:
+                self.table.note_first(fam, src, dst, proto, sport, dport, forged=forged,
+                                      in_port=self.port_names.get(s.mark & 0xFF, ""),
+                                      ts_ms=int(s.ts * 1000) if s.ts else None)
+            if self.detector is not None:
+                self.detector.on_new((proto, src, dst, sport, dport), src, dst, proto, det_port, forged=forged)
+            return True
+        if forged:                               # a forged answer or ACK proves nothing
+            self._count("flow_signals_forged_ignored")
+            return True
+        if s.prefix == "flow-reply":
+            orig = (proto, dst, src, dport, sport)
+            if proto == 6:
+                if flags & _RST or not flags & _SYN:
+                    return True                  # refused (or mid-stream): not an answer of a probe
+                self.replied[orig] = True
+                self.replied.move_to_end(orig)
+                while len(self.replied) > self.max_pending:
+                    self.replied.popitem(last=False)
+                    self._count("flow_signals_pending_forgotten")
+            elif self.detector is not None:
+                self.detector.on_answer(orig, True, proto)
+            return True
+        # flow-ack: from the originator, or from the answering side
+        for key in ((proto, src, dst, sport, dport), (proto, dst, src, dport, sport)):
+            if self.replied.pop(key, None):
+                if self.detector is not None:
+                    self.detector.on_answer(key, True, 6)
+                if self.senders is not None:
+                    self.senders.on_assured(6, key[1], key[3], key[2], key[4])
+                break
+        return True
+
+    def status(self) -> dict:
+        return {"awaiting_ack": len(self.replied)}

@@ -119,3 +119,28 @@ def test_back_to_conntrack_the_flowset_leaves_and_the_rule_set_stays(lab, pub): 
     assert "10.99.0.1" in lab.run("engine", ["nft", "list", "set", "bridge", "vigil", "block4"]).stdout
     sets = lab.run("engine", ["nft", "list", "sets", "bridge"]).stdout
     assert "flows4" not in sets and "seen4" not in sets
+
+
+def test_flow_signals_lost_to_the_kernels_rate_limit_are_noticed(engine_lab):  # noqa: F811
+    """The detector holds decisions while flow signals are lost (flowsignals.SignalLoss): the loss
+    is measured from the real rule counters against the samples that reached the engine."""
+    lab, col = engine_lab
+    lab.start_engine(flows=FLOWSET, samples={"flow_signal_rate": 5})
+    lab.wait_log("engine", "mqtt: connected")
+    lab.popen("server", ["python3", "-m", "http.server", "8080", "--bind", lab.ip("server")], name="http")
+    connect = f"for i in $(seq {{n}}); do nc -z -w1 {lab.ip('server')} 8080; done"
+    deadline = time.monotonic() + 10
+    while lab.run("client", ["nc", "-z", "-w1", lab.ip("server"), "8080"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the http server did not come up"
+        time.sleep(0.2)
+    lab.run("client", ["sh", "-c", connect.format(n=2)])
+    time.sleep(5)                 # two readings of the counters: within the limit, nothing lost
+
+    def signals():
+        with col.lock:
+            return [s["telemetry"]["flow_signals"] for s in col.status if s.get("state") == "running"]
+    quiet = col.wait(lambda: [s for s in signals() if s["received"]["new-flow"] >= 3], 15, "the samples counted")
+    assert quiet[-1]["lost"] == {"new-flow": 0, "flow-reply": 0, "flow-ack": 0} and quiet[-1]["lossy"] == []
+    lab.run("client", ["sh", "-c", connect.format(n=80)], timeout=120)     # far past 5/s
+    lossy = col.wait(lambda: [s for s in signals() if "new-flow" in s["lossy"]], 20, "the loss noticed")[-1]
+    assert lossy["lost"]["new-flow"] >= 40 and "flow-ack" in lossy["lossy"], lossy

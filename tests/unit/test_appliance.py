@@ -165,3 +165,13 @@ def test_select_agent_reads_both_venvs_and_links_the_newer_one(tmp_path):
     # nothing installed at all under the upgrade's path
     choice, _ = appliance.select_agent(link, image, tmp_path / "absent")
     assert choice.source == "image" and choice.reason == "no upgrade installed"
+
+
+def test_a_flow_set_engine_gets_br_netfilters_hooks_switched_off_at_boot():
+    p = plan({**SETTINGS, "engine": {"flows": {"source": "flowset"}}}, "", FILES, True)
+    assert p.engine_yaml["flows"]["source"] == "flowset"
+    assert appliance.datapath_sysctls(p.engine_yaml) == [
+        ("net.bridge.bridge-nf-call-iptables", "0"), ("net.bridge.bridge-nf-call-ip6tables", "0")]
+    assert appliance.datapath_sysctls(plan(SETTINGS, "", FILES, True).engine_yaml) == []
+    for doc in ({"flows": {"source": "auto"}}, {"flows": None}, {"flows": "flowset"}):
+        assert appliance.datapath_sysctls(doc) == []

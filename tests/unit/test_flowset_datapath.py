@@ -157,9 +157,9 @@ def test_a_handshake_is_a_probe_then_established():
     assert det.new == [((6, A, B, 40000, 80), A, B, 6, 80, False)]
     assert table.hints[0][0] == (4, A, B, 6, 40000, 80) and table.hints[0][1]["in_port"] == "eth0"
     sig.on_sample(_sample("flow-reply", _ip4(B, A, 6, _tcp(80, 40000, SYN | ACK)), mark=2))
-    assert det.answers == []                      # an answer is not yet a handshake
+    assert det.answers == [((6, A, B, 40000, 80), False, 6)]    # an answer is not yet a handshake
     sig.on_sample(_sample("flow-ack", _ip4(A, B, 6, _tcp(40000, 80, ACK))))
-    assert det.answers == [((6, A, B, 40000, 80), True, 6)]
+    assert det.answers[-1] == ((6, A, B, 40000, 80), True, 6)
 
 
 def test_a_syn_scan_never_looks_established():
@@ -173,7 +173,7 @@ def test_a_syn_scan_never_looks_established():
     sig.on_sample(_sample("new-flow", _ip4(A, B, 6, _tcp(50000, 24, SYN))))
     sig.on_sample(_sample("flow-reply", _ip4(B, A, 6, _tcp(24, 50000, SYN | ACK)), mark=1 | FORGED))
     sig.on_sample(_sample("flow-ack", _ip4(A, B, 6, _tcp(50000, 24, ACK))))
-    assert len(det.new) == 3 and det.answers == []
+    assert len(det.new) == 3 and [a for a in det.answers if a[1]] == []      # never established
 
 
 def test_udp_and_icmp_answers_and_forged_probes():
@@ -210,3 +210,96 @@ def test_answers_waiting_for_their_ack_are_bounded():
         sig.on_sample(_sample("flow-reply", _ip4(B, A, 6, _tcp(80, 10000 + i, SYN | ACK))))
     assert sig.status()["awaiting_ack"] == 100
 
+
+
+# -- lost signals ----------------------------------------------------------------------------------
+
+class _Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_signal_loss_is_the_kernels_candidates_against_the_samples_that_arrived():
+    from vigil.engine.flowsignals import SignalLoss
+    clock = _Clock()
+    loss = SignalLoss(window=10.0, clock=clock)
+    loss.observe({"flow-ack": 1000}, {"flow-ack": 0})          # the first reading is the baseline
+    assert not loss.lossy("flow-ack")
+    clock.t += 2
+    loss.observe({"flow-ack": 1500}, {"flow-ack": 480})         # 20 on their way: not lost
+    assert not loss.lossy("flow-ack")
+    clock.t += 2
+    loss.observe({"flow-ack": 9500, "flow-reply": 10}, {"flow-ack": 2500, "flow-reply": 10})
+    assert loss.lossy("flow-ack") and not loss.lossy("flow-reply") and loss.lost["flow-ack"] == 5980
+    assert loss.status()["lossy"] == ["flow-ack"]
+    clock.t += 2
+    loss.observe({"flow-ack": 9600}, {"flow-ack": 2600})        # whole again ...
+    assert loss.lossy("flow-ack")                              # ... but the last loss is recent
+    clock.t += 10
+    assert not loss.lossy("flow-ack")
+    loss.observe({"flow-ack": 5}, {"flow-ack": 2605})            # rule rewritten: counters restart
+    assert not loss.lossy("flow-ack")
+
+
+def test_flow_signals_count_what_arrived_and_hand_the_detector_replies():
+    det = _Det()
+    sig = FlowSignals(det, None, {})
+    sig.on_sample(_sample("new-flow", _ip4(A, B, 6, _tcp(40000, 80, SYN))))
+    sig.on_sample(_sample("flow-reply", _ip4(B, A, 6, _tcp(80, 40000, SYN | ACK))))
+    assert det.answers == [((6, A, B, 40000, 80), False, 6)]   # answered, not established
+    assert sig.received == {"new-flow": 1, "flow-reply": 1, "flow-ack": 0}
+
+
+def _busy_client(ack_lost: bool, reply_lost: bool = False):
+    """A client connecting to 40 ports of a server whose SYN-ACKs came, but whose completing ACKs
+    the kernel's rate limit dropped (an adversary's ACK flood used up the budget)."""
+    from vigil.engine.config import DetectConfig
+    from vigil.engine.detect import ScanDetector
+    clock, events, blocked = _Clock(), [], []
+
+    class Enf:
+        def block_local(self, address, ttl, reason):
+            blocked.append(address)
+
+    det = ScanDetector(DetectConfig(), mode=lambda: "enforcing", emit=events.append, enforcer=lambda: Enf(),
+                       clock=clock)
+    det.signal_loss = lambda sig: (sig == "flow-ack" and ack_lost) or (sig == "flow-reply" and reply_lost)
+    for port in range(8000, 8040):
+        key = (6, A, B, 50000 + port, port)
+        det.on_new(key, A, B, 6, port)
+        det.on_answer(key, False, 6)                               # the SYN-ACK sample arrived
+        clock.t += 0.001
+    clock.t += 0.5
+    det.evaluate()
+    det.evaluate()
+    return det, events, blocked
+
+
+def test_a_busy_client_is_not_blocked_while_the_ack_signal_is_lost():
+    det, events, blocked = _busy_client(ack_lost=True)
+    assert blocked == [] and [e["action"] for e in events] == ["held"]       # reported once
+    assert events[0]["src"] == A and "decision held" in events[0]["detail"]
+    # the same evidence without loss is a scan (every answered probe stayed unestablished)
+    det, events, blocked = _busy_client(ack_lost=False)
+    assert blocked == [A] and [e["action"] for e in events] == ["block"]
+
+
+def test_lost_replies_hold_a_source_whose_probes_may_have_been_answered():
+    from vigil.engine.config import DetectConfig
+    from vigil.engine.detect import ScanDetector
+    clock, events = _Clock(), []
+    det = ScanDetector(DetectConfig(), mode=lambda: "learning", emit=events.append, clock=clock)
+    det.signal_loss = lambda sig: sig == "flow-reply"
+    for port in range(1, 60):                                     # no reply sample at all
+        det.on_new((6, A, B, 40000, port), A, B, 6, port)
+        clock.t += 0.001
+    clock.t += 0.5
+    det.evaluate()
+    assert [e["action"] for e in events] == ["held"]
+    det.signal_loss = lambda sig: False                           # whole again: decided
+    clock.t += 0.1
+    det.evaluate()
+    assert [e["action"] for e in events] == ["held", "would-block"]

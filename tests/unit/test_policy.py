@@ -271,6 +271,9 @@ def test_engine_events_become_decisions(storage):
     active = comp.store.list()
     assert [(d.value, d.origin) for d in active] == [("10.77.0.66", "engine-local:dns-tunnel")]
     assert active[0].engines == ["e1"] and ctx.counters.get("engine_events_malformed") == 1
+    # a decision the engine held (its evidence may be incomplete) is never taken by the manager
+    comp.on_events("e1", events("e1", {"type": "scan", "src": "10.77.0.2", "severity": "high", "action": "held"}))
+    assert [d.value for d in comp.store.list()] == ["10.77.0.66"]
     assert "long TXT queries" in active[0].reason
     assert ctx.counters.get("engine_events_without_address") == 1
     assert ctx.counters.get("decisions_rejected_invalid") == 0

@@ -11,8 +11,10 @@ MAX_TTL = 10 * 365 * 86400                  # seconds
 # -- engines ----------------------------------------------------------------------------------------
 MODES = ("learning", "enforcing")           # an engine's mode
 ENGINE_STATES = ("starting", "running", "stopped", "offline")
-# what an engine did about one of its own detections (engine events' ``action``)
-EVENT_ACTIONS = ("none", "would-block", "block", "block-refused", "block-failed")
+# what an engine did about one of its own detections (engine events' ``action``; ``held``: a
+# decision the engine holds because the evidence may be incomplete -- never one the manager takes)
+EVENT_ACTIONS = ("none", "would-block", "block", "block-refused", "block-failed", "held")
+NOT_DECIDED = ("none", "held")      # event actions the manager never turns into a decision
 
 # -- severities, lowest first: engine events, collector events, the policy's floor ----------------
 SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "warning": 2, "high": 3, "critical": 4}

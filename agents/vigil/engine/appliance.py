@@ -263,6 +263,16 @@ def engine_yaml(cfg: ApplianceConfig, config_dir: Path = Path("/etc/vigil")) -> 
     return doc
 
 
+def datapath_sysctls(engine_yaml: dict) -> list[tuple[str, str]]:
+    """The sysctls the engine's datapath needs beyond the image's sysctl.d, which the engine's unit
+    cannot write (/proc/sys is read-only to it): the flow-set datapath needs no br_netfilter hook,
+    and the image switches them on for conntrack."""
+    flows = engine_yaml.get("flows") if isinstance(engine_yaml.get("flows"), dict) else {}
+    if flows.get("source") != "flowset":
+        return []
+    return [("net.bridge.bridge-nf-call-iptables", "0"), ("net.bridge.bridge-nf-call-ip6tables", "0")]
+
+
 def networkd_files(cfg: ApplianceConfig, bridge_ports: list[str]) -> dict[str, str]:
     """systemd-networkd files: the management NIC configured, the bridge and its ports left alone."""
     m = cfg.management
@@ -577,12 +587,9 @@ def boot(config_dir: Path, state: Path, run_dir: Path, network_dir: Path, cmdlin
         if CA_FILE in files:
             write_secret(config_dir / CA_FILE, files[CA_FILE], 0o644)
         write_secret(engine_conf, yaml.safe_dump(p.engine_yaml, sort_keys=False).encode(), 0o640)
-        if (p.engine_yaml.get("flows") or {}).get("source") == "flowset":
-            # the flow-set datapath needs no br_netfilter hook; the engine's unit cannot switch
-            # them off (/proc/sys is read-only to it) and the image's sysctl.d switches them on
-            for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
-                sysctl(key, "0")
-            say("flows.source flowset: br_netfilter's IP hooks off")
+        for key, value in datapath_sysctls(p.engine_yaml):
+            sysctl(key, value)
+            say(f"flows.source {p.engine_yaml['flows']['source']}: {key} = {value}")
         say(f"READY engine {p.cfg.engine_id}: bridge forwarding; manager "
             f"{p.cfg.manager.host}:{p.cfg.manager.port}; vigil-engine starts")
         return 0

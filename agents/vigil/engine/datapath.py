@@ -323,11 +323,15 @@ def flowset_script(ports: list[str], samples: SampleSpec | None, timeout_s: int,
             if group:
                 add(c, f'meta mark & {NEW_BIT:#x} == {NEW_BIT:#x} counter {_limit(rate)} log group {group} '
                        f'prefix "new-flow"')
-                add(c, f'meta mark & {NEW_BIT:#x} == 0 {k} != @{flows} counter {_limit(rate)} '
+                # a forged answer or ACK proves nothing (flowsignals.py ignores it): it must not
+                # use up the budget of the genuine ones either (forged frames never enter ``seen``,
+                # so each one would take a sample)
+                genuine = f"meta mark & {(NEW_BIT | FORGED_BIT):#x} == 0"
+                add(c, f'{genuine} {k} != @{flows} counter {_limit(rate)} '
                        f'log group {group} prefix "flow-reply"')
                 if ports:
-                    add(c, f'tcp flags & (fin|syn|rst|ack) == ack counter {_limit(rate)} log group {group} '
-                           f'prefix "flow-ack"')
+                    add(c, f'meta mark & {FORGED_BIT:#x} == 0 tcp flags & (fin|syn|rst|ack) == ack counter '
+                           f'{_limit(rate)} log group {group} prefix "flow-ack"')
             add(c, f"update @{flows} {{ {k} }}")
             # a frame with a forged source never makes its flow skip the checks; a TCP flow is
             # marked checked only by a segment of an established connection (ACK, no SYN or RST):

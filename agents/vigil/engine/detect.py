@@ -67,13 +67,15 @@ class _Scale:
 
 
 class _Source:
-    __slots__ = ("probes", "ports", "hosts", "ok", "last_eval", "over_since", "slow")
+    __slots__ = ("probes", "ports", "hosts", "ok", "replied", "last_eval", "over_since", "slow", "held")
 
     def __init__(self):
         self.probes: deque = deque()      # (t, key, dst, port)
         self.ports: Counter = Counter()   # (proto, dport) -> probes in window
         self.hosts: Counter = Counter()   # dst -> probes in window
         self.ok: set = set()              # keys of probes that were answered/established
+        self.replied: set = set()         # TCP probes answered (SYN-ACK) but not established
+        self.held = False                 # a decision held for lost signals was reported
         self.last_eval = 0.0
         self.over_since: float | None = None
         self.slow: list[_Scale] | None = None   # per cfg.scales, made at the first finished probe
@@ -100,6 +102,10 @@ class ScanDetector:
         self.lock = threading.Lock()
         self.decisions = 0
         self.would_block = 0
+        # flow-set datapath: signal -> whether its samples were lost lately (flowsignals.SignalLoss);
+        # None with conntrack, whose events are not rate-limited
+        self.signal_loss: Callable[[str], bool] | None = None
+        self._held_events: list[dict] = []             # emitted by evaluate() once the lock is free
 
     def _count(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -143,15 +149,18 @@ class ScanDetector:
         self.evaluate()
 
     def on_answer(self, key, established: bool, proto: int) -> None:
-        """A REPLY or ASSURED event: TCP counts once established, other protocols on reply."""
-        if proto == 6 and not established:
-            return
+        """A REPLY or ASSURED event: TCP counts once established, other protocols on reply (a TCP
+        reply before that is remembered: it matters when the established signal may be lost)."""
         with self.lock:
             src = self.flow_src.get(key)
             if src is None:
                 return
             st = self.sources.get(src)
-            if st is not None:
+            if st is None:
+                return
+            if proto == 6 and not established:
+                st.replied.add(key)
+            else:
                 st.ok.add(key)
 
     def on_destroy(self, key) -> None:
@@ -174,6 +183,7 @@ class ScanDetector:
             del st.hosts[dst]
         failed = k not in st.ok
         st.ok.discard(k)
+        st.replied.discard(k)
         self.flow_src.pop(k, None)
         if not self.scales:
             return
@@ -198,6 +208,9 @@ class ScanDetector:
             slow, self.slow_found = self.slow_found, []
             for src, seconds, targets, ratio in slow:
                 if src in self.decided:
+                    continue
+                if not src.startswith(FORGED_KEY) and self._signals_lossy():
+                    self._count("detector_slow_held_signal_loss")   # its failures may be lost answers
                     continue
                 senders = None
                 if src.startswith(FORGED_KEY):
@@ -238,6 +251,8 @@ class ScanDetector:
                 if ratio > self.cfg.max_success_ratio:
                     self.pending.discard(src)  # busy but successful: a client, not a scanner
                     continue
+                if not src.startswith(FORGED_KEY) and self._held(src, st, mature, ok):
+                    continue
                 senders = None
                 if src.startswith(FORGED_KEY):
                     senders = self.senders.senders_of(src[len(FORGED_KEY):]) if self.senders else []
@@ -250,11 +265,45 @@ class ScanDetector:
                 del self.sources[src]
                 for _, k, _, _ in st.probes:
                     self.flow_src.pop(k, None)
+        with self.lock:
+            held, self._held_events = self._held_events, []
+        for ev in held:
+            self.emit(ev)
         for src, n_ports, n_hosts, probes, ratio, span, senders, scale in found:
             if src.startswith(FORGED_KEY):
                 self._decide_forged(src, n_ports, n_hosts, probes, ratio, span, senders, scale)
             else:
                 self._decide(src, n_ports, n_hosts, probes, ratio, span, scale)
+
+    def _signals_lossy(self) -> bool:
+        return self.signal_loss is not None and (self.signal_loss("flow-ack") or self.signal_loss("flow-reply"))
+
+    def _held(self, src: str, st: _Source, mature: list, ok: int) -> bool:
+        """While the kernel's rate limits lose flow signals (the flow-set datapath), a source is not
+        blocked if its probes whose outcome a lost signal could hide would make it a client: an
+        adversary who floods past the limits must not get a busy client blocked.  Reported once
+        per source (action ``held``); decided when the signals are whole again."""
+        if self.signal_loss is None:
+            return False
+        unsure = 0
+        if self.signal_loss("flow-ack"):       # answered, the ACK that completes it maybe lost
+            unsure += sum(1 for k in mature if k in st.replied and k not in st.ok)
+        if self.signal_loss("flow-reply"):     # no answer seen, maybe lost
+            unsure += sum(1 for k in mature if k not in st.replied and k not in st.ok)
+        if (ok + unsure) / len(mature) <= self.cfg.max_success_ratio:
+            return False
+        self._count("detector_held_signal_loss")
+        if not st.held:
+            st.held = True
+            detail = (f"scan-like: {len(st.ports)} ports, {len(st.hosts)} hosts, {ok} of {len(mature)} probes "
+                      f"established, {unsure} unsure: flow signals were lost to the kernel's rate limit, "
+                      "decision held")
+            log.warning("detector: held %s (%s)", src, detail)
+            self._held_events.append({"type": "scan", "action": "held", "src": src, "severity": "low", "detail": detail,
+                       "distinct_ports": len(st.ports), "distinct_hosts": len(st.hosts),
+                       "probes": len(st.probes), "success_ratio": round(ok / len(mature), 3),
+                       "origin": "engine-local"})
+        return True
 
     def _over(self, key: str, st: _Source) -> bool:
         if len(st.ports) >= self.cfg.min_ports or len(st.hosts) >= self.cfg.min_hosts:

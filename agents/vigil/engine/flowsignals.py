@@ -15,11 +15,19 @@ Without conntrack there are no NEW / ASSURED / DESTROY events.  The kernel's ``p
 
 Bounded: the flows waiting for their answer are at most ``max_pending`` (oldest forgotten,
 counted).  A sample that cannot be decoded is counted and skipped.
+
+Lost signals (``SignalLoss``): each signal rule counts its candidates before its rate limit.  An
+adversary who floods bare ACKs or answers past the limit starves the signals that show a busy
+client's connections established, and the client would look like a scanner.  The engine reads the
+rule counters every few seconds and compares them with the samples that arrived; while a signal is
+lossy the detector holds a decision that the lost signals could have changed (detect.py).
 """
 from __future__ import annotations
 
 import struct
+import time
 from collections import OrderedDict
+from typing import Callable
 
 from .nflog import Sample
 from .senders import FORGED, five_tuple
@@ -58,6 +66,8 @@ class FlowSignals:
         self.counters = counters
         self.max_pending = max_pending
         self.replied: OrderedDict = OrderedDict()   # orig key -> True once answered (TCP: SYN-ACK)
+        self.received: dict[str, int] = dict.fromkeys(SIGNALS, 0)   # samples that arrived, per signal
+        self.loss = SignalLoss()
 
     def _count(self, name: str, n: int = 1) -> None:
         if self.counters is not None:
@@ -67,6 +77,7 @@ class FlowSignals:
         """Handle one sample; False when it is not a flow signal (the protocol checks take it)."""
         if s.prefix not in SIGNALS:
             return False
+        self.received[s.prefix] += 1
         t = sample_tuple(s)
         if t is None:
             self._count("flow_signals_malformed")
@@ -92,6 +103,8 @@ class FlowSignals:
                     return True                  # refused (or mid-stream): not an answer of a probe
                 self.replied[orig] = True
                 self.replied.move_to_end(orig)
+                if self.detector is not None:
+                    self.detector.on_answer(orig, False, 6)      # answered, not established (yet)
                 while len(self.replied) > self.max_pending:
                     self.replied.popitem(last=False)
                     self._count("flow_signals_pending_forgotten")
@@ -109,4 +122,38 @@ class FlowSignals:
         return True
 
     def status(self) -> dict:
-        return {"awaiting_ack": len(self.replied)}
+        return {"awaiting_ack": len(self.replied), "received": dict(self.received), **self.loss.status()}
+
+
+class SignalLoss:
+    """Whether a flow signal lost samples lately: the kernel's counted candidates of each signal
+    rule (nftables.log_rule_counters) against the samples that arrived (FlowSignals.received),
+    compared at each ``observe``.  A signal that lost more than ``slack`` samples (or 5 % of its
+    candidates: samples still on their way to the reader are not lost) since the previous
+    observation is lossy for ``window`` seconds."""
+
+    def __init__(self, window: float = 10.0, slack: int = 50, clock: Callable[[], float] = time.monotonic):
+        self.window, self.slack, self.clock = window, slack, clock
+        self._last: tuple[dict, dict] | None = None
+        self.lost_until: dict[str, float] = {}
+        self.lost: dict[str, int] = dict.fromkeys(SIGNALS, 0)     # samples lost, in total
+
+    def observe(self, kernel: dict[str, int], received: dict[str, int]) -> None:
+        now = self.clock()
+        if self._last is not None:
+            k0, r0 = self._last
+            for sig in SIGNALS:
+                cand = kernel.get(sig, 0) - k0.get(sig, 0)
+                if cand < 0:            # the chains were rewritten: counters start again
+                    continue
+                lost = cand - (received.get(sig, 0) - r0.get(sig, 0))
+                if lost > max(self.slack, cand // 20):
+                    self.lost[sig] += lost
+                    self.lost_until[sig] = now + self.window
+        self._last = (dict(kernel), dict(received))
+
+    def lossy(self, signal: str) -> bool:
+        return self.lost_until.get(signal, 0.0) > self.clock()
+
+    def status(self) -> dict:
+        return {"lost": dict(self.lost), "lossy": sorted(s for s in SIGNALS if self.lossy(s))}

@@ -22,7 +22,7 @@ from ..counters import Counters
 from ..files import atomic_write
 from ..daemon import FatalError, StartupError, main as daemon_main
 from ..mqtt import MqttClient, Will
-from . import datapath
+from . import datapath, nftables
 from .api import EngineContext
 from .checks import ProtocolChecks, run_checks
 from .config import EngineConfig
@@ -35,6 +35,7 @@ from .nflog import NflogReader
 from .senders import FORGED, Senders
 from .spool import Spool, SpoolPublisher
 
+SIGNAL_CHECK = 2.0      # seconds between two reads of the flow signals' rule counters
 log = logging.getLogger(__name__)
 
 # (config section, "module:factory"): each factory takes (section_config, EngineContext) and returns
@@ -285,6 +286,7 @@ class EngineService:
         next_status = time.monotonic() + self.cfg.status_interval
         interval_start = payload.now_ms()
         next_owner_save = time.monotonic() + 60.0
+        next_signal_check = time.monotonic() + SIGNAL_CHECK
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -312,6 +314,9 @@ class EngineService:
                     # manager restarts us (and retries) — the kernel's rule set keeps working
                     raise FatalError(f"MQTT broker refused the engine: {self.mqtt.fatal}")
                 self._sync_owners()
+                if self.signals is not None and now >= next_signal_check:
+                    next_signal_check = now + SIGNAL_CHECK
+                    self._check_signals()
                 if now >= next_owner_save:
                     next_owner_save = now + 60.0
                     self._save_owners()
@@ -357,6 +362,17 @@ class EngineService:
                         "(a flood of new tuples?)", fullest, datapath.FLOWSET_SIZE)
         return out
 
+    def _check_signals(self) -> None:
+        """The flow signals' rule counters (candidates before the rate limit) against the samples
+        that arrived: the detector holds decisions while a signal is lossy (flowsignals.SignalLoss)."""
+        try:
+            kernel = nftables.log_rule_counters()
+        except Exception as exc:      # the detector then runs as if nothing were lost: say so
+            self.counters.inc("signal_check_errors")
+            log.warning("cannot read the flow signals' rule counters: %s", exc)
+            return
+        self.signals.loss.observe(kernel, self.signals.received)
+
     @property
     def flowset(self) -> bool:
         return self.features is not None and self.features.flow_source == datapath.FLOWSET
@@ -369,6 +385,9 @@ class EngineService:
             else:
                 self.signals = FlowSignals(self.detector, self.table, self.port_names, self.counters,
                                            senders=self.senders)
+                self.signals.loss.window = self.cfg.detect.window
+                if self.detector is not None:
+                    self.detector.signal_loss = self.signals.loss.lossy
             for t in self.threads:
                 t.start()
             return

@@ -594,25 +594,52 @@ class NftWriter:
         return out
 
 
-def _netlink_drop_counters() -> dict[str, int]:
-    """comment -> packets of every counted rule in ``bridge vigil`` (NFT_MSG_GETRULE dump: rules
-    only, no set elements)."""
+def _bridge_rules() -> list:
+    """Every rule of the bridge family (NFT_MSG_GETRULE dump: rules only, no set elements)."""
     from pyroute2.nftables.main import NFTables
     from pyroute2.netlink.nfnetlink.nftsocket import NFPROTO_BRIDGE
     sock = NFTables(nfgen_family=NFPROTO_BRIDGE)
     try:
-        rules = sock.get_rules()
+        return sock.get_rules()
     finally:
         sock.close()
+
+
+def _packets(rule) -> int | None:
+    for expr in rule.get_attr("NFTA_RULE_EXPRESSIONS") or []:
+        if expr.get_attr("NFTA_EXPR_NAME") == "counter":
+            return int(expr.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_COUNTER_PACKETS") or 0)
+    return None
+
+
+def _netlink_drop_counters() -> dict[str, int]:
+    """comment -> packets of every counted rule in ``bridge vigil`` (NFT_MSG_GETRULE dump: rules
+    only, no set elements)."""
     out: dict[str, int] = {}
-    for r in rules:
+    for r in _bridge_rules():
         if r.get_attr("NFTA_RULE_TABLE") != TABLE or r.get_attr("NFTA_RULE_CHAIN") not in ("v4", "v6"):
             continue
         comment = r.get_attr("NFTA_RULE_USERDATA")
-        if not isinstance(comment, str) or not comment:
+        packets = _packets(r)
+        if not isinstance(comment, str) or not comment or packets is None:
             continue
+        out[comment] = out.get(comment, 0) + packets
+    return out
+
+
+def log_rule_counters() -> dict[str, int]:
+    """log prefix -> packets that reached each counted log rule of ``bridge vigil`` (the counter
+    stands before the rule's rate limit: the candidates, sampled or not).  The flow-set datapath's
+    flow signals compare it with the samples that arrived (flowsignals.SignalLoss)."""
+    out: dict[str, int] = {}
+    for r in _bridge_rules():
+        if r.get_attr("NFTA_RULE_TABLE") != TABLE:
+            continue
+        prefix = None
         for expr in r.get_attr("NFTA_RULE_EXPRESSIONS") or []:
-            if expr.get_attr("NFTA_EXPR_NAME") == "counter":
-                packets = expr.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_COUNTER_PACKETS") or 0
-                out[comment] = out.get(comment, 0) + int(packets)
+            if expr.get_attr("NFTA_EXPR_NAME") == "log":
+                prefix = expr.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_LOG_PREFIX")
+        packets = _packets(r)
+        if prefix and packets is not None:
+            out[prefix] = out.get(prefix, 0) + packets
     return out

@@ -24,7 +24,7 @@ from typing import Any
 from ... import ruleset, topics
 from ...contracts.engine import EngineStatus, EventBatch, FlowBatch, RulesetState
 from ...contracts.ids import valid_id
-from ...contracts.vocab import SEVERITY_RANK
+from ...contracts.vocab import NOT_DECIDED, SEVERITY_RANK
 from ...control import ControlError
 from ...daemon import StartupError
 from ...influx import line
@@ -278,7 +278,8 @@ class PolicyComponent:
             if ev.type == "spoofing" and ev.mac and ev.in_port and ev.action in ("block", "would-block"):
                 self._propose_spoofing(engine, ev, floor, now_ms, max_age_ms)
                 continue
-            if ev.src is None or ev.action == "none":  # "none": the engine's own never-block list
+            # "none": the engine's own never-block list; "held": evidence the engine knows incomplete
+            if ev.src is None or ev.action in NOT_DECIDED:
                 if ev.src is None and SEVERITY_RANK[ev.severity] >= floor:
                     self.counters.inc("engine_events_without_address")   # e.g. ARP rebind: a MAC only
                 continue

@@ -149,7 +149,7 @@ def _dump(ns: str) -> list:
 def bridged():
     """Namespaces ``a`` and ``b`` (hosts) joined by ``br0`` in ``e`` (the engine), removed afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        pytest.skip("needs root: the test makes network namespaces (CI runs as root)")
     tag = os.getpid()
     a, b, e = f"fsa{tag}", f"fsb{tag}", f"fse{tag}"
     made: list[str] = []

@@ -445,8 +445,9 @@ def test_packet_key_is_the_key_the_update_rule_makes():
     assert fs.packet_key(ipv4(C, S, 17, udp)) == (4, k4(C, S, 17, 40000, 53))
     tcp = struct.pack(">HHIIHHHH", 40000, 443, 1, 0, 0x5002, 1024, 0, 0)
     assert fs.packet_key(ipv4(C, S, 6, tcp)) == (4, FWD)
-    echo = struct.pack(">BBHHH", 8, 0, 0xBEEF, 1, 1)                   # ICMP: type/code, then checksum
-    assert fs.packet_key(ipv4(C, S, 1, echo)) == (4, k4(C, S, 1, 0x0800, 0xBEEF))
+    echo = struct.pack(">BBHHH", 8, 0, 0xBEEF, 1, 1)                   # ICMP: its own sets, no ports
+    assert fs.packet_key(ipv4(C, S, 1, echo)) == (4, k4(C, S, 1, 0, 0))
+    assert fs.packet_key(ipv4(C, S, 1, echo, frag=0x2000 | 20)) == (4, k4(C, S, 1, 0, 0))  # a fragment too
     hop = bytes([17, 0]) + bytes(6)                                    # hop-by-hop options, then UDP
     assert fs.packet_key(ipv6("fd00::1", "fd00::2", 0, hop + udp)) == (6, flow_key(6, "fd00::1", "fd00::2", 17,
                                                                                    40000, 53))
@@ -466,13 +467,13 @@ def test_a_hint_from_the_packet_picks_the_originator_and_matches_icmp_exactly():
     # a client on port 53 asking a server on 40000: the port rule alone would pick the server
     a, b = k4(C, S, 17, 53, 40000), k4(S, C, 17, 40000, 53)
     assert t.note_packet(ipv4(C, S, 17, struct.pack(">HHHH", 53, 40000, 8, 0)), in_port=2, forged=True)
-    # an echo request: its key holds the checksum, which only the packet itself gives
-    echo = k4(C, S, 1, 0x0800, 0x1111)
+    # an echo request: a protocol without ports is keyed with ports 0 (its own sets, flowsn4/6)
+    echo = k4(C, S, 1, 0, 0)
     assert t.note_packet(ipv4(C, S, 1, struct.pack(">BBHHH", 8, 0, 0x1111, 1, 1)), in_port="eth0")
     recs = {r["proto"]: r for r in t.update([el(b, 1, 60), el(a, 1, 60), el(echo, 1, 84)], NOW)}
     assert (recs["udp"]["src"], recs["udp"]["sport"], recs["udp"]["in_port"], recs["udp"]["spoofed"]) == \
         (C, 53, "eth1", True)
-    assert (recs["icmp"]["in_port"], recs["icmp"]["sport"], recs["icmp"]["dport"]) == ("eth0", 8, 0)
+    assert (recs["icmp"]["in_port"], recs["icmp"]["sport"], recs["icmp"]["dport"]) == ("eth0", 0, 0)
     assert t._hints == {}
     assert not t.note_packet(b"garbage") and not t.note_packet(None) and t.hints_invalid == 2
 

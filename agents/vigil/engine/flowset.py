@@ -36,8 +36,7 @@ protocols: replied.  ``state`` is "" and ``vlan`` None (not in the key).
 
 Which direction is the originator: the one seen in an earlier dump; when both first appear in the
 same dump, the one an NFLOG ``new-flow`` sample named first (``note_packet`` with the sampled
-packet, which gives the exact key -- ICMP's checksum included -- or ``note_first`` with its
-5-tuple); without a sample, the side whose destination port is the lower (a server port), and for
+packet, which gives the exact key the datapath used, or ``note_first`` with its 5-tuple); without a sample, the side whose destination port is the lower (a server port), and for
 equal ports the side with more packets.  A sample also gives the flow its in-port, forgery flag and
 start time.  Samples are kept for at most ``max_hints`` tuples (the oldest dropped, counted) and
 ``HINT_DUMPS`` dumps.  Without a sample, ``start`` is the earliest last-packet estimate (below) of
@@ -273,21 +272,26 @@ def flow_key(family: int, src: str, dst: str, proto: int, sport: int, dport: int
             + struct.pack(">HHHH", sport, 0, dport, 0))
 
 
+# tcp, udp, dccp, sctp, udplite: the protocols the datapath keys by ports (datapath.PORT_PROTOS)
+PORT_PROTOS = frozenset((6, 17, 33, 132, 136))
 _IPV6_EXT = (0, 43, 60)      # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
 
 
 def packet_key(payload: bytes) -> tuple[int, bytes] | None:
     """(family, set key) of a packet (from its network header on, as NFLOG delivers it) keyed the way
-    the datapath's update rule keys it: addresses, the transport protocol after any IPv6 extension
-    headers, and the first 4 bytes of the transport header (ports; for ICMP type, code, checksum).
-    None when the packet has no transport header there (too short, a non-first fragment)."""
+    the datapath's update rules key it: addresses, the transport protocol after any IPv6 extension
+    headers, and for a protocol with ports (datapath.PORT_PROTOS) its ports; a protocol without
+    ports (ICMP ...) is keyed with ports 0, as its own sets are read.  None when a protocol with
+    ports has no transport header there (too short, a non-first fragment)."""
     n = len(payload)
     if n < 20:
         return None
     version = payload[0] >> 4
     if version == 4:
         off, proto, addrs = (payload[0] & 0x0F) * 4, payload[9], payload[12:20]
-        if off < 20 or (payload[6] & 0x1F) or payload[7]:
+        if off < 20:
+            return None
+        if ((payload[6] & 0x1F) or payload[7]) and proto in PORT_PROTOS:
             return None
     elif version == 6 and n >= 40:
         proto, off, addrs = payload[6], 40, payload[8:40]
@@ -299,7 +303,7 @@ def packet_key(payload: bytes) -> tuple[int, bytes] | None:
             if proto in _IPV6_EXT:
                 proto, off = payload[off], off + (payload[off + 1] + 1) * 8
             elif proto == 44:                  # fragment header: only the first fragment has ports
-                if (payload[off + 2] << 8 | payload[off + 3]) & 0xFFF8:
+                if (payload[off + 2] << 8 | payload[off + 3]) & 0xFFF8 and payload[off] in PORT_PROTOS:
                     return None
                 proto, off = payload[off], off + 8
             else:                              # 51, authentication header: (len + 2) * 4 bytes
@@ -308,6 +312,8 @@ def packet_key(payload: bytes) -> tuple[int, bytes] | None:
             return None
     else:
         return None
+    if proto not in PORT_PROTOS:
+        return version, addrs + bytes((proto, 0, 0, 0)) + bytes(8)
     if n < off + 4:
         return None
     return version, addrs + bytes((proto, 0, 0, 0, payload[off], payload[off + 1], 0, 0,

@@ -29,10 +29,10 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
+from .flowset import PORT_PROTOS
 from .nflog import Sample
 from .senders import FORGED, five_tuple
 
-PORT_PROTOS = frozenset((6, 17, 33, 132, 136))     # tcp, udp, dccp, sctp, udplite (datapath.PORT_PROTOS)
 SIGNALS = ("new-flow", "flow-reply", "flow-ack")
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
 
